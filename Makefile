@@ -1,0 +1,40 @@
+# Spectral detector suite. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN := $(PY) run.py
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv and install the suite with its dependencies
+
+demo-data: $(VENV)/.installed ## Build the embedded demo dataset under data/demo (deterministic)
+	$(PY) -m experiments.demo_data --out data/demo
+
+demo: demo-data ## Build the env and demo data, train the detectors on it, print the comparison
+	$(RUN) experiment=demo
+
+test: $(VENV)/.installed ## Run the fast test suite (CPU, minutes)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-full: $(VENV)/.installed ## Run every test, slow ones included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+
+clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
+	rm -rf logs reports
+
+.PHONY: help venv demo-data demo test test-full mlflow-ui clean

@@ -1,0 +1,57 @@
+"""Scoring a trained detector on the val and test splits, overall and per generator.
+
+The decision threshold is reported twice: at 0.5, and at a threshold chosen on
+the validation split and then applied unchanged to the test split (never chosen
+on test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch.utils.data import DataLoader
+
+from experiments.metrics import binary_metrics, calibrated_threshold, flatten_metrics, metrics_by_group
+
+
+@dataclass
+class Predictions:
+    """Scores of one split: P(synthetic), 0/1 labels, generator ids and dataset indices."""
+
+    prob: np.ndarray
+    label: np.ndarray
+    generator: np.ndarray
+    index: np.ndarray
+    generator_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_batches(cls, batches: list[dict], generator_names: list[str]) -> "Predictions":
+        def cat(key: str, dtype) -> np.ndarray:
+            parts = [b[key].reshape(-1) for b in batches if b[key].numel()]
+            return torch.cat(parts).numpy().astype(dtype) if parts else np.zeros(0, dtype)
+
+        return cls(cat("prob", np.float64), cat("label", np.int64), cat("generator", np.int64),
+                   cat("index", np.int64), list(generator_names))
+
+
+def predict_split(trainer: Trainer, module: LightningModule, loader: DataLoader, generator_names: list[str],
+                  ckpt_path: str | None = None) -> Predictions:
+    batches = trainer.predict(module, dataloaders=loader, ckpt_path=ckpt_path)
+    return Predictions.from_batches(batches, generator_names)
+
+
+def score(val: Predictions, test: Predictions, threshold_criterion: str = "youden") -> dict[str, float]:
+    """Flat MLflow metrics: ``val/best/<m>``, ``test/<m>``, ``test/<generator>/<m>`` and the val-calibrated threshold."""
+    names = dict(enumerate(test.generator_names))
+    out: dict[str, float] = {}
+    out.update({f"best_val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()})
+    out.update(flatten_metrics(metrics_by_group(test.prob, test.label, test.generator, names), "test"))
+    threshold = calibrated_threshold(val.prob, val.label, criterion=threshold_criterion)
+    at_val = binary_metrics(test.prob, test.label, threshold=threshold)
+    out["threshold/val_calibrated"] = float(threshold)
+    for key in ("accuracy", "balanced_accuracy", "f1", "precision", "recall"):
+        out[f"test/{key}_at_val_threshold"] = at_val[key]
+    return out

@@ -1,0 +1,47 @@
+"""Helpers for the scikit-learn detectors: batched feature collection and safe persistence (skops)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+
+def collect_images(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the (stateless) feature step of a pipeline over a loader, batch by batch.
+
+    Returns ``(features, labels, generator ids)``. Images never pile up in memory:
+    only their feature vectors do.
+    """
+    xs, ys, gs = [], [], []
+    for batch in loader:
+        if batch.get("empty"):
+            continue
+        xs.append(np.asarray(features.transform(batch["image"])))
+        ys.append(batch["label"].numpy().astype(np.int64))
+        gs.append(batch["generator"].numpy().astype(np.int64))
+    if not xs:
+        raise ValueError("no readable images in this split")
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+
+
+def save_estimator(estimator, path: Path) -> Path:
+    """Persist with skops (no arbitrary code on load, unlike pickle)."""
+    import skops.io as sio
+
+    sio.dump(estimator, path)
+    return path
+
+
+def load_estimator(path: str | Path):
+    import skops.io as sio
+
+    path = Path(path)
+    untrusted = sio.get_untrusted_types(file=path)
+    allowed = [t for t in untrusted if t.startswith(("detectors.", "sklearn.", "numpy."))]
+    rejected = sorted(set(untrusted) - set(allowed))
+    if rejected:
+        raise ValueError(f"{path} contains types outside the suite and scikit-learn: {rejected}")
+    return sio.load(path, trusted=allowed)

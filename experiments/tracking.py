@@ -1,0 +1,133 @@
+"""MLflow tracking: one experiment per dataset, one run per training job.
+
+The default store is an embedded SQLite file under the project
+(``logger.tracking_uri``); point it at a server with
+``logger.tracking_uri=http://host:5000``. Every run records the full resolved
+config (as params and as ``config.yaml``), the seed, the git commit and the
+metrics of every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make relative ``sqlite:///`` and plain-path stores absolute (relative to the working directory)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def resolve_artifact_location(location: str | None) -> str | None:
+    if location is None or "://" in location:
+        return location
+    path = Path(location).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a clear message, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except Exception as err:  # noqa: BLE001 - any network failure means the same thing here
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({err}). Start it (`make mlflow-server`) or run with the "
+            f"local store: logger.tracking_uri=sqlite:///mlruns.db"
+        ) from None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+
+
+def build_logger(cfg: DictConfig) -> MLFlowLogger:
+    """The run's ``MLFlowLogger`` from ``cfg.logger``; tags carry model, data, seed and git commit."""
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    check_tracking_server(uri)
+    tags = {
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "seed": str(cfg.seed),
+        "task": cfg.task.name,
+        "mlflow.source.git.commit": git_commit(),
+        **{str(k): str(v) for k, v in (cfg.logger.get("tags") or {}).items()},
+    }
+    return MLFlowLogger(
+        experiment_name=cfg.logger.experiment_name,
+        run_name=cfg.logger.run_name,
+        tracking_uri=uri,
+        tags=tags,
+        artifact_location=resolve_artifact_location(cfg.logger.get("artifact_location")),
+        log_model=False,
+        run_id=cfg.logger.get("run_id"),
+    )
+
+
+def flat_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config flattened to ``a/b/c`` keys, as MLflow params (values cut to 500 chars)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        else:
+            out[prefix] = str(node)[:500]
+
+    walk(container, "")
+    return out
+
+
+def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
+    """Log the resolved config as params and as the ``config.yaml`` artifact."""
+    params = {k: v for k, v in flat_params(cfg).items() if not k.startswith("hydra")}
+    client, run_id = logger.experiment, logger.run_id
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i: i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        client.log_artifact(run_id, str(path))
+
+
+def log_artifact(logger: MLFlowLogger, path: str | Path, artifact_path: str | None = None) -> None:
+    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def log_metrics(logger: MLFlowLogger, metrics: dict[str, float], step: int | None = None) -> None:
+    clean = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN
+    if clean:
+        logger.log_metrics(clean, step=step)

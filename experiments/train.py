@@ -1,0 +1,114 @@
+"""``task=train``: fit one detector on one dataset, evaluate it, and track everything in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from detectors.backbones import count_parameters
+from experiments import tracking
+from experiments.builders import build_callbacks, build_datamodule, build_module, build_trainer
+from experiments.evaluate import Predictions, predict_split, score
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train ``cfg.model`` on ``cfg.data``; return the best value of ``cfg.optimized_metric`` (for sweepers)."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    logger = tracking.build_logger(cfg)
+    tracking.log_config(logger, cfg)
+    tracking.log_metrics(logger, datamodule.counts(), step=0)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    start = time.perf_counter()
+    if cfg.model.family == "sklearn":
+        val, test, n_params = _fit_sklearn(cfg, datamodule, out_dir, logger)
+    else:
+        val, test, n_params = _fit_lightning(cfg, datamodule, out_dir, logger)
+    fit_seconds = time.perf_counter() - start
+
+    metrics = score(val, test)
+    metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
+    tracking.log_metrics(logger, metrics)
+    logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    print_metrics_table(cfg.model.name, metrics)
+    return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
+
+
+def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[Predictions, Predictions, int]:
+    module = build_module(cfg)
+    callbacks = build_callbacks(cfg)
+    trainer = build_trainer(cfg, callbacks, logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        tracking.log_artifact(logger, best, "checkpoints")
+    weights = export_weights(module.net, out_dir, cfg.model.name)
+    tracking.log_artifact(logger, weights)
+    tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
+    names = datamodule.generator_names
+    val = predict_split(trainer, module, datamodule.val_dataloader(), names)
+    test = predict_split(trainer, module, datamodule.test_dataloader(), names)
+    return val, test, count_parameters(module.net)
+
+
+def export_weights(net: torch.nn.Module, out_dir: Path, model_name: str) -> Path:
+    """Save the plain state dict ``<model_name>.pth`` (loadable with ``torch.load(weights_only=True)``)."""
+    path = out_dir / f"{model_name}.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[Predictions, Predictions, int]:
+    """The classical path: features in torch batches, then scikit-learn's scaler and classifier; no Lightning loop."""
+    from experiments.sklearn_io import collect_images, save_estimator
+
+    pipeline = instantiate(cfg.model.estimator)
+    features, head = pipeline[:1], pipeline[1:]
+    x_train, y_train, _ = collect_images(datamodule.train_dataloader(), features)
+    head.fit(x_train, y_train)
+    names = datamodule.generator_names
+    preds = []
+    for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+        x, y, g = collect_images(loader, features)
+        prob = head.predict_proba(x)[:, 1]
+        preds.append(Predictions(prob, y, g, np.arange(len(y)), names))
+    val = preds[0]
+    from experiments.metrics import binary_metrics
+
+    step_metrics = {f"val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()
+                    if k in ("accuracy", "f1", "precision", "recall", "auc", "ap")}
+    tracking.log_metrics(logger, step_metrics, step=0)
+    path = save_estimator(pipeline, out_dir / f"{cfg.model.name}.skops")
+    tracking.log_artifact(logger, path)
+    tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
+    n_params = int(sum(np.size(getattr(head[-1], a, 0)) for a in ("coef_", "intercept_")))
+    return val, preds[1], n_params
+
+
+def print_metrics_table(model_name: str, metrics: dict[str, float]) -> None:
+    keys = ("accuracy", "f1", "precision", "recall", "auc", "ap", "eer", "ece")
+    table = Table(title=f"{model_name}: best checkpoint")
+    table.add_column("split")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for split, prefix in (("val", "best_val/"), ("test", "test/")):
+        table.add_row(split, *(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in keys))
+    Console().print(table)

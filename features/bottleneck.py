@@ -1,0 +1,81 @@
+"""Gaussian input bottleneck for a spatial stream.
+
+SPECTRAFORGE ("Domain-Equalized Frequency-Spatial Fusion for Synthetic
+Dermatology Detection"): the spatial stream sees a Gaussian-blurred image, so
+it can only use macroscopic morphology; the fine periodic up-sampling traces
+are left to the parallel FFT-magnitude stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of length ``2 * ceil(3 * sigma) + 1`` (``sigma > 0``)."""
+    if sigma <= 0:
+        raise ValueError(f"gaussian_kernel1d needs sigma > 0, got {sigma}")
+    radius = math.ceil(3.0 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).to(dtype)
+
+
+class GaussianBottleneck(nn.Module):
+    """``(B, C, H, W)`` -> ``(B, C, H, W)`` Gaussian blur, the SPECTRAFORGE spatial bottleneck.
+
+    Args:
+        sigma: standard deviation in pixels; ``0`` is the identity. The kernel
+            has ``2 * ceil(3 * sigma) + 1`` taps and is applied separably
+            (rows, then columns, one depthwise conv each) with reflect padding.
+        in_chans: input channels (3 for RGB).
+
+    ``out_chans`` is the number of output channels, equal to ``in_chans``.
+    Images must be larger than the kernel radius ``ceil(3 * sigma)`` on both sides.
+    """
+
+    def __init__(self, sigma: float = 1.0, in_chans: int = 3) -> None:
+        super().__init__()
+        if sigma < 0:
+            raise ValueError(f"GaussianBottleneck: sigma must be >= 0 (0 = no blur), got {sigma}")
+        self.sigma = float(sigma)
+        self.in_chans = int(in_chans)
+        kernel = gaussian_kernel1d(self.sigma) if self.sigma > 0 else torch.ones(1)
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    @property
+    def out_chans(self) -> int:
+        return self.in_chans
+
+    @property
+    def radius(self) -> int:
+        return (self.kernel.numel() - 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"GaussianBottleneck expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}; "
+                f"set in_chans to match the input"
+            )
+        if self.sigma == 0:
+            return x
+        r = self.radius
+        if min(x.shape[-2:]) <= r:
+            raise ValueError(
+                f"GaussianBottleneck: image {tuple(x.shape[-2:])} is too small for sigma={self.sigma} "
+                f"(kernel radius {r}); use a smaller sigma or larger images"
+            )
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        k = self.kernel.to(dtype)
+        c = x.shape[1]
+        out = F.pad(x.to(dtype), (r, r, r, r), mode="reflect")
+        out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, k.numel()), groups=c)
+        out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, k.numel(), 1), groups=c)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, in_chans={self.in_chans}, kernel_size={self.kernel.numel()}"

@@ -1,0 +1,85 @@
+"""Laplacian high-pass noise residuals and their spectra.
+
+Corvi et al. (2023), "Intriguing properties of synthetic images: from GANs to
+diffusion models": the image content is suppressed with a 3x3 high-pass
+filter, and the power spectrum and autocorrelation of the resulting noise
+residual expose the periodic fingerprints that generator up-sampling leaves
+behind (peaks in the spectrum, a grid in the autocorrelation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from features.spectrum import autocorrelation, power_spectrum, to_grayscale
+
+#: 3x3 Laplacian-like high-pass kernel; it sums to zero, so flat regions give a zero residual.
+LAPLACIAN_KERNEL: tuple[tuple[float, ...], ...] = (
+    (-1.0, -1.0, -1.0),
+    (-1.0, 8.0, -1.0),
+    (-1.0, -1.0, -1.0),
+)
+
+
+class LaplacianResidual(nn.Module):
+    """``(B, C, H, W)`` images -> ``(B, out_chans, H, W)`` high-pass noise residuals.
+
+    The residual is the correlation of the image with :data:`LAPLACIAN_KERNEL`,
+    with reflect padding (``x[-1] = x[1]``, OpenCV's ``BORDER_REFLECT_101``),
+    so the output has the input's size.
+
+    Args:
+        grayscale: convert RGB to ITU-R 601 luminance first (``out_chans = 1``);
+            otherwise filter each channel separately (``out_chans = in_chans``).
+        in_chans: channels of the input (3 for RGB).
+
+    ``out_chans`` is the number of channels of the output map.
+    """
+
+    def __init__(self, grayscale: bool = True, in_chans: int = 3) -> None:
+        super().__init__()
+        self.grayscale = bool(grayscale)
+        self.in_chans = int(in_chans)
+        kernel = torch.tensor(LAPLACIAN_KERNEL, dtype=torch.float32).view(1, 1, 3, 3)
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    @property
+    def out_chans(self) -> int:
+        return 1 if self.grayscale else self.in_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"LaplacianResidual expects (B, C, H, W) images, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"LaplacianResidual was built for in_chans={self.in_chans} but got {x.shape[1]} channels; "
+                f"set in_chans to match the input"
+            )
+        if x.shape[-2] < 2 or x.shape[-1] < 2:
+            raise ValueError(f"LaplacianResidual needs images of at least 2x2 pixels, got {tuple(x.shape[-2:])}")
+        dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+        x = x.to(dtype)
+        if self.grayscale:
+            x = to_grayscale(x)
+        channels = x.shape[1]
+        weight = self.kernel.to(dtype=dtype).expand(channels, 1, 3, 3)
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(padded, weight, groups=channels)
+
+    def power_spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """Centred power spectrum ``|F(r)|^2`` of the residual ``r = self(x)``, shape ``(B, out_chans, H, W)``."""
+        return power_spectrum(self(x))
+
+    def autocorrelation(self, x: torch.Tensor) -> torch.Tensor:
+        """Centred, zero-lag-normalised circular autocorrelation of the residual (see ``spectrum.autocorrelation``)."""
+        return autocorrelation(self(x))
+
+    def extra_repr(self) -> str:
+        return f"grayscale={self.grayscale}, in_chans={self.in_chans}"
+
+
+def laplacian_residual(x: torch.Tensor, grayscale: bool = True) -> torch.Tensor:
+    """Functional form of :class:`LaplacianResidual` for ``(B, C, H, W)`` inputs."""
+    return LaplacianResidual(grayscale=grayscale, in_chans=x.shape[1]).to(x.device)(x)

@@ -1,0 +1,127 @@
+"""The GenImage and derm datasets, the datamodule splits and the layout errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from experiments.data.datamodule import DetectorDataModule
+from experiments.data.layouts import DatasetLayoutError, holdout_split, scan_derm, scan_genimage
+from experiments.builders import build_datamodule
+from tests.conftest import compose_config, make_genimage_tree
+
+
+def make_dm(root, **kw) -> DetectorDataModule:
+    args = dict(name="t", root=str(root), crop_size=32, resize_size=None, batch_size=4, num_workers=0,
+                val_fraction=0.34)
+    args.update(kw)
+    dm = DetectorDataModule(**args)
+    dm.setup()
+    return dm
+
+
+def test_genimage_two_generators(genimage_tree):
+    dm = make_dm(genimage_tree)
+    assert dm.generator_names == ["gen_a", "gen_b"]
+    n = {k: len(v) for k, v in dm.splits.items()}
+    # 6 train images per class per generator: 2 held out for val (34%), 4 kept; val folder (6) is the test split
+    assert n == {"train": 2 * 2 * 4, "val": 2 * 2 * 2, "test": 2 * 2 * 6}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32)
+    assert batch["image"].dtype == torch.float32 and 0 <= batch["image"].min() and batch["image"].max() <= 1
+    assert set(batch["label"].tolist()) <= {0.0, 1.0}
+    test = dm.datasets["test"]
+    for i in range(len(test)):
+        sample = test.samples[i]
+        assert sample.label == (1 if "/ai/" in sample.path else 0)
+        assert sample.generator in sample.path
+
+
+def test_generators_subset_and_generator_kept(genimage_tree):
+    dm = make_dm(genimage_tree, generators=["gen_b"])
+    assert {s.generator for split in dm.splits.values() for s in split} == {"gen_b"}
+
+
+def test_split_is_deterministic_and_disjoint(genimage_tree):
+    a, b = make_dm(genimage_tree), make_dm(genimage_tree)
+    assert [s.path for s in a.splits["val"]] == [s.path for s in b.splits["val"]]
+    assert not {s.path for s in a.splits["train"]} & {s.path for s in a.splits["val"]}
+    c = make_dm(genimage_tree, split_seed=1)
+    assert [s.path for s in a.splits["val"]] != [s.path for s in c.splits["val"]]
+
+
+def test_holdout_rejects_bad_fraction(genimage_tree):
+    with pytest.raises(ValueError, match="val_fraction"):
+        holdout_split(scan_genimage(genimage_tree)["train"], 1.5, 0)
+
+
+def test_missing_root_from_config_names_key(tmp_path):
+    cfg = compose_config(["data=genimage_tiny"], tmp_path)
+    with pytest.raises(DatasetLayoutError, match=r"data.root is not set.*data.root=/path/to/genimage_tiny"):
+        build_datamodule(cfg)
+
+
+def test_nonexistent_root_names_path_and_layout(tmp_path):
+    with pytest.raises(DatasetLayoutError, match=r"(?s)does not exist.*Expected layout.*train/.*ai/.*nature/"):
+        make_dm(tmp_path / "nowhere")
+
+
+def test_swapped_class_names_are_reported(genimage_tree):
+    (genimage_tree / "gen_a" / "train" / "ai").rename(genimage_tree / "gen_a" / "train" / "fake")
+    with pytest.raises(DatasetLayoutError, match=r"(?s)gen_a/train/ai is missing \(found: \['fake', 'nature'\]\)"):
+        scan_genimage(genimage_tree)
+
+
+def test_generator_without_val_folder(genimage_tree):
+    shutil.rmtree(genimage_tree / "gen_b" / "val")
+    with pytest.raises(DatasetLayoutError, match="generator 'gen_b' has no 'val' folder"):
+        scan_genimage(genimage_tree)
+
+
+def test_images_at_wrong_depth(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    Image.new("RGB", (32, 32)).save(root / "x.png")
+    with pytest.raises(DatasetLayoutError, match="wrong depth"):
+        scan_genimage(root)
+
+
+def test_empty_class_folder(genimage_tree):
+    for f in (genimage_tree / "gen_a" / "val" / "nature").iterdir():
+        f.unlink()
+    with pytest.raises(DatasetLayoutError, match="holds no images"):
+        scan_genimage(genimage_tree)
+
+
+def test_unknown_generator(genimage_tree):
+    with pytest.raises(DatasetLayoutError, match=r"available generators: \['gen_a', 'gen_b'\]"):
+        scan_genimage(genimage_tree, generators=["midjourney"])
+
+
+def test_derm_layout_with_custom_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for cls in ("benign_real", "synth"):
+            d = tmp_path / "derm" / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    splits = scan_derm(tmp_path / "derm", real_dir="benign_real", fake_dir="synth")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 6, "val": 6, "test": 6}
+    dm = make_dm(tmp_path / "derm", layout="derm", real_dir="benign_real", fake_dir="synth")
+    assert dm.generator_names == ["derm"]
+    with pytest.raises(DatasetLayoutError, match="set data.real_dir / data.fake_dir"):
+        scan_derm(tmp_path / "derm")
+
+
+def test_unreadable_file_is_skipped_and_counted(genimage_tree):
+    (genimage_tree / "gen_a" / "val" / "ai" / "broken.png").write_bytes(b"not a png")
+    dm = make_dm(genimage_tree, batch_size=64)
+    batch = next(iter(dm.test_dataloader()))
+    assert int(batch["skipped"]) == 1
+    assert batch["image"].shape[0] == len(dm.splits["test"]) - 1
