@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from detectors.base import Detector, ImageNetNormalize, mlp_head
+from detectors.streams import last_stage
 from features.local_fft import LocalPatchFFT
 
 
@@ -43,3 +44,6 @@ class LocalFFTResNet(Detector):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.local_fft(self.normalize(x)))
+
+    def cam_layers(self) -> dict[str, nn.Module]:
+        return {"localfft": last_stage(self.backbone)}

@@ -10,6 +10,8 @@ transformer so the classifier is an ordinary ``Pipeline`` with ``predict_proba``
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -75,6 +77,7 @@ class SpectralHistogramFeatures(TransformerMixin, BaseEstimator):
         log_power: bool = False,
         log_features: bool = True,
         batch_size: int = 256,
+        max_radius: float = math.sqrt(2.0),
     ) -> None:
         self.n_radial = n_radial
         self.n_angular = n_angular
@@ -82,15 +85,18 @@ class SpectralHistogramFeatures(TransformerMixin, BaseEstimator):
         self.log_power = log_power
         self.log_features = log_features
         self.batch_size = batch_size
+        self.max_radius = max_radius
 
     def fit(self, X, y=None):  # noqa: N803 - sklearn naming
         as_image_tensor(X)
         return self
 
     def _extractors(self) -> tuple[RadialAngularHistogram, RadialAngularHistogram | None]:
-        image = RadialAngularHistogram(self.n_radial, self.n_angular, use_residual=False, log_power=self.log_power)
+        image = RadialAngularHistogram(self.n_radial, self.n_angular, use_residual=False, log_power=self.log_power,
+                                       max_radius=self.max_radius)
         residual = (
-            RadialAngularHistogram(self.n_radial, 1, use_residual=True, log_power=self.log_power)
+            RadialAngularHistogram(self.n_radial, 1, use_residual=True, log_power=self.log_power,
+                                   max_radius=self.max_radius)
             if self.use_residual
             else None
         )
@@ -136,18 +142,22 @@ def make_radial_angular_logreg(
     C: float = 1.0,  # noqa: N803 - sklearn naming
     max_iter: int = 2000,
     batch_size: int = 256,
+    max_radius: float = math.sqrt(2.0),
 ) -> Pipeline:
     """``SpectralHistogramFeatures -> StandardScaler -> LogisticRegression``, Corvi et al. (2023).
 
     ``fit(X, y)`` takes images as described in :class:`SpectralHistogramFeatures`
     and labels (real = 0, synthetic = 1); ``predict_proba(X)[:, 1]`` is P(synthetic).
+    ``max_radius=sqrt(2)`` (default) keeps the spectrum's corners, where the diagonal
+    peaks of checkerboard up-sampling artefacts lie; ``1.0`` is the Nyquist disc only.
     """
     return Pipeline(
         [
             (
                 "features",
                 SpectralHistogramFeatures(
-                    n_radial=n_radial, n_angular=n_angular, use_residual=use_residual, batch_size=batch_size
+                    n_radial=n_radial, n_angular=n_angular, use_residual=use_residual, batch_size=batch_size,
+                    max_radius=max_radius,
                 ),
             ),
             ("scale", StandardScaler()),

@@ -12,9 +12,12 @@ one "generator" folder:
 * ``bilinear_conv``: bilinear up-sampling followed by a 3x3 convolution.
 
 Each decoder is briefly trained on CPU to reconstruct crops from their down-sampled version, so
-colours and content are kept and mainly the up-sampling fingerprint remains. To keep the task
-learnable but not trivial, every fake picks a down factor of 2 or 4 at random and blends the
-decoder output with a plain bicubic up-sampling (``alpha * decoded + (1 - alpha) * bicubic``).
+colours and content are kept and mainly the up-sampling fingerprint remains; one back-projection
+step removes their remaining colour error. To keep the task learnable but not trivial, every fake
+picks a down factor of 2 or 4 at random, blends the decoder output with a plain bicubic
+up-sampling (``alpha * decoded + (1 - alpha) * bicubic``) and gets back a random fraction of the
+fine detail the down-sampling removed. Real and fake images share everything else: crop
+statistics, size, PNG encoding.
 
 The output follows the GenImage layout ``<out>/<generator>/{train,val}/{ai,nature}/*.png``
 (nature = real = label 0, ai = fake = label 1) plus ``<out>/MANIFEST.json`` holding the build
@@ -46,6 +49,7 @@ from tqdm.auto import tqdm
 DEMO_GENERATORS: tuple[str, ...] = ("deconv", "nearest_conv", "bilinear_conv")
 BUILDER_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
+MANIFEST_BUILDER = "experiments.demo_data"
 SPLITS = ("train", "val")
 CLASS_DIRS = ("nature", "ai")  # label 0, label 1
 
@@ -58,12 +62,12 @@ MIN_SOURCE_PHOTOS = 4
 
 MAX_CROP_SCALE = 4  # crops are squares of side s in [size, MAX_CROP_SCALE * size]
 DOWN_FACTORS = (2, 4)  # per fake, drawn uniformly
-ALPHA_RANGE = (0.25, 0.75)  # weight of the decoder output against bicubic up-sampling
-DETAIL_RANGE = (0.5, 1.0)  # fraction of the detail lost by down-sampling that is added back
+ALPHA_RANGE = (0.5, 1.0)  # weight of the decoder output against bicubic up-sampling
+DETAIL_RANGE = (0.2, 0.6)  # fraction of the detail lost by down-sampling that is added back
 
 DECODER_WIDTH = 16
 DECODER_TRAIN_STEPS = 200
-DECODER_TRAIN_BATCH = 16
+DECODER_TRAIN_BATCH = 8
 DECODER_TRAIN_PATCH = 32
 DECODER_TRAIN_POOL = 256
 DECODER_LEARNING_RATE = 3e-3
@@ -196,9 +200,27 @@ def train_decoder(family: str, photos: Sequence[torch.Tensor], seed: int) -> Ups
     return decoder.eval()
 
 
+def back_project(decoded: torch.Tensor, low: torch.Tensor, factor: int) -> torch.Tensor:
+    """Correct the decoder's colour and low-frequency error so that ``avg_pool(decoded) ~= low``.
+
+    One step of iterative back-projection (Irani and Peleg, "Improving resolution by image
+    registration", 1991): the residual at low resolution is up-sampled smoothly and added back, so the
+    decoder's high-frequency up-sampling fingerprint is kept while colours match the source.
+    """
+    residual = low - F.avg_pool2d(decoded, factor)
+    return decoded + F.interpolate(residual, scale_factor=factor, mode="bicubic", align_corners=False)
+
+
 @torch.no_grad()
 def synthesise_fakes(decoder: UpsamplingDecoder, crops: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Down-sample each crop by 2 or 4, decode, and blend with bicubic up-sampling by a random alpha."""
+    """AutoGAN-style fakes from clean crops (N,3,H,W) -> (N,3,H,W), with per-image random strengths.
+
+    Each crop is area-down-sampled by 2 or 4, decoded and back-projected, blended with a bicubic
+    up-sampling (weight ``alpha`` in ``ALPHA_RANGE`` on the decoder), and a fraction ``beta`` in
+    ``DETAIL_RANGE`` of the detail that the down-sampling removed is added back, as a generator
+    synthesises some fine texture. Lower ``alpha`` weakens the fingerprint; higher ``beta`` weakens
+    the missing-detail cue.
+    """
     factors = rng.choice(DOWN_FACTORS, size=len(crops))
     alphas = torch.from_numpy(rng.uniform(*ALPHA_RANGE, size=len(crops))).float().view(-1, 1, 1, 1)
     details = torch.from_numpy(rng.uniform(*DETAIL_RANGE, size=len(crops))).float().view(-1, 1, 1, 1)
@@ -208,7 +230,7 @@ def synthesise_fakes(decoder: UpsamplingDecoder, crops: torch.Tensor, rng: np.ra
         if len(idx) == 0:
             continue
         low = F.avg_pool2d(crops[idx], factor)
-        decoded = decoder(low, factor)
+        decoded = back_project(decoder(low, factor), low, factor)
         bicubic = F.interpolate(low, scale_factor=factor, mode="bicubic", align_corners=False)
         detail = crops[idx] - bicubic
         fakes[idx] = alphas[idx] * decoded + (1 - alphas[idx]) * bicubic + details[idx] * detail
@@ -226,7 +248,7 @@ def _png_bytes(image: torch.Tensor) -> bytes:
     """(3,H,W) float in [0,1] -> PNG bytes written with fixed options (no metadata, no timestamps)."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array, mode="RGB").save(buffer, format="PNG", compress_level=6, optimize=False)
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=6, optimize=False)
     return buffer.getvalue()
 
 
@@ -254,9 +276,16 @@ def _clear_previous_build(out_dir: Path, generators: Sequence[str], force: bool)
     listed: set[str] = set()
     if manifest_path.is_file():
         try:
-            listed = set(json.loads(manifest_path.read_text()).get("files", {}))
+            manifest = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError):
-            listed = set()
+            manifest = {}
+        if manifest.get("builder") == MANIFEST_BUILDER:
+            listed = set(manifest.get("files", {}))
+        elif not force:
+            raise FileExistsError(
+                f"{manifest_path} was not written by the demo dataset builder; choose another output "
+                "directory or pass force=True (--force) to replace it."
+            )
         manifest_path.unlink()
     for rel in listed:
         (out_dir / rel).unlink(missing_ok=True)
@@ -289,13 +318,20 @@ def _split_sizes(per_class: int, val_fraction: float) -> dict[str, int]:
 
 @contextmanager
 def _deterministic_torch() -> Iterator[None]:
-    """Enable torch's deterministic algorithms for the block, then restore the previous setting."""
+    """Run the block with deterministic algorithms on one intra-op thread, then restore both settings.
+
+    One thread makes the float results independent of the caller's thread count (so the bytes are
+    too), and the tiny convolutions here run faster single-threaded on a busy CPU.
+    """
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
+        torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
@@ -343,6 +379,7 @@ def build_demo_dataset(
         "generators": list(generators),
         "down_factors": list(DOWN_FACTORS),
         "alpha_range": list(ALPHA_RANGE),
+        "detail_range": list(DETAIL_RANGE),
     }
     if not force and _manifest_is_current(out_dir, params):
         return out_dir
@@ -372,7 +409,7 @@ def build_demo_dataset(
                         files[path.relative_to(out_dir).as_posix()] = hashlib.sha256(data).hexdigest()
                         bar.update(1)
                     offset += counts[split]
-    manifest = {"builder": "experiments.demo_data", "params": params, "files": dict(sorted(files.items()))}
+    manifest = {"builder": MANIFEST_BUILDER, "params": params, "files": dict(sorted(files.items()))}
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir
 

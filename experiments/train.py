@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,7 +17,9 @@ from rich.table import Table
 
 from detectors.backbones import count_parameters
 from experiments import tracking
+from experiments.check_data import BadDataError, preflight
 from experiments.builders import build_callbacks, build_datamodule, build_module, build_trainer
+from experiments.diagnostics import write_diagnostics
 from experiments.evaluate import Predictions, predict_split, score
 
 log = logging.getLogger(__name__)
@@ -28,29 +31,38 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
-    logger = tracking.build_logger(cfg)
-    tracking.log_config(logger, cfg)
-    tracking.log_metrics(logger, datamodule.counts(), step=0)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    logger = tracking.build_logger(cfg)
+    tracking.log_config(logger, cfg)
+    tracking.log_metrics(logger, datamodule.counts(), step=0)
+    try:
+        preflight(cfg, datamodule, logger)
+    except BadDataError:
+        logger.experiment.set_terminated(logger.run_id, "FAILED")
+        raise
 
     start = time.perf_counter()
     if cfg.model.family == "sklearn":
-        val, test, n_params = _fit_sklearn(cfg, datamodule, out_dir, logger)
+        model, val, test, n_params = _fit_sklearn(cfg, datamodule, out_dir, logger)
     else:
-        val, test, n_params = _fit_lightning(cfg, datamodule, out_dir, logger)
+        model, val, test, n_params = _fit_lightning(cfg, datamodule, out_dir, logger)
     fit_seconds = time.perf_counter() - start
 
     metrics = score(val, test)
     metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
     tracking.log_metrics(logger, metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    tracking.log_artifact(logger, out_dir / "metrics.json")
+    if cfg.get("diagnostics", True):
+        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(cfg.model.name, metrics)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
-def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[Predictions, Predictions, int]:
+def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[object, Predictions, Predictions, int]:
     module = build_module(cfg)
     callbacks = build_callbacks(cfg)
     trainer = build_trainer(cfg, callbacks, logger)
@@ -66,7 +78,7 @@ def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[
     names = datamodule.generator_names
     val = predict_split(trainer, module, datamodule.val_dataloader(), names)
     test = predict_split(trainer, module, datamodule.test_dataloader(), names)
-    return val, test, count_parameters(module.net)
+    return module.net.eval(), val, test, count_parameters(module.net)
 
 
 def export_weights(net: torch.nn.Module, out_dir: Path, model_name: str) -> Path:
@@ -76,7 +88,7 @@ def export_weights(net: torch.nn.Module, out_dir: Path, model_name: str) -> Path
     return path
 
 
-def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[Predictions, Predictions, int]:
+def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[object, Predictions, Predictions, int]:
     """The classical path: features in torch batches, then scikit-learn's scaler and classifier; no Lightning loop."""
     from experiments.sklearn_io import collect_images, save_estimator
 
@@ -100,7 +112,7 @@ def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[Pr
     tracking.log_artifact(logger, path)
     tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
     n_params = int(sum(np.size(getattr(head[-1], a, 0)) for a in ("coef_", "intercept_")))
-    return val, preds[1], n_params
+    return pipeline, val, preds[1], n_params
 
 
 def print_metrics_table(model_name: str, metrics: dict[str, float]) -> None:

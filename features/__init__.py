@@ -1,0 +1,23 @@
+"""Pure tensor -> tensor feature extractors shared by every detector (batched, device-agnostic)."""
+
+from features.bottleneck import GaussianBottleneck
+from features.equalizer import ExtremeEqualizer
+from features.fft_magnitude import FFTMagnitude
+from features.local_fft import LocalPatchFFT
+from features.radial_angular import RadialAngularHistogram
+from features.residual import LaplacianResidual
+from features.spectrum import autocorrelation, fft2d, log_magnitude, power_spectrum, to_grayscale
+
+__all__ = [
+    "ExtremeEqualizer",
+    "FFTMagnitude",
+    "GaussianBottleneck",
+    "LaplacianResidual",
+    "LocalPatchFFT",
+    "RadialAngularHistogram",
+    "autocorrelation",
+    "fft2d",
+    "log_magnitude",
+    "power_spectrum",
+    "to_grayscale",
+]

@@ -28,9 +28,11 @@ class RadialAngularHistogram(nn.Module):
 
     * radial bins: the normalised radius ``r = sqrt(fx^2 + fy^2)``, each axis
       scaled so that its Nyquist frequency is 1, is split into ``n_radial``
-      equal bins over ``[0, 1]``. Frequencies with ``r > 1`` (the corners of the
-      spectrum, beyond the Nyquist circle) are excluded from both distributions,
-      so every orientation covers the same band.
+      equal bins over ``[0, max_radius]``. With the default ``max_radius=1``,
+      frequencies with ``r > 1`` (the corners of the spectrum, beyond the Nyquist
+      circle) are excluded from both distributions, so every orientation covers the
+      same band. ``max_radius=sqrt(2)`` keeps the corners, where the diagonal
+      (checkerboard) peaks of transposed-convolution up-sampling lie.
     * angular bins: the orientation ``atan2(fy, fx)`` folded into ``[0, pi)``
       (the spectrum of a real image is point-symmetric) is split into
       ``n_angular`` equal bins. Angle 0 is the horizontal frequency axis
@@ -56,6 +58,7 @@ class RadialAngularHistogram(nn.Module):
         exclude_dc: bool = True,
         in_chans: int = 3,
         eps: float = 1e-12,
+        max_radius: float = 1.0,
     ) -> None:
         super().__init__()
         if n_radial < 1 or n_angular < 1:
@@ -67,6 +70,9 @@ class RadialAngularHistogram(nn.Module):
         self.exclude_dc = bool(exclude_dc)
         self.in_chans = int(in_chans)
         self.eps = float(eps)
+        if not 0.0 < max_radius <= math.sqrt(2.0) + 1e-9:
+            raise ValueError(f"max_radius must be in (0, sqrt(2)], got {max_radius}")
+        self.max_radius = float(max_radius)
         self.residual = LaplacianResidual(grayscale=True, in_chans=in_chans) if use_residual else None
         self._bin_cache: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -84,10 +90,10 @@ class RadialAngularHistogram(nn.Module):
         if key not in self._bin_cache:
             fy, fx = normalized_frequency_grid(height, width, device=device)
             radius = torch.sqrt(fy.square() + fx.square())
-            inside = radius <= 1.0
+            inside = radius <= self.max_radius + 1e-9
             is_dc = (fy == 0) & (fx == 0)
             keep_radial = inside & ~is_dc if self.exclude_dc else inside
-            radial = torch.clamp((radius * self.n_radial).floor().long(), max=self.n_radial - 1)
+            radial = torch.clamp((radius / self.max_radius * self.n_radial).floor().long(), max=self.n_radial - 1)
             radial = torch.where(keep_radial, radial, torch.full_like(radial, self.n_radial))
             angle = torch.remainder(torch.atan2(fy, fx), math.pi)
             angular = torch.clamp((angle * (self.n_angular / math.pi)).floor().long(), max=self.n_angular - 1)
@@ -125,5 +131,5 @@ class RadialAngularHistogram(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_radial={self.n_radial}, n_angular={self.n_angular}, use_residual={self.use_residual}, "
-            f"log_power={self.log_power}, exclude_dc={self.exclude_dc}"
+            f"log_power={self.log_power}, exclude_dc={self.exclude_dc}, max_radius={self.max_radius:.4g}"
         )

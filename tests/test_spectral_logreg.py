@@ -44,10 +44,10 @@ def test_transform_shape_names_and_values():
         assert len(features.get_feature_names_out()) == width
         np.testing.assert_allclose(out[:, :16].sum(1), 1.0, rtol=1e-5)
         np.testing.assert_allclose(out[:, 16:24].sum(1), 1.0, rtol=1e-5)
-        expected = RadialAngularHistogram(16, 8)(X).numpy()
+        expected = RadialAngularHistogram(16, 8, max_radius=features.max_radius)(X).numpy()
         np.testing.assert_allclose(out[:, :24], expected, rtol=1e-5)
         if use_residual:
-            residual = RadialAngularHistogram(16, 8, use_residual=True)(X).numpy()[:, :16]
+            residual = RadialAngularHistogram(16, 8, use_residual=True, max_radius=features.max_radius)(X).numpy()[:, :16]
             np.testing.assert_allclose(out[:, 24:], residual, rtol=1e-5, atol=1e-9)
 
 

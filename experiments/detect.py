@@ -1,0 +1,439 @@
+"""``detect``: score your own images with a trained detector.
+
+Usage::
+
+    python -m experiments.detect <run id | run folder | weights file> <image or folder> [more images or folders]
+        [--out results.csv] [--threshold 0.5 | --threshold val] [--batch-size 32]
+        [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
+
+For every image it prints P(synthetic) and the label (``synthetic`` / ``real``)
+at the threshold, then a summary of the files it skipped, counted by reason.
+
+Preprocessing is exactly the detector's own evaluation preprocessing, read from
+the run's resolved config: ``Preprocess(cfg.data.crop_size, cfg.data.resize_size)``
+(plus ``cfg.data.equalizer`` when the run used one). With ``resize_size: null``
+the image keeps its native resolution and is centre-cropped to ``crop_size``;
+an image whose short side is then smaller than ``crop_size`` cannot be scored
+without resampling it, so it is skipped and reported as ``too small``.
+
+The threshold defaults to 0.5. When the run logged a threshold calibrated on its
+validation split (MLflow metric ``threshold/val_calibrated`` for a run id, or
+that key in a ``metrics.json`` beside the weights), the header shows it and
+``--threshold val`` uses it.
+
+Files that cannot be scored (corrupt, empty, not an image, decompression bombs,
+too small, broken symlinks, symlinks leading out of the scanned folder unless
+``--follow-symlinks``) never stop the command: they are listed at the end.
+Exit status: 0 when at least one image was scored, 1 when none was, 2 for a bad
+detector reference, input path, threshold or output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from experiments.checkpoints import RUN_ID, LoadedDetector, load_detector
+from experiments.data.images import UnreadableImage, is_image_file, load_rgb
+from experiments.data.transforms import ImageTooSmall, Preprocess
+
+VAL_THRESHOLD_KEY = "threshold/val_calibrated"
+PROGRESS_MIN_IMAGES = 20
+CSV_COLUMNS = ("path", "p_synthetic", "label", "threshold")
+
+
+class DetectError(Exception):
+    """A problem with the command's arguments (reference, input path, threshold, output): exit status 2."""
+
+
+@dataclass
+class Detection:
+    """One scored image."""
+
+    path: str
+    p_synthetic: float
+    label: str
+
+
+@dataclass
+class Skipped:
+    """One file that was not scored; ``reason`` is a short tag used to count them."""
+
+    path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class DetectionResult:
+    """Scores of every readable image, the skipped files, and the threshold used."""
+
+    rows: list[Detection]
+    skipped: list[Skipped]
+    threshold: float
+    val_threshold: float | None = None
+    val_threshold_source: str = ""
+    ignored: int = 0  # files in scanned folders whose extension is not an image extension
+    preprocess: str = ""
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(s.reason for s in self.skipped).most_common())
+
+
+# -- finding the images ---------------------------------------------------------------------------
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _scan_folder(folder: Path, recursive: bool, follow_symlinks: bool,
+                 files: list[Path], skipped: list[Skipped]) -> int:
+    """Append the image files under ``folder`` (sorted, depth first); return how many other files were ignored."""
+    root = folder.resolve()
+    seen_dirs = {root}
+    ignored = 0
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as err:
+            skipped.append(Skipped(str(current), "unreadable folder", err.strerror or str(err)))
+            continue
+        subdirs = []
+        for entry in entries:
+            path = Path(current) / entry.name
+            if entry.is_symlink():
+                target = Path(os.path.realpath(path))
+                if not target.exists():
+                    if is_image_file(path):
+                        skipped.append(Skipped(str(path), "broken symlink"))
+                    continue
+                if not follow_symlinks and not _inside(target, root):
+                    if target.is_dir() or is_image_file(path):
+                        skipped.append(Skipped(str(path), "symlink outside folder", str(target)))
+                    continue
+                if target.is_dir():
+                    # a link to a folder inside the scanned one is reached anyway; follow only outside ones
+                    if follow_symlinks and recursive and target not in seen_dirs and not _inside(target, root):
+                        seen_dirs.add(target)
+                        subdirs.append(path)
+                    continue
+            elif entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    seen_dirs.add(Path(entry.path).resolve())
+                    subdirs.append(path)
+                continue
+            if is_image_file(path):
+                files.append(path)
+            else:
+                ignored += 1
+        stack.extend(reversed(subdirs))
+    return ignored
+
+
+def collect_images(inputs: Iterable[str | Path], recursive: bool = True,
+                   follow_symlinks: bool = False) -> tuple[list[Path], list[Skipped], int]:
+    """Image files named by ``inputs`` (files or folders): ``(files, skipped, ignored_count)``.
+
+    A file named explicitly is always tried, whatever its extension. In a folder, only files
+    with an image extension are taken; symlinks whose target lies outside that folder are
+    skipped unless ``follow_symlinks``. Raises :class:`DetectError` for a path that does not exist.
+    """
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    ignored = 0
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            ignored += _scan_folder(path, recursive, follow_symlinks, files, skipped)
+        elif path.exists():
+            files.append(path)
+        elif path.is_symlink():
+            skipped.append(Skipped(str(path), "broken symlink"))
+        else:
+            raise DetectError(f"input {item} does not exist (expected an image file or a folder of images)")
+    unique = list(dict.fromkeys(files))
+    return unique, skipped, ignored
+
+
+# -- the threshold --------------------------------------------------------------------------------
+
+
+def _metric_from_json(path: Path) -> float | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get(VAL_THRESHOLD_KEY) if isinstance(data, dict) else None
+    if value is None and isinstance(data, dict) and isinstance(data.get("threshold"), dict):
+        value = data["threshold"].get("val_calibrated")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def val_calibrated_threshold(ref: str | Path, detector: LoadedDetector,
+                             tracking_uri: str | None = None) -> tuple[float | None, str]:
+    """The run's validation-calibrated threshold and where it was read from, or ``(None, why not)``."""
+    ref_str = str(ref)
+    if RUN_ID.match(ref_str) and not Path(ref_str).exists():
+        import mlflow
+
+        from experiments.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db")
+        try:
+            metrics = mlflow.MlflowClient(tracking_uri=uri).get_run(ref_str).data.metrics
+        except Exception as err:  # noqa: BLE001 - any store failure means "not available"
+            return None, f"could not read MLflow run {ref_str}: {err}"
+        if VAL_THRESHOLD_KEY in metrics:
+            return float(metrics[VAL_THRESHOLD_KEY]), f"MLflow run {ref_str}, metric {VAL_THRESHOLD_KEY}"
+        return None, f"MLflow run {ref_str} logged no {VAL_THRESHOLD_KEY} metric"
+    metrics_file = Path(detector.source).parent / "metrics.json"
+    if not metrics_file.is_file():
+        return None, f"no metrics.json beside {detector.source}"
+    value = _metric_from_json(metrics_file)
+    if value is None:
+        return None, f"{metrics_file} holds no {VAL_THRESHOLD_KEY} value"
+    return value, f"{metrics_file}"
+
+
+def parse_threshold(text: str | float) -> float | str:
+    """``"val"`` or a probability in [0, 1]."""
+    if isinstance(text, str) and text.strip().lower() == "val":
+        return "val"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise DetectError(f"--threshold must be a number in [0, 1] or 'val', not {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise DetectError(f"--threshold must be in [0, 1], not {value}")
+    return value
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DetectError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def build_preprocess(detector: LoadedDetector) -> Preprocess:
+    """The detector's evaluation preprocessing, from its training config (no random crop, no augmentation)."""
+    data = detector.cfg.data
+    equalizer = data.get("equalizer")
+    if equalizer is not None:
+        from hydra.utils import instantiate
+
+        equalizer = instantiate(equalizer)
+    return Preprocess(int(data.crop_size), data.get("resize_size"), random_crop=False, equalizer=equalizer)
+
+
+def _load_one(path: Path, preprocess: Preprocess) -> torch.Tensor | Skipped:
+    try:
+        return preprocess(load_rgb(path))
+    except UnreadableImage as err:
+        return Skipped(str(path), err.reason, err.detail)
+    except ImageTooSmall as err:
+        return Skipped(str(path), "too small", str(err))
+    except Exception as err:  # noqa: BLE001 - bad input must never stop the run
+        return Skipped(str(path), "decode error", f"{type(err).__name__}: {err}")
+
+
+def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Preprocess, threshold: float,
+                batch_size: int = 32, progress: bool | None = None) -> tuple[list[Detection], list[Skipped]]:
+    """Decode, preprocess and score ``files`` in batches of ``batch_size``."""
+    from tqdm import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty() and len(files) >= PROGRESS_MIN_IMAGES
+    rows: list[Detection] = []
+    skipped: list[Skipped] = []
+    batch: list[torch.Tensor] = []
+    names: list[Path] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        probs = detector.predict_proba(torch.stack(batch)).reshape(-1).tolist()
+        for name, p in zip(names, probs):
+            rows.append(Detection(str(name), float(p), "synthetic" if p >= threshold else "real"))
+        batch.clear()
+        names.clear()
+
+    with tqdm(total=len(files), unit="img", disable=not progress, desc="scoring") as bar:
+        for path in files:
+            item = _load_one(path, preprocess)
+            if isinstance(item, Skipped):
+                skipped.append(item)
+            else:
+                batch.append(item)
+                names.append(path)
+                if len(batch) >= batch_size:
+                    flush()
+            bar.update(1)
+        flush()
+    return rows, skipped
+
+
+def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold: float | str = 0.5,
+           batch_size: int = 32, device: str = "cpu", recursive: bool = True, follow_symlinks: bool = False,
+           tracking_uri: str | None = None, progress: bool | None = None) -> DetectionResult:
+    """Score every image in ``inputs`` with the detector ``ref`` (run id, run folder or weights file).
+
+    ``threshold`` is a probability or ``"val"`` (the run's validation-calibrated threshold).
+    Raises :class:`DetectError` for a bad reference, input path or threshold; unreadable
+    images never raise, they end up in ``result.skipped``.
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if batch_size < 1:
+        raise DetectError(f"--batch-size must be >= 1, not {batch_size}")
+    wanted = parse_threshold(threshold)
+    files, skipped, ignored = collect_images(inputs, recursive=recursive, follow_symlinks=follow_symlinks)
+    device = resolve_device(device)
+    try:
+        detector = load_detector(ref, tracking_uri=tracking_uri, device=device)
+    except Exception as err:  # noqa: BLE001 - any failure here means the reference is unusable
+        raise DetectError(f"cannot load a detector from {ref}: {err}") from None
+    val_threshold, val_source = val_calibrated_threshold(ref, detector, tracking_uri)
+    if wanted == "val":
+        if val_threshold is None:
+            raise DetectError(f"--threshold val: no validation-calibrated threshold is available ({val_source})")
+        wanted = val_threshold
+    try:
+        preprocess = build_preprocess(detector)
+    except Exception as err:  # noqa: BLE001 - a config this command cannot reproduce
+        raise DetectError(f"cannot rebuild the preprocessing of {ref} from its config: {err}") from None
+    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress)
+    return DetectionResult(
+        rows=rows, skipped=skipped + unreadable, threshold=float(wanted), val_threshold=val_threshold,
+        val_threshold_source=val_source, ignored=ignored, source=str(detector.source),
+        preprocess=f"crop {preprocess.crop_size}, resize {preprocess.resize_size or 'none (native resolution)'}",
+    )
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+
+def write_csv(result: DetectionResult, out: str | Path) -> Path:
+    """Write ``path, p_synthetic, label, threshold`` for every scored image."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for row in result.rows:
+            writer.writerow([row.path, f"{row.p_synthetic:.6f}", row.label, f"{result.threshold:.6g}"])
+    return out
+
+
+def format_header(result: DetectionResult) -> str:
+    lines = [f"detector: {result.source}", f"preprocessing: {result.preprocess}"]
+    if result.val_threshold is None:
+        val = f"val-calibrated threshold: not available ({result.val_threshold_source})"
+    else:
+        val = f"val-calibrated threshold: {result.val_threshold:.4f} (from {result.val_threshold_source})"
+        if result.threshold != result.val_threshold:
+            val += "; pass --threshold val to use it"
+    lines.append(val)
+    lines.append(f"threshold: {result.threshold:.4g} (label 'synthetic' when P(synthetic) >= threshold)")
+    return "\n".join(lines)
+
+
+def format_rows(result: DetectionResult) -> str:
+    lines = [f"{'p_synthetic':>11}  {'label':<9}  path"]
+    lines += [f"{r.p_synthetic:>11.4f}  {r.label:<9}  {r.path}" for r in result.rows]
+    return "\n".join(lines)
+
+
+def format_summary(result: DetectionResult) -> str:
+    n_syn = sum(r.label == "synthetic" for r in result.rows)
+    lines = [f"scored {len(result.rows)} image(s): {n_syn} synthetic, {len(result.rows) - n_syn} real; "
+             f"skipped {len(result.skipped)}"]
+    if result.skipped:
+        counts = ", ".join(f"{reason}: {n}" for reason, n in result.skipped_by_reason().items())
+        lines.append(f"skipped by reason: {counts}")
+        for s in result.skipped:
+            lines.append(f"  skipped {s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else ""))
+    if result.ignored:
+        lines.append(f"ignored {result.ignored} file(s) without an image extension in the scanned folders")
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.detect",
+        description="Score images with a trained detector: P(synthetic) and a real/synthetic label for each file.",
+        epilog="Exit status: 0 when at least one image was scored, 1 when none was, 2 for bad arguments.",
+    )
+    parser.add_argument("ref", help="MLflow run id, run folder (config.yaml + weights) or weights file")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders")
+    parser.add_argument("--out", help="write a CSV with columns path, p_synthetic, label, threshold")
+    parser.add_argument("--threshold", default="0.5",
+                        help="decision threshold on P(synthetic) (default 0.5), or 'val' for the run's "
+                             "validation-calibrated threshold")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="default cpu")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="also score symlinks that point outside the scanned folder")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store holding the run when ref is a run id (default sqlite:///mlruns.db)")
+    parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                        help="descend into sub-folders (default: yes)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = detect(args.ref, args.inputs, threshold=args.threshold, batch_size=args.batch_size,
+                        device=args.device, recursive=args.recursive, follow_symlinks=args.follow_symlinks,
+                        tracking_uri=args.tracking_uri)
+    except DetectError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_header(result))
+    if result.rows:
+        print(format_rows(result))
+    if args.out:
+        try:
+            path = write_csv(result, args.out)
+        except OSError as err:
+            print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+    print(format_summary(result))
+    if not result.rows:
+        print("no image could be scored", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""``task=report``: compare every detector of an MLflow experiment in one table.
+
+Reads the finished training runs of the experiment, keeps the latest run per
+(model, seed) unless told to keep all, and writes a markdown and CSV table of
+test metrics, wall time and parameter count, plus a bar plot. With several seeds
+per model, each cell is ``mean ± std (n)``. The report is also logged to MLflow
+as a run tagged ``task=report``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from experiments.plots import plot_bar_comparison
+from experiments.tracking import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    model: str
+    seed: str
+    start_time: int
+    metrics: dict[str, float]
+
+
+def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = "latest") -> list[RunRow]:
+    """Finished ``task=train`` runs; ``select="latest"`` keeps the newest per (model, seed)."""
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise LookupError(f"MLflow experiment '{experiment_name}' not found; experiments in this store: {names}")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="tags.task = 'train' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=5000,
+    )
+    rows = [RunRow(r.info.run_id, r.data.tags.get("model", "?"), r.data.tags.get("seed", "?"), r.info.start_time,
+                   dict(r.data.metrics)) for r in runs]
+    if select == "latest":
+        seen, kept = set(), []
+        for row in rows:
+            if (row.model, row.seed) not in seen:
+                seen.add((row.model, row.seed))
+                kept.append(row)
+        rows = kept
+    elif select != "all":
+        raise ValueError(f"task.select must be 'latest' or 'all', got '{select}'")
+    return sorted(rows, key=lambda r: (r.model, r.seed))
+
+
+def aggregate(rows: list[RunRow], columns: list[str]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per model and column: ``(mean, std, n)`` over runs (seeds); std is 0 for a single run."""
+    by_model: dict[str, list[RunRow]] = defaultdict(list)
+    for row in rows:
+        by_model[row.model].append(row)
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for model, group in sorted(by_model.items()):
+        out[model] = {}
+        for col in columns:
+            values = np.array([r.metrics[col] for r in group if col in r.metrics], dtype=float)
+            values = values[~np.isnan(values)]
+            if values.size == 0:
+                out[model][col] = (math.nan, math.nan, 0)
+            else:
+                std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+                out[model][col] = (float(values.mean()), std, int(values.size))
+    return out
+
+
+def format_cell(mean: float, std: float, n: int, digits: int = 4) -> str:
+    if n == 0:
+        return "n/a"
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def report(cfg: DictConfig) -> dict:
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = cfg.task.experiment_name
+    rows = fetch_runs(client, experiment, cfg.task.select)
+    if not rows:
+        raise LookupError(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
+    split = cfg.task.split
+    metric_cols = [f"{split}/{m}" for m in cfg.task.metrics]
+    extra_cols = ["time/fit_seconds", "model/params"]
+    table = aggregate(rows, metric_cols + extra_cols)
+
+    out_dir = Path(cfg.paths.report_dir) / experiment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    headers = ["model", "runs"] + [m for m in cfg.task.metrics] + ["fit time (s)", "params"]
+    n_runs = {m: sum(r.model == m for r in rows) for m in table}
+    body = []
+    for model, cols in table.items():
+        cells = [format_cell(*cols[c]) for c in metric_cols]
+        t_mean, t_std, t_n = cols["time/fit_seconds"]
+        p_mean = cols["model/params"][0]
+        cells += [format_cell(t_mean, t_std, t_n, 1), "n/a" if math.isnan(p_mean) else f"{int(p_mean):,}"]
+        body.append([model, str(n_runs[model])] + cells)
+
+    md = out_dir / "comparison.md"
+    md.write_text(
+        f"# {experiment}: {split} metrics\n\n"
+        + "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
+        + "".join("| " + " | ".join(row) + " |\n" for row in body)
+    )
+    csv_path = out_dir / "comparison.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "n_runs"] + [f"{c}_{s}" for c in metric_cols + extra_cols for s in ("mean", "std")])
+        for model, cols in table.items():
+            writer.writerow([model, n_runs[model]] + [v for c in metric_cols + extra_cols for v in cols[c][:2]])
+    bars = plot_bar_comparison(
+        {model: {m: cols[f"{split}/{m}"][0] for m in cfg.task.metrics} for model, cols in table.items()},
+        list(cfg.task.metrics), out_dir / "comparison.png",
+    )
+
+    run = client.create_run(client.get_experiment_by_name(experiment).experiment_id, run_name="report",
+                            tags={"task": "report"})
+    for path in (md, csv_path, bars):
+        client.log_artifact(run.info.run_id, str(path), "report")
+    client.log_param(run.info.run_id, "runs", ",".join(r.run_id for r in rows)[:6000])
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+    console = Console(width=200)
+    rich_table = Table(title=f"{experiment}: {split} metrics ({len(rows)} runs)")
+    for h in headers:
+        rich_table.add_column(h, justify="left" if h == "model" else "right")
+    for row in body:
+        rich_table.add_row(*row)
+    console.print(rich_table)
+    console.print(f"report written to {md}, {csv_path}, {bars}")
+    return {"table": table, "rows": rows, "markdown": md, "csv": csv_path, "plot": bars}

@@ -1,0 +1,208 @@
+"""``python -m experiments.detect``: scoring a messy folder with a tiny trained detector."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from experiments import detect as detect_mod
+from experiments.checkpoints import LoadedDetector, load_detector
+from experiments.data.images import load_rgb
+from experiments.data.transforms import Preprocess
+from experiments.detect import CSV_COLUMNS, DetectError, detect, main
+from experiments.train import train
+from tests.conftest import compose_config, make_genimage_tree
+from tests.test_train_smoke import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ("gray.png", "rgba.png", "deep16.png", "palette.png", "photo.jpg", "nested/photo.webp")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """One tiny detector (32 px crop, no resize) trained once for the module: its run folder, run id and store."""
+    tmp = tmp_path_factory.mktemp("detector")
+    tree = make_genimage_tree(tmp / "genimage", n=4)
+    cfg = compose_config(TINY + [f"data.root={tree}", "debug=fdr"], tmp)
+    train(cfg)
+    uri = f"sqlite:///{tmp / 'mlruns.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])[0]
+    return {"run_dir": Path(cfg.paths.output_dir), "run_id": run.info.run_id, "uri": uri,
+            "val_threshold": run.data.metrics["threshold/val_calibrated"]}
+
+
+def _rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    """Good images of every awkward kind, plus a corrupt, an empty, a tiny and an outside-symlinked file."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(_rgb(rng, 40, 48)[..., 0], mode="L").save(folder / "gray.png")
+    Image.fromarray(np.dstack([_rgb(rng, 36, 36), np.full((36, 36), 128, np.uint8)]), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 65536, (40, 40), dtype=np.uint16)).save(folder / "deep16.png")
+    Image.fromarray(_rgb(rng, 48, 40)).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    Image.fromarray(_rgb(rng, 64, 64)).save(folder / "photo.jpg", quality=90)
+    Image.fromarray(_rgb(rng, 33, 50)).save(folder / "nested" / "photo.webp")
+    Image.fromarray(_rgb(rng, 8, 8)).save(folder / "tiny.png")
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(rng, 64, 64)).save(buf, "JPEG")
+    (folder / "corrupt.jpg").write_bytes(buf.getvalue()[:200])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not scored")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(_rgb(rng, 40, 40)).save(outside / "outside.png")
+    (folder / "link.png").symlink_to(outside / "outside.png")
+    return folder
+
+
+def _rel(path: str, folder: Path) -> str:
+    return Path(path).relative_to(folder).as_posix()
+
+
+def test_messy_folder_scores_good_images_and_reports_the_rest(trained, messy_folder, capsys):
+    result = detect(trained["run_dir"], messy_folder, batch_size=4, progress=False)
+    assert sorted(_rel(r.path, messy_folder) for r in result.rows) == sorted(GOOD)
+    assert all(0.0 <= r.p_synthetic <= 1.0 for r in result.rows)
+    assert all(r.label == ("synthetic" if r.p_synthetic >= 0.5 else "real") for r in result.rows)
+    reasons = {_rel(s.path, messy_folder): s.reason for s in result.skipped}
+    assert reasons["tiny.png"] == "too small"
+    assert reasons["link.png"] == "symlink outside folder"
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["corrupt.jpg"] in ("truncated", "decode error", "not an image")
+    assert set(reasons) == {"tiny.png", "link.png", "empty.png", "corrupt.jpg"}
+    assert result.ignored == 1  # notes.txt
+
+
+def test_probabilities_equal_the_detectors_own_predict_proba(trained, messy_folder, monkeypatch):
+    calls = []
+    original = LoadedDetector.predict_proba
+
+    def counting(self, images):
+        calls.append(images.shape[0])
+        return original(self, images)
+
+    monkeypatch.setattr(LoadedDetector, "predict_proba", counting)
+    result = detect(trained["run_dir"], messy_folder, batch_size=4, progress=False)
+    assert calls == [4, 2]  # batched, never one forward per image
+
+    det = load_detector(trained["run_dir"])
+    pre = Preprocess(det.cfg.data.crop_size, det.cfg.data.resize_size)
+    paths = [Path(r.path) for r in result.rows]
+    expected = original(det, torch.stack([pre(load_rgb(p)) for p in paths]))
+    got = torch.tensor([r.p_synthetic for r in result.rows])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_cli_prints_rows_summary_and_writes_csv(trained, messy_folder, tmp_path, capsys):
+    out = tmp_path / "res" / "results.csv"
+    code = main([str(trained["run_dir"]), str(messy_folder), "--out", str(out), "--threshold", "0.3",
+                 "--batch-size", "3"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    # training writes metrics.json beside the weights: its val-calibrated threshold is reported, 0.3 is used
+    assert f"val-calibrated threshold: {trained['val_threshold']:.4f}"[:30] in printed
+    assert re.search(r"skipped by reason: .*too small: 1", printed)
+    for name, reason in (("tiny.png", "too small"), ("link.png", "symlink outside folder"), ("corrupt.jpg", "")):
+        assert re.search(rf"skipped \S*{re.escape(name)}: {reason}", printed), name
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == len(GOOD)
+    for row in rows:
+        p = float(row["p_synthetic"])
+        assert 0.0 <= p <= 1.0 and float(row["threshold"]) == 0.3
+        assert row["label"] == ("synthetic" if p >= 0.3 else "real")
+        assert row["path"] in printed
+
+
+def test_follow_symlinks_and_no_recursive(trained, messy_folder):
+    followed = detect(trained["run_dir"], messy_folder, follow_symlinks=True, progress=False)
+    assert "link.png" in {Path(r.path).name for r in followed.rows}
+    flat = detect(trained["run_dir"], messy_folder, recursive=False, progress=False)
+    assert "photo.webp" not in {Path(r.path).name for r in flat.rows}
+
+
+def test_val_threshold_from_mlflow_run_id(trained, messy_folder, capsys):
+    result = detect(trained["run_id"], messy_folder, threshold="val", tracking_uri=trained["uri"], progress=False)
+    assert result.threshold == pytest.approx(trained["val_threshold"])
+    assert main([trained["run_id"], str(messy_folder), "--tracking-uri", trained["uri"]]) == 0
+    printed = capsys.readouterr().out
+    assert "val-calibrated threshold: " in printed and "--threshold val" in printed
+    assert "threshold: 0.5 " in printed  # 0.5 stays the default
+
+
+def test_val_threshold_from_metrics_json_beside_weights(trained, messy_folder, tmp_path, capsys):
+    run_dir = shutil.copytree(trained["run_dir"], tmp_path / "run")
+    (run_dir / "metrics.json").unlink()
+    weights = next(run_dir.glob("*.pth"))
+    assert main([str(weights), str(messy_folder / "photo.jpg"), "--threshold", "val"]) == 2
+    assert "no validation-calibrated threshold" in capsys.readouterr().err
+    (run_dir / "metrics.json").write_text(json.dumps({"threshold/val_calibrated": 0.42}))
+    result = detect(weights, messy_folder / "photo.jpg", threshold="val", progress=False)
+    assert result.threshold == pytest.approx(0.42) and len(result.rows) == 1
+
+
+def test_bad_reference_and_paths_exit_2_without_traceback(trained, messy_folder, tmp_path, capsys):
+    assert main([str(tmp_path / "no_such_run"), str(messy_folder)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load a detector" in err and "Traceback" not in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((trained["run_dir"] / "config.yaml").read_text())
+    (broken / "model.pth").write_bytes(b"not a state dict")
+    assert main([str(broken), str(messy_folder)]) == 2
+    assert main([str(trained["run_dir"]), str(tmp_path / "missing_folder")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(trained["run_dir"]), str(messy_folder), "--threshold", "1.5"]) == 2
+    with pytest.raises(DetectError):
+        detect(trained["run_dir"], messy_folder, threshold="high")
+
+
+def test_nothing_scored_exits_1(trained, messy_folder, capsys):
+    assert main([str(trained["run_dir"]), str(messy_folder / "tiny.png"), str(messy_folder / "corrupt.jpg")]) == 1
+    out = capsys.readouterr().out
+    assert "scored 0 image(s)" in out and "too small" in out
+
+
+def test_decompression_bomb_is_skipped(trained, tmp_path, monkeypatch):
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(folder / "bomb.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "ok.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 120x120 > 2x the limit: PIL refuses it
+    result = detect(trained["run_dir"], folder, progress=False)
+    assert [Path(r.path).name for r in result.rows] == ["ok.png"]
+    assert [(Path(s.path).name, s.reason) for s in result.skipped] == [("bomb.png", "decompression bomb")]
+
+
+def test_weights_are_loaded_with_weights_only(trained, messy_folder, monkeypatch):
+    seen = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    detect(trained["run_dir"], messy_folder / "photo.jpg", progress=False)
+    assert seen == [True]
+    for source in ("experiments/checkpoints.py", "experiments/detect.py"):
+        text = (ROOT / source).read_text()
+        for call in re.findall(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in call, f"{source}: torch.load({call})"
