@@ -22,8 +22,14 @@ venv: $(VENV)/.installed ## Create .venv and install the suite with its dependen
 demo-data: $(VENV)/.installed ## Build the embedded demo dataset under data/demo (deterministic)
 	$(PY) -m experiments.demo_data --out data/demo
 
-demo: demo-data ## Build the env and demo data, train the detectors on it, print the comparison
-	$(RUN) experiment=demo
+MODELS ?= resnet34_localfft,spectraforge_dual,efficientnet_spatial,radial_angular_logreg
+
+demo: demo-data ## Build the env and demo data, train the four detectors on it, print the comparison
+	$(RUN) -m experiment=demo model=$(MODELS)
+	$(RUN) task=report experiment=demo
+
+report: $(VENV)/.installed ## Compare the runs of an MLflow experiment (default: the demo)
+	$(RUN) task=report experiment=demo
 
 test: $(VENV)/.installed ## Run the fast test suite (CPU, minutes)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -37,4 +43,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo test test-full mlflow-ui clean
+.PHONY: help venv demo-data demo report test test-full mlflow-ui clean

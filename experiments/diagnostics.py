@@ -1,9 +1,262 @@
-"""Diagnostic plots written after training and by ``task=evaluate``."""
+"""Diagnostic plots and tables written after training and by ``task=evaluate``.
+
+For the test split of a trained detector, :func:`write_diagnostics` writes into
+``<out_dir>/plots/`` (and logs to MLflow under ``plots/``):
+
+* ``confusion_matrix.png``: at threshold 0.5;
+* ``calibration.png``: reliability diagram over a histogram of the scores;
+* ``roc.png``: the pooled ROC curve and one per generator;
+* ``per_generator_accuracy.png``: accuracy per generator, pooled value dashed;
+* ``tsne.png``: t-SNE (van der Maaten & Hinton, 2008) of the penultimate features
+  (``forward_features``; for a scikit-learn pipeline, the scaled feature vectors) of
+  up to ``cfg.diagnostics_max_samples`` test images (default 512), coloured by label
+  and by generator, as SPECTRAFORGE's latent-space figure;
+* ``gradcam.png``: Grad-CAM overlays (Selvaraju et al., 2017) of ``cfg.gradcam_images``
+  real and as many synthetic test images (default 4), one column per stream of
+  ``model.cam_layers()`` (spatial and frequency side by side for SPECTRAFORGE).
+  Not drawn for scikit-learn pipelines, which have no convolutional layer.
+
+and ``<out_dir>/metrics_by_generator.{csv,json}`` (every test metric per generator
+plus the pooled ``all`` row), logged at the root of the run's artifacts.
+
+A plot that fails is reported with a warning and the others are still written,
+unless ``cfg.diagnostics_strict`` is true (tests use it), in which case it raises.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
 from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from experiments.data.dataset import collate_skipping
+from experiments.metrics import metrics_by_group
+from experiments.plots import (
+    CLASS_NAMES,
+    plot_calibration,
+    plot_confusion_matrix,
+    plot_gradcam_grid,
+    plot_per_group_accuracy,
+    plot_roc,
+    plot_tsne,
+)
+
+log = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+DEFAULT_MAX_SAMPLES = 512
+DEFAULT_GRADCAM_IMAGES = 4
+FEATURE_BATCH = 64
 
 
-def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger) -> list[Path]:
-    return []
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, strict: bool | None = None) -> list[Path]:
+    """Write (and log to MLflow, when ``logger`` is given) every diagnostic of ``test``; return the files written.
+
+    Args:
+        cfg: the run's config (``seed``, ``diagnostics_max_samples``, ``gradcam_images``, ``diagnostics_strict``).
+        model: the trained detector in eval mode (``nn.Module``) or a fitted scikit-learn pipeline.
+        datamodule: its ``datasets["test"]`` holds the images ``test.index`` points to.
+        val, test: :class:`experiments.evaluate.Predictions` (``val`` is unused today; kept for symmetry).
+        out_dir: the run folder; plots go to ``out_dir/plots``.
+        logger: an ``MLFlowLogger`` or None.
+        strict: raise on the first failing plot instead of warning (default ``cfg.diagnostics_strict``).
+    """
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / PLOTS_DIR
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    if strict is None:
+        strict = bool(_cfg_get(cfg, "diagnostics_strict", False))
+    names = list(test.generator_names)
+    by_generator = metrics_by_group(test.prob, test.label, test.generator, dict(enumerate(names)))
+    dataset = datamodule.datasets["test"] if datamodule is not None else None
+    seed = int(_cfg_get(cfg, "seed", 0) or 0)
+
+    plots: list[tuple[str, Callable[[Path], Any]]] = [
+        ("confusion_matrix", lambda p: plot_confusion_matrix(test.prob, test.label, p, threshold=0.5)),
+        ("calibration", lambda p: plot_calibration(test.prob, test.label, p)),
+        ("roc", lambda p: plot_roc(roc_curves(test), p)),
+        ("per_generator_accuracy", lambda p: plot_per_group_accuracy(by_generator, p, metric="accuracy")),
+        ("tsne", lambda p: _tsne(model, dataset, test, p, int(_cfg_get(cfg, "diagnostics_max_samples",
+                                                                        DEFAULT_MAX_SAMPLES)), seed)),
+    ]
+    if has_cam_layers(model):
+        plots.append(("gradcam", lambda p: _gradcam(model, dataset, test, p,
+                                                    int(_cfg_get(cfg, "gradcam_images", DEFAULT_GRADCAM_IMAGES)),
+                                                    seed)))
+    else:
+        log.info("diagnostics: no Grad-CAM for %s (no cam_layers)", type(model).__name__)
+
+    written: list[Path] = []
+    for name, draw in plots:
+        path = plot_dir / f"{name}.png"
+        if _attempt(name, lambda: draw(path), strict):
+            written.append(path)
+            _log(logger, path, PLOTS_DIR, strict)
+    for path in write_metrics_tables(by_generator, out_dir):
+        written.append(path)
+        _log(logger, path, None, strict)
+    return written
+
+
+def _attempt(name: str, action: Callable[[], Any], strict: bool) -> bool:
+    try:
+        action()
+        return True
+    except Exception as err:  # noqa: BLE001 - one failing diagnostic must not lose the others
+        if strict:
+            raise
+        log.warning("diagnostics: %s failed (%s: %s); the other diagnostics are still written",
+                    name, type(err).__name__, err)
+        return False
+
+
+def _log(logger, path: Path, artifact_path: str | None, strict: bool) -> None:
+    if logger is None:
+        return
+    from experiments.tracking import log_artifact
+
+    _attempt(f"logging {path.name}", lambda: log_artifact(logger, path, artifact_path), strict)
+
+
+def _cfg_get(cfg, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+# ---------------------------------------------------------------------------
+# tables and curves
+# ---------------------------------------------------------------------------
+def roc_curves(test) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"all": (prob, label), <generator>: (prob, label), ...}`` for :func:`plot_roc`."""
+    curves = {"all": (test.prob, test.label)}
+    for gid in np.unique(test.generator):
+        name = test.generator_names[gid] if 0 <= gid < len(test.generator_names) else str(gid)
+        mask = test.generator == gid
+        curves[name] = (test.prob[mask], test.label[mask])
+    return curves
+
+
+def write_metrics_tables(by_generator: dict[str, dict[str, float]], out_dir: Path) -> list[Path]:
+    """``metrics_by_generator.json`` (nested) and ``.csv`` (one row per group, ``all`` first)."""
+    out_dir = Path(out_dir)
+    json_path = out_dir / "metrics_by_generator.json"
+    json_path.write_text(json.dumps(by_generator, indent=2, allow_nan=True))
+    csv_path = out_dir / "metrics_by_generator.csv"
+    columns = sorted({k for metrics in by_generator.values() for k in metrics})
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["generator", *columns])
+        for group, metrics in by_generator.items():
+            writer.writerow([group, *(metrics.get(c, float("nan")) for c in columns)])
+    return [csv_path, json_path]
+
+
+# ---------------------------------------------------------------------------
+# images of the test split
+# ---------------------------------------------------------------------------
+def sample_rows(test, max_samples: int, seed: int = 0) -> np.ndarray:
+    """Positions (into ``test``'s arrays) of a seeded random subset of at most ``max_samples`` rows, sorted."""
+    n = len(test.prob)
+    if n <= max_samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+
+
+def load_items(dataset, indices, batch_size: int = FEATURE_BATCH):
+    """Yield collated batches (``image``, ``label``, ``generator``, ``index``) of ``dataset[indices]``."""
+    loader = DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=False,
+                        num_workers=0, collate_fn=collate_skipping)
+    for batch in loader:
+        if not batch.get("empty"):
+            yield batch
+
+
+def is_torch_model(model) -> bool:
+    return isinstance(model, torch.nn.Module)
+
+
+def has_cam_layers(model) -> bool:
+    return is_torch_model(model) and callable(getattr(model, "cam_layers", None))
+
+
+def embed(model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Penultimate features ``(N, D)``, labels and generator ids of the images in ``batches``.
+
+    CNN detectors: ``model.forward_features`` under ``torch.no_grad`` on the model's
+    device. scikit-learn pipelines: every step but the classifier (features, then the
+    scaler), so the embedding is what the linear classifier sees.
+    """
+    feats, labels, gens = [], [], []
+    if is_torch_model(model):
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for batch in batches:
+                feats.append(model.forward_features(batch["image"].to(device)).float().cpu().numpy())
+                labels.append(batch["label"].numpy())
+                gens.append(batch["generator"].numpy())
+    else:
+        transform = model[:-1]
+        for batch in batches:
+            feats.append(np.asarray(transform.transform(batch["image"]), dtype=np.float64))
+            labels.append(batch["label"].numpy())
+            gens.append(batch["generator"].numpy())
+    if not feats:
+        raise ValueError("no readable test image to embed")
+    return np.concatenate(feats), np.concatenate(labels).astype(int), np.concatenate(gens).astype(int)
+
+
+def _tsne(model, dataset, test, path: Path, max_samples: int, seed: int) -> Path:
+    if dataset is None:
+        raise ValueError("t-SNE needs the datamodule's test dataset")
+    rows = sample_rows(test, max_samples, seed)
+    features, labels, gens = embed(model, load_items(dataset, test.index[rows]))
+    return plot_tsne(features, labels, gens, path, group_names=test.generator_names, seed=seed)
+
+
+# ---------------------------------------------------------------------------
+# Grad-CAM
+# ---------------------------------------------------------------------------
+def gradcam_rows(test, per_class: int, seed: int = 0) -> np.ndarray:
+    """Positions of ``per_class`` real then ``per_class`` synthetic test rows (seeded order, generators mixed)."""
+    order = np.random.default_rng(seed).permutation(len(test.label))
+    picked = [order[test.label[order] == cls][:per_class] for cls in (0, 1)]
+    return np.concatenate(picked).astype(int)
+
+
+def gradcam_for_rows(model, dataset, test, rows) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
+    """Images, per-stream CAMs (explaining each image's true class) and row titles for ``test`` rows ``rows``."""
+    from experiments.gradcam import stream_cams
+
+    position = {int(test.index[r]): int(r) for r in rows}
+    batches = list(load_items(dataset, test.index[rows], batch_size=max(len(rows), 1)))
+    if not batches:
+        raise ValueError("no readable test image for Grad-CAM")
+    images = torch.cat([b["image"] for b in batches])
+    indices = torch.cat([b["index"] for b in batches]).tolist()
+    labels = torch.cat([b["label"] for b in batches]).long().tolist()
+    cams = stream_cams(model, images, target_classes=labels)
+    titles = []
+    for index, label in zip(indices, labels):
+        row = position[index]
+        gid = int(test.generator[row])
+        gen = test.generator_names[gid] if 0 <= gid < len(test.generator_names) else str(gid)
+        titles.append(f"{CLASS_NAMES[label]} | {gen} | p={test.prob[row]:.2f}")
+    return images, cams, titles
+
+
+def _gradcam(model, dataset, test, path: Path, per_class: int, seed: int) -> Path:
+    if dataset is None:
+        raise ValueError("Grad-CAM needs the datamodule's test dataset")
+    images, cams, titles = gradcam_for_rows(model, dataset, test, gradcam_rows(test, per_class, seed))
+    return plot_gradcam_grid(images, cams, path, titles=titles)

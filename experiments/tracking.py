@@ -69,6 +69,46 @@ def git_commit() -> str:
         return "unknown"
 
 
+class ResilientMLFlowLogger(MLFlowLogger):
+    """An ``MLFlowLogger`` that keeps training going when the tracking server drops out mid-run.
+
+    Failed metric writes are kept (up to ``max_buffer`` entries) and retried with the
+    next successful write; the number of failures is recorded on the run
+    (tag ``tracking_failures``) once the server answers again.
+    """
+
+    def __init__(self, *args, max_buffer: int = 100_000, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = 0
+        self.max_buffer = max_buffer
+        self._pending: list[tuple[dict[str, float], int | None]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:  # noqa: ANN001 - Lightning signature
+        self._pending.append((dict(metrics), step))
+        try:
+            while self._pending:
+                batch, batch_step = self._pending[0]
+                super().log_metrics(batch, batch_step)
+                self._pending.pop(0)
+        except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
+            self.failures += 1
+            if self.failures == 1:
+                log.warning("MLflow tracking failed (%s); training goes on and metrics are retried", err)
+            del self._pending[: max(0, len(self._pending) - self.max_buffer)]
+            return
+        if self.failures:
+            try:
+                self.experiment.set_tag(self.run_id, "tracking_failures", str(self.failures))
+            except Exception:  # noqa: BLE001
+                pass
+
+    def finalize(self, status: str = "success") -> None:
+        try:
+            super().finalize(status)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not finalise the MLflow run (%s)", err)
+
+
 def build_logger(cfg: DictConfig) -> MLFlowLogger:
     """The run's ``MLFlowLogger`` from ``cfg.logger``; tags carry model, data, seed and git commit."""
     uri = resolve_tracking_uri(cfg.logger.tracking_uri)
@@ -81,7 +121,7 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger:
         "mlflow.source.git.commit": git_commit(),
         **{str(k): str(v) for k, v in (cfg.logger.get("tags") or {}).items()},
     }
-    return MLFlowLogger(
+    return ResilientMLFlowLogger(
         experiment_name=cfg.logger.experiment_name,
         run_name=cfg.logger.run_name,
         tracking_uri=uri,

@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -21,6 +21,7 @@ from experiments.check_data import BadDataError, preflight
 from experiments.builders import build_callbacks, build_datamodule, build_module, build_trainer
 from experiments.diagnostics import write_diagnostics
 from experiments.evaluate import Predictions, predict_split, score
+from experiments.resume import RUN_ID_FILE, ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,24 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | None:
     """Train ``cfg.model`` on ``cfg.data``; return the best value of ``cfg.optimized_metric`` (for sweepers)."""
     L.seed_everything(cfg.seed, workers=True)
+    resume = _resume_point(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger = tracking.build_logger(cfg)
-    tracking.log_config(logger, cfg)
-    tracking.log_metrics(logger, datamodule.counts(), step=0)
+    if resume is None:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out_dir / RUN_ID_FILE).write_text(logger.run_id)
+        logger.experiment.set_tag(logger.run_id, "output_dir", str(out_dir.resolve()))
+        tracking.log_config(logger, cfg)
+        tracking.log_metrics(logger, datamodule.counts(), step=0)
+    else:  # the same MLflow run goes on: params and step-0 records are already there
+        logger.experiment.update_run(logger.run_id, status="RUNNING")
+        logger.experiment.set_tag(logger.run_id, "resumed_from", str(resume.ckpt))
     try:
-        preflight(cfg, datamodule, logger)
+        preflight(cfg, datamodule, logger if resume is None else None)
     except BadDataError:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
@@ -62,11 +70,24 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
+def _resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """For ``resume=...``: point the run folder and the MLflow run at the interrupted ones."""
+    if not cfg.get("resume"):
+        return None
+    resume = ResumePoint.find(cfg.resume, tracking.resolve_tracking_uri(cfg.logger.tracking_uri))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(resume.folder)
+        cfg.logger.run_id = resume.run_id
+        cfg.resume = str(resume.ckpt)
+    log.info("resuming %s (MLflow run %s)", resume.ckpt, resume.run_id)
+    return resume
+
+
 def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[object, Predictions, Predictions, int]:
     module = build_module(cfg)
     callbacks = build_callbacks(cfg)
     trainer = build_trainer(cfg, callbacks, logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"), weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -123,4 +144,4 @@ def print_metrics_table(model_name: str, metrics: dict[str, float]) -> None:
         table.add_column(k, justify="right")
     for split, prefix in (("val", "best_val/"), ("test", "test/")):
         table.add_row(split, *(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in keys))
-    Console().print(table)
+    Console(width=140).print(table)

@@ -1,0 +1,220 @@
+"""``task=cross_generator``: the GenImage leave-one-generator-out (LOGO) matrices.
+
+The runs come from ``experiment=leave_one_generator_out`` (one training run per
+model and train generator, tagged ``protocol=logo`` and ``train_generator``;
+the test split holds every generator's test images, and ``train.py`` logs
+``test/<generator>/auc`` and ``test/<generator>/accuracy``). For each model and
+metric this task builds the generator x generator matrix (rows = train
+generator, columns = test generator), writes a heatmap PNG and a CSV, reports
+the diagonal mean (in-distribution) and the off-diagonal mean (unseen
+generators), prints them and logs everything to MLflow in a run tagged
+``task=cross_generator``.
+
+:func:`build_matrix` and :func:`summarize` are pure; the MLflow and file I/O
+live in :func:`fetch_records` and :func:`cross_generator`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from experiments.metrics import sanitize_metric_component
+from experiments.plots import plot_heatmap
+from experiments.tracking import resolve_tracking_uri
+
+#: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
+_PER_GENERATOR = re.compile(r"^test/([^/]+)/([^/]+)$")
+
+
+# -- pure part -------------------------------------------------------------------------------------------
+def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> tuple[np.ndarray, list[str], list[str]]:
+    """The train x test generator matrix of ``metric`` from flat records.
+
+    Each record is a mapping with ``train`` (train generator), ``test`` (test
+    generator) and the value under ``metric``; records without a finite value are
+    ignored. Several records for one cell (seeds) are averaged. Rows are the
+    sorted train generators; columns are the same names first (so the diagonal
+    is train == test) followed by the sorted test-only generators. Cells without
+    a record are NaN.
+
+    Returns ``(matrix, row_names, col_names)`` with ``matrix[i, j]`` the score
+    of the detector trained on ``row_names[i]`` tested on ``col_names[j]``.
+    """
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    rows: set[str] = set()
+    tests: set[str] = set()
+    for record in records:
+        train, test = str(record["train"]), str(record["test"])
+        rows.add(train)
+        tests.add(test)
+        value = record.get(metric)
+        if value is not None and math.isfinite(float(value)):
+            cells[(train, test)].append(float(value))
+    row_names = sorted(rows)
+    col_names = row_names + sorted(tests - rows)
+    matrix = np.full((len(row_names), len(col_names)), np.nan)
+    for i, train in enumerate(row_names):
+        for j, test in enumerate(col_names):
+            if cells.get((train, test)):
+                matrix[i, j] = float(np.mean(cells[(train, test)]))
+    return matrix, row_names, col_names
+
+
+def summarize(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str]) -> dict[str, float]:
+    """``diagonal_mean`` (train == test) and ``off_diagonal_mean`` (unseen generators) over finite cells; NaN if none."""
+    same = np.array([[r == c for c in col_names] for r in row_names], dtype=bool).reshape(matrix.shape)
+    finite = np.isfinite(matrix)
+    diagonal = matrix[same & finite]
+    off = matrix[~same & finite]
+    return {
+        "diagonal_mean": float(diagonal.mean()) if diagonal.size else math.nan,
+        "off_diagonal_mean": float(off.mean()) if off.size else math.nan,
+    }
+
+
+def records_from_run(model: str, train_generator: str, seed: str, metrics: Mapping[str, float],
+                     metric_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per test generator from a run's ``test/<generator>/<metric>`` values."""
+    by_generator: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        match = _PER_GENERATOR.match(key)
+        if match and match.group(2) in metric_names:
+            generator = match.group(1)
+            record = by_generator.setdefault(
+                generator, {"model": model, "seed": seed, "train": train_generator, "test": generator})
+            record[match.group(2)] = float(value)
+    return list(by_generator.values())
+
+
+# -- MLflow ---------------------------------------------------------------------------------------------------
+def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_names: Sequence[str],
+                  select: str = "latest") -> list[dict[str, Any]]:
+    """Records of the finished LOGO training runs of an experiment (see :func:`records_from_run`).
+
+    ``select="latest"`` keeps the newest run per (model, train generator, seed).
+    """
+    if select not in ("latest", "all"):
+        raise ValueError(f"task.select must be 'latest' or 'all', got '{select}'")
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise LookupError(f"MLflow experiment '{experiment_name}' not found; run the protocol first: "
+                          f"python run.py -m experiment=leave_one_generator_out model=...")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.task = 'train' and tags.protocol = 'logo' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=5000,
+    )
+    seen: set[tuple[str, str, str]] = set()
+    records: list[dict[str, Any]] = []
+    for run in runs:
+        tags = run.data.tags
+        key = (tags.get("model", "?"), tags.get("train_generator", "?"), tags.get("seed", "?"))
+        if "train_generator" not in tags or (select == "latest" and key in seen):
+            continue
+        seen.add(key)
+        train = sanitize_metric_component(tags["train_generator"])  # as the metric names spell it
+        records += records_from_run(key[0], train, key[2], run.data.metrics, metric_names)
+    return records
+
+
+# -- the task ------------------------------------------------------------------------------------------------
+def _write_matrix_csv(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["train \\ test", *cols])
+        for name, values in zip(rows, matrix):
+            writer.writerow([name, *values.tolist()])
+    return path
+
+
+def cross_generator(cfg: DictConfig) -> dict[str, Any]:
+    """Build, write, print and log the LOGO matrices of every model in ``cfg.task.experiment_name``."""
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = cfg.task.experiment_name
+    metric_names = list(cfg.task.metrics)
+    records = fetch_records(client, experiment, metric_names, cfg.task.get("select", "latest"))
+    if not records:
+        raise LookupError(f"no finished leave-one-generator-out runs (tag protocol=logo) in '{experiment}'; run "
+                          f"python run.py -m experiment=leave_one_generator_out model=... first")
+
+    out_dir = Path(cfg.paths.report_dir) / "cross_generator"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_model[record["model"]].append(record)
+
+    matrices: dict[tuple[str, str], tuple[np.ndarray, list[str], list[str]]] = {}
+    summary: dict[tuple[str, str], dict[str, float]] = {}
+    artifacts: list[Path] = []
+    for model in sorted(by_model):
+        for metric in metric_names:
+            matrix, rows, cols = build_matrix(by_model[model], metric)
+            matrices[(model, metric)] = (matrix, rows, cols)
+            summary[(model, metric)] = summarize(matrix, rows, cols)
+            stem = f"{model}_{metric}"
+            artifacts.append(plot_heatmap(matrix, rows, cols, out_dir / f"{stem}.png",
+                                          title=f"{model}: cross-generator {metric}", fmt=".3f",
+                                          vmin=0.0, vmax=1.0))
+            artifacts.append(_write_matrix_csv(out_dir / f"{stem}.csv", matrix, rows, cols))
+    summary_csv = out_dir / "summary.csv"
+    with summary_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "metric", "diagonal_mean", "off_diagonal_mean"])
+        for (model, metric), values in summary.items():
+            writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"]])
+    artifacts.append(summary_csv)
+
+    run_id = _log_run(client, experiment, summary, artifacts)
+    _print_summary(experiment, matrices, summary)
+    return {"matrices": matrices, "summary": summary, "records": records, "run_id": run_id,
+            "out_dir": out_dir, "artifacts": artifacts}
+
+
+def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tuple[str, str], Mapping[str, float]],
+             artifacts: Sequence[Path]) -> str:
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": "logo"})
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"cross_generator/{sanitize_metric_component(model)}/{metric}/{name}", value, now, 0)
+               for (model, metric), values in summary.items() for name, value in values.items()
+               if not math.isnan(value)]
+    if metrics:
+        client.log_batch(run.info.run_id, metrics=metrics)
+    for path in artifacts:
+        client.log_artifact(run.info.run_id, str(path), "cross_generator")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def _print_summary(experiment: str, matrices: Mapping, summary: Mapping) -> None:
+    console = Console(width=max(100, Console().width))
+    for (model, metric), (matrix, rows, cols) in matrices.items():
+        table = Table(title=f"{experiment}: {model} {metric} (rows: trained on, columns: tested on)")
+        table.add_column("train \\ test")
+        for col in cols:
+            table.add_column(col, justify="right")
+        for name, values in zip(rows, matrix):
+            table.add_row(name, *("n/a" if math.isnan(v) else f"{v:.4f}" for v in values))
+        console.print(table)
+    table = Table(title=f"{experiment}: leave-one-generator-out summary")
+    for header in ("model", "metric", "diagonal mean", "off-diagonal mean"):
+        table.add_column(header, justify="left" if header in ("model", "metric") else "right")
+    for (model, metric), values in summary.items():
+        table.add_row(model, metric, *(f"{values[k]:.4f}" if not math.isnan(values[k]) else "n/a"
+                                       for k in ("diagonal_mean", "off_diagonal_mean")))
+    console.print(table)

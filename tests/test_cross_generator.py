@@ -1,0 +1,115 @@
+"""The leave-one-generator-out protocol: the preset's composition, the matrix, and task=cross_generator."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pytest
+
+from experiments.cross_generator import build_matrix, cross_generator, records_from_run, summarize
+from tests.conftest import compose_config
+
+GENS = ("a", "b", "c")
+
+
+def toy_records() -> list[dict]:
+    """auc = 0.9 on the diagonal; off the diagonal 0.5 + 0.1 * row + 0.01 * column (row/column = position in GENS)."""
+    records = []
+    for i, train in enumerate(GENS):
+        for j, test in enumerate(GENS):
+            auc = 0.9 if i == j else 0.5 + 0.1 * i + 0.01 * j
+            records.append({"train": train, "test": test, "auc": auc, "accuracy": auc - 0.1})
+    return records
+
+
+def test_build_matrix_places_each_record_at_train_row_test_column():
+    records = toy_records()[::-1]  # order must not matter
+    matrix, rows, cols = build_matrix(records, "auc")
+    assert rows == list(GENS) and cols == list(GENS)
+    assert matrix.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(matrix), 0.9)
+    assert matrix[0, 1] == pytest.approx(0.51)  # trained on a, tested on b
+    assert matrix[1, 0] == pytest.approx(0.60)  # trained on b, tested on a
+    assert matrix[2, 1] == pytest.approx(0.71)  # trained on c, tested on b
+    off = [0.5 + 0.1 * i + 0.01 * j for i in range(3) for j in range(3) if i != j]
+    summary = summarize(matrix, rows, cols)
+    assert summary["diagonal_mean"] == pytest.approx(0.9)
+    assert summary["off_diagonal_mean"] == pytest.approx(np.mean(off))
+    acc, _, _ = build_matrix(records, "accuracy")
+    np.testing.assert_allclose(acc, matrix - 0.1)
+
+
+def test_build_matrix_averages_seeds_and_leaves_missing_cells_nan():
+    records = [
+        {"train": "b", "test": "a", "auc": 0.6}, {"train": "b", "test": "a", "auc": 0.8},  # two seeds
+        {"train": "b", "test": "b", "auc": 1.0}, {"train": "a", "test": "a", "auc": 0.9},
+        {"train": "a", "test": "z_only_tested", "auc": 0.4}, {"train": "a", "test": "b", "auc": float("nan")},
+    ]
+    matrix, rows, cols = build_matrix(records, "auc")
+    assert rows == ["a", "b"] and cols == ["a", "b", "z_only_tested"]  # diagonal first, test-only columns last
+    assert matrix[1, 0] == pytest.approx(0.7)
+    assert math.isnan(matrix[0, 1]) and math.isnan(matrix[1, 2])
+    summary = summarize(matrix, rows, cols)
+    assert summary["diagonal_mean"] == pytest.approx(0.95)
+    assert summary["off_diagonal_mean"] == pytest.approx((0.7 + 0.4) / 2)
+
+
+def test_records_from_run_reads_per_generator_test_metrics():
+    metrics = {"test/auc": 0.8, "test/a/auc": 0.9, "test/b/auc": 0.7, "test/b/accuracy": 0.6,
+               "test/accuracy_at_val_threshold": 0.5, "best_val/auc": 1.0, "test/b/f1": 0.3}
+    records = sorted(records_from_run("m", "a", "0", metrics, ["auc", "accuracy"]), key=lambda r: r["test"])
+    assert records == [
+        {"model": "m", "seed": "0", "train": "a", "test": "a", "auc": 0.9},
+        {"model": "m", "seed": "0", "train": "a", "test": "b", "auc": 0.7, "accuracy": 0.6},
+    ]
+
+
+def test_preset_composes_one_train_generator_and_all_test_generators(tmp_path):
+    cfg = compose_config(["experiment=leave_one_generator_out", "train_generator=nearest_conv"], tmp_path)
+    assert list(cfg.data.generators) == ["nearest_conv"]
+    assert list(cfg.data.test_generators) == ["deconv", "nearest_conv", "bilinear_conv"]
+    assert cfg.logger.tags.protocol == "logo" and cfg.logger.tags.train_generator == "nearest_conv"
+    assert cfg.logger.experiment_name == "logo-demo"
+    assert cfg.hydra.sweeper.params.train_generator == "deconv,nearest_conv,bilinear_conv"
+    task = compose_config(["task=cross_generator"], tmp_path)
+    assert task.task.experiment_name == cfg.logger.experiment_name
+
+
+def test_task_reads_logo_runs_from_mlflow(tmp_path):
+    cfg = compose_config(["task=cross_generator"], tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp_id = client.create_experiment("logo-demo")
+    for i, train in enumerate(GENS):
+        for model, shift in (("m1", 0.0), ("m2", -0.2)):
+            run = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": model,
+                                                  "train_generator": train, "seed": "42"})
+            for j, test in enumerate(GENS):
+                auc = (0.9 if i == j else 0.5 + 0.1 * i + 0.01 * j) + shift
+                client.log_metric(run.info.run_id, f"test/{test}/auc", auc)
+                client.log_metric(run.info.run_id, f"test/{test}/accuracy", auc - 0.1)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    # an unfinished run and a run of another protocol are ignored
+    stray = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": "m1", "train_generator": "a",
+                                            "seed": "42"})
+    client.log_metric(stray.info.run_id, "test/a/auc", 0.0)
+    other = client.create_run(exp_id, tags={"task": "train", "model": "m1", "seed": "42"})
+    client.log_metric(other.info.run_id, "test/a/auc", 0.0)
+    client.set_terminated(other.info.run_id, "FINISHED")
+
+    result = cross_generator(cfg)
+    matrix, rows, cols = result["matrices"][("m1", "auc")]
+    assert rows == list(GENS) and matrix[0, 1] == pytest.approx(0.51)
+    off = np.mean([0.5 + 0.1 * i + 0.01 * j for i in range(3) for j in range(3) if i != j])
+    assert result["summary"][("m1", "auc")] == pytest.approx({"diagonal_mean": 0.9, "off_diagonal_mean": off})
+    assert result["summary"][("m2", "accuracy")]["diagonal_mean"] == pytest.approx(0.6)
+    out = tmp_path / "reports" / "cross_generator"
+    for stem in ("m1_auc", "m1_accuracy", "m2_auc", "m2_accuracy"):
+        assert (out / f"{stem}.png").stat().st_size > 1000
+        assert (out / f"{stem}.csv").read_text().startswith("train \\ test,a,b,c")
+    logged = client.get_run(result["run_id"])
+    assert logged.data.tags["task"] == "cross_generator"
+    assert logged.data.metrics["cross_generator/m1/auc/off_diagonal_mean"] == pytest.approx(off)
+    assert {a.path for a in client.list_artifacts(result["run_id"], "cross_generator")} >= {
+        "cross_generator/m1_auc.png", "cross_generator/summary.csv"}

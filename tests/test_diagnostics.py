@@ -1,0 +1,189 @@
+"""Diagnostics after training, per-stream Grad-CAM, and ``task=evaluate`` on tiny 32 px detectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from experiments.builders import build_datamodule
+from experiments.checkpoints import LoadedDetector
+from experiments.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
+from experiments.evaluate_task import MissingCheckpoint, evaluate, predict
+from experiments.gradcam import stream_cams
+from experiments.train import train
+from tests.conftest import compose_config, make_genimage_tree
+from tests.test_train_smoke import TINY
+
+PLOTS = {"confusion_matrix", "calibration", "roc", "per_generator_accuracy", "tsne", "gradcam"}
+STRICT = "+diagnostics_strict=true"
+
+
+def _store(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'mlruns.db'}"
+
+
+def _only_run(uri: str, experiment: str = "detectors-genimage_tiny", task: str = "train"):
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.task = '{task}'")
+    assert len(runs) == 1, [r.data.tags for r in runs]
+    return client, runs[0]
+
+
+def _assert_real_png(path: Path) -> None:
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB"), dtype=np.float64)
+    assert min(pixels.shape[:2]) > 50 and pixels.std() > 1.0, f"{path.name} looks blank"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_genimage_tree(tmp_path_factory.mktemp("data") / "genimage", n=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tree, tmp_path_factory) -> dict:
+    """A tiny LocalFFT-ResNet trained for one full epoch (every test image scored), diagnostics strict."""
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = compose_config(TINY + [f"data.root={tree}", "debug=cpu", "trainer.max_epochs=1", STRICT], tmp)
+    train(cfg)
+    client, run = _only_run(_store(tmp))
+    out = Path(cfg.paths.output_dir)
+    return {"run_dir": out, "uri": _store(tmp), "run_id": run.info.run_id, "client": client,
+            "metrics": json.loads((out / "metrics.json").read_text())}
+
+
+def test_training_writes_and_logs_every_plot(trained):
+    for name in PLOTS:
+        _assert_real_png(trained["run_dir"] / "plots" / f"{name}.png")
+    logged = {Path(a.path).name for a in trained["client"].list_artifacts(trained["run_id"], "plots")}
+    assert logged == {f"{name}.png" for name in PLOTS}
+    root = {a.path for a in trained["client"].list_artifacts(trained["run_id"])}
+    assert {"metrics_by_generator.csv", "metrics_by_generator.json"} <= root
+
+
+def test_metrics_by_generator_agree_with_the_flat_metrics(trained):
+    table = json.loads((trained["run_dir"] / "metrics_by_generator.json").read_text())
+    assert set(table) == {"all", "gen_a", "gen_b"}
+    for gen in ("gen_a", "gen_b"):
+        assert table[gen]["auc"] == pytest.approx(trained["metrics"][f"test/{gen}/auc"], abs=1e-12)
+        assert table[gen]["n"] == 8  # 4 real + 4 fake test images per generator
+    csv_lines = (trained["run_dir"] / "metrics_by_generator.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("generator,") and [line.split(",")[0] for line in csv_lines[1:]] == list(table)
+
+
+def test_a_failing_plot_warns_and_the_others_are_still_written(trained, tree, tmp_path, monkeypatch, caplog):
+    import experiments.diagnostics as diag
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(diag, "plot_calibration", broken)
+    cfg = compose_config(TINY + [f"data.root={tree}"], tmp_path)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    loaded = LoadedDetector(_localfft(cfg), cfg, Path("unused"))
+    test = predict(loaded, datamodule.test_dataloader(), datamodule.generator_names)
+    with caplog.at_level("WARNING"):
+        written = write_diagnostics(cfg, loaded.model, datamodule, test, test, tmp_path / "diag", None)
+    names = {p.name for p in written}
+    assert "calibration.png" not in names and {"roc.png", "tsne.png", "gradcam.png"} <= names
+    assert "calibration failed" in caplog.text and "no display" in caplog.text
+    with pytest.raises(RuntimeError, match="no display"):
+        write_diagnostics(cfg, loaded.model, datamodule, test, test, tmp_path / "strict", None, strict=True)
+
+
+def _localfft(cfg) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return instantiate(cfg.model.net).eval()
+
+
+# ---------------------------------------------------------------------------
+# SPECTRAFORGE: one Grad-CAM per stream
+# ---------------------------------------------------------------------------
+def test_spectraforge_gradcam_has_both_streams(tree, tmp_path):
+    cfg = compose_config(TINY[:-1] + [f"data.root={tree}", "model=spectraforge_dual", "model.net.head_hidden=16",
+                                      "data.crop_size=64", "data.resize_size=64"], tmp_path)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model.net).eval()
+    images = torch.rand(3, 3, 64, 64)
+    cams = stream_cams(model, images, target_classes=[1, 0, 1])
+    assert set(cams) == {"spatial", "frequency"}
+    for cam in cams.values():
+        assert cam.shape == (3, 64, 64) and cam.dtype == np.float32
+        assert cam.min() >= 0.0 and cam.max() <= 1.0
+    assert any(cam.max() > 0.5 for cam in cams.values())  # min-max scaled maps, not all blank
+    assert not any(p.grad is not None for p in model.parameters())  # gradients are not left behind
+
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    loaded = LoadedDetector(model, cfg, Path("unused"))
+    test = predict(loaded, datamodule.test_dataloader(), datamodule.generator_names)
+    rows = gradcam_rows(test, per_class=2)
+    assert test.label[rows].tolist() == [0, 0, 1, 1]
+    shown, cams, titles = gradcam_for_rows(model, datamodule.datasets["test"], test, rows)
+    assert shown.shape == (4, 3, 64, 64) and set(cams) == {"spatial", "frequency"}
+    assert [t.split(" | ")[0] for t in titles] == ["real", "real", "synthetic", "synthetic"]
+    written = write_diagnostics(cfg, model, datamodule, test, test, tmp_path / "run", None, strict=True)
+    _assert_real_png(tmp_path / "run" / "plots" / "gradcam.png")
+    assert {p.stem for p in written if p.suffix == ".png"} == PLOTS
+
+
+def test_sklearn_detector_gets_tsne_of_scaled_features_and_no_gradcam(tree, tmp_path):
+    cfg = compose_config(["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
+                          "data.num_workers=0", f"data.root={tree}", "model=radial_angular_logreg",
+                          "model.estimator.n_radial=8", "model.estimator.n_angular=8", STRICT], tmp_path)
+    train(cfg)
+    out = Path(cfg.paths.output_dir) / "plots"
+    assert {p.stem for p in out.glob("*.png")} == PLOTS - {"gradcam"}
+    _assert_real_png(out / "tsne.png")
+
+
+# ---------------------------------------------------------------------------
+# task=evaluate
+# ---------------------------------------------------------------------------
+def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_path):
+    cfg = compose_config(TINY + [f"data.root={tree}", "task=evaluate", f"ckpt={trained['run_dir']}",
+                                 "debug=cpu", STRICT], tmp_path)
+    metrics = evaluate(cfg)
+    for key in ("test/auc", "test/gen_a/auc", "test/gen_b/auc", "test/accuracy", "best_val/auc"):
+        assert metrics[key] == pytest.approx(trained["metrics"][key], abs=1e-6), key
+    out = Path(cfg.paths.output_dir)
+    assert json.loads((out / "metrics.json").read_text())["test/auc"] == pytest.approx(metrics["test/auc"])
+    for name in PLOTS:
+        _assert_real_png(out / "plots" / f"{name}.png")
+    client, run = _only_run(_store(tmp_path), task="evaluate")
+    assert run.data.tags["evaluated_run"] == str(trained["run_dir"])
+    assert run.data.tags["model"] == "resnet34_localfft" and run.info.status == "FINISHED"
+    assert run.data.metrics["test/auc"] == pytest.approx(metrics["test/auc"])
+    assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")} == {f"{p}.png" for p in PLOTS}
+
+
+def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_path):
+    other = make_genimage_tree(tmp_path / "other", generators=("gen_c",), n=3, size=48, seed=1)
+    cfg = compose_config(TINY + [f"data.root={other}", "data.crop_size=40", "task=evaluate",
+                                 f"ckpt={trained['run_id']}", f"logger.tracking_uri={trained['uri']}",
+                                 "diagnostics=false"], tmp_path)
+    metrics = evaluate(cfg)
+    assert "test/gen_c/auc" in metrics and "test/gen_a/auc" not in metrics
+    saved = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
+    assert "crop_size: 32" in saved  # the detector's own crop, not data.crop_size=40
+    client = mlflow.MlflowClient(tracking_uri=trained["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id],
+                              filter_string="tags.task = 'evaluate'")
+    assert [r.data.tags["evaluated_run"] for r in runs] == [trained["run_id"]]
+
+
+def test_evaluate_without_ckpt_names_the_option(tmp_path):
+    cfg = compose_config(["task=evaluate"], tmp_path)
+    with pytest.raises(MissingCheckpoint, match=r"ckpt=<MLflow run id \| run folder \| weights file>"):
+        evaluate(cfg)

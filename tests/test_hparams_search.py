@@ -1,0 +1,133 @@
+"""Hyperparameter search: per-model search spaces, and real sweeps through ``run.py -m`` (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF_DIR, compose_config, make_genimage_tree
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE_DIR = Path(CONF_DIR) / "hparams_search" / "space"
+SHARED_SPACES = {"cnn"}
+
+
+def has_optuna_sweeper() -> bool:
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+    except ModuleNotFoundError:  # no hydra_plugins namespace at all
+        return False
+
+
+HAS_OPTUNA = has_optuna_sweeper()
+needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason="needs hydra-optuna-sweeper (pip install -e '.[search]')")
+ABSENT = object()
+
+
+def sweep_params(cfg) -> dict[str, str]:
+    return dict(cfg.hydra.sweeper.get("params") or {})
+
+
+def test_grid_space_follows_the_model(tmp_path):
+    shared = {"model.optimizer.lr", "model.optimizer.weight_decay", "model.net.dropout"}
+    cfg = compose_config(["hparams_search=grid"], tmp_path)
+    assert set(sweep_params(cfg)) == shared | {"model.net.patch_size"}
+    assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.logger.tags.search == "grid"
+    cfg = compose_config(["hparams_search=grid", "model=spectraforge_dual"], tmp_path)
+    assert set(sweep_params(cfg)) == shared | {"model.net.blur_sigma"}
+
+
+@pytest.mark.parametrize("model", ["resnet34_localfft", "spectraforge_dual", "fft_random_forest"])
+def test_plain_runs_and_multiruns_get_no_search_space(model, tmp_path):
+    cfg = compose_config([f"model={model}"], tmp_path)
+    assert sweep_params(cfg) == {} and "search" not in cfg.logger.tags
+
+
+@pytest.mark.parametrize("space", sorted(p.stem for p in SPACE_DIR.glob("*.yaml")))
+def test_every_space_key_exists_in_its_model_and_is_a_sweep(space, tmp_path):
+    """Each ``<model>_<search>.yaml`` names keys of that model's config, with values Hydra parses as sweeps."""
+    model, search = space.rsplit("_", 1)
+    if model in SHARED_SPACES:
+        model = "resnet34_localfft"
+    # the basic sweeper is enough to compose any space; the Optuna plugin is not needed for this check
+    cfg = compose_config([f"model={model}", "hparams_search=grid", f"hparams_search/space@hydra.sweeper.params={space}"],
+                         tmp_path)
+    params = sweep_params(cfg)
+    own = {k for k, v in yaml.safe_load((SPACE_DIR / f"{space}.yaml").read_text()).items() if k != "defaults"}
+    assert params and own <= set(params)
+    parser = OverridesParser.create()
+    for key, value in params.items():
+        assert OmegaConf.select(cfg, key, default=ABSENT) is not ABSENT, f"{space}: {key} is not in model={model}"
+        override = parser.parse_override(f"{key}={value}")
+        assert override.is_sweep_override(), f"{space}: {key}={value} is not a sweep"
+        if search == "grid":
+            assert override.is_discrete_sweep(), f"{space}: the basic sweeper needs a list or choice, got {value}"
+
+
+@needs_optuna
+def test_optuna_search_composes(tmp_path):
+    cfg = compose_config(["hparams_search=optuna", "model=spectraforge_dual"], tmp_path)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert cfg.optimized_metric == "val/auc" and cfg.logger.tags.search == "optuna"
+    assert "model.net.blur_sigma" in sweep_params(cfg) and sweeper.sampler.seed == cfg.seed
+
+
+# ---------------------------------------------------------------- end to end, on CPU
+
+TINY = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
+        "data.num_workers=0", "data.persistent_workers=false", "model.backbone.name=resnet10t",
+        "model.net.head_hidden=16", "debug=cpu", "trainer.max_epochs=1", "diagnostics=false",
+        "callbacks.progress_bar=null"]
+
+
+def run_sweep(search: str, overrides: list[str], root: Path) -> float:
+    tree = make_genimage_tree(root / "genimage", n=6, size=32)
+    cmd = [sys.executable, "run.py", "-m", f"hparams_search={search}", f"data.root={tree}", *TINY, *overrides]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "SUITE_ROOT": str(root)}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return time.perf_counter() - start
+
+
+def search_runs(root: Path, search: str):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("detectors-genimage_tiny")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.search = '{search}'")
+
+
+@pytest.mark.slow
+@needs_optuna
+def test_optuna_sweep_logs_every_trial_to_mlflow(tmp_path):
+    seconds = run_sweep("optuna", ["hydra.sweeper.n_trials=2", "model.net.patch_size=choice(8,16)"], tmp_path)
+    runs = search_runs(tmp_path, "optuna")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["mlflow.runName"] for r in runs} == {"resnet34_localfft-seed42-trial0",
+                                                            "resnet34_localfft-seed42-trial1"}
+    best = max(r.data.metrics["best_val/auc"] for r in runs)
+    results = list((tmp_path / "logs").rglob("optimization_results.yaml"))
+    assert len(results) == 1
+    assert yaml.safe_load(results[0].read_text())["best_value"] == pytest.approx(best)
+    print(f"2-trial optuna sweep: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_grid_sweep_logs_every_run_to_mlflow(tmp_path):
+    fixed = ["model.optimizer.lr=1e-3", "model.optimizer.weight_decay=1e-2", "model.net.dropout=0.5"]
+    seconds = run_sweep("grid", [*fixed, "model.net.patch_size=8,16"], tmp_path)
+    runs = search_runs(tmp_path, "grid")
+    assert sorted(r.data.params["model/net/patch_size"] for r in runs) == ["16", "8"]
+    assert all("best_val/auc" in r.data.metrics for r in runs)
+    print(f"2-run grid sweep: {seconds:.1f} s")

@@ -1,0 +1,141 @@
+"""task=ood_stress on two tiny trained detectors (a CNN and the scikit-learn pipeline), MLflow in a tmp dir."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+import mlflow
+import pytest
+import torch
+from omegaconf import open_dict
+
+from experiments.checkpoints import LoadedDetector
+from experiments.ood_stress import as_ref_list, ood_stress, training_command
+from experiments.perturbations import apply, metric_prefix, perturbation_grid
+from experiments.train import train
+from tests.conftest import compose_config, make_genimage_tree
+
+# one batch holds the whole test split (2 generators x 2 classes x 6 images), so the fast_dev_run
+# training evaluates the full test split and its test/auc is comparable with the OOD clean point
+DATA = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=64",
+        "data.num_workers=0", "diagnostics=false"]
+CNN = ["model=resnet34_localfft", "model.backbone.name=resnet18", "model.net.head_hidden=16", "debug=fdr"]
+SKLEARN = ["model=radial_angular_logreg", "model.estimator.n_radial=8", "model.estimator.n_angular=8"]
+MODELS = ("resnet34_localfft", "radial_angular_logreg")
+
+
+def _uri(root) -> str:
+    return f"sqlite:///{root / 'mlruns.db'}"
+
+
+@pytest.fixture(scope="module")
+def stressed(tmp_path_factory):
+    """Train both tiny detectors, then run task=ood_stress (ood=quick, ckpt=null) once."""
+    root = tmp_path_factory.mktemp("ood_stress")
+    tree = make_genimage_tree(root / "genimage", n=6, size=32)
+    for name, overrides in zip(MODELS, (CNN, SKLEARN)):
+        cfg = compose_config(DATA + overrides + [f"data.root={tree}"], root)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(root / f"out_{name}")
+        train(cfg)
+    cfg = compose_config(DATA + ["task=ood_stress", "ood=quick", f"data.root={tree}"], root)
+    result = ood_stress(cfg)
+    client = mlflow.MlflowClient(tracking_uri=_uri(root))
+    return {"root": root, "tree": tree, "cfg": cfg, "result": result, "client": client}
+
+
+def _train_runs(client):
+    exp = client.get_experiment_by_name("detectors-genimage_tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.task = 'train'")
+    return {r.data.tags["model"]: r for r in runs}
+
+
+def test_writes_curves_and_table(stressed):
+    out = stressed["root"] / "reports" / "ood_stress"
+    names = {"noise", "jpeg", "blur", "downscale", "jpeg_blur"}
+    assert {p.name for p in stressed["result"]["curves"]} == {f"robustness_{n}.png" for n in names}
+    for name in names:
+        assert (out / f"robustness_{name}.png").stat().st_size > 1000
+    grid = perturbation_grid(stressed["cfg"].ood)
+    header = (out / "ood_auroc.csv").read_text().splitlines()[0].split(",")
+    assert header == ["detector", *(p.key for p in grid)]
+    rows = (out / "ood_auroc.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(MODELS)
+    md = (out / "ood_auroc.md").read_text()
+    assert "| detector | noise/s0 | noise/s10 |" in md and "jpeg_blur/q50_s2" in md
+
+
+def test_logs_ood_metrics_per_detector(stressed):
+    client, result = stressed["client"], stressed["result"]
+    train_runs = _train_runs(client)
+    grid = perturbation_grid(stressed["cfg"].ood)
+    assert set(result["run_ids"]) == set(MODELS)
+    for label, run_id in result["run_ids"].items():
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["task"] == "ood_stress"
+        assert run.data.tags["evaluated_run"] == train_runs[label].info.run_id
+        assert run.info.experiment_id == train_runs[label].info.experiment_id
+        for p in grid:
+            for metric in ("auc", "ap", "accuracy"):
+                key = f"{metric_prefix(p)}/{metric}"
+                assert 0.0 <= run.data.metrics[key] <= 1.0, key
+                assert run.data.metrics[key] == pytest.approx(result["results"][label][p.key][metric])
+        artifacts = {a.path for a in client.list_artifacts(run_id, "ood_stress")}
+        assert "ood_stress/ood_auroc.csv" in artifacts and "ood_stress/robustness_noise.png" in artifacts
+
+
+def test_clean_strength_equals_plain_test_auroc(stressed):
+    train_runs = _train_runs(stressed["client"])
+    for label in MODELS:
+        plain = train_runs[label].data.metrics["test/auc"]
+        res = stressed["result"]["results"][label]
+        assert res["noise/s0"]["n"] == 24
+        for clean in ("noise/s0", "blur/s0", "downscale/x1"):
+            assert res[clean]["auc"] == pytest.approx(plain, abs=1e-6), (label, clean)
+
+
+def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monkeypatch):
+    """Spy on the detectors' input: both get the same tensors, and those are ``apply(clean, p, seed, ids)``."""
+    seen = defaultdict(list)
+    original = LoadedDetector.predict_proba
+
+    def spy(self, images):
+        seen[self.cfg.model.name].append(images.clone())
+        return original(self, images)
+
+    monkeypatch.setattr(LoadedDetector, "predict_proba", spy)
+    ids = [stressed["result"]["detectors"][m] for m in MODELS]
+    cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
+                                 f"data.root={stressed['tree']}", f"ckpt=[{ids[0]},{ids[1]}]",
+                                 f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
+    result = ood_stress(cfg)
+    assert set(result["results"]) == set(MODELS)
+
+    def digest(x):
+        return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+
+    first, second = ([digest(x) for x in seen[m]] for m in MODELS)
+    assert first == second and len(first) == 2  # one batch x two strengths, same pixels for both detectors
+    clean, noisy = seen[MODELS[0]]
+    assert not torch.equal(clean, noisy)
+    grid = perturbation_grid(cfg.ood)
+    expected = apply(clean, grid[1], cfg.seed, sample_ids=torch.arange(clean.shape[0]))
+    assert torch.equal(noisy, expected)
+
+
+def test_missing_runs_outside_demo_raise_with_a_command(stressed):
+    cfg = compose_config(DATA + ["task=ood_stress", f"data.root={stressed['tree']}",
+                                 "logger.experiment_name=no-runs-here"], stressed["root"])
+    with pytest.raises(LookupError, match="python run.py -m data=genimage_tiny"):
+        ood_stress(cfg)
+
+
+def test_training_command_and_ckpt_lists(tmp_path):
+    cfg = compose_config(["task=ood_stress"], tmp_path)
+    command = training_command(cfg, ["resnet34_localfft", "radial_angular_logreg"])
+    assert command[2:5] == ["-m", "experiment=demo", "model=resnet34_localfft,radial_angular_logreg"]
+    assert f"paths.root_dir='{tmp_path}'" in command
+    assert "logger.experiment_name='detectors-demo'" in command
+    assert as_ref_list(None) == [] and as_ref_list("a, b") == ["a", "b"] and as_ref_list(["x"]) == ["x"]
