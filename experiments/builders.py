@@ -53,3 +53,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], logger) -> Trainer
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, precision=resolve_precision(cfg.trainer.precision)
     )
+
+
+def single_device_trainer(cfg: DictConfig) -> Trainer:
+    """A one-device, logger-free Trainer for scoring after (distributed) training."""
+    accelerator = "cpu" if cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available() else "gpu"
+    return Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                   enable_model_summary=False, precision=resolve_precision(cfg.trainer.precision),
+                   default_root_dir=cfg.paths.output_dir)

@@ -53,6 +53,7 @@ PLOTS_DIR = "plots"
 DEFAULT_MAX_SAMPLES = 512
 DEFAULT_GRADCAM_IMAGES = 4
 FEATURE_BATCH = 64
+TSNE_THREADS = 1
 
 
 # ---------------------------------------------------------------------------
@@ -219,9 +220,14 @@ def embed(model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _tsne(model, dataset, test, path: Path, max_samples: int, seed: int) -> Path:
     if dataset is None:
         raise ValueError("t-SNE needs the datamodule's test dataset")
+    from threadpoolctl import threadpool_limits
+
     rows = sample_rows(test, max_samples, seed)
     features, labels, gens = embed(model, load_items(dataset, test.index[rows]))
-    return plot_tsne(features, labels, gens, path, group_names=test.generator_names, seed=seed)
+    # one OpenMP thread: scikit-learn's Barnes-Hut t-SNE is several times slower when its threads compete for
+    # cores with other work, and on 512 points a single thread takes a few seconds
+    with threadpool_limits(limits=TSNE_THREADS):
+        return plot_tsne(features, labels, gens, path, group_names=test.generator_names, seed=seed)
 
 
 # ---------------------------------------------------------------------------
@@ -259,4 +265,6 @@ def _gradcam(model, dataset, test, path: Path, per_class: int, seed: int) -> Pat
     if dataset is None:
         raise ValueError("Grad-CAM needs the datamodule's test dataset")
     images, cams, titles = gradcam_for_rows(model, dataset, test, gradcam_rows(test, per_class, seed))
-    return plot_gradcam_grid(images, cams, path, titles=titles)
+    # the frequency stream's map lives on the centred spectrum (same size as the image, DC in the middle)
+    shown = {(f"{name} (FFT coords)" if name == "frequency" else name): cam for name, cam in cams.items()}
+    return plot_gradcam_grid(images, shown, path, titles=titles)

@@ -45,6 +45,7 @@ error message instead.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import subprocess
@@ -166,9 +167,7 @@ def resolve_detectors(cfg: DictConfig, client: mlflow.MlflowClient, tracking_uri
     refs = as_ref_list(cfg.get("ckpt"))
     found: list[tuple[str, str | None]] = []  # (ref, experiment id)
     if refs:
-        for ref in refs:
-            experiment_id = client.get_run(ref).info.experiment_id if RUN_ID.match(ref) else None
-            found.append((ref if RUN_ID.match(ref) else str(Path(ref).resolve()), experiment_id))
+        found = [(ref, None) if RUN_ID.match(ref) else (str(Path(ref).resolve()), None) for ref in refs]
     else:
         models = list(cfg.task.models) if cfg.task.get("models") else None
         runs = latest_train_runs(client, cfg.logger.experiment_name, models)
@@ -181,6 +180,8 @@ def resolve_detectors(cfg: DictConfig, client: mlflow.MlflowClient, tracking_uri
     detectors = []
     for ref, experiment_id in found:
         loaded = load_detector(ref, tracking_uri, device=_device(cfg.task.get("device", "auto")))
+        if experiment_id is None and RUN_ID.match(ref):  # log next to the evaluated run
+            experiment_id = client.get_run(ref).info.experiment_id
         detectors.append(Detector(loaded.cfg.model.name, ref, loaded, experiment_id))
     _deduplicate_labels(detectors)
     return detectors
@@ -228,11 +229,18 @@ def build_test_loader(cfg: DictConfig, detector: Detector) -> DataLoader:
 
 
 # -- scoring -------------------------------------------------------------------------------------------
+def tensor_digest(x: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and values (to recognise identical perturbed batches)."""
+    data = x.detach().cpu().contiguous()
+    return hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode() + data.numpy().tobytes()).hexdigest()
+
+
 def score_group(detectors: Sequence[Detector], loader: DataLoader, grid: Sequence[Perturbation], seed: int,
                 ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
     """P(synthetic) of each detector at each grid point over ``loader``: ``({label: {key: probs}}, labels)``.
 
-    All ``detectors`` must share one preprocessing (they receive the same tensors).
+    All ``detectors`` must share one preprocessing (they receive the same tensors). Grid points
+    that leave a batch unchanged (the clean baselines) are scored once per batch and reused.
     """
     probs: dict[str, dict[str, list[torch.Tensor]]] = {d.label: {p.key: [] for p in grid} for d in detectors}
     labels: list[torch.Tensor] = []
@@ -241,10 +249,14 @@ def score_group(detectors: Sequence[Detector], loader: DataLoader, grid: Sequenc
             continue
         images, ids = batch["image"], batch["index"]
         labels.append(batch["label"].reshape(-1))
+        done: dict[str, dict[str, torch.Tensor]] = {}  # identical inputs (noise 0, blur 0, scale 1) run once
         for perturbation in grid:
             x = apply(images, perturbation, seed, sample_ids=ids)
+            digest = tensor_digest(x)
+            if digest not in done:
+                done[digest] = {det.label: det.loaded.predict_proba(x).reshape(-1) for det in detectors}
             for det in detectors:
-                probs[det.label][perturbation.key].append(det.loaded.predict_proba(x).reshape(-1))
+                probs[det.label][perturbation.key].append(done[digest][det.label])
     if not labels:
         raise ValueError("the test split has no readable images")
     out = {label: {key: torch.cat(parts).numpy() for key, parts in by_key.items()} for label, by_key in probs.items()}

@@ -9,22 +9,23 @@ import torch
 from torch.utils.data import DataLoader
 
 
-def collect_images(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def collect_features(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run the (stateless) feature step of a pipeline over a loader, batch by batch.
 
-    Returns ``(features, labels, generator ids)``. Images never pile up in memory:
+    Returns ``(features, labels, generator ids, dataset indices)``. Images never pile up in memory:
     only their feature vectors do.
     """
-    xs, ys, gs = [], [], []
+    xs, ys, gs, idx = [], [], [], []
     for batch in loader:
         if batch.get("empty"):
             continue
         xs.append(np.asarray(features.transform(batch["image"])))
         ys.append(batch["label"].numpy().astype(np.int64))
         gs.append(batch["generator"].numpy().astype(np.int64))
+        idx.append(batch["index"].numpy().astype(np.int64))
     if not xs:
         raise ValueError("no readable images in this split")
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(idx)
 
 
 def save_estimator(estimator, path: Path) -> Path:

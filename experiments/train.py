@@ -12,13 +12,20 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
 from detectors.backbones import count_parameters
 from experiments import tracking
 from experiments.check_data import BadDataError, preflight
-from experiments.builders import build_callbacks, build_datamodule, build_module, build_trainer
+from experiments.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    single_device_trainer,
+)
 from experiments.diagnostics import write_diagnostics
 from experiments.evaluate import Predictions, predict_split, score
 from experiments.resume import RUN_ID_FILE, ResumePoint
@@ -36,6 +43,31 @@ def train(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = tracking.build_logger(cfg)
+    if rank_zero_only.rank == 0:  # under DDP, the other ranks only train
+        _open_run(cfg, logger, datamodule, out_dir, resume)
+
+    start = time.perf_counter()
+    fit = _fit_sklearn if cfg.model.family == "sklearn" else _fit_lightning
+    result = fit(cfg, datamodule, out_dir, logger)
+    if result is None:  # a non-zero DDP rank: rank 0 evaluates and logs
+        return None
+    model, val, test, n_params = result
+    fit_seconds = time.perf_counter() - start
+
+    metrics = score(val, test)
+    metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
+    tracking.log_metrics(logger, metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    tracking.log_artifact(logger, out_dir / "metrics.json")
+    if cfg.get("diagnostics", True):
+        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
+    logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    print_metrics_table(cfg.model.name, metrics)
+    return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
+
+
+def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: ResumePoint | None) -> None:
+    """Record the config, run id and data checks of a new run; or reopen an interrupted one."""
     if resume is None:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (out_dir / RUN_ID_FILE).write_text(logger.run_id)
@@ -50,24 +82,6 @@ def train(cfg: DictConfig) -> float | None:
     except BadDataError:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
-
-    start = time.perf_counter()
-    if cfg.model.family == "sklearn":
-        model, val, test, n_params = _fit_sklearn(cfg, datamodule, out_dir, logger)
-    else:
-        model, val, test, n_params = _fit_lightning(cfg, datamodule, out_dir, logger)
-    fit_seconds = time.perf_counter() - start
-
-    metrics = score(val, test)
-    metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
-    tracking.log_metrics(logger, metrics)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    tracking.log_artifact(logger, out_dir / "metrics.json")
-    if cfg.get("diagnostics", True):
-        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
-    logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    print_metrics_table(cfg.model.name, metrics)
-    return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
 def _resume_point(cfg: DictConfig) -> ResumePoint | None:
@@ -88,6 +102,8 @@ def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[
     callbacks = build_callbacks(cfg)
     trainer = build_trainer(cfg, callbacks, logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"), weights_only=True)
+    if not trainer.is_global_zero:
+        return None
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -97,8 +113,9 @@ def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[
     tracking.log_artifact(logger, weights)
     tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
     names = datamodule.generator_names
-    val = predict_split(trainer, module, datamodule.val_dataloader(), names)
-    test = predict_split(trainer, module, datamodule.test_dataloader(), names)
+    scorer = trainer if trainer.world_size == 1 else single_device_trainer(cfg)  # every image scored exactly once
+    val = predict_split(scorer, module, datamodule.val_dataloader(), names)
+    test = predict_split(scorer, module, datamodule.test_dataloader(), names)
     return module.net.eval(), val, test, count_parameters(module.net)
 
 
@@ -111,18 +128,18 @@ def export_weights(net: torch.nn.Module, out_dir: Path, model_name: str) -> Path
 
 def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[object, Predictions, Predictions, int]:
     """The classical path: features in torch batches, then scikit-learn's scaler and classifier; no Lightning loop."""
-    from experiments.sklearn_io import collect_images, save_estimator
+    from experiments.sklearn_io import collect_features, save_estimator
 
     pipeline = instantiate(cfg.model.estimator)
     features, head = pipeline[:1], pipeline[1:]
-    x_train, y_train, _ = collect_images(datamodule.train_dataloader(), features)
+    x_train, y_train, _, _ = collect_features(datamodule.train_dataloader(), features)
     head.fit(x_train, y_train)
     names = datamodule.generator_names
     preds = []
     for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
-        x, y, g = collect_images(loader, features)
+        x, y, g, index = collect_features(loader, features)
         prob = head.predict_proba(x)[:, 1]
-        preds.append(Predictions(prob, y, g, np.arange(len(y)), names))
+        preds.append(Predictions(prob, y, g, index, names))
     val = preds[0]
     from experiments.metrics import binary_metrics
 

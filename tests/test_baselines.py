@@ -137,7 +137,7 @@ def test_resnet50_fft_defaults_to_resnet50(tmp_path):
 TINY_DATA = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
              "data.num_workers=0", "debug=fdr"]
 TRAIN_OVERRIDES = {
-    "fft_random_forest": ["model.estimator.n_estimators=10", "model.estimator.grid=8"],
+    "fft_random_forest": ["model.estimator.n_estimators=10", "model.estimator.grid=8", "+diagnostics_strict=true"],
     "resnet50_fft": ["model.backbone.name=resnet10t", "model.net.head_hidden=16", "diagnostics=false"],
 }
 ARTIFACT = {"fft_random_forest": "fft_random_forest.skops", "resnet50_fft": "resnet50_fft.pth"}

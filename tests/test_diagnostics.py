@@ -88,7 +88,7 @@ def test_a_failing_plot_warns_and_the_others_are_still_written(trained, tree, tm
         raise RuntimeError("no display")
 
     monkeypatch.setattr(diag, "plot_calibration", broken)
-    cfg = compose_config(TINY + [f"data.root={tree}"], tmp_path)
+    cfg = compose_config(TINY + [f"data.root={tree}", "+gradcam_images=1"], tmp_path)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     loaded = LoadedDetector(_localfft(cfg), cfg, Path("unused"))
@@ -112,7 +112,8 @@ def _localfft(cfg) -> torch.nn.Module:
 # ---------------------------------------------------------------------------
 def test_spectraforge_gradcam_has_both_streams(tree, tmp_path):
     cfg = compose_config(TINY[:-1] + [f"data.root={tree}", "model=spectraforge_dual", "model.net.head_hidden=16",
-                                      "data.crop_size=64", "data.resize_size=64"], tmp_path)
+                                      "data.crop_size=64", "data.resize_size=64",
+                                      "+gradcam_images=2"], tmp_path)
     torch.manual_seed(0)
     model = instantiate(cfg.model.net).eval()
     images = torch.rand(3, 3, 64, 64)

@@ -1,0 +1,394 @@
+"""``make bench``: throughput of features, data loading and training; writes ``reports/bench.{md,csv}``.
+
+Sections:
+
+1. **features**: images/s of each batched torch feature (CPU) against the
+   per-image NumPy/OpenCV reference of the same maths
+   (:mod:`experiments.reference_numpy`), after checking both give the same
+   numbers. Default: 224 px, batch 64.
+2. **data**: images/s of one pass over the demo train split, read from the
+   files and from the decode-once cache (``data.cache=true``), plus the time to
+   build the cache.
+3. **train**: images/s of a few optimisation steps of each detector at its demo
+   size (64 px) on CPU; the scikit-learn detector's ``fit``. With CUDA, also at
+   224 px with ``16-mixed`` autocast.
+
+Peak memory: process peak RSS after each row, and CUDA max allocated when present.
+Timings are the best of ``--repeats`` after a warm-up. Usage::
+
+    python -m experiments.bench [--size 224] [--batch 64] [--repeats 3] [--out reports] [--only features,data,train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from experiments import reference_numpy as ref
+from features import (
+    FFTMagnitude,
+    GaussianBottleneck,
+    LaplacianResidual,
+    LocalPatchFFT,
+    RadialAngularHistogram,
+    autocorrelation,
+    power_spectrum,
+)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "radial_angular_logreg")
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    impl: str
+    images_per_s: float
+    size: int
+    batch: int
+    speedup: float = float("nan")
+    max_rel_err: float = float("nan")
+    peak_rss_mb: float = float("nan")
+    cuda_max_alloc_mb: float = float("nan")
+    note: str = ""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, min_total: float = 0.5,
+              max_repeats: int = 100) -> float:
+    """Fastest of at least ``repeats`` calls, repeated until ``min_total`` seconds have passed (at most
+    ``max_repeats``): on a shared machine the minimum is the least disturbed measurement."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_total and len(times) < max_repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b| / max |b|``: the error relative to the reference's range."""
+    scale = float(np.abs(b).max()) or 1.0
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() / scale)
+
+
+# -- 1. features --------------------------------------------------------------------------------------------
+@dataclass
+class FeatureCase:
+    name: str
+    torch_fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    ref_fn: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    tol: float = 1e-4
+    #: reference used for the equality check when it must differ from the timed one (default: ``ref_fn``)
+    check_fn: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None
+
+
+def _torch_bins(module: RadialAngularHistogram, im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r, a = module.bin_indices(im.shape[-2], im.shape[-1], "cpu")
+    return r.numpy(), a.numpy()
+
+
+def bin_ties(size: int, n_radial: int = 64, n_angular: int = 64, max_radius: float = math.sqrt(2.0)) -> int:
+    """Frequencies that torch and NumPy put in different bins: exact ties on a bin edge, decided by one ulp
+    of ``sqrt`` (torch's vectorised float64 ``sqrt`` is not always correctly rounded)."""
+    module = RadialAngularHistogram(n_radial, n_angular, max_radius=max_radius)
+    tr, ta = module.bin_indices(size, size, "cpu")
+    nr, na = ref.frequency_bins(size, size, n_radial, n_angular, max_radius)
+    return int((tr.numpy() != nr).sum() + (ta.numpy() != na).sum())
+
+
+def feature_cases() -> list[FeatureCase]:
+    local = LocalPatchFFT(patch_size=32)
+    fftmag = FFTMagnitude(standardize=True)
+    resid = LaplacianResidual(grayscale=True)
+    radial = RadialAngularHistogram(n_radial=64, n_angular=64, use_residual=True, max_radius=math.sqrt(2.0))
+    blur = GaussianBottleneck(sigma=1.5)
+
+    def residual_torch(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r = resid(x)
+        return r[:, 0], power_spectrum(r)[:, 0], autocorrelation(r)[:, 0]
+
+    return [
+        FeatureCase("LocalPatchFFT(32)", lambda x: (local(x),), lambda im: (ref.local_patch_fft(im, 32),)),
+        FeatureCase("FFTMagnitude(std)", lambda x: (fftmag(x),), lambda im: (ref.fft_magnitude(im),), 1e-3),
+        FeatureCase("LaplacianResidual+power+autocorr", residual_torch, ref.residual_spectra),
+        FeatureCase("RadialAngularHistogram(64,64,res)", lambda x: (radial(x),),
+                    lambda im: (ref.radial_angular_histogram(im, 64, 64, True, math.sqrt(2.0)),), 1e-3,
+                    check_fn=lambda im: (ref.radial_angular_histogram(im, 64, 64, True, math.sqrt(2.0),
+                                                                      bins=_torch_bins(radial, im)),)),
+        FeatureCase("GaussianBottleneck(1.5)", lambda x: (blur(x),), lambda im: (ref.gaussian_bottleneck(im, 1.5),)),
+    ]
+
+
+def check_case(case: FeatureCase, x: torch.Tensor) -> float:
+    """Run both implementations on ``x``; raise if they differ by more than ``case.tol``; return the error."""
+    with torch.inference_mode():
+        got = [t.numpy() for t in case.torch_fn(x)]
+    images = x.numpy()
+    refs = [ref_outs for ref_outs in zip(*((case.check_fn or case.ref_fn)(im) for im in images))]
+    err = max(max_rel_err(g, np.stack(r)) for g, r in zip(got, refs))
+    if not err <= case.tol:
+        raise AssertionError(f"{case.name}: torch and the NumPy reference differ (max rel. error {err:.2e})")
+    return err
+
+
+def bench_features(size: int, batch: int, repeats: int, seed: int = 0) -> list[Row]:
+    x = torch.from_numpy(np.random.default_rng(seed).random((batch, 3, size, size), dtype=np.float32))
+    images = x.numpy()
+    rows = []
+    for case in feature_cases():
+        err = check_case(case, x)
+        with torch.inference_mode():
+            t_torch = best_time(lambda: case.torch_fn(x), repeats)
+        t_ref = best_time(lambda: [case.ref_fn(im) for im in images], repeats)
+        rss = peak_rss_mb()
+        note = ""
+        if case.check_fn is not None:
+            note = (f"checked with torch's bin indices; {bin_ties(size)} of {size * size} frequencies are "
+                    f"edge ties binned differently by NumPy's own grid")
+        rows.append(Row("features", case.name, "torch batched (CPU)", batch / t_torch, size, batch,
+                        speedup=t_ref / t_torch, max_rel_err=err, peak_rss_mb=rss, note=note))
+        rows.append(Row("features", case.name, "numpy/OpenCV per image", batch / t_ref, size, batch,
+                        speedup=1.0, peak_rss_mb=rss))
+    return rows
+
+
+# -- 2. data loading ----------------------------------------------------------------------------------------
+def demo_datamodule(root: Path, **kw):
+    from experiments.data.datamodule import DetectorDataModule
+
+    args = dict(name="demo", root=str(root), crop_size=64, resize_size=None, batch_size=32, num_workers=0,
+                persistent_workers=False, pin_memory=False, val_fraction=0.15)
+    args.update(kw)
+    return DetectorDataModule(**args)
+
+
+def _one_pass(loader) -> int:
+    n = 0
+    for batch in loader:
+        n += 0 if batch.get("empty") else int(batch["image"].shape[0])
+    return n
+
+
+def bench_data(root: Path, repeats: int, num_workers: int = 0) -> list[Row]:
+    if not root.exists():
+        from experiments.demo_data import build_demo_dataset
+
+        build_demo_dataset(root, progress=False)
+    rows = []
+    files = demo_datamodule(root, num_workers=num_workers)
+    files.setup()
+    loader = files._loader("train", shuffle=False)
+    n = _one_pass(loader)
+    t = best_time(lambda: _one_pass(loader), repeats, warmup=0)
+    note = f"demo train split, {num_workers} workers, batch 32"
+    rows.append(Row("data", "DataLoader", "decode files", n / t, 64, 32, peak_rss_mb=peak_rss_mb(), note=note))
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start = time.perf_counter()
+        cached = demo_datamodule(root, num_workers=num_workers, cache=True, cache_dir=cache_dir)
+        cached.setup()  # builds train, val and test caches
+        build = time.perf_counter() - start
+        n_all = sum(len(s) for s in cached.splits.values())
+        loader = cached._loader("train", shuffle=False)
+        t_cached = best_time(lambda: _one_pass(loader), repeats)
+        rows.append(Row("data", "DataLoader", "cache (memmap)", n / t_cached, 64, 32, speedup=t / t_cached,
+                        peak_rss_mb=peak_rss_mb(), note=note))
+        rows.append(Row("data", "cache build", "decode + write once", n_all / build, 64, 32,
+                        peak_rss_mb=peak_rss_mb(), note=f"{n_all} images, all splits, {build:.1f} s"))
+    return rows
+
+
+# -- 3. training --------------------------------------------------------------------------------------------
+def compose_model(model: str, overrides: list[str] = ()):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"model={model}", *overrides])
+
+
+def _train_steps(cfg, size: int, batch: int, steps: int, device: str, amp: bool) -> tuple[float, float]:
+    """images/s and CUDA max allocated MiB of ``steps`` optimisation steps of a CNN detector."""
+    from experiments.builders import build_module
+
+    module = build_module(cfg).to(device).train()
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(device)
+    y = (torch.arange(batch) % 2).float().to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+            logits = module(x)
+        loss = module.criterion(logits.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step()  # warm-up (cuDNN autotune, allocator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    alloc = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+    return steps * batch / seconds, alloc
+
+
+def _fit_sklearn(cfg, size: int, n: int) -> float:
+    from hydra.utils import instantiate
+
+    pipeline = instantiate(cfg.model.estimator)
+    gen = np.random.default_rng(0)
+    x = gen.random((n, 3, size, size), dtype=np.float32)
+    y = np.arange(n) % 2
+    start = time.perf_counter()
+    pipeline.fit(x, y)
+    return n / (time.perf_counter() - start)
+
+
+def bench_training(steps: int, batch: int, models=DETECTORS) -> list[Row]:
+    rows = []
+    for model in models:
+        cfg = compose_model(model, ["experiment=demo"])
+        size = int(cfg.data.crop_size)
+        if cfg.model.family == "sklearn":
+            ips = _fit_sklearn(cfg, size, 8 * batch)
+            rows.append(Row("train", model, "CPU fit (features + LogisticRegression)", ips, size, 8 * batch,
+                            peak_rss_mb=peak_rss_mb(), note="demo preset"))
+            continue
+        ips, _ = _train_steps(cfg, size, batch, steps, "cpu", amp=False)
+        rows.append(Row("train", model, "CPU 32-true", ips, size, batch, peak_rss_mb=peak_rss_mb(),
+                        note=f"demo preset, {steps} steps"))
+    if torch.cuda.is_available():
+        for model in models:
+            cfg = compose_model(model)
+            if cfg.model.family == "sklearn":
+                continue
+            ips, alloc = _train_steps(cfg, 224, batch, steps, "cuda", amp=True)
+            rows.append(Row("train", model, f"CUDA 16-mixed ({torch.cuda.get_device_name()})", ips, 224, batch,
+                            peak_rss_mb=peak_rss_mb(), cuda_max_alloc_mb=alloc, note=f"full config, {steps} steps"))
+    return rows
+
+
+# -- reporting ----------------------------------------------------------------------------------------------
+def machine() -> dict[str, str]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "load_avg": " ".join(f"{v:.2f}" for v in load),
+    }
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "" if v != v else f"{v:,.{digits}f}"
+
+
+def to_markdown(rows: list[Row], info: dict[str, str]) -> str:
+    lines = ["# Benchmark", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+             "| section | name | implementation | size | batch | images/s | speed-up | max rel. err | peak RSS MiB "
+             "| CUDA max alloc MiB | note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.section} | {r.name} | {r.impl} | {r.size} | {r.batch} | {_fmt(r.images_per_s)} | "
+            f"{_fmt(r.speedup) + 'x' if r.speedup == r.speedup else ''} | "
+            f"{'' if r.max_rel_err != r.max_rel_err else f'{r.max_rel_err:.1e}'} | {_fmt(r.peak_rss_mb, 0)} | "
+            f"{_fmt(r.cuda_max_alloc_mb, 0)} | {r.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(rows: list[Row], out_dir: Path, info: dict[str, str]) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / "bench.md", out_dir / "bench.csv"
+    md.write_text(to_markdown(rows, info))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + list(info))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**asdict(r), **info})
+    return md, csv_path
+
+
+def print_table(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="throughput (images/s)")
+    for col in ("section", "name", "impl", "size", "images/s", "speed-up", "peak RSS MiB", "CUDA MiB"):
+        table.add_column(col, justify="right" if col not in ("section", "name", "impl") else "left")
+    for r in rows:
+        table.add_row(r.section, r.name, r.impl, str(r.size), _fmt(r.images_per_s),
+                      _fmt(r.speedup) + ("x" if r.speedup == r.speedup else ""), _fmt(r.peak_rss_mb, 0),
+                      _fmt(r.cuda_max_alloc_mb, 0))
+    Console(width=160).print(table)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224, help="feature benchmark image side")
+    parser.add_argument("--batch", type=int, default=64, help="feature benchmark batch size")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--data-root", default=os.path.join(os.environ.get("SUITE_ROOT", "."), "data", "demo"))
+    parser.add_argument("--out", default=os.path.join(os.environ.get("SUITE_ROOT", "."), "reports"))
+    parser.add_argument("--only", default="features,data,train", help="comma-separated sections to run")
+    args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    info = machine()
+    rows: list[Row] = []
+    if "features" in sections:
+        rows += bench_features(args.size, args.batch, args.repeats)
+    if "data" in sections:
+        rows += bench_data(Path(args.data_root), args.repeats)
+    if "train" in sections:
+        rows += bench_training(args.train_steps, args.train_batch)
+    info["load_avg_end"] = machine()["load_avg"]
+    md, csv_path = write_reports(rows, Path(args.out), info)
+    print_table(rows)
+    print(f"wrote {md} and {csv_path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

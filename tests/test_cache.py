@@ -1,0 +1,99 @@
+"""``data.cache=true``: decode once, same batches as the files, invalidated by file or preprocessing changes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from experiments.data import cache as cache_mod
+from experiments.data.cache import CachedImageDataset
+from experiments.data.dataset import ImageDataset
+from experiments.data.datamodule import DetectorDataModule
+from tests.conftest import make_genimage_tree
+
+
+def _dm(root: Path, **kw) -> DetectorDataModule:
+    args = dict(name="t", root=str(root), crop_size=24, resize_size=None, batch_size=8, num_workers=0,
+                val_fraction=0.25, split_seed=0)
+    args.update(kw)
+    dm = DetectorDataModule(**args)
+    dm.setup()
+    return dm
+
+
+def _all(loader) -> dict:
+    images, idx, skipped = [], [], 0
+    for b in loader:
+        skipped += int(b["skipped"])
+        if not b.get("empty"):
+            images.append(b["image"])
+            idx.append(b["index"])
+    return {"image": torch.cat(images), "index": torch.cat(idx), "skipped": skipped}
+
+
+def test_cached_batches_equal_file_batches(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=5, size=32)
+    plain, cached = _dm(root), _dm(root, cache=True)
+    for split in ("train", "val", "test"):
+        assert isinstance(cached.datasets[split], CachedImageDataset)
+        loader = "train_dataloader" if split == "train" else f"{split}_dataloader"
+        a = _all(plain._loader(split, shuffle=False))
+        b = _all(cached._loader(split, shuffle=False))
+        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["image"], b["image"]), split  # uint8 storage is lossless
+        assert getattr(cached, loader)() is not None
+    assert len(list((root / ".cache").iterdir())) == 3
+
+
+def test_second_setup_reads_the_cache(tmp_path, monkeypatch):
+    root = make_genimage_tree(tmp_path / "g", n=4, size=32)
+    _dm(root, cache=True)
+
+    def boom(*a, **k):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(cache_mod, "build_cache", boom)
+    dm = _dm(root, cache=True)
+    assert len(_all(dm.val_dataloader())["image"]) == len(dm.splits["val"])
+
+
+def test_cache_is_invalidated_by_file_and_preprocessing_changes(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=4, size=32)
+    _dm(root, cache=True)
+    keys = set(os.listdir(root / ".cache"))
+    _dm(root, cache=True, crop_size=16)  # preprocessing change: three new entries
+    keys2 = set(os.listdir(root / ".cache"))
+    assert len(keys2 - keys) == 3
+    victim = sorted((root / "gen_a" / "val" / "ai").iterdir())[0]
+    victim.write_bytes(victim.read_bytes())
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    _dm(root, cache=True, crop_size=16)  # the rewritten file is in the test split only
+    assert len(set(os.listdir(root / ".cache")) - keys2) == 1
+
+
+def test_bad_files_are_still_counted_as_skipped(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=4, size=32)
+    (root / "gen_a" / "val" / "ai" / "empty.png").write_bytes(b"")
+    (root / "gen_b" / "val" / "nature" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    dm = _dm(root, cache=True)
+    assert dm.datasets["test"].n_bad == 2
+    got = _all(dm.test_dataloader())
+    assert got["skipped"] == 2 and len(got["image"]) == len(dm.splits["test"]) - 2
+    again = _all(_dm(root, cache=True).test_dataloader())  # from the cache: same count
+    assert again["skipped"] == 2
+
+
+def test_random_train_preprocessing_is_not_cached(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=4, size=32)
+    dm = _dm(root, cache=True, random_crop=True)
+    assert isinstance(dm.datasets["train"], ImageDataset)
+    assert isinstance(dm.datasets["val"], CachedImageDataset)
+
+
+def test_workers_read_the_memmap(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=4, size=32)
+    dm = _dm(root, cache=True, num_workers=2, persistent_workers=False)
+    plain = _dm(root)
+    assert torch.equal(_all(dm.test_dataloader())["image"], _all(plain.test_dataloader())["image"])
