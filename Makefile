@@ -14,7 +14,7 @@ help: ## Show this help
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,search]'
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv and install the suite with its dependencies
@@ -37,10 +37,14 @@ test: $(VENV)/.installed ## Run the fast test suite (CPU, minutes)
 test-full: $(VENV)/.installed ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+TRIALS ?= 20
+search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data, every trial an MLflow run
+	$(RUN) experiment=demo hparams_search=optuna model=$(or $(MODEL),resnet34_localfft) hydra.sweeper.n_trials=$(TRIALS)
+
 mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo report test test-full mlflow-ui clean
+.PHONY: help venv demo-data demo report search test test-full mlflow-ui clean

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import timm
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from timm.models import group_parameters
 
@@ -53,6 +54,7 @@ def create_backbone(
             timm's ``group_matcher`` (for ResNets, ``1`` freezes ``conv1``/``bn1`` and ``layer1``, as in Synapse-7).
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``).
     """
+    kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in kwargs.items()}
     if not timm.is_model(name.split(".")[0]):
         raise ValueError(
             f"model.backbone.name='{name}' is not a timm model; see timm.list_models() for valid names"

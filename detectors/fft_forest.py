@@ -19,15 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from detectors.spectral_logreg import as_image_tensor
+from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
 from features.fft_magnitude import FFTMagnitude
 
 
-class FFTGridFeatures(TransformerMixin, BaseEstimator):
+class FFTGridFeatures(StatelessImageTransformer):
     """Images ``(N, 3, H, W)`` -> pooled FFT log-magnitude vectors ``(N, channels * grid * grid)``.
 
     Args:
@@ -51,10 +50,6 @@ class FFTGridFeatures(TransformerMixin, BaseEstimator):
         self.standardize = standardize
         self.batch_size = batch_size
 
-    def fit(self, X, y=None):  # noqa: N803 - sklearn naming
-        as_image_tensor(X)
-        return self
-
     def _check_params(self) -> None:
         for name in ("grid", "batch_size"):
             value = getattr(self, name)
@@ -77,13 +72,6 @@ class FFTGridFeatures(TransformerMixin, BaseEstimator):
         names = [f"fft_{c}_{i:02d}_{j:02d}" for c in channels for i in range(self.grid) for j in range(self.grid)]
         return np.asarray(names, dtype=object)
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags
 
 
 def make_fft_random_forest(

@@ -14,42 +14,15 @@ import math
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
 from features.radial_angular import RadialAngularHistogram
 
 
-def as_image_tensor(X: np.ndarray | torch.Tensor, name: str = "X") -> torch.Tensor:
-    """Check and convert ``(N, 3, H, W)`` float images in [0, 1] to a float32 CPU tensor."""
-    if isinstance(X, torch.Tensor):
-        tensor = X.detach().cpu()
-    else:
-        array = np.asarray(X)
-        if array.dtype == object:
-            raise ValueError(f"{name} must be one (N, 3, H, W) array of equally sized images, got a ragged/object array")
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if not tensor.is_floating_point():
-        raise ValueError(
-            f"{name} must hold float images in [0, 1], got dtype {tensor.dtype}; "
-            f"convert uint8 images with X.astype('float32') / 255"
-        )
-    if tensor.ndim != 4 or tensor.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (N, 3, H, W) (channels first, RGB), got {tuple(tensor.shape)}")
-    if tensor.shape[0] == 0:
-        raise ValueError(f"{name} is empty: got 0 images")
-    tensor = tensor.float()
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    lo, hi = tensor.min().item(), tensor.max().item()
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"{name} must hold images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
-    return tensor
-
-
-class SpectralHistogramFeatures(TransformerMixin, BaseEstimator):
+class SpectralHistogramFeatures(StatelessImageTransformer):
     """Images ``(N, 3, H, W)`` -> spectral power distribution features ``(N, n_features)``.
 
     Features, in order:
@@ -87,10 +60,6 @@ class SpectralHistogramFeatures(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_radius = max_radius
 
-    def fit(self, X, y=None):  # noqa: N803 - sklearn naming
-        as_image_tensor(X)
-        return self
-
     def _extractors(self) -> tuple[RadialAngularHistogram, RadialAngularHistogram | None]:
         image = RadialAngularHistogram(self.n_radial, self.n_angular, use_residual=False, log_power=self.log_power,
                                        max_radius=self.max_radius)
@@ -126,13 +95,6 @@ class SpectralHistogramFeatures(TransformerMixin, BaseEstimator):
             names += [f"residual_radial_{i:03d}" for i in range(self.n_radial)]
         return np.asarray(names, dtype=object)
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags
 
 
 def make_radial_angular_logreg(

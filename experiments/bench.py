@@ -151,15 +151,15 @@ def check_case(case: FeatureCase, x: torch.Tensor) -> float:
     return err
 
 
-def bench_features(size: int, batch: int, repeats: int, seed: int = 0) -> list[Row]:
+def bench_features(size: int, batch: int, repeats: int, seed: int = 0, min_time: float = 0.5) -> list[Row]:
     x = torch.from_numpy(np.random.default_rng(seed).random((batch, 3, size, size), dtype=np.float32))
     images = x.numpy()
     rows = []
     for case in feature_cases():
         err = check_case(case, x)
         with torch.inference_mode():
-            t_torch = best_time(lambda: case.torch_fn(x), repeats)
-        t_ref = best_time(lambda: [case.ref_fn(im) for im in images], repeats)
+            t_torch = best_time(lambda: case.torch_fn(x), repeats, min_total=min_time)
+        t_ref = best_time(lambda: [case.ref_fn(im) for im in images], repeats, min_total=min_time)
         rss = peak_rss_mb()
         note = ""
         if case.check_fn is not None:
@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224, help="feature benchmark image side")
     parser.add_argument("--batch", type=int, default=64, help="feature benchmark batch size")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls at least (best one kept)")
+    parser.add_argument("--min-time", type=float, default=0.5, help="keep repeating a feature timing this long")
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--data-root", default=os.path.join(os.environ.get("SUITE_ROOT", "."), "data", "demo"))
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     info = machine()
     rows: list[Row] = []
     if "features" in sections:
-        rows += bench_features(args.size, args.batch, args.repeats)
+        rows += bench_features(args.size, args.batch, args.repeats, min_time=args.min_time)
     if "data" in sections:
         rows += bench_data(Path(args.data_root), args.repeats)
     if "train" in sections:

@@ -28,6 +28,13 @@ def collect_features(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(idx)
 
 
+def count_estimator_parameters(estimator) -> int:
+    """Learned numbers of a fitted classifier: coefficients for linear models, tree nodes for forests."""
+    if hasattr(estimator, "estimators_"):
+        return int(sum(tree.tree_.node_count for tree in estimator.estimators_))
+    return int(sum(np.size(getattr(estimator, a, 0)) for a in ("coef_", "intercept_")))
+
+
 def save_estimator(estimator, path: Path) -> Path:
     """Persist with skops (no arbitrary code on load, unlike pickle)."""
     import skops.io as sio

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -128,7 +127,7 @@ def export_weights(net: torch.nn.Module, out_dir: Path, model_name: str) -> Path
 
 def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[object, Predictions, Predictions, int]:
     """The classical path: features in torch batches, then scikit-learn's scaler and classifier; no Lightning loop."""
-    from experiments.sklearn_io import collect_features, save_estimator
+    from experiments.sklearn_io import collect_features, count_estimator_parameters, save_estimator
 
     pipeline = instantiate(cfg.model.estimator)
     features, head = pipeline[:1], pipeline[1:]
@@ -149,7 +148,7 @@ def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[ob
     path = save_estimator(pipeline, out_dir / f"{cfg.model.name}.skops")
     tracking.log_artifact(logger, path)
     tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
-    n_params = int(sum(np.size(getattr(head[-1], a, 0)) for a in ("coef_", "intercept_")))
+    n_params = count_estimator_parameters(head[-1])
     return pipeline, val, preds[1], n_params
 
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -25,6 +27,30 @@ def toy_image(rng: np.random.Generator, size: int, fake: bool) -> np.ndarray:
         i, j = np.indices((size, size))
         img += 12.0 * ((-1.0) ** (i + j))[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def toy_set(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = np.stack([toy_image(rng, size, bool(y)) for y in labels]).astype(np.float32) / 255.0
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).float()
+
+
+def fit_auroc(net: torch.nn.Module, size: int = 32, steps: int = 40, lr: float = 3e-3) -> float:
+    torch.manual_seed(0)
+    x, y = toy_set(64, size, seed=1)
+    xt, yt = toy_set(64, size, seed=2)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    for step in range(steps):
+        idx = torch.randperm(64)[:32]
+        opt.zero_grad()
+        loss_fn(net(x[idx]), y[idx]).backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        return roc_auc_score(yt.numpy(), net(xt).numpy())
 
 
 def make_genimage_tree(root: Path, generators=("gen_a", "gen_b"), n: int = 6, size: int = 32, seed: int = 0) -> Path:

@@ -25,7 +25,7 @@ from experiments.sklearn_io import load_estimator, save_estimator
 from experiments.train import train
 from features.fft_magnitude import FFTMagnitude
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_detectors import fit_auroc, toy_set
+from tests.conftest import fit_auroc, toy_set
 
 # ---------------------------------------------------------------- fft_random_forest: features
 

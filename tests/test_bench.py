@@ -1,0 +1,62 @@
+"""The benchmark's NumPy references equal the torch features, and ``python -m experiments.bench`` writes its reports.
+
+Speed ratios are reported by ``make bench``, not asserted: on a shared 2-core machine they are too noisy.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import bench
+from experiments import reference_numpy as ref
+from features import RadialAngularHistogram
+
+
+@pytest.mark.parametrize("case", bench.feature_cases(), ids=lambda c: c.name)
+def test_reference_equals_torch(case):
+    x = torch.from_numpy(np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32))
+    assert bench.check_case(case, x) <= case.tol
+
+
+def test_radial_reference_own_grid_differs_only_at_edge_ties():
+    size = 48
+    x = torch.from_numpy(np.random.default_rng(2).random((1, 3, size, size), dtype=np.float32))
+    module = RadialAngularHistogram(64, 64, use_residual=True, max_radius=math.sqrt(2.0))
+    own = ref.frequency_bins(size, size, 64, 64, math.sqrt(2.0))
+    torch_bins = [t.numpy() for t in module.bin_indices(size, size, "cpu")]
+    differ = sum(int((a != b).sum()) for a, b in zip(own, torch_bins))
+    assert differ == bench.bin_ties(size) and differ <= 0.01 * size * size * 2
+    with torch.inference_mode():
+        got = module(x)[0].numpy()
+    shared = ref.radial_angular_histogram(x[0].numpy(), 64, 64, True, math.sqrt(2.0), bins=tuple(torch_bins))
+    np.testing.assert_allclose(got, shared, rtol=1e-4, atol=1e-7)
+
+
+def test_bench_cli_writes_markdown_and_csv(tmp_path, capsys):
+    rows = bench.main(["--only", "features", "--size", "32", "--batch", "2", "--repeats", "1", "--min-time", "0",
+                       "--out", str(tmp_path)])
+    assert {r.name for r in rows} == {c.name for c in bench.feature_cases()}
+    assert all(r.images_per_s > 0 for r in rows)
+    md = (tmp_path / "bench.md").read_text()
+    assert "LocalPatchFFT(32)" in md and "Machine:" in md
+    with (tmp_path / "bench.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 10 and float(table[0]["speedup"]) > 0
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_data_and_training_sections(tmp_path):
+    from tests.conftest import make_genimage_tree
+
+    root = make_genimage_tree(tmp_path / "demo", n=8, size=64)
+    rows = bench.main(["--only", "data,train", "--data-root", str(root), "--repeats", "1", "--train-steps", "1",
+                       "--train-batch", "4", "--out", str(tmp_path)])
+    names = {(r.section, r.name) for r in rows}
+    assert ("data", "DataLoader") in names and ("data", "cache build") in names
+    assert {n for s, n in names if s == "train"} == set(bench.DETECTORS)

@@ -1,0 +1,75 @@
+"""``trainer=ddp`` on 2 CPU processes (gloo): the logged val metrics equal a single-process evaluation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from torchmetrics.classification import BinaryAUROC
+
+from experiments.builders import build_datamodule, build_module
+from experiments.data.datamodule import DetectorDataModule
+from tests.conftest import compose_config, make_genimage_tree
+from tests.test_train_smoke import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_config_composes(tmp_path):
+    cfg = compose_config(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], tmp_path)
+    assert cfg.trainer.strategy._target_ == "lightning.pytorch.strategies.DDPStrategy"
+    assert cfg.trainer.devices == 2 and cfg.trainer.num_nodes == 1
+
+
+def test_eval_loaders_have_no_sampler_outside_a_running_trainer(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=3, size=32)
+    dm = DetectorDataModule(name="t", root=str(root), crop_size=32, resize_size=None, num_workers=0)
+    dm.setup()
+    assert not isinstance(dm.val_dataloader().sampler, torch.utils.data.DistributedSampler)
+
+
+def _single_process_val_auc(cfg, ckpt: Path) -> tuple[float, int]:
+    module = build_module(cfg)
+    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    module.eval()
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    auroc = BinaryAUROC()
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            auroc.update(torch.sigmoid(module(batch["image"]).float()), batch["label"].long())
+    return float(auroc.compute()), len(datamodule.splits["val"])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_log_exact_val_auc(tmp_path):
+    # one extra synthetic image gives an odd val split (25), which a padding sampler would fill with a duplicate
+    tree = make_genimage_tree(tmp_path / "genimage", n=21, size=32)
+    first = sorted((tree / "gen_a" / "train" / "ai").iterdir())[0]
+    (tree / "gen_a" / "train" / "ai" / "extra.png").write_bytes(first.read_bytes())
+    overrides = TINY + [f"data.root={tree}", "data.val_fraction=0.3", "trainer.max_epochs=2",
+                        "trainer.precision=32-true", "~callbacks.early_stopping", "~callbacks.progress_bar",
+                        "diagnostics=false"]
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    env = {**os.environ, "SUITE_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, *ddp], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])
+    assert len(runs) == 1, "only rank 0 may open an MLflow run"
+    history = sorted(client.get_metric_history(runs[0].info.run_id, "val/auc"), key=lambda m: m.step)
+    logged = history[-1].value
+
+    ckpt = next((tmp_path / "logs").glob("train/runs/*/checkpoints/last.ckpt"))
+    expected, n_val = _single_process_val_auc(compose_config(overrides, tmp_path / "eval"), ckpt)
+    assert n_val % 2 == 1
+    assert logged == pytest.approx(expected, abs=1e-6)
+    assert runs[0].data.metrics["data/val_images"] == n_val
