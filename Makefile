@@ -37,6 +37,13 @@ test: $(VENV)/.installed ## Run the fast test suite (CPU, minutes)
 test-full: $(VENV)/.installed ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+ood-stress: demo-data ## OOD stress test (noise, JPEG, blur, down-scaling) of the demo detectors; prints the AUROC table
+	$(RUN) task=ood_stress experiment=demo
+
+logo: demo-data ## Leave-one-generator-out on the demo data (train on each generator, test on all), then the matrices
+	$(RUN) -m experiment=leave_one_generator_out model=resnet34_localfft,radial_angular_logreg trainer=cpu trainer.max_epochs=6 callbacks.early_stopping.patience=3
+	$(RUN) task=cross_generator experiment=leave_one_generator_out
+
 TRIALS ?= 20
 search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data, every trial an MLflow run
 	$(RUN) experiment=demo hparams_search=optuna model=$(or $(MODEL),resnet34_localfft) hydra.sweeper.n_trials=$(TRIALS)
@@ -47,4 +54,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo report search test test-full mlflow-ui clean
+.PHONY: help venv demo-data demo report search ood-stress logo test test-full mlflow-ui clean

@@ -33,17 +33,23 @@ def test_eval_loaders_have_no_sampler_outside_a_running_trainer(tmp_path):
     assert not isinstance(dm.val_dataloader().sampler, torch.utils.data.DistributedSampler)
 
 
-def _single_process_val_auc(cfg, ckpt: Path) -> tuple[float, int]:
+def _single_process_val_scores(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(synthetic) and labels of the whole val split, one process, weights of ``ckpt``."""
     module = build_module(cfg)
     module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    auroc = BinaryAUROC()
+    probs, labels = [], []
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
-            auroc.update(torch.sigmoid(module(batch["image"]).float()), batch["label"].long())
-    return float(auroc.compute()), len(datamodule.splits["val"])
+            probs.append(torch.sigmoid(module(batch["image"]).float()))
+            labels.append(batch["label"].long())
+    return torch.cat(probs), torch.cat(labels)
+
+
+def _auc(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(BinaryAUROC()(probs, labels))
 
 
 @pytest.mark.slow
@@ -52,7 +58,8 @@ def test_ddp_two_cpu_processes_log_exact_val_auc(tmp_path):
     tree = make_genimage_tree(tmp_path / "genimage", n=21, size=32)
     first = sorted((tree / "gen_a" / "train" / "ai").iterdir())[0]
     (tree / "gen_a" / "train" / "ai" / "extra.png").write_bytes(first.read_bytes())
-    overrides = TINY + [f"data.root={tree}", "data.val_fraction=0.3", "trainer.max_epochs=2",
+    # a tiny learning rate keeps the val AUC away from 1.0, so one duplicated image would change it
+    overrides = TINY + [f"data.root={tree}", "data.val_fraction=0.3", "trainer.max_epochs=2", "model.optimizer.lr=1e-6",
                         "trainer.precision=32-true", "~callbacks.early_stopping", "~callbacks.progress_bar",
                         "diagnostics=false"]
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -69,7 +76,10 @@ def test_ddp_two_cpu_processes_log_exact_val_auc(tmp_path):
     logged = history[-1].value
 
     ckpt = next((tmp_path / "logs").glob("train/runs/*/checkpoints/last.ckpt"))
-    expected, n_val = _single_process_val_auc(compose_config(overrides, tmp_path / "eval"), ckpt)
-    assert n_val % 2 == 1
+    probs, labels = _single_process_val_scores(compose_config(overrides, tmp_path / "eval"), ckpt)
+    expected = _auc(probs, labels)
+    assert len(labels) % 2 == 1 and runs[0].data.metrics["data/val_images"] == len(labels)
     assert logged == pytest.approx(expected, abs=1e-6)
-    assert runs[0].data.metrics["data/val_images"] == n_val
+    # what a padding DistributedSampler would have scored (image 0 twice): the check above tells them apart
+    padded = _auc(torch.cat([probs, probs[:1]]), torch.cat([labels, labels[:1]]))
+    assert abs(padded - expected) > 1e-6, "the toy val split cannot show the padding error"

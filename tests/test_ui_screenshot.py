@@ -1,0 +1,192 @@
+"""The MLflow UI in a real browser: the compare view of the demo detectors, screenshotted by headless Chromium.
+
+Also a script (``make ui-screenshot``)::
+
+    python -m tests.test_ui_screenshot --out docs/mlflow_compare.png
+
+It serves the project's store (``mlruns.db`` + ``mlartifacts/``) with ``mlflow ui`` on loopback, picks the
+latest finished run of each detector in ``detectors-demo`` (after ``make demo``; when fewer than four are there
+it trains four small runs into a temporary store instead), opens their compare view in headless Chromium
+(Debian's ``chromium``) driven by Playwright's ``playwright-core`` from npm, installed outside the repository
+(``npm install --prefix $TMPDIR/mlflow-ui-shot playwright-core``; set ``PLAYWRIGHT_NODE_MODULES`` to use another
+copy), and saves a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.test_mlflow_server import free_port, stop_server, wait_for_health
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NODE = shutil.which("node")
+NODE_MODULES = Path(os.environ.get("PLAYWRIGHT_NODE_MODULES",
+                                   Path(tempfile.gettempdir()) / "mlflow-ui-shot" / "node_modules"))
+DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "radial_angular_logreg")
+EXPERIMENT = "detectors-demo"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+# Playwright script: open the compare view, fold the (long) parameter list away, wait for the metric rows.
+SCREENSHOT_JS = r"""
+const { chromium } = require('playwright-core');
+const [url, out, exe, userDir, flags] = process.argv.slice(1);
+(async () => {
+  const context = await chromium.launchPersistentContext(userDir, {
+    executablePath: exe, headless: true, args: JSON.parse(flags), viewport: { width: 1600, height: 1100 },
+  });
+  try {
+    const page = context.pages()[0] || await context.newPage();
+    await page.goto(url, { waitUntil: 'networkidle', timeout: 90000 });
+    await page.getByText('test/auc', { exact: true }).first().waitFor({ timeout: 90000 });
+    for (const section of ['Parameters', 'Tags']) {  // keep the view on the runs and their metrics
+      const header = page.getByText(section, { exact: true }).first();
+      if (await header.count()) { await header.click().catch(() => {}); }
+    }
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: out, fullPage: true });
+    console.log('saved ' + out);
+  } finally {
+    await context.close();
+  }
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+
+def missing_tools() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if CHROMIUM is None:
+        return "chromium is not installed (Debian: apt-get install -y chromium)"
+    if NODE is None:
+        return "node is not installed (Debian: apt-get install -y nodejs npm)"
+    if not (NODE_MODULES / "playwright-core").is_dir():
+        return (f"playwright-core is not installed under {NODE_MODULES} "
+                f"(npm install --prefix {NODE_MODULES.parent} playwright-core)")
+    return None
+
+
+def detector_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> list[mlflow.entities.Run]:
+    """The latest finished run of each demo detector, or [] when one of them is missing."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["start_time DESC"])
+    latest = {}
+    for run in runs:
+        latest.setdefault(run.data.params.get("model/name"), run)
+    return [latest[m] for m in DETECTORS if m in latest] if all(m in latest for m in DETECTORS) else []
+
+
+def train_small_runs(folder: Path) -> str:
+    """Four one-epoch demo runs (a few images per class) into a SQLite store under ``folder``; its URI."""
+    from experiments.train import train
+    from tests.conftest import compose_config
+
+    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    data_root = ROOT / "data" / "demo"
+    for model in DETECTORS:
+        overrides = [f"model={model}", "experiment=demo", "data.max_per_class=12", "data.num_workers=0",
+                     "trainer.max_epochs=1", "diagnostics=false", "~callbacks.progress_bar"]
+        if data_root.is_dir():
+            overrides.append(f"data.root={data_root}")
+        cfg = compose_config(overrides, folder / model)
+        cfg.logger.tracking_uri = uri
+        cfg.logger.artifact_location = str(folder / "mlartifacts")
+        train(cfg)
+    return uri
+
+
+def compare_url(base: str, runs: list[mlflow.entities.Run]) -> str:
+    ids = json.dumps([r.info.run_id for r in runs])
+    exps = json.dumps(sorted({r.info.experiment_id for r in runs}))
+    return f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(exps)}"
+
+
+def serve_ui(db: Path, artifacts: Path, folder: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow ui`` over ``db`` on a free loopback port, in its own process group; (process, base URL)."""
+    port = free_port()
+    log = folder / "ui.log"
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
+           "--default-artifact-root", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base, proc, log)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, base
+
+
+def take_screenshot(url: str, out: Path, folder: Path, timeout: float = 240) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    user_dir = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=folder))
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run([NODE, "-e", SCREENSHOT_JS, url, str(out), CHROMIUM, str(user_dir),
+                           json.dumps(CHROMIUM_FLAGS)], env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"the browser could not take the screenshot:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def screenshot_compare_view(db: Path, artifacts: Path, out: Path, work: Path) -> list[mlflow.entities.Run]:
+    """Serve ``db``, screenshot the compare view of its four demo detector runs into ``out``; the runs."""
+    runs = detector_runs(f"sqlite:///{db}")
+    if not runs:
+        print(f"{EXPERIMENT} in {db} lacks one of {DETECTORS}; training four small runs into {work}")
+        train_small_runs(work)
+        db, artifacts = work / "mlruns.db", work / "mlartifacts"
+        runs = detector_runs(f"sqlite:///{db}")
+    proc, base = serve_ui(db, artifacts, work)
+    try:
+        take_screenshot(compare_url(base, runs), out, work)
+    finally:
+        stop_server(proc)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(missing_tools() is not None, reason=str(missing_tools()))
+def test_compare_view_screenshot(tmp_path):
+    out = tmp_path / "compare.png"
+    start = time.monotonic()
+    runs = screenshot_compare_view(tmp_path / "none.db", tmp_path / "mlartifacts", out, tmp_path)
+    assert sorted(r.data.params["model/name"] for r in runs) == sorted(DETECTORS)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert time.monotonic() - start < 900
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Screenshot the MLflow compare view of the demo detectors.")
+    parser.add_argument("--store", default=str(ROOT / "mlruns.db"), help="SQLite MLflow store")
+    parser.add_argument("--artifacts", default=str(ROOT / "mlartifacts"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "mlflow_compare.png"))
+    args = parser.parse_args(argv)
+    reason = missing_tools()
+    if reason:
+        sys.exit(f"cannot take the screenshot: {reason}")
+    with tempfile.TemporaryDirectory(prefix="mlflow-ui-") as work:
+        runs = screenshot_compare_view(Path(args.store).resolve(), Path(args.artifacts).resolve(), Path(args.out),
+                                       Path(work))
+    names = ", ".join(f"{r.data.params['model/name']} ({r.info.run_id[:8]})" for r in runs)
+    print(f"saved {args.out}: compare view of {names}")
+
+
+if __name__ == "__main__":
+    main()
