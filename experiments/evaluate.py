@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from rich.console import Console
+from rich.table import Table
 from torch.utils.data import DataLoader
 
 from experiments.metrics import binary_metrics, calibrated_threshold, flatten_metrics, metrics_by_group
@@ -55,3 +57,17 @@ def score(val: Predictions, test: Predictions, threshold_criterion: str = "youde
     for key in ("accuracy", "balanced_accuracy", "f1", "precision", "recall"):
         out[f"test/{key}_at_val_threshold"] = at_val[key]
     return out
+
+
+TABLE_METRICS = ("accuracy", "f1", "precision", "recall", "auc", "ap", "eer", "ece")
+
+
+def print_metrics_table(title: str, metrics: dict[str, float]) -> None:
+    """Val (best checkpoint) and test rows of the main metrics, as a console table."""
+    table = Table(title=title)
+    table.add_column("split")
+    for key in TABLE_METRICS:
+        table.add_column(key, justify="right")
+    for split, prefix in (("val", "best_val/"), ("test", "test/")):
+        table.add_row(split, *(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in TABLE_METRICS))
+    Console(width=160).print(table)

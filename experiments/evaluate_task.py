@@ -29,18 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
-from rich.table import Table
 
 from experiments import tracking
 from experiments.builders import build_datamodule
 from experiments.checkpoints import LoadedDetector, load_detector
 from experiments.diagnostics import write_diagnostics
-from experiments.evaluate import Predictions, score
+from experiments.evaluate import Predictions, print_metrics_table, score
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("accuracy", "f1", "precision", "recall", "auc", "ap", "eer", "ece")
 
 
 class MissingCheckpoint(ValueError):
@@ -83,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    print_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
+    print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
     return metrics
 
 
@@ -132,13 +129,3 @@ def predict(detector: LoadedDetector, loader, generator_names: list[str]) -> Pre
         raise ValueError("no readable image in this split")
     return Predictions(np.concatenate(probs), np.concatenate(labels), np.concatenate(gens),
                        np.concatenate(indices), list(generator_names))
-
-
-def print_table(title: str, metrics: dict[str, float]) -> None:
-    table = Table(title=title)
-    table.add_column("split")
-    for key in TABLE_METRICS:
-        table.add_column(key, justify="right")
-    for split, prefix in (("val", "best_val/"), ("test", "test/")):
-        table.add_row(split, *(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in TABLE_METRICS))
-    Console(width=160).print(table)

@@ -12,8 +12,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning.pytorch.utilities import rank_zero_only
-from rich.console import Console
-from rich.table import Table
 
 from detectors.backbones import count_parameters
 from experiments import tracking
@@ -26,7 +24,7 @@ from experiments.builders import (
     single_device_trainer,
 )
 from experiments.diagnostics import write_diagnostics
-from experiments.evaluate import Predictions, predict_split, score
+from experiments.evaluate import Predictions, predict_split, print_metrics_table, score
 from experiments.resume import RUN_ID_FILE, ResumePoint
 
 log = logging.getLogger(__name__)
@@ -61,7 +59,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("diagnostics", True):
         write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    print_metrics_table(cfg.model.name, metrics)
+    print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
@@ -150,14 +148,3 @@ def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[ob
     tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
     n_params = count_estimator_parameters(head[-1])
     return pipeline, val, preds[1], n_params
-
-
-def print_metrics_table(model_name: str, metrics: dict[str, float]) -> None:
-    keys = ("accuracy", "f1", "precision", "recall", "auc", "ap", "eer", "ece")
-    table = Table(title=f"{model_name}: best checkpoint")
-    table.add_column("split")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for split, prefix in (("val", "best_val/"), ("test", "test/")):
-        table.add_row(split, *(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in keys))
-    Console(width=140).print(table)
