@@ -46,18 +46,26 @@ const { chromium } = require('playwright-core');
 const [url, out, exe, userDir, flags] = process.argv.slice(1);
 (async () => {
   const context = await chromium.launchPersistentContext(userDir, {
-    executablePath: exe, headless: true, args: JSON.parse(flags), viewport: { width: 1600, height: 1100 },
+    executablePath: exe, headless: true, args: JSON.parse(flags), viewport: { width: 1400, height: 1000 },
   });
   try {
     const page = context.pages()[0] || await context.newPage();
-    await page.goto(url, { waitUntil: 'networkidle', timeout: 90000 });
-    await page.getByText('test/auc', { exact: true }).first().waitFor({ timeout: 90000 });
-    for (const section of ['Parameters', 'Tags']) {  // keep the view on the runs and their metrics
+    await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 90000 });
+    await page.getByText('Run details', { exact: true }).first().waitFor({ timeout: 90000 });
+    // fold the long parameter and tag lists so that the runs and their metrics fill the picture
+    for (const section of ['Parameters', 'Tags', 'Artifacts']) {
       const header = page.getByText(section, { exact: true }).first();
-      if (await header.count()) { await header.click().catch(() => {}); }
+      if (await header.count()) { await header.click(); }
     }
+    // metric rows are rendered as they scroll into view: wait for the first ones
+    await page.getByText('best_val/auc', { exact: true }).first().waitFor({ state: 'attached', timeout: 60000 });
+    // close the assistant side panel, if this MLflow version shows one
+    const close = page.getByRole('button', { name: /close/i }).last();
+    if (await close.count()) { await close.click({ timeout: 5000 }).catch(() => {}); }
+    // the compare view scrolls inside its own panel: bring the run table to the top of the window
+    await page.getByText('Run details', { exact: true }).first().evaluate((el) => el.scrollIntoView({ block: 'start' }));
     await page.waitForTimeout(1500);
-    await page.screenshot({ path: out, fullPage: true });
+    await page.screenshot({ path: out });
     console.log('saved ' + out);
   } finally {
     await context.close();
