@@ -48,10 +48,22 @@ TRIALS ?= 20
 search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data, every trial an MLflow run
 	$(RUN) experiment=demo hparams_search=optuna model=$(or $(MODEL),resnet34_localfft) hydra.sweeper.n_trials=$(TRIALS)
 
+bench: $(VENV)/.installed ## Throughput of features, data loading and training -> reports/bench.{md,csv}
+	$(PY) -m experiments.bench
+
+mlflow-server: $(VENV)/.installed ## Tracking server on the project's store (http://127.0.0.1:5000), artifacts proxied
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns.db --artifacts-destination mlartifacts --serve-artifacts --host 127.0.0.1 --port 5000 --workers 1
+
+PLAYWRIGHT_DIR ?= $(or $(TMPDIR),/tmp)/mlflow-ui-shot
+ui-screenshot: $(VENV)/.installed ## Screenshot the MLflow compare view of the demo detectors -> docs/mlflow_compare.png
+	@command -v chromium >/dev/null || { echo "needs chromium: apt-get install -y chromium"; exit 1; }
+	test -d $(PLAYWRIGHT_DIR)/node_modules/playwright-core || npm install --prefix $(PLAYWRIGHT_DIR) playwright-core
+	PLAYWRIGHT_NODE_MODULES=$(PLAYWRIGHT_DIR)/node_modules $(PY) -m tests.test_ui_screenshot --out docs/mlflow_compare.png
+
 mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo report search ood-stress logo test test-full mlflow-ui clean
+.PHONY: help venv demo-data demo report search ood-stress logo bench mlflow-server ui-screenshot test test-full mlflow-ui clean
