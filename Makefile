@@ -27,6 +27,7 @@ MODELS ?= resnet34_localfft,spectraforge_dual,efficientnet_spatial,radial_angula
 demo: demo-data ## Build the env and demo data, train the four detectors on it, print the comparison
 	$(RUN) -m experiment=demo model=$(MODELS)
 	$(RUN) task=report experiment=demo
+	$(RUN) task=analyze experiment=demo
 
 report: $(VENV)/.installed ## Compare the runs of an MLflow experiment (default: the demo)
 	$(RUN) task=report experiment=demo

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.plots import plot_bar_comparison
+from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def report(cfg: DictConfig) -> dict:
     extra_cols = ["time/fit_seconds", "model/params"]
     table = aggregate(rows, metric_cols + extra_cols)
 
-    out_dir = Path(cfg.paths.report_dir) / experiment
+    out_dir = inside(cfg.paths.report_dir, plain_name(experiment, "task.experiment_name"))
     out_dir.mkdir(parents=True, exist_ok=True)
     headers = ["model", "runs"] + [m for m in cfg.task.metrics] + ["fit time (s)", "params"]
     n_runs = {m: sum(r.model == m for r in rows) for m in table}

@@ -26,12 +26,14 @@ from experiments.builders import (
 from experiments.diagnostics import write_diagnostics
 from experiments.evaluate import Predictions, predict_split, print_metrics_table, score
 from experiments.resume import RUN_ID_FILE, ResumePoint
+from experiments.safe_paths import inside, plain_name
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
     """Train ``cfg.model`` on ``cfg.data``; return the best value of ``cfg.optimized_metric`` (for sweepers)."""
+    plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
     L.seed_everything(cfg.seed, workers=True)
     resume = _resume_point(cfg)
     datamodule = build_datamodule(cfg)
@@ -118,7 +120,7 @@ def _fit_lightning(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[
 
 def export_weights(net: torch.nn.Module, out_dir: Path, model_name: str) -> Path:
     """Save the plain state dict ``<model_name>.pth`` (loadable with ``torch.load(weights_only=True)``)."""
-    path = out_dir / f"{model_name}.pth"
+    path = inside(out_dir, f"{plain_name(model_name, 'model.name')}.pth")
     torch.save(net.state_dict(), path)
     return path
 
@@ -143,7 +145,7 @@ def _fit_sklearn(cfg: DictConfig, datamodule, out_dir: Path, logger) -> tuple[ob
     step_metrics = {f"val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()
                     if k in ("accuracy", "f1", "precision", "recall", "auc", "ap")}
     tracking.log_metrics(logger, step_metrics, step=0)
-    path = save_estimator(pipeline, out_dir / f"{cfg.model.name}.skops")
+    path = save_estimator(pipeline, inside(out_dir, f"{plain_name(cfg.model.name, 'model.name')}.skops"))
     tracking.log_artifact(logger, path)
     tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
     n_params = count_estimator_parameters(head[-1])
