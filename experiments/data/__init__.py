@@ -1,0 +1,1 @@
+"""Datasets, layouts and the LightningDataModule shared by every detector."""

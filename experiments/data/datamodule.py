@@ -1,0 +1,237 @@
+"""One LightningDataModule for every dataset layout and every detector."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerStatus
+from torch.utils.data import DataLoader, DistributedSampler
+
+from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
+from experiments.data.dataset import ImageDataset, collate_skipping
+from experiments.data.layouts import (
+    DatasetLayoutError,
+    Sample,
+    holdout_split,
+    limit_per_class,
+    scan_derm,
+    scan_genimage,
+)
+from experiments.data.transforms import Preprocess
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("genimage", "derm")
+
+
+class DetectorDataModule(L.LightningDataModule):
+    """Train / val / test loaders of ``{"image", "label", "generator"}`` batches.
+
+    Splits: for ``layout="genimage"`` the suite's test split is GenImage's ``val``
+    folder and the suite's val split is a seeded hold-out of ``train``
+    (``val_fraction``); for ``layout="derm"`` the three folders are used as they are.
+
+    Args:
+        name: dataset name, used in experiment names and reports.
+        root: dataset root (see ``experiments.data.layouts`` for the trees).
+        layout: ``"genimage"`` or ``"derm"``.
+        generators: GenImage generator folders to use (None = all).
+        test_generators: generators of the test split (None = ``generators``), for cross-generator protocols.
+        real_dir, fake_dir: class folder names.
+        crop_size, resize_size: preprocessing sizes (Synapse-7: 224, 256).
+        batch_size, num_workers: loader settings (Synapse-7: 96, 4).
+        val_fraction: hold-out fraction of the GenImage train folder.
+        max_per_class: cap per (generator, class) and split, for quick runs (None = all).
+        random_crop: random instead of centre crop for training.
+        equalizer: optional PIL -> PIL leakage equaliser applied to every split.
+        train_augment: optional PIL -> PIL augmentation for the training split only.
+        demo: when set, ``prepare_data`` builds the embedded demo data into ``root`` with these keyword arguments.
+        max_bad_fraction: fraction of unreadable or too-small files tolerated before training stops.
+        split_seed: seed of the deterministic hold-out split (kept apart from the training seed, so a
+            multi-seed sweep measures training variance on one fixed split).
+        cache: decode and preprocess each split once into a uint8 array on disk and read batches from it
+            (``experiments.data.cache``); splits with random preprocessing (``random_crop``,
+            ``train_augment``) are still read from the files.
+        cache_dir: where the cache lives (None = ``<root>/.cache``).
+
+    Under DDP the val and test loaders use Lightning's ``UnrepeatedDistributedSampler``: each image is
+    scored by exactly one rank (no padding duplicates), so the torchmetrics computed over the gathered
+    predictions equal a single-process evaluation.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str | None,
+        layout: str = "genimage",
+        generators: Sequence[str] | None = None,
+        test_generators: Sequence[str] | None = None,
+        real_dir: str = "nature",
+        fake_dir: str = "ai",
+        crop_size: int = 224,
+        resize_size: int | None = 256,
+        batch_size: int = 96,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        val_fraction: float = 0.1,
+        max_per_class: int | None = None,
+        random_crop: bool = False,
+        equalizer: Callable | None = None,
+        train_augment: Callable | None = None,
+        demo: dict[str, Any] | None = None,
+        split_seed: int = 0,
+        max_bad_fraction: float = 0.01,
+        cache: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if root in (None, "", "???"):
+            raise DatasetLayoutError(
+                f"data.root is not set for data={name}. Pass the dataset folder, e.g. "
+                f"`python run.py data={name} data.root=/path/to/{name}`"
+            )
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout='{layout}' is not one of {LAYOUTS}")
+        self.name = name
+        self.root = Path(root)
+        self.layout = layout
+        self.generators = list(generators) if generators else None
+        self.test_generators = list(test_generators) if test_generators else None
+        self.real_dir, self.fake_dir = real_dir, fake_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.val_fraction = val_fraction
+        self.max_per_class = max_per_class
+        self.demo = dict(demo) if demo else None
+        self.split_seed = split_seed
+        self.max_bad_fraction = max_bad_fraction
+        self.cache = bool(cache)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
+        self.preprocess = Preprocess(crop_size, resize_size, random_crop=False, equalizer=equalizer)
+        self.train_preprocess = Preprocess(
+            crop_size, resize_size, random_crop=random_crop, equalizer=equalizer, augment=train_augment
+        )
+        self.splits: dict[str, list[Sample]] = {}
+        self.generator_names: list[str] = []
+        self.datasets: dict[str, ImageDataset | CachedImageDataset] = {}
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.demo is not None:
+            from experiments.demo_data import build_demo_dataset
+
+            build_demo_dataset(self.root, **self.demo)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self.splits = self.scan()
+        self.generator_names = sorted({s.generator for split in self.splits.values() for s in split})
+        for split, samples in self.splits.items():
+            prep = self.train_preprocess if split == "train" else self.preprocess
+            if self.cache and is_cacheable(prep):
+                folder = cached_split(samples, prep, self.cache_dir)
+                self.datasets[split] = CachedImageDataset(samples, folder, self.generator_names)
+            else:
+                if self.cache:
+                    log.info("data.cache: the %s split has random preprocessing; it is read from the files", split)
+                self.datasets[split] = ImageDataset(samples, prep, self.generator_names)
+        log.info("data=%s root=%s\n%s", self.name, self.root, self.summary())
+
+    def scan(self) -> dict[str, list[Sample]]:
+        """Scan the tree into the suite's train / val / test splits (deterministic)."""
+        if self.layout == "genimage":
+            gens = sorted(set(self.generators or []) | set(self.test_generators or [])) or None
+            folders = scan_genimage(self.root, gens, self.real_dir, self.fake_dir)
+            train_pool = [s for s in folders["train"] if self._in(s, self.generators)]
+            test = [s for s in folders["val"] if self._in(s, self.test_generators or self.generators)]
+            train, val = holdout_split(train_pool, self.val_fraction, self.split_seed)
+        else:
+            folders = scan_derm(self.root, self.real_dir, self.fake_dir)
+            train, val, test = folders["train"], folders["val"], folders["test"]
+        splits = {
+            "train": limit_per_class(train, self.max_per_class, self.split_seed),
+            "val": limit_per_class(val, self.max_per_class, self.split_seed),
+            "test": limit_per_class(test, self.max_per_class, self.split_seed),
+        }
+        for split, samples in splits.items():
+            labels = {s.label for s in samples}
+            if labels != {0, 1}:
+                raise DatasetLayoutError(
+                    f"the {split} split of {self.root} has {len(samples)} images and classes {sorted(labels)}; "
+                    f"both real ({self.real_dir}) and synthetic ({self.fake_dir}) images are needed"
+                )
+        return splits
+
+    @staticmethod
+    def _in(sample: Sample, generators: Sequence[str] | None) -> bool:
+        return generators is None or sample.generator in generators
+
+    def summary(self) -> str:
+        lines = [f"{'split':<6} {'generator':<24} {'real':>7} {'fake':>7}"]
+        for split, samples in self.splits.items():
+            counts = Counter((s.generator, s.label) for s in samples)
+            for gen in sorted({g for g, _ in counts}):
+                lines.append(f"{split:<6} {gen:<24} {counts[(gen, 0)]:>7} {counts[(gen, 1)]:>7}")
+        return "\n".join(lines)
+
+    def counts(self) -> dict[str, int]:
+        return {f"data/{split}_images": len(samples) for split, samples in self.splits.items()}
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _pin(self) -> bool:
+        """``pin_memory=None``: pin only when batches go to a CUDA device (the trainer's, once attached)."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    def _eval_sampler(self, split: str) -> DistributedSampler | None:
+        """Inside a running multi-process trainer, an unrepeated sampler for val/test: every image once, on one
+        rank. Lightning's default ``DistributedSampler`` pads the split with duplicates to equal rank sizes, which
+        skews metrics; ``UnrepeatedDistributedSampler`` does not (ranks may get one batch more or less).
+        Loaders asked for outside a running trainer (e.g. scoring on one device after DDP fit) get no sampler."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1 or trainer.state.status != TrainerStatus.RUNNING:
+            return None
+        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=trainer.world_size,
+                                            rank=trainer.global_rank, shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        sampler = None if shuffle else self._eval_sampler(split)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self._pin(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate_skipping,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

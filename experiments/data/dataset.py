@@ -1,0 +1,57 @@
+"""Map-style dataset over scanned samples that skips and counts unreadable files."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from experiments.data.images import UnreadableImage, load_rgb
+from experiments.data.layouts import Sample
+from experiments.data.transforms import ImageTooSmall, Preprocess
+
+
+class ImageDataset(Dataset):
+    """Items are ``{"image": (3,H,W) float, "label": float, "generator": int, "index": int}``.
+
+    A file that cannot be decoded, or is smaller than the crop, yields ``None``;
+    :func:`collate_skipping` drops it and reports the count in the batch, so a
+    bad file never stops an epoch and is never skipped silently.
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, generator_names: Sequence[str]) -> None:
+        self.samples = list(samples)
+        self.preprocess = preprocess
+        self.generator_index = {g: i for i, g in enumerate(generator_names)}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        sample = self.samples[index]
+        try:
+            image = self.preprocess(load_rgb(sample.path))
+        except (UnreadableImage, ImageTooSmall):
+            return None
+        return {
+            "image": image,
+            "label": torch.tensor(float(sample.label)),
+            "generator": torch.tensor(self.generator_index[sample.generator]),
+            "index": torch.tensor(index),
+        }
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([s.label for s in self.samples])
+
+
+def collate_skipping(items: list[dict | None]) -> dict:
+    """``default_collate`` over the readable items; ``batch["skipped"]`` counts the dropped ones."""
+    good = [it for it in items if it is not None]
+    skipped = len(items) - len(good)
+    if not good:
+        return {"image": torch.empty(0), "skipped": torch.tensor(skipped), "empty": True}
+    batch = default_collate(good)
+    batch["skipped"] = torch.tensor(skipped)
+    return batch
