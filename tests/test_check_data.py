@@ -338,3 +338,22 @@ def test_check_data_task_prints_and_writes_the_report(bad_tree, tmp_path, capsys
     assert saved["unreadable_count"] == len(UNREADABLE) and saved["too_small_count"] == 1
     assert (tmp_path / "out" / "data_report.txt").read_text().startswith("Data report")
     assert len(report.bad_files) == N_BAD
+
+
+def test_training_on_a_tree_with_bad_files_completes_and_logs_the_counts(bad_tree, tmp_path):
+    """Every bad-file kind in the test split: training skips them, finishes, and MLflow holds the counts."""
+    import mlflow
+
+    from experiments.train import train
+    from tests.test_train_smoke import TINY
+
+    root, _ = bad_tree
+    cfg = compose_config(TINY + [f"data.root={root}", "debug=cpu", "trainer.max_epochs=1", "diagnostics=false",
+                                 "data.max_bad_fraction=0.5", "data.batch_size=64"], tmp_path)
+    train(cfg)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    run = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["data/unreadable"] == len(UNREADABLE)
+    assert run.data.metrics["data/too_small"] == 1
+    assert "test/auc" in run.data.metrics
