@@ -38,9 +38,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from experiments.data.dataset import ImageDataset
 from experiments.data.images import UnreadableImage, load_rgb
 from experiments.data.layouts import Sample
 from experiments.data.transforms import ImageTooSmall, Preprocess
@@ -116,7 +116,7 @@ def cached_split(samples: Sequence[Sample], preprocess: Preprocess, cache_root: 
     return folder
 
 
-class CachedImageDataset(Dataset):
+class CachedImageDataset(ImageDataset):
     """Drop-in for :class:`~experiments.data.dataset.ImageDataset` that reads a cache folder.
 
     Items are the same dicts (``image`` float in [0, 1], ``label``, ``generator``,
@@ -154,15 +154,5 @@ class CachedImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         if not self.ok[index]:
             return None
-        sample = self.samples[index]
         image = TF.to_dtype(torch.from_numpy(np.array(self.images[index])), torch.float32, scale=True)
-        return {
-            "image": image,
-            "label": torch.tensor(float(sample.label)),
-            "generator": torch.tensor(self.generator_index[sample.generator]),
-            "index": torch.tensor(index),
-        }
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.tensor([s.label for s in self.samples])
+        return self.item(image, index)

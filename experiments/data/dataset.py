@@ -29,11 +29,15 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict | None:
-        sample = self.samples[index]
         try:
-            image = self.preprocess(load_rgb(sample.path))
+            image = self.preprocess(load_rgb(self.samples[index].path))
         except (UnreadableImage, ImageTooSmall):
             return None
+        return self.item(image, index)
+
+    def item(self, image: torch.Tensor, index: int) -> dict:
+        """The batch entry of sample ``index`` with its preprocessed ``image``."""
+        sample = self.samples[index]
         return {
             "image": image,
             "label": torch.tensor(float(sample.label)),
