@@ -12,7 +12,7 @@ from typing import Callable
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -63,6 +63,7 @@ class DetectorModule(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.criterion = nn.BCEWithLogitsLoss()
         self.train_metrics = MetricCollection({"accuracy": BinaryAccuracy(), "f1": BinaryF1Score()}, prefix="train/")
+        self.train_loss = MeanMetric()
         self.val_metrics = binary_metric_collection("val/")
         self.test_metrics = binary_metric_collection("test/")
 
@@ -80,16 +81,30 @@ class DetectorModule(L.LightningModule):
         loss = self.criterion(logits.float(), labels.float())
         metrics.update(torch.sigmoid(logits.detach().float()), labels.long())
         n = labels.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n,
-                 sync_dist=stage != "train")
+        if stage == "train":
+            self.train_loss.update(loss.detach(), weight=n)
+        else:
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n,
+                     sync_dist=True)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         return self._step(batch, self.train_metrics, "train")
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
+        """Write the epoch's training metrics straight to the logger.
+
+        The epoch's checkpoint is saved after this hook (``save_on_train_epoch_end``),
+        so a run killed at any point never has a checkpoint ahead of its logged
+        metrics, and ``resume=`` neither loses nor repeats a metric step.
+        """
+        values = {"train/loss": self.train_loss.compute(), **self.train_metrics.compute()}
+        self.train_loss.reset()
         self.train_metrics.reset()
+        self.log_dict(values, logger=False, prog_bar=False)
+        if self.logger is not None:
+            step = max(self.trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
+            self.logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, self.val_metrics, "val")
