@@ -9,8 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback, Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.data.datamodule import DetectorDataModule
-from experiments.data.layouts import DatasetLayoutError
+from experiments.data.datamodule import DetectorDataModule, missing_root_error
 from experiments.lit_module import DetectorModule
 
 log = logging.getLogger(__name__)
@@ -18,10 +17,7 @@ log = logging.getLogger(__name__)
 
 def build_datamodule(cfg: DictConfig) -> DetectorDataModule:
     if OmegaConf.is_missing(cfg.data, "root"):
-        raise DatasetLayoutError(
-            f"data.root is not set for data={cfg.data.name}. Pass the dataset folder, e.g. "
-            f"`python run.py data={cfg.data.name} data.root=/path/to/{cfg.data.name}`"
-        )
+        raise missing_root_error(cfg.data.name)
     return instantiate(cfg.data)
 
 

@@ -26,7 +26,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -117,15 +116,11 @@ def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
 
 def predict(detector: LoadedDetector, loader, generator_names: list[str]) -> Predictions:
     """P(synthetic) of every readable image of ``loader``, batch by batch, without gradients."""
-    probs, labels, gens, indices = [], [], [], []
-    for batch in loader:
-        if batch.get("empty"):
-            continue
-        probs.append(detector.predict_proba(batch["image"]).double().numpy().reshape(-1))
-        labels.append(batch["label"].numpy().astype(np.int64).reshape(-1))
-        gens.append(batch["generator"].numpy().astype(np.int64).reshape(-1))
-        indices.append(batch["index"].numpy().astype(np.int64).reshape(-1))
-    if not probs:
+    batches = [
+        {"prob": detector.predict_proba(b["image"]), "label": b["label"], "generator": b["generator"],
+         "index": b["index"]}
+        for b in loader if not b.get("empty")
+    ]
+    if not batches:
         raise ValueError("no readable image in this split")
-    return Predictions(np.concatenate(probs), np.concatenate(labels), np.concatenate(gens),
-                       np.concatenate(indices), list(generator_names))
+    return Predictions.from_batches(batches, list(generator_names))

@@ -90,8 +90,9 @@ def test_cnn_detector_learns_separable_toy_set(model, tmp_path):
     assert fit_auroc(tiny_net(model, tmp_path), size=TOY_SIZE[model]) >= 0.9
 
 
-def test_radial_angular_logreg_learns_separable_toy_set(tmp_path):
-    cfg = compose_config(["model=radial_angular_logreg"], tmp_path)
+@pytest.mark.parametrize("model", ["radial_angular_logreg", "fft_random_forest"])
+def test_sklearn_detector_learns_separable_toy_set(model, tmp_path):
+    cfg = compose_config([f"model={model}"], tmp_path)
     pipe = instantiate(cfg.model.estimator)
     x, y = toy_set(64, 32, seed=1)
     xt, yt = toy_set(64, 32, seed=2)

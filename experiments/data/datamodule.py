@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("genimage", "derm")
 
 
+def missing_root_error(name: str) -> DatasetLayoutError:
+    """The error for a dataset config whose ``data.root`` is not set."""
+    return DatasetLayoutError(
+        f"data.root is not set for data={name}. Pass the dataset folder, e.g. "
+        f"`python run.py data={name} data.root=/path/to/{name}`"
+    )
+
+
 class DetectorDataModule(L.LightningDataModule):
     """Train / val / test loaders of ``{"image", "label", "generator"}`` batches.
 
@@ -93,10 +101,7 @@ class DetectorDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if root in (None, "", "???"):
-            raise DatasetLayoutError(
-                f"data.root is not set for data={name}. Pass the dataset folder, e.g. "
-                f"`python run.py data={name} data.root=/path/to/{name}`"
-            )
+            raise missing_root_error(name)
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout='{layout}' is not one of {LAYOUTS}")
         self.name = name
