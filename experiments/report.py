@@ -14,7 +14,6 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
