@@ -54,7 +54,7 @@ from experiments.metrics import sanitize_metric_component
 from experiments.plots import CLASS_NAMES, plot_spectral_analysis
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
-from features.spectrum import autocorrelation, power_spectrum
+from features.spectrum import power_and_autocorrelation
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,9 @@ class SpectralFeatures(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         residual = self.residual(x)[:, 0].double()
         h, w = residual.shape[-2:]
-        power = power_spectrum(residual) / (h * w)
-        return residual, power, autocorrelation(residual), self.profiles(x).double(), peak_to_median(power)
+        power, autocorr = power_and_autocorrelation(residual)
+        power = power / (h * w)
+        return residual, power, autocorr, self.profiles(x).double(), peak_to_median(power)
 
 
 def accumulate(groups: list[Group], samples: Sequence[Sample], preprocess, generator_names: Sequence[str],

@@ -2,9 +2,12 @@
 
 Written the way the papers' pseudo-code reads (Corvi et al. 2023's residual
 spectra, Synapse-7's tile loop, SPECTRAFORGE's blur): one image at a time, one
-channel or tile at a time, plain ``numpy.fft`` and OpenCV filters. They are the
-straightforward implementations the batched torch modules replace, used by
-``experiments.bench`` (correctness check, then timing) and by the tests.
+channel or tile at a time, plain ``numpy.fft`` and, where the pseudo-code calls
+it, OpenCV's ``filter2D``. They are the straightforward implementations the
+batched torch modules replace, used by ``experiments.bench`` (correctness
+check, then timing) and by the tests. The blur has two: the same separable
+maths in NumPy (the reference), and OpenCV's SIMD ``GaussianBlur`` (a tuned
+library, timed alongside for comparison).
 
 Every function takes one ``(C, H, W)`` float32 image in [0, 1] (the layout of
 the torch batches) and returns what the matching torch module returns for a
@@ -18,6 +21,7 @@ import math
 import cv2
 import numpy as np
 
+from features.radial_angular import BIN_EDGE_NUDGE
 from features.residual import LAPLACIAN_KERNEL
 from features.spectrum import ITU_R_601_WEIGHTS
 
@@ -79,8 +83,8 @@ def frequency_bins(h: int, w: int, n_radial: int, n_angular: int, max_radius: fl
     """Flattened radial and angular bin index of every frequency of a centred ``h x w`` spectrum.
 
     Excluded frequencies (outside ``max_radius``, and DC) get the discard index ``n_radial`` / ``n_angular``.
-    Frequencies exactly on a bin edge (e.g. on the diagonals) are ties: a one-ulp difference in ``sqrt``
-    decides their bin, so implementations may disagree there (see ``experiments.bench``).
+    Frequencies exactly on a bin edge (e.g. on the diagonals) go to the upper bin, as in the torch module
+    (``BIN_EDGE_NUDGE``).
     """
     fy = (np.arange(h) - h // 2) * (2.0 / h)
     fx = (np.arange(w) - w // 2) * (2.0 / w)
@@ -89,9 +93,9 @@ def frequency_bins(h: int, w: int, n_radial: int, n_angular: int, max_radius: fl
     inside = radius <= max_radius + 1e-9
     dc = (fy == 0) & (fx == 0)
     keep_r = inside & ~dc if exclude_dc else inside
-    r_bin = np.minimum(np.floor(radius / max_radius * n_radial).astype(int), n_radial - 1)
+    r_bin = np.minimum(np.floor(radius / max_radius * n_radial + BIN_EDGE_NUDGE).astype(int), n_radial - 1)
     angle = np.mod(np.arctan2(fy, fx), math.pi)
-    a_bin = np.minimum(np.floor(angle * (n_angular / math.pi)).astype(int), n_angular - 1)
+    a_bin = np.minimum(np.floor(angle * (n_angular / math.pi) + BIN_EDGE_NUDGE).astype(int), n_angular - 1)
     r_bin = np.where(keep_r, r_bin, n_radial)
     a_bin = np.where(inside & ~dc, a_bin, n_angular)
     return r_bin.ravel(), a_bin.ravel()
@@ -115,8 +119,29 @@ def radial_angular_histogram(img: np.ndarray, n_radial: int = 64, n_angular: int
     return np.concatenate([radial, angular]).astype(np.float32)
 
 
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised Gaussian of ``2 * ceil(3 sigma) + 1`` taps."""
+    radius = math.ceil(3.0 * sigma)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
 def gaussian_bottleneck(img: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    """SPECTRAFORGE's spatial bottleneck: OpenCV Gaussian blur, kernel ``2 * ceil(3 sigma) + 1``, reflect-101."""
+    """SPECTRAFORGE's spatial bottleneck in NumPy: per channel, reflect-101 padding, then the separable
+    Gaussian as a weighted sum of shifted rows, then of shifted columns."""
+    taps = gaussian_taps(sigma)
+    r = len(taps) // 2
+    _, h, w = img.shape
+    out = np.empty_like(img)
+    for ch, plane in enumerate(img):
+        padded = np.pad(plane, r, mode="reflect")
+        rows = sum(t * padded[:, i:i + w] for i, t in enumerate(taps))
+        out[ch] = sum(t * rows[i:i + h, :] for i, t in enumerate(taps))
+    return out
+
+
+def gaussian_bottleneck_opencv(img: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """The same blur with OpenCV: ``GaussianBlur``, kernel ``2 * ceil(3 sigma) + 1``, ``BORDER_REFLECT_101``."""
     k = 2 * math.ceil(3.0 * sigma) + 1
     hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
     blurred = cv2.GaussianBlur(hwc, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)

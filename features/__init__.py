@@ -6,7 +6,15 @@ from features.fft_magnitude import FFTMagnitude
 from features.local_fft import LocalPatchFFT
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
-from features.spectrum import autocorrelation, fft2d, log_magnitude, power_spectrum, to_grayscale
+from features.spectrum import (
+    autocorrelation,
+    hermitian_full,
+    log_magnitude_spectrum,
+    power_and_autocorrelation,
+    power_spectrum,
+    rfft_power,
+    to_grayscale,
+)
 
 __all__ = [
     "ExtremeEqualizer",
@@ -16,8 +24,10 @@ __all__ = [
     "LocalPatchFFT",
     "RadialAngularHistogram",
     "autocorrelation",
-    "fft2d",
-    "log_magnitude",
+    "hermitian_full",
+    "log_magnitude_spectrum",
+    "power_and_autocorrelation",
     "power_spectrum",
+    "rfft_power",
     "to_grayscale",
 ]

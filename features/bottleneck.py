@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features.batching import map_cpu_chunks
+
 
 def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Normalised 1-D Gaussian of length ``2 * ceil(3 * sigma) + 1`` (``sigma > 0``)."""
@@ -31,7 +33,9 @@ class GaussianBottleneck(nn.Module):
     Args:
         sigma: standard deviation in pixels; ``0`` is the identity. The kernel
             has ``2 * ceil(3 * sigma) + 1`` taps and is applied separably
-            (rows, then columns, one depthwise conv each) with reflect padding.
+            (rows, then columns) with reflect padding (OpenCV's ``BORDER_REFLECT_101``),
+            as one scaled add of a shifted view per tap: on the CPU this is several
+            times faster than a depthwise ``conv2d`` (see ``make bench``).
         in_chans: input channels (3 for RGB).
 
     ``out_chans`` is the number of output channels, equal to ``in_chans``.
@@ -46,6 +50,7 @@ class GaussianBottleneck(nn.Module):
         self.in_chans = int(in_chans)
         kernel = gaussian_kernel1d(self.sigma) if self.sigma > 0 else torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
+        self._taps = tuple(float(t) for t in kernel.double())  # Python floats: no device sync per call
 
     @property
     def out_chans(self) -> int:
@@ -69,12 +74,19 @@ class GaussianBottleneck(nn.Module):
                 f"GaussianBottleneck: image {tuple(x.shape[-2:])} is too small for sigma={self.sigma} "
                 f"(kernel radius {r}); use a smaller sigma or larger images"
             )
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        k = self.kernel.to(dtype)
-        c = x.shape[1]
-        out = F.pad(x.to(dtype), (r, r, r, r), mode="reflect")
-        out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, k.numel()), groups=c)
-        out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, k.numel(), 1), groups=c)
+        return map_cpu_chunks(self._blur, x)
+
+    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        h, w = x.shape[-2:]
+        taps = self._taps
+        padded = F.pad(x if x.is_floating_point() else x.float(), (r, r, r, r), mode="reflect")
+        rows = padded[..., :w] * taps[0]
+        for i, tap in enumerate(taps[1:], start=1):
+            rows.add_(padded[..., i : i + w], alpha=tap)
+        out = rows[..., :h, :] * taps[0]
+        for i, tap in enumerate(taps[1:], start=1):
+            out.add_(rows[..., i : i + h, :], alpha=tap)
         return out
 
     def extra_repr(self) -> str:

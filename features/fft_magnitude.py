@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.spectrum import fft2d, log_magnitude, to_grayscale
+from features.batching import map_cpu_chunks
+from features.spectrum import hermitian_full, rfft_power, to_grayscale
 
 
 class FFTMagnitude(nn.Module):
@@ -46,14 +47,32 @@ class FFTMagnitude(nn.Module):
                 f"FFTMagnitude expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}; "
                 f"set in_chans to match the input"
             )
+        return map_cpu_chunks(self._maps, x)
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         if self.grayscale:
             x = to_grayscale(x)
-        mag = log_magnitude(fft2d(x))
+        width = x.shape[-1]
+        half = rfft_power(x).sqrt().log1p()  # log(1 + |F|) on the rfft half-plane
         if self.standardize:
-            mean = mag.mean(dim=(-2, -1), keepdim=True)
-            std = mag.std(dim=(-2, -1), keepdim=True)
-            mag = (mag - mean) / (std + self.eps)
+            half = self._standardized(half, width)
+        mag = hermitian_full(half, width)
         return mag.to(x.dtype) if x.is_floating_point() else mag
+
+    def _standardized(self, half: torch.Tensor, width: int) -> torch.Tensor:
+        """Zero mean, unit (unbiased) std over each full ``H x W`` map, computed on the half-plane.
+
+        Column ``l`` of the half-plane stands for itself and, unless it is column 0 or the Nyquist
+        column, for its mirror too: sums weight it accordingly, so the statistics are the full map's.
+        """
+        n = half.shape[-2] * width
+        cols = torch.arange(half.shape[-1], device=half.device)
+        weight = torch.where((cols == 0) | (2 * cols == width), 1.0, 2.0).to(half.dtype)
+        total = half.sum(dim=-2) @ weight
+        squares = half.square().sum(dim=-2) @ weight
+        mean = total / n
+        std = ((squares - total * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
+        return (half - mean[..., None, None]) / (std[..., None, None] + self.eps)
 
     def extra_repr(self) -> str:
         return f"grayscale={self.grayscale}, standardize={self.standardize}, in_chans={self.in_chans}"

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.spectrum import fft2d, log_magnitude
+from features.batching import map_cpu_chunks
+from features.spectrum import hermitian_full, rfft_power
 
 
 class LocalPatchFFT(nn.Module):
@@ -23,8 +24,9 @@ class LocalPatchFFT(nn.Module):
         patch_size: side of the square tiles (32 in Synapse-7).
         shift: move each tile's zero frequency to the tile centre (``fftshift``).
 
-    ``H`` and ``W`` must be multiples of ``patch_size``. Batched: one ``fft2`` call
-    over every tile of every image, no Python loop.
+    ``H`` and ``W`` must be multiples of ``patch_size``. Batched: one ``rfft2`` call
+    over every tile of every image (no Python loop over tiles or images); the
+    mirrored half of each tile's spectrum is filled in by symmetry.
     """
 
     def __init__(self, patch_size: int = 32, in_chans: int = 3, shift: bool = True) -> None:
@@ -52,10 +54,18 @@ class LocalPatchFFT(nn.Module):
                 f"LocalPatchFFT: input {h}x{w} is not a multiple of the patch size {p}; "
                 f"set data.crop_size to a multiple of {p}"
             )
+        return map_cpu_chunks(self._maps, x)
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.patch_size
         nh, nw = h // p, w // p
-        tiles = x.reshape(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)  # B C nh nw p p
-        mag = log_magnitude(fft2d(tiles.float(), shift=self.shift))
-        return mag.permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w).to(x.dtype)
+        tiles = x.reshape(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)  # B C nh nw p p (a view)
+        half = rfft_power(tiles).sqrt().log1p()
+        out = half.new_empty(b, c, h, w)
+        out_tiles = out.view(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)
+        hermitian_full(half, p, shift=self.shift, out=out_tiles)
+        return out.to(x.dtype) if x.is_floating_point() else out
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, shift={self.shift}"

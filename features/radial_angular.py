@@ -14,8 +14,23 @@ import math
 import torch
 from torch import nn
 
+from features.batching import map_cpu_chunks
 from features.residual import LaplacianResidual
-from features.spectrum import normalized_frequency_grid, power_spectrum, to_grayscale
+from features.spectrum import hermitian_full, rfft_power, to_grayscale
+
+def _centred_frequencies(height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fy, fx)`` of a centred ``height x width`` spectrum, float64, each axis scaled so Nyquist = 1.
+
+    ``fy[i, j] = 2 (i - height // 2) / height`` (``fy`` grows downwards, with the row index); likewise ``fx``.
+    """
+    fy = (torch.arange(height, device=device, dtype=torch.float64) - height // 2) * (2.0 / height)
+    fx = (torch.arange(width, device=device, dtype=torch.float64) - width // 2) * (2.0 / width)
+    return torch.meshgrid(fy, fx, indexing="ij")
+
+
+#: Added to a bin coordinate before ``floor``: far above float64 rounding of ``sqrt``/``atan2`` (~1e-14),
+#: far below the gap between a grid frequency and a bin edge that it is not on.
+BIN_EDGE_NUDGE = 1e-9
 
 
 class RadialAngularHistogram(nn.Module):
@@ -43,8 +58,11 @@ class RadialAngularHistogram(nn.Module):
     enters the angular distribution. Each distribution is normalised to sum 1
     (an input with no power outside DC gives zeros).
 
-    Binning uses cached bin-index tensors per ``(H, W, device)`` and a batched
-    ``scatter_add``: no Python loop over images. Differentiable.
+    Bins are defined on the full centred grid (:meth:`bin_indices`); the power
+    is computed and binned on the ``rfft2`` half-plane, each half-plane value
+    added to the bins of the one or two full-grid positions it stands for
+    (``|F(-k)| = |F(k)|``). Cached bin-index tensors per ``(H, W, device)`` and
+    batched ``scatter_add``: no Python loop over images. Differentiable.
 
     ``out_chans`` is the feature length, ``n_radial + n_angular``.
     """
@@ -74,7 +92,7 @@ class RadialAngularHistogram(nn.Module):
             raise ValueError(f"max_radius must be in (0, sqrt(2)], got {max_radius}")
         self.max_radius = float(max_radius)
         self.residual = LaplacianResidual(grayscale=True, in_chans=in_chans) if use_residual else None
-        self._bin_cache: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bin_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     @property
     def out_chans(self) -> int:
@@ -88,41 +106,83 @@ class RadialAngularHistogram(nn.Module):
         """
         key = (int(height), int(width), str(device))
         if key not in self._bin_cache:
-            fy, fx = normalized_frequency_grid(height, width, device=device)
+            fy, fx = _centred_frequencies(height, width, device)
             radius = torch.sqrt(fy.square() + fx.square())
             inside = radius <= self.max_radius + 1e-9
             is_dc = (fy == 0) & (fx == 0)
             keep_radial = inside & ~is_dc if self.exclude_dc else inside
-            radial = torch.clamp((radius / self.max_radius * self.n_radial).floor().long(), max=self.n_radial - 1)
+            # + BIN_EDGE_NUDGE: a frequency exactly on a bin edge (the diagonals, say) goes to the upper bin
+            # whichever way sqrt/atan2 round, so every platform (and the NumPy reference) bins alike.
+            radial = (radius / self.max_radius * self.n_radial + BIN_EDGE_NUDGE).floor().long()
+            radial = torch.clamp(radial, max=self.n_radial - 1)
             radial = torch.where(keep_radial, radial, torch.full_like(radial, self.n_radial))
             angle = torch.remainder(torch.atan2(fy, fx), math.pi)
-            angular = torch.clamp((angle * (self.n_angular / math.pi)).floor().long(), max=self.n_angular - 1)
+            angular = (angle * (self.n_angular / math.pi) + BIN_EDGE_NUDGE).floor().long()
+            angular = torch.clamp(angular, max=self.n_angular - 1)
             angular = torch.where(inside & ~is_dc, angular, torch.full_like(angular, self.n_angular))
             self._bin_cache[key] = (radial.flatten(), angular.flatten())
         return self._bin_cache[key]
 
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        """The centred ``(B, H, W)`` spectrum that is binned: power (or log power) of the grayscale input/residual."""
+    def _half_plane_bins(self, height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, ...]:
+        """The full spectrum's bins moved onto the ``rfft2`` half-plane.
+
+        A half-plane frequency stands for one or two positions of the full centred spectrum (itself and
+        its mirror, :func:`hermitian_full`). Returns ``(radial_a, angular_a, radial_b, angular_b)``: the
+        bins of the first and of the second position, the discard bin where there is no second one. The
+        two usually agree; on the Nyquist row and column, where the full grid labels a frequency and its
+        alias differently, they may not.
+        """
+        key = ("half", int(height), int(width), str(device))
+        if key not in self._bin_cache:
+            radial, angular = self.bin_indices(height, width, device)
+            n_half = height * (width // 2 + 1)
+            positions = torch.arange(n_half, device=device, dtype=torch.float64).view(height, width // 2 + 1)
+            source = hermitian_full(positions, width).long().flatten()  # full position -> half-plane index
+            full = torch.arange(source.numel(), device=device)
+            first = torch.full((n_half,), source.numel(), device=device).scatter_reduce(0, source, full, "amin")
+            last = torch.full((n_half,), -1, device=device).scatter_reduce(0, source, full, "amax")
+            has_mirror = last != first
+            self._bin_cache[key] = (
+                radial[first], angular[first],
+                torch.where(has_mirror, radial[last], self.n_radial),
+                torch.where(has_mirror, angular[last], self.n_angular),
+            )
+        return self._bin_cache[key]
+
+    def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"RadialAngularHistogram expects (B, C, H, W) images, got shape {tuple(x.shape)}")
+
+    def _half_spectrum(self, x: torch.Tensor) -> torch.Tensor:
         gray = self.residual(x) if self.residual is not None else to_grayscale(x)
-        power = power_spectrum(gray[:, 0])
+        power = rfft_power(gray[:, 0])
         return torch.log1p(power) if self.log_power else power
 
-    def _binned(self, values: torch.Tensor, index: torch.Tensor, n_bins: int) -> torch.Tensor:
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """The centred ``(B, H, W)`` spectrum that is binned: power (or log power) of the grayscale input/residual."""
+        self._check(x)
+        return hermitian_full(self._half_spectrum(x), x.shape[-1])
+
+    def _binned(self, values: torch.Tensor, indices: tuple[torch.Tensor, ...], n_bins: int) -> torch.Tensor:
         batch = values.shape[0]
         sums = values.new_zeros(batch, n_bins + 1)
-        sums = sums.scatter_add(1, index.unsqueeze(0).expand(batch, -1), values)[:, :n_bins]
+        for index in indices:
+            sums = sums.scatter_add(1, index.unsqueeze(0).expand(batch, -1), values)
+        sums = sums[:, :n_bins]
         return sums / sums.sum(dim=1, keepdim=True).clamp_min(self.eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spec = self.spectrum(x)
-        batch, height, width = spec.shape
-        radial_idx, angular_idx = self.bin_indices(height, width, spec.device)
-        flat = spec.reshape(batch, height * width)
-        radial = self._binned(flat, radial_idx, self.n_radial)
-        angular = self._binned(flat, angular_idx, self.n_angular)
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        power = self._half_spectrum(x)
+        batch, height, n_half = power.shape
+        radial_a, angular_a, radial_b, angular_b = self._half_plane_bins(height, x.shape[-1], power.device)
+        flat = power.reshape(batch, height * n_half)
+        radial = self._binned(flat, (radial_a, radial_b), self.n_radial)
+        angular = self._binned(flat, (angular_a, angular_b), self.n_angular)
         return torch.cat([radial, angular], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return map_cpu_chunks(self._features, x)
 
     def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Split a ``(B, n_radial + n_angular)`` output into its radial and angular parts."""

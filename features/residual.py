@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.spectrum import autocorrelation, power_spectrum, to_grayscale
+from features.batching import map_cpu_chunks
+from features.spectrum import autocorrelation, power_and_autocorrelation, power_spectrum, to_grayscale
 
 #: 3x3 Laplacian-like high-pass kernel; it sums to zero, so flat regions give a zero residual.
 LAPLACIAN_KERNEL: tuple[tuple[float, ...], ...] = (
@@ -28,7 +29,9 @@ class LaplacianResidual(nn.Module):
 
     The residual is the correlation of the image with :data:`LAPLACIAN_KERNEL`,
     with reflect padding (``x[-1] = x[1]``, OpenCV's ``BORDER_REFLECT_101``),
-    so the output has the input's size.
+    so the output has the input's size. It is computed in the equivalent
+    separable form ``9 x - (3 x 3 box sum of x)``: four shifted adds instead of
+    a nine-tap depthwise convolution.
 
     Args:
         grayscale: convert RGB to ITU-R 601 luminance first (``out_chans = 1``);
@@ -42,14 +45,16 @@ class LaplacianResidual(nn.Module):
         super().__init__()
         self.grayscale = bool(grayscale)
         self.in_chans = int(in_chans)
-        kernel = torch.tensor(LAPLACIAN_KERNEL, dtype=torch.float32).view(1, 1, 3, 3)
-        self.register_buffer("kernel", kernel, persistent=False)
 
     @property
     def out_chans(self) -> int:
         return 1 if self.grayscale else self.in_chans
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return map_cpu_chunks(self._residual, x)
+
+    def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"LaplacianResidual expects (B, C, H, W) images, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -59,14 +64,16 @@ class LaplacianResidual(nn.Module):
             )
         if x.shape[-2] < 2 or x.shape[-1] < 2:
             raise ValueError(f"LaplacianResidual needs images of at least 2x2 pixels, got {tuple(x.shape[-2:])}")
-        dtype = x.dtype if x.dtype == torch.float64 else torch.float32
-        x = x.to(dtype)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if x.dtype == torch.float64 else x.float()
         if self.grayscale:
             x = to_grayscale(x)
-        channels = x.shape[1]
-        weight = self.kernel.to(dtype=dtype).expand(channels, 1, 3, 3)
+        h, w = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(padded, weight, groups=channels)
+        rows = padded[..., : w] + padded[..., 1 : w + 1] + padded[..., 2 : w + 2]
+        box = rows[..., :h, :] + rows[..., 1 : h + 1, :] + rows[..., 2 : h + 2, :]
+        return torch.mul(x, 9.0).sub_(box)
 
     def power_spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """Centred power spectrum ``|F(r)|^2`` of the residual ``r = self(x)``, shape ``(B, out_chans, H, W)``."""
@@ -76,10 +83,22 @@ class LaplacianResidual(nn.Module):
         """Centred, zero-lag-normalised circular autocorrelation of the residual (see ``spectrum.autocorrelation``)."""
         return autocorrelation(self(x))
 
+    def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(residual, power_spectrum, autocorrelation)`` of ``x``, the spectra sharing one FFT.
+
+        Corvi et al.'s analysis maps, each ``(B, out_chans, H, W)``, computed slice by slice on the CPU.
+        """
+        def maps(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            residual = self._residual(part)
+            return (residual, *power_and_autocorrelation(residual))
+
+        self._check(x)
+        return map_cpu_chunks(maps, x)
+
     def extra_repr(self) -> str:
         return f"grayscale={self.grayscale}, in_chans={self.in_chans}"
 
 
 def laplacian_residual(x: torch.Tensor, grayscale: bool = True) -> torch.Tensor:
     """Functional form of :class:`LaplacianResidual` for ``(B, C, H, W)`` inputs."""
-    return LaplacianResidual(grayscale=grayscale, in_chans=x.shape[1]).to(x.device)(x)
+    return LaplacianResidual(grayscale=grayscale, in_chans=x.shape[1])(x)

@@ -13,6 +13,8 @@ promoted to float32; float64 stays float64.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 #: ITU-R BT.601 luma weights (R, G, B), as used by PIL's ``convert("L")`` and OpenCV.
@@ -21,11 +23,6 @@ ITU_R_601_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
-
-
-def log_magnitude(spectrum: torch.Tensor) -> torch.Tensor:
-    """``log(1 + |F|)``: the log-magnitude used by every FFT feature of the suite."""
-    return torch.log1p(spectrum.abs())
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -42,37 +39,93 @@ def to_grayscale(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"to_grayscale expects 1 or 3 channels, got {channels}; pass RGB images in (B, 3, H, W) layout"
         )
-    weights = torch.tensor(ITU_R_601_WEIGHTS, dtype=x.dtype if x.is_floating_point() else torch.float32,
-                           device=x.device)
-    return (x * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    x = x if x.is_floating_point() else x.float()
+    r, g, b = ITU_R_601_WEIGHTS
+    return (x[:, 0:1] * r).add_(x[:, 1:2], alpha=g).add_(x[:, 2:3], alpha=b)
 
 
-def fft2d(x: torch.Tensor, shift: bool = True) -> torch.Tensor:
-    """2-D FFT over the last two dimensions, zero frequency moved to the centre if ``shift``.
+def rfft_power(x: torch.Tensor) -> torch.Tensor:
+    """``|F(x)|^2`` on the half-plane of ``rfft2``: shape ``(..., H, W // 2 + 1)``, zero frequency at ``[0, 0]``.
 
-    With ``shift`` the zero frequency of an ``N``-long axis sits at index ``N // 2``
-    and the Nyquist frequency (for even ``N``) at index 0.
+    For a real input the other half follows from ``|F(-k)| = |F(k)|`` (see :func:`hermitian_full`), so
+    the transform and every elementwise step after it touch half the data of a full ``fft2``.
     """
-    x = _as_float(x)
-    h, w = x.shape[-2:]
-    if shift and h % 2 == 0 and w % 2 == 0:
-        # For even sizes, fftshift(F(x)) == F(x * (-1)^(i+j)): a real multiply instead of a complex roll.
-        return torch.fft.fft2(x * _checkerboard(h, w, x.dtype, x.device), dim=(-2, -1))
-    spec = torch.fft.fft2(x, dim=(-2, -1))
+    spec = torch.fft.rfft2(_as_float(x), dim=(-2, -1))
+    return torch.addcmul(spec.real.square(), spec.imag, spec.imag)
+
+
+def _roll_rows_into(dst: torch.Tensor, src: torch.Tensor, shift: int) -> None:
+    """``dst[..., i, :] = src[..., (i - shift) % H, :]`` (``torch.roll`` along rows, written in place)."""
+    h = src.shape[-2]
+    s = shift % h
+    if s == 0:
+        dst.copy_(src)
+        return
+    dst[..., s:, :].copy_(src[..., : h - s, :])
+    dst[..., :s, :].copy_(src[..., h - s :, :])
+
+
+def hermitian_full(half: torch.Tensor, width: int, shift: bool = True,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Expand a point-symmetric map on the ``rfft2`` half-plane ``(..., H, W // 2 + 1)`` to ``(..., H, W)``.
+
+    ``half`` holds ``f(F)`` for a real input and any ``f`` of the magnitude (power, ``log(1 + |F|)``), which
+    satisfies ``m[-k, -l] = m[k, l]``; the missing columns are the mirrored existing ones. With ``shift``
+    the result is ``fftshift``-ed (zero frequency at ``(H // 2, W // 2)``). Any ``H`` and ``W``, odd too.
+    ``out``: a ``(..., H, W)`` tensor (a strided view is fine) to write the result into.
+    """
+    h = half.shape[-2]
+    if out is None:
+        out = half.new_empty(*half.shape[:-1], width)
     if shift:
-        spec = torch.fft.fftshift(spec, dim=(-2, -1))
-    return spec
+        m = width // 2  # centred columns [0, m) mirror columns m..1; [m, W) are columns 0..W-m-1
+        _roll_rows_into(out[..., :m], half[..., 1 : m + 1].flip(-2, -1), h // 2 + 1)
+        _roll_rows_into(out[..., m:], half[..., : width - m], h // 2)
+    else:
+        n = width // 2 + 1  # columns [0, n) as computed; [n, W) mirror columns W-n..1 with rows negated
+        out[..., :n].copy_(half[..., :n])
+        _roll_rows_into(out[..., n:], half[..., 1 : width - n + 1].flip(-2, -1), 1)
+    return out
 
 
-def _checkerboard(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    i = torch.arange(h, device=device).view(-1, 1)
-    j = torch.arange(w, device=device).view(1, -1)
-    return (1 - 2 * ((i + j) % 2)).to(dtype)
+def log_magnitude_spectrum(x: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """``log(1 + |F(x)|)`` over the last two dimensions, zero frequency centred if ``shift``.
+
+    The log-magnitude map used by every FFT feature of the suite. With ``shift`` the zero frequency of an
+    ``N``-long axis sits at index ``N // 2`` and the Nyquist frequency (for even ``N``) at index 0.
+    """
+    return hermitian_full(rfft_power(x).sqrt().log1p(), x.shape[-1], shift=shift)
 
 
 def power_spectrum(x: torch.Tensor, shift: bool = True) -> torch.Tensor:
     """Centred power spectrum ``|F(x)|^2`` over the last two dimensions (unnormalised DFT)."""
-    return fft2d(x, shift=shift).abs().square()
+    return hermitian_full(rfft_power(x), x.shape[-1], shift=shift)
+
+
+def _autocorrelation_from_power(half_power: torch.Tensor, size: tuple[int, int], eps: float) -> torch.Tensor:
+    h, w = size
+    if h % 2 == 0 and w % 2 == 0:
+        # For even sizes, fftshift of the inverse transform == inverse transform of the spectrum times
+        # (-1)^(k + l): a sign flip on the half-plane instead of a roll of the full map.
+        acf = torch.fft.irfft2(half_power * _checkerboard(h, w // 2 + 1, half_power), s=size, dim=(-2, -1))
+        zero_lag = acf[..., h // 2 : h // 2 + 1, w // 2 : w // 2 + 1]
+    else:
+        acf = torch.fft.irfft2(half_power, s=size, dim=(-2, -1))
+        zero_lag = acf[..., :1, :1]
+        acf = torch.fft.fftshift(acf, dim=(-2, -1))
+    return acf / zero_lag.clamp_min(eps)
+
+
+def _checkerboard(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """``(-1)^(i + j)`` on an ``h x w`` grid, with ``like``'s dtype and device."""
+    return _checkerboard_cached(h, w, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=32)
+def _checkerboard_cached(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    i = torch.arange(h, device=device).view(-1, 1)
+    j = torch.arange(w, device=device).view(1, -1)
+    return (1 - 2 * ((i + j) % 2)).to(dtype)
 
 
 def autocorrelation(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -84,22 +137,10 @@ def autocorrelation(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     its zero-lag value (the signal energy); an all-zero input gives an all-zero map.
     The mean is not removed: pass a residual (zero-mean in practice) or subtract it first.
     """
-    power = power_spectrum(x, shift=False)
-    acf = torch.fft.ifft2(power, dim=(-2, -1)).real
-    zero_lag = acf[..., :1, :1]
-    acf = torch.fft.fftshift(acf, dim=(-2, -1))
-    return acf / zero_lag.clamp_min(eps)
+    return _autocorrelation_from_power(rfft_power(x), tuple(x.shape[-2:]), eps)
 
 
-def normalized_frequency_grid(
-    height: int, width: int, device: torch.device | str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frequencies of a centred ``height x width`` spectrum, each axis scaled so Nyquist = 1.
-
-    Returns ``(fy, fx)``, each ``(height, width)`` float64: ``fy[i, j] = 2 (i - height // 2) / height``
-    (cycles per pixel divided by the Nyquist frequency 0.5), and likewise ``fx`` along columns.
-    ``fy`` grows downwards, with the image's row index.
-    """
-    fy = (torch.arange(height, device=device, dtype=torch.float64) - height // 2) * (2.0 / height)
-    fx = (torch.arange(width, device=device, dtype=torch.float64) - width // 2) * (2.0 / width)
-    return torch.meshgrid(fy, fx, indexing="ij")
+def power_and_autocorrelation(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(power_spectrum(x), autocorrelation(x))`` from one forward FFT (Corvi et al.'s residual analysis)."""
+    half = rfft_power(x)
+    return hermitian_full(half, x.shape[-1]), _autocorrelation_from_power(half, tuple(x.shape[-2:]), eps)

@@ -63,7 +63,7 @@ def test_features_are_deterministic_and_batch_independent():
     x, _ = toy_set(6, 32, seed=3)
     a = FFTGridFeatures(grid=16, batch_size=256).transform(x)
     b = FFTGridFeatures(grid=16, batch_size=2).transform(x.numpy())
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 FFTs round differently per batch size
     np.testing.assert_array_equal(a, FFTGridFeatures(grid=16).transform(x))
 
 
