@@ -64,6 +64,8 @@ class DetectorModule(L.LightningModule):
         self.criterion = nn.BCEWithLogitsLoss()
         self.train_metrics = MetricCollection({"accuracy": BinaryAccuracy(), "f1": BinaryF1Score()}, prefix="train/")
         self.train_loss = MeanMetric()
+        # image-weighted means, summed over processes at epoch end: exact under DDP with uneven shards
+        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.val_metrics = binary_metric_collection("val/")
         self.test_metrics = binary_metric_collection("test/")
 
@@ -84,8 +86,9 @@ class DetectorModule(L.LightningModule):
         if stage == "train":
             self.train_loss.update(loss.detach(), weight=n)
         else:
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n,
-                     sync_dist=True)
+            self.eval_loss[stage].update(loss.detach(), weight=n)
+            self.log(f"{stage}/loss", self.eval_loss[stage], on_step=False, on_epoch=True, prog_bar=stage == "val",
+                     batch_size=n)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

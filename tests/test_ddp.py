@@ -40,12 +40,12 @@ def _single_process_val_scores(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Ten
     module.eval()
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    probs, labels = [], []
+    logits, labels = [], []
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
-            probs.append(torch.sigmoid(module(batch["image"]).float()))
+            logits.append(module(batch["image"]).float())
             labels.append(batch["label"].long())
-    return torch.cat(probs), torch.cat(labels)
+    return torch.cat(logits), torch.cat(labels)
 
 
 def _auc(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -53,7 +53,7 @@ def _auc(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_log_exact_val_auc(tmp_path):
+def test_ddp_two_cpu_processes_log_exact_val_auc_and_loss(tmp_path):
     # one extra synthetic image gives an odd val split (25), which a padding sampler would fill with a duplicate
     tree = make_genimage_tree(tmp_path / "genimage", n=21, size=32)
     first = sorted((tree / "gen_a" / "train" / "ai").iterdir())[0]
@@ -74,12 +74,17 @@ def test_ddp_two_cpu_processes_log_exact_val_auc(tmp_path):
     assert len(runs) == 1, "only rank 0 may open an MLflow run"
     history = sorted(client.get_metric_history(runs[0].info.run_id, "val/auc"), key=lambda m: m.step)
     logged = history[-1].value
+    loss_history = sorted(client.get_metric_history(runs[0].info.run_id, "val/loss"), key=lambda m: m.step)
 
     ckpt = next((tmp_path / "logs").glob("train/runs/*/checkpoints/last.ckpt"))
-    probs, labels = _single_process_val_scores(compose_config(overrides, tmp_path / "eval"), ckpt)
+    logits, labels = _single_process_val_scores(compose_config(overrides, tmp_path / "eval"), ckpt)
+    probs = torch.sigmoid(logits)
     expected = _auc(probs, labels)
     assert len(labels) % 2 == 1 and runs[0].data.metrics["data/val_images"] == len(labels)
     assert logged == pytest.approx(expected, abs=1e-6)
+    # the loss too: an image-weighted mean over both processes' uneven shards, not a mean of rank means
+    expected_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()))
+    assert loss_history[-1].value == pytest.approx(expected_loss, abs=1e-5)
     # what a padding DistributedSampler would have scored (image 0 twice): the check above tells them apart
     padded = _auc(torch.cat([probs, probs[:1]]), torch.cat([labels, labels[:1]]))
     assert abs(padded - expected) > 1e-6, "the toy val split cannot show the padding error"
