@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -130,6 +131,42 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger:
         log_model=False,
         run_id=cfg.logger.get("run_id"),
     )
+
+
+def prepare_store(logger_cfg: DictConfig) -> str | None:
+    """Create a SQLite store's tables and the config's experiment now; return the experiment id.
+
+    MLflow creates both lazily, on a run's first write; parallel jobs that all find a new store race to
+    create its tables (``sqlite3.OperationalError: duplicate column name``) or the same experiment.
+    Servers and other stores are left alone (``None``).
+    """
+    uri = resolve_tracking_uri(str(logger_cfg.tracking_uri))
+    if not uri.startswith("sqlite:"):
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    name = str(logger_cfg.experiment_name)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=resolve_artifact_location(
+        logger_cfg.get("artifact_location")))
+
+
+class PrepareTrackingStore(Callback):
+    """Hydra callback: before a multirun launches its jobs, prepare the tracking store once (:func:`prepare_store`),
+    in the launching process, so jobs started side by side (``hydra/launcher=local_parallel``, slurm arrays)
+    find the tables and the experiment in place."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        logger_cfg = config.get("logger")
+        if not logger_cfg or "tracking_uri" not in logger_cfg:
+            return
+        try:
+            prepare_store(logger_cfg)
+        except Exception as err:  # noqa: BLE001 - the jobs will report a real tracking problem themselves
+            log.warning("could not prepare the MLflow store before the sweep (%s)", err)
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:

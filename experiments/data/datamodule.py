@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -202,6 +203,20 @@ class DetectorDataModule(L.LightningDataModule):
             return trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
+    def _worker_context(self) -> Any:
+        """The start method for loader workers: the platform's default one.
+
+        A job run by ``hydra/launcher=local_parallel`` lives in a joblib (loky) worker whose default start
+        method is ``loky``, which cannot start DataLoader workers; those jobs get the platform default
+        (``fork`` on Linux) instead. Everywhere else the process default is kept.
+        """
+        if self.num_workers == 0:
+            return None
+        method = multiprocessing.get_start_method(allow_none=True)
+        if method is None or method in multiprocessing.get_all_start_methods():
+            return None
+        return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
+
     def _eval_sampler(self, split: str) -> DistributedSampler | None:
         """Inside a running multi-process trainer, an unrepeated sampler for val/test: every image once, on one
         rank. Lightning's default ``DistributedSampler`` pads the split with duplicates to equal rank sizes, which
@@ -227,6 +242,7 @@ class DetectorDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_skipping,
             drop_last=False,
+            multiprocessing_context=self._worker_context(),
         )
 
     def train_dataloader(self) -> DataLoader:
