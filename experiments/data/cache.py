@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from experiments.data.dataset import ImageDataset
+from experiments.data.dataset import SampleDataset
 from experiments.data.images import UnreadableImage, load_rgb
 from experiments.data.layouts import Sample
 from experiments.data.transforms import ImageTooSmall, Preprocess
@@ -116,7 +116,7 @@ def cached_split(samples: Sequence[Sample], preprocess: Preprocess, cache_root: 
     return folder
 
 
-class CachedImageDataset(ImageDataset):
+class CachedImageDataset(SampleDataset):
     """Drop-in for :class:`~experiments.data.dataset.ImageDataset` that reads a cache folder.
 
     Items are the same dicts (``image`` float in [0, 1], ``label``, ``generator``,
@@ -125,9 +125,8 @@ class CachedImageDataset(ImageDataset):
     """
 
     def __init__(self, samples: Sequence[Sample], folder: str | Path, generator_names: Sequence[str]) -> None:
-        self.samples = list(samples)
+        super().__init__(samples, generator_names)
         self.folder = Path(folder)
-        self.generator_index = {g: i for i, g in enumerate(generator_names)}
         self.ok = np.load(self.folder / "ok.npy")
         if len(self.ok) != len(self.samples):
             raise ValueError(f"cache {self.folder} holds {len(self.ok)} images, the split has {len(self.samples)}")
@@ -143,9 +142,6 @@ class CachedImageDataset(ImageDataset):
         state = dict(self.__dict__)
         state["_images"] = None  # re-opened in each worker
         return state
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     @property
     def n_bad(self) -> int:

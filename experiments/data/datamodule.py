@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
 from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
-from experiments.data.dataset import ImageDataset, collate_skipping
+from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.layouts import (
     DatasetLayoutError,
     Sample,
@@ -128,7 +128,7 @@ class DetectorDataModule(L.LightningDataModule):
         )
         self.splits: dict[str, list[Sample]] = {}
         self.generator_names: list[str] = []
-        self.datasets: dict[str, ImageDataset | CachedImageDataset] = {}
+        self.datasets: dict[str, SampleDataset] = {}
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -12,28 +12,19 @@ from experiments.data.layouts import Sample
 from experiments.data.transforms import ImageTooSmall, Preprocess
 
 
-class ImageDataset(Dataset):
-    """Items are ``{"image": (3,H,W) float, "label": float, "generator": int, "index": int}``.
+class SampleDataset(Dataset):
+    """Items are ``{"image": (3,H,W) float, "label": float, "generator": int, "index": int}``, or ``None`` for
+    an image that cannot be used; subclasses say where the image comes from (:meth:`__getitem__`)."""
 
-    A file that cannot be decoded, or is smaller than the crop, yields ``None``;
-    :func:`collate_skipping` drops it and reports the count in the batch, so a
-    bad file never stops an epoch and is never skipped silently.
-    """
-
-    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, generator_names: Sequence[str]) -> None:
+    def __init__(self, samples: Sequence[Sample], generator_names: Sequence[str]) -> None:
         self.samples = list(samples)
-        self.preprocess = preprocess
         self.generator_index = {g: i for i, g in enumerate(generator_names)}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict | None:
-        try:
-            image = self.preprocess(load_rgb(self.samples[index].path))
-        except (UnreadableImage, ImageTooSmall):
-            return None
-        return self.item(image, index)
+        raise NotImplementedError
 
     def item(self, image: torch.Tensor, index: int) -> dict:
         """The batch entry of sample ``index`` with its preprocessed ``image``."""
@@ -48,6 +39,26 @@ class ImageDataset(Dataset):
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([s.label for s in self.samples])
+
+
+class ImageDataset(SampleDataset):
+    """Decodes and preprocesses each file on access.
+
+    A file that cannot be decoded, or is smaller than the crop, yields ``None``;
+    :func:`collate_skipping` drops it and reports the count in the batch, so a
+    bad file never stops an epoch and is never skipped silently.
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, generator_names: Sequence[str]) -> None:
+        super().__init__(samples, generator_names)
+        self.preprocess = preprocess
+
+    def __getitem__(self, index: int) -> dict | None:
+        try:
+            image = self.preprocess(load_rgb(self.samples[index].path))
+        except (UnreadableImage, ImageTooSmall):
+            return None
+        return self.item(image, index)
 
 
 def collate_skipping(items: list[dict | None]) -> dict:
