@@ -15,7 +15,8 @@ Sections:
    224 px with ``16-mixed`` autocast.
 
 Peak memory: process peak RSS after each row, and CUDA max allocated when present.
-Timings are the best of ``--repeats`` after a warm-up. Usage::
+Timings are the best of ``--repeats`` after a warm-up; a feature and its references are timed in
+alternation, so a slow spell of a shared machine affects each alike. Usage::
 
     python -m experiments.bench [--size 224] [--batch 64] [--repeats 3] [--out reports] [--only features,data,train]
 """
@@ -76,6 +77,24 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, min_total
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def best_times_interleaved(fns: list[Callable[[], object]], repeats: int, min_total: float = 0.5,
+                           max_rounds: int = 100) -> list[float]:
+    """Fastest call of each of ``fns``, timed in alternation (one call of each per round) so that a slow
+    spell of a shared machine falls on all of them alike; at least ``repeats`` rounds, repeated until each
+    has run ``min_total`` seconds (at most ``max_rounds``)."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
+    rounds = 0
+    while rounds < repeats or (min(sum(t) for t in times) < min_total and rounds < max_rounds):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+        rounds += 1
+    return [min(t) for t in times]
 
 
 def max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -140,15 +159,21 @@ def bench_features(size: int, batch: int, repeats: int, seed: int = 0, min_time:
     rows = []
     for case in feature_cases():
         err = check_case(case, x)
-        with torch.inference_mode():
-            t_torch = best_time(lambda: case.torch_fn(x), repeats, min_total=min_time)
-        t_ref = best_time(lambda: [case.ref_fn(im) for im in images], repeats, min_total=min_time)
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                case.torch_fn(x)
+
+        fns = [run_torch, lambda: [case.ref_fn(im) for im in images]]
+        if case.library is not None:
+            label, library_fn = case.library
+            fns.append(lambda: [library_fn(im) for im in images])
+        t_torch, t_ref, *t_library = best_times_interleaved(fns, repeats, min_total=min_time)
         rss = peak_rss_mb()
         rows.append(Row("features", case.name, "torch batched (CPU)", batch / t_torch, size, batch,
                         speedup=t_ref / t_torch, max_rel_err=err, peak_rss_mb=rss))
-        if case.library is not None:
-            label, fn = case.library
-            t_lib = best_time(lambda: [fn(im) for im in images], repeats, min_total=min_time)
+        if t_library:
+            t_lib = t_library[0]
             rows[-1].note = f"{t_lib / t_torch:.1f}x against {label}"
         rows.append(Row("features", case.name, "NumPy per image", batch / t_ref, size, batch,
                         speedup=1.0, peak_rss_mb=rss))
