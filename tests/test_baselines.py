@@ -111,10 +111,10 @@ def test_forest_follows_the_run_seed(tmp_path):
 def test_resnet50_fft_is_the_frequency_stream_alone_and_learns(tmp_path):
     cfg = compose_config(["model=resnet50_fft", "model.backbone.name=resnet10t", "model.net.head_hidden=16"],
                          tmp_path)
+    torch.manual_seed(0)  # before the weights are drawn: the result must not depend on the tests run before
     net = instantiate(cfg.model.net)
     assert isinstance(net, FrequencyCNN) and set(net.cam_layers()) == {"frequency"}
-    torch.manual_seed(0)
-    assert fit_auroc(net) >= 0.9
+    assert fit_auroc(net, steps=80) >= 0.9  # 40 steps reach 0.87-1.0 over init seeds 0-5; 80 reach 0.95-1.0
 
 
 def test_resnet50_fft_defaults_to_resnet50(tmp_path):
