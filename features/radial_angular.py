@@ -18,6 +18,7 @@ from features.batching import map_cpu_chunks
 from features.residual import LaplacianResidual
 from features.spectrum import hermitian_full, rfft_power, to_grayscale
 
+
 def _centred_frequencies(height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(fy, fx)`` of a centred ``height x width`` spectrum, float64, each axis scaled so Nyquist = 1.
 
