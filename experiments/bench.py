@@ -65,27 +65,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, min_total: float = 0.5,
-              max_repeats: int = 100) -> float:
-    """Fastest of at least ``repeats`` calls, repeated until ``min_total`` seconds have passed (at most
-    ``max_repeats``): on a shared machine the minimum is the least disturbed measurement."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_total and len(times) < max_repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def best_times_interleaved(fns: list[Callable[[], object]], repeats: int, min_total: float = 0.5,
-                           max_rounds: int = 100) -> list[float]:
+                           max_rounds: int = 100, warmup: int = 1) -> list[float]:
     """Fastest call of each of ``fns``, timed in alternation (one call of each per round) so that a slow
     spell of a shared machine falls on all of them alike; at least ``repeats`` rounds, repeated until each
-    has run ``min_total`` seconds (at most ``max_rounds``)."""
-    for fn in fns:
-        fn()  # warm-up
+    has run ``min_total`` seconds (at most ``max_rounds``). On a shared machine the minimum is the least
+    disturbed measurement."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
     times: list[list[float]] = [[] for _ in fns]
     rounds = 0
     while rounds < repeats or (min(sum(t) for t in times) < min_total and rounds < max_rounds):
@@ -95,6 +83,12 @@ def best_times_interleaved(fns: list[Callable[[], object]], repeats: int, min_to
             spent.append(time.perf_counter() - start)
         rounds += 1
     return [min(t) for t in times]
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, min_total: float = 0.5,
+              max_repeats: int = 100) -> float:
+    """:func:`best_times_interleaved` of one function."""
+    return best_times_interleaved([fn], repeats, min_total=min_total, max_rounds=max_repeats, warmup=warmup)[0]
 
 
 def max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -170,14 +164,13 @@ def bench_features(size: int, batch: int, repeats: int, seed: int = 0, min_time:
             fns.append(lambda: [library_fn(im) for im in images])
         t_torch, t_ref, *t_library = best_times_interleaved(fns, repeats, min_total=min_time)
         rss = peak_rss_mb()
+        note = f"{t_library[0] / t_torch:.1f}x against {label}" if t_library else ""
         rows.append(Row("features", case.name, "torch batched (CPU)", batch / t_torch, size, batch,
-                        speedup=t_ref / t_torch, max_rel_err=err, peak_rss_mb=rss))
-        if t_library:
-            t_lib = t_library[0]
-            rows[-1].note = f"{t_lib / t_torch:.1f}x against {label}"
+                        speedup=t_ref / t_torch, max_rel_err=err, peak_rss_mb=rss, note=note))
         rows.append(Row("features", case.name, "NumPy per image", batch / t_ref, size, batch,
                         speedup=1.0, peak_rss_mb=rss))
-        if case.library is not None:
+        if t_library:
+            t_lib = t_library[0]
             rows.append(Row("features", case.name, label, batch / t_lib, size, batch, speedup=t_ref / t_lib,
                             peak_rss_mb=peak_rss_mb(), note="tuned C++/SIMD library, for comparison"))
     return rows

@@ -21,6 +21,7 @@ import math
 import cv2
 import numpy as np
 
+from features.bottleneck import gaussian_kernel1d
 from features.radial_angular import BIN_EDGE_NUDGE
 from features.residual import LAPLACIAN_KERNEL
 from features.spectrum import ITU_R_601_WEIGHTS
@@ -119,17 +120,10 @@ def radial_angular_histogram(img: np.ndarray, n_radial: int = 64, n_angular: int
     return np.concatenate([radial, angular]).astype(np.float32)
 
 
-def gaussian_taps(sigma: float) -> np.ndarray:
-    """Normalised Gaussian of ``2 * ceil(3 sigma) + 1`` taps."""
-    radius = math.ceil(3.0 * sigma)
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    return (taps / taps.sum()).astype(np.float32)
-
-
 def gaussian_bottleneck(img: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     """SPECTRAFORGE's spatial bottleneck in NumPy: per channel, reflect-101 padding, then the separable
     Gaussian as a weighted sum of shifted rows, then of shifted columns."""
-    taps = gaussian_taps(sigma)
+    taps = gaussian_kernel1d(sigma).numpy()
     r = len(taps) // 2
     _, h, w = img.shape
     out = np.empty_like(img)

@@ -12,6 +12,7 @@ from features.spectrum import (
     log_magnitude_spectrum,
     power_and_autocorrelation,
     power_spectrum,
+    rfft_log_magnitude,
     rfft_power,
     to_grayscale,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "log_magnitude_spectrum",
     "power_and_autocorrelation",
     "power_spectrum",
+    "rfft_log_magnitude",
     "rfft_power",
     "to_grayscale",
 ]

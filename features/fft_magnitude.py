@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from features.batching import map_cpu_chunks
-from features.spectrum import hermitian_full, rfft_power, to_grayscale
+from features.spectrum import hermitian_full, rfft_log_magnitude, to_grayscale
 
 
 class FFTMagnitude(nn.Module):
@@ -53,7 +53,7 @@ class FFTMagnitude(nn.Module):
         if self.grayscale:
             x = to_grayscale(x)
         width = x.shape[-1]
-        half = rfft_power(x).sqrt().log1p()  # log(1 + |F|) on the rfft half-plane
+        half = rfft_log_magnitude(x)
         if self.standardize:
             half = self._standardized(half, width)
         mag = hermitian_full(half, width)

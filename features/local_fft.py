@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from features.batching import map_cpu_chunks
-from features.spectrum import hermitian_full, rfft_power
+from features.spectrum import hermitian_full, rfft_log_magnitude
 
 
 class LocalPatchFFT(nn.Module):
@@ -61,7 +61,7 @@ class LocalPatchFFT(nn.Module):
         p = self.patch_size
         nh, nw = h // p, w // p
         tiles = x.reshape(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)  # B C nh nw p p (a view)
-        half = rfft_power(tiles).sqrt().log1p()
+        half = rfft_log_magnitude(tiles)
         out = half.new_empty(b, c, h, w)
         out_tiles = out.view(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)
         hermitian_full(half, p, shift=self.shift, out=out_tiles)

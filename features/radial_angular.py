@@ -16,17 +16,7 @@ from torch import nn
 
 from features.batching import map_cpu_chunks
 from features.residual import LaplacianResidual
-from features.spectrum import hermitian_full, rfft_power, to_grayscale
-
-
-def _centred_frequencies(height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fy, fx)`` of a centred ``height x width`` spectrum, float64, each axis scaled so Nyquist = 1.
-
-    ``fy[i, j] = 2 (i - height // 2) / height`` (``fy`` grows downwards, with the row index); likewise ``fx``.
-    """
-    fy = (torch.arange(height, device=device, dtype=torch.float64) - height // 2) * (2.0 / height)
-    fx = (torch.arange(width, device=device, dtype=torch.float64) - width // 2) * (2.0 / width)
-    return torch.meshgrid(fy, fx, indexing="ij")
+from features.spectrum import hermitian_full, normalized_frequency_grid, rfft_power, to_grayscale
 
 
 #: Added to a bin coordinate before ``floor``: far above float64 rounding of ``sqrt``/``atan2`` (~1e-14),
@@ -107,7 +97,7 @@ class RadialAngularHistogram(nn.Module):
         """
         key = (int(height), int(width), str(device))
         if key not in self._bin_cache:
-            fy, fx = _centred_frequencies(height, width, device)
+            fy, fx = normalized_frequency_grid(height, width, device=device)
             radius = torch.sqrt(fy.square() + fx.square())
             inside = radius <= self.max_radius + 1e-9
             is_dc = (fy == 0) & (fx == 0)

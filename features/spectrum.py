@@ -88,13 +88,21 @@ def hermitian_full(half: torch.Tensor, width: int, shift: bool = True,
     return out
 
 
+def rfft_log_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + |F(x)|)`` on the ``rfft2`` half-plane: the log-magnitude used by every FFT feature of the suite.
+
+    Expand it with :func:`hermitian_full` (after any per-map step that is cheaper on half the data).
+    """
+    return rfft_power(x).sqrt().log1p()
+
+
 def log_magnitude_spectrum(x: torch.Tensor, shift: bool = True) -> torch.Tensor:
     """``log(1 + |F(x)|)`` over the last two dimensions, zero frequency centred if ``shift``.
 
-    The log-magnitude map used by every FFT feature of the suite. With ``shift`` the zero frequency of an
-    ``N``-long axis sits at index ``N // 2`` and the Nyquist frequency (for even ``N``) at index 0.
+    With ``shift`` the zero frequency of an ``N``-long axis sits at index ``N // 2`` and the Nyquist
+    frequency (for even ``N``) at index 0.
     """
-    return hermitian_full(rfft_power(x).sqrt().log1p(), x.shape[-1], shift=shift)
+    return hermitian_full(rfft_log_magnitude(x), x.shape[-1], shift=shift)
 
 
 def power_spectrum(x: torch.Tensor, shift: bool = True) -> torch.Tensor:
@@ -144,3 +152,17 @@ def power_and_autocorrelation(x: torch.Tensor, eps: float = 1e-12) -> tuple[torc
     """``(power_spectrum(x), autocorrelation(x))`` from one forward FFT (Corvi et al.'s residual analysis)."""
     half = rfft_power(x)
     return hermitian_full(half, x.shape[-1]), _autocorrelation_from_power(half, tuple(x.shape[-2:]), eps)
+
+
+def normalized_frequency_grid(
+    height: int, width: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frequencies of a centred ``height x width`` spectrum, each axis scaled so Nyquist = 1.
+
+    Returns ``(fy, fx)``, each ``(height, width)`` float64: ``fy[i, j] = 2 (i - height // 2) / height``
+    (cycles per pixel divided by the Nyquist frequency 0.5), and likewise ``fx`` along columns.
+    ``fy`` grows downwards, with the image's row index.
+    """
+    fy = (torch.arange(height, device=device, dtype=torch.float64) - height // 2) * (2.0 / height)
+    fx = (torch.arange(width, device=device, dtype=torch.float64) - width // 2) * (2.0 / width)
+    return torch.meshgrid(fy, fx, indexing="ij")
