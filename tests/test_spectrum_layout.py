@@ -111,3 +111,14 @@ def test_cpu_slicing_is_used_for_large_batches(monkeypatch):
     monkeypatch.setattr(batching, "CPU_CHUNK_ELEMENTS", 4 * 3 * 16 * 16)
     blur(torch.rand(10, 3, 16, 16))
     assert sizes == [4, 4, 2]
+
+
+def test_sliced_entry_points_keep_their_input_errors():
+    with pytest.raises(ValueError, match="in_chans=3 but got 1 channels"):
+        LaplacianResidual().spectra(torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="at least 2x2"):
+        LaplacianResidual().spectra(torch.rand(2, 3, 1, 8))
+    with pytest.raises(ValueError, match=r"expects \(B, C, H, W\) images, got shape \(3, 8, 8\)"):
+        RadialAngularHistogram(8, 8)(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match=r"expects \(B, C, H, W\) images"):
+        RadialAngularHistogram(8, 8).spectrum(torch.rand(3, 8, 8))
