@@ -6,6 +6,8 @@ Sections:
    per-image NumPy reference of the same maths
    (:mod:`experiments.reference_numpy`), after checking both give the same
    numbers; the blur is also timed against OpenCV's tuned ``GaussianBlur``.
+   The torch side is also timed on one thread: its speed-up over the
+   one-core reference, times the thread count, bounds what threading can give.
    Default: 224 px, batch 64.
 2. **data**: images/s of one pass over the demo train split, read from the
    files and from the decode-once cache (``data.cache=true``), plus the time to
@@ -24,6 +26,7 @@ alternation, so a slow spell of a shared machine affects each alike. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -33,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -89,6 +92,17 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, min_total
               max_repeats: int = 100) -> float:
     """:func:`best_times_interleaved` of one function."""
     return best_times_interleaved([fn], repeats, min_total=min_total, max_rounds=max_repeats, warmup=warmup)[0]
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one thread inside the block (the NumPy references use one core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,15 +172,23 @@ def bench_features(size: int, batch: int, repeats: int, seed: int = 0, min_time:
             with torch.inference_mode():
                 case.torch_fn(x)
 
-        fns = [run_torch, lambda: [case.ref_fn(im) for im in images]]
+        def run_torch_one_thread() -> None:
+            with one_torch_thread():
+                run_torch()
+
+        fns = [run_torch, run_torch_one_thread, lambda: [case.ref_fn(im) for im in images]]
         if case.library is not None:
             label, library_fn = case.library
             fns.append(lambda: [library_fn(im) for im in images])
-        t_torch, t_ref, *t_library = best_times_interleaved(fns, repeats, min_total=min_time)
+        t_torch, t_one, t_ref, *t_library = best_times_interleaved(fns, repeats, min_total=min_time)
         rss = peak_rss_mb()
         note = f"{t_library[0] / t_torch:.1f}x against {label}" if t_library else ""
-        rows.append(Row("features", case.name, "torch batched (CPU)", batch / t_torch, size, batch,
-                        speedup=t_ref / t_torch, max_rel_err=err, peak_rss_mb=rss, note=note))
+        rows.append(Row("features", case.name, f"torch batched (CPU, {torch.get_num_threads()} threads)",
+                        batch / t_torch, size, batch, speedup=t_ref / t_torch, max_rel_err=err, peak_rss_mb=rss,
+                        note=note))
+        rows.append(Row("features", case.name, "torch batched (CPU, 1 thread)", batch / t_one, size, batch,
+                        speedup=t_ref / t_one, peak_rss_mb=rss,
+                        note="per-core speed-up; times the threads it bounds the multi-thread one"))
         rows.append(Row("features", case.name, "NumPy per image", batch / t_ref, size, batch,
                         speedup=1.0, peak_rss_mb=rss))
         if t_library:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.batching import map_cpu_chunks
+from features.batching import fill_cpu_chunks
 
 
 def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -74,20 +74,23 @@ class GaussianBottleneck(nn.Module):
                 f"GaussianBottleneck: image {tuple(x.shape[-2:])} is too small for sigma={self.sigma} "
                 f"(kernel radius {r}); use a smaller sigma or larger images"
             )
-        return map_cpu_chunks(self._blur, x)
+        out = torch.empty_like(x, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        fill_cpu_chunks(self._blur_into, x, out)
+        return out
 
-    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+    def _blur_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
         r = self.radius
         h, w = x.shape[-2:]
         taps = self._taps
         padded = F.pad(x if x.is_floating_point() else x.float(), (r, r, r, r), mode="reflect")
-        rows = padded[..., :w] * taps[0]
+        # The row pass is scaled by taps[0], so the column pass starts with a plain (autograd-safe) copy
+        # into ``out``: out = sum_j (t_j / t_0) * rows_j, rows = t_0 * sum_i t_i * padded_i.
+        rows = padded[..., :w] * (taps[0] * taps[0])
         for i, tap in enumerate(taps[1:], start=1):
-            rows.add_(padded[..., i : i + w], alpha=tap)
-        out = rows[..., :h, :] * taps[0]
+            rows.add_(padded[..., i : i + w], alpha=tap * taps[0])
+        out.copy_(rows[..., :h, :])
         for i, tap in enumerate(taps[1:], start=1):
-            out.add_(rows[..., i : i + h, :], alpha=tap)
-        return out
+            out.add_(rows[..., i : i + h, :], alpha=tap / taps[0])
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, in_chans={self.in_chans}, kernel_size={self.kernel.numel()}"

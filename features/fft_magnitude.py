@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import map_cpu_chunks
-from features.spectrum import hermitian_full, rfft_log_magnitude, to_grayscale
+from features.batching import fill_cpu_chunks
+from features.spectrum import hermitian_full, output_dtype, rfft_log_magnitude, to_grayscale
 
 
 class FFTMagnitude(nn.Module):
@@ -47,17 +47,18 @@ class FFTMagnitude(nn.Module):
                 f"FFTMagnitude expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}; "
                 f"set in_chans to match the input"
             )
-        return map_cpu_chunks(self._maps, x)
+        out = x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:], dtype=output_dtype(x))
+        fill_cpu_chunks(self._maps_into, x, out)
+        return out
 
-    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+    def _maps_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
         if self.grayscale:
             x = to_grayscale(x)
         width = x.shape[-1]
         half = rfft_log_magnitude(x)
         if self.standardize:
             half = self._standardized(half, width)
-        mag = hermitian_full(half, width)
-        return mag.to(x.dtype) if x.is_floating_point() else mag
+        hermitian_full(half, width, out=out)
 
     def _standardized(self, half: torch.Tensor, width: int) -> torch.Tensor:
         """Zero mean, unit (unbiased) std over each full ``H x W`` map, computed on the half-plane.

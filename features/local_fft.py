@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import map_cpu_chunks
-from features.spectrum import hermitian_full, rfft_log_magnitude
+from features.batching import fill_cpu_chunks
+from features.spectrum import hermitian_full, output_dtype, rfft_log_magnitude
 
 
 class LocalPatchFFT(nn.Module):
@@ -54,18 +54,17 @@ class LocalPatchFFT(nn.Module):
                 f"LocalPatchFFT: input {h}x{w} is not a multiple of the patch size {p}; "
                 f"set data.crop_size to a multiple of {p}"
             )
-        return map_cpu_chunks(self._maps, x)
+        out = x.new_empty(b, c, h, w, dtype=output_dtype(x))
+        fill_cpu_chunks(self._maps_into, x, out)
+        return out
 
-    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+    def _maps_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
         b, c, h, w = x.shape
         p = self.patch_size
         nh, nw = h // p, w // p
         tiles = x.reshape(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)  # B C nh nw p p (a view)
-        half = rfft_log_magnitude(tiles)
-        out = half.new_empty(b, c, h, w)
         out_tiles = out.view(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5)
-        hermitian_full(half, p, shift=self.shift, out=out_tiles)
-        return out.to(x.dtype) if x.is_floating_point() else out
+        hermitian_full(rfft_log_magnitude(tiles), p, shift=self.shift, out=out_tiles)
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, shift={self.shift}"

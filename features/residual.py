@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.batching import map_cpu_chunks
+from features.batching import fill_cpu_chunks
 from features.spectrum import autocorrelation, power_and_autocorrelation, power_spectrum, to_grayscale
 
 #: 3x3 Laplacian-like high-pass kernel; it sums to zero, so flat regions give a zero residual.
@@ -52,7 +52,14 @@ class LaplacianResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return map_cpu_chunks(self._residual, x)
+        out = self._empty_map(x)
+        fill_cpu_chunks(self._residual_into, x, out)
+        return out
+
+    def _empty_map(self, x: torch.Tensor) -> torch.Tensor:
+        """An uninitialised ``(B, out_chans, H, W)`` map, float64 for float64 input and float32 otherwise."""
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:], dtype=dtype)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
@@ -65,15 +72,16 @@ class LaplacianResidual(nn.Module):
         if x.shape[-2] < 2 or x.shape[-1] < 2:
             raise ValueError(f"LaplacianResidual needs images of at least 2x2 pixels, got {tuple(x.shape[-2:])}")
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+    def _residual_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write the residual of ``x`` into ``out`` (``(B, out_chans, H, W)``) and return ``out``."""
         x = x if x.dtype == torch.float64 else x.float()
         if self.grayscale:
             x = to_grayscale(x)
         h, w = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        rows = padded[..., : w] + padded[..., 1 : w + 1] + padded[..., 2 : w + 2]
-        box = rows[..., :h, :] + rows[..., 1 : h + 1, :] + rows[..., 2 : h + 2, :]
-        return torch.mul(x, 9.0).sub_(box)
+        rows = (padded[..., : w] + padded[..., 1 : w + 1]).add_(padded[..., 2 : w + 2])
+        box = (rows[..., :h, :] + rows[..., 1 : h + 1, :]).add_(rows[..., 2 : h + 2, :])
+        return out.copy_(x).mul_(9.0).sub_(box)  # in-place steps (not out=): autograd-safe
 
     def power_spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """Centred power spectrum ``|F(r)|^2`` of the residual ``r = self(x)``, shape ``(B, out_chans, H, W)``."""
@@ -88,12 +96,13 @@ class LaplacianResidual(nn.Module):
 
         Corvi et al.'s analysis maps, each ``(B, out_chans, H, W)``, computed slice by slice on the CPU.
         """
-        def maps(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            residual = self._residual(part)
-            return (residual, *power_and_autocorrelation(residual))
+        def maps_into(part: torch.Tensor, residual: torch.Tensor, power: torch.Tensor, acf: torch.Tensor) -> None:
+            power_and_autocorrelation(self._residual_into(part, residual), out=(power, acf))
 
         self._check(x)
-        return map_cpu_chunks(maps, x)
+        maps = tuple(self._empty_map(x) for _ in range(3))
+        fill_cpu_chunks(maps_into, x, *maps)
+        return maps
 
     def extra_repr(self) -> str:
         return f"grayscale={self.grayscale}, in_chans={self.in_chans}"

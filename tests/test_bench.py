@@ -37,6 +37,7 @@ def test_radial_bins_equal_the_reference_grid_edge_ties_included(size):
 
 
 def test_bench_cli_writes_markdown_and_csv(tmp_path, capsys):
+    threads = torch.get_num_threads()
     rows = bench.main(["--only", "features", "--size", "32", "--batch", "2", "--repeats", "1", "--min-time", "0",
                        "--out", str(tmp_path)])
     assert {r.name for r in rows} == {c.name for c in bench.feature_cases()}
@@ -45,7 +46,9 @@ def test_bench_cli_writes_markdown_and_csv(tmp_path, capsys):
     assert "LocalPatchFFT(32)" in md and "Machine:" in md
     with (tmp_path / "bench.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 11 and float(table[0]["speedup"]) > 0
+    assert len(table) == 16 and float(table[0]["speedup"]) > 0
+    one_thread = [r for r in rows if r.impl == "torch batched (CPU, 1 thread)"]
+    assert len(one_thread) == len(bench.feature_cases()) and torch.get_num_threads() == threads
     assert "wrote" in capsys.readouterr().out
 
 

@@ -18,7 +18,7 @@ from features import (
     rfft_power,
 )
 import features.batching as batching
-from features.batching import map_cpu_chunks
+from features.batching import fill_cpu_chunks, map_cpu_chunks
 from features.spectrum import autocorrelation, log_magnitude_spectrum, power_and_autocorrelation, power_spectrum
 
 SIZES = [(8, 8), (7, 9), (6, 5), (5, 6), (1, 4), (4, 1), (2, 2), (3, 3), (32, 48)]
@@ -77,6 +77,25 @@ def test_map_cpu_chunks_equals_one_call_for_tensors_and_tuples():
     assert calls == [10]  # small enough: one call
 
 
+def test_fill_cpu_chunks_writes_each_slice_into_the_outputs():
+    x = torch.rand(10, 3, 4, 4)
+    doubled, sums = torch.full_like(x, float("nan")), torch.full((10, 4, 4), float("nan"))
+    calls = []
+
+    def fn(part, doubled_part, sums_part):
+        calls.append(part.shape[0])
+        torch.mul(part, 2, out=doubled_part)
+        torch.sum(part, dim=1, out=sums_part)
+
+    fill_cpu_chunks(fn, x, doubled, sums, max_elements=3 * 16 * 3)
+    assert calls == [3, 3, 3, 1]
+    torch.testing.assert_close(doubled, x * 2)
+    torch.testing.assert_close(sums, x.sum(dim=1))
+    calls.clear()
+    fill_cpu_chunks(lambda part, out: calls.append(part.shape[0]), x.requires_grad_(), doubled, max_elements=48)
+    assert calls == [10]  # autograd records through x: one call
+
+
 @pytest.mark.parametrize("make", [
     lambda: LocalPatchFFT(8),
     lambda: FFTMagnitude(standardize=True),
@@ -106,8 +125,8 @@ def test_features_give_the_same_batch_whether_sliced_or_not(make, monkeypatch):
 def test_cpu_slicing_is_used_for_large_batches(monkeypatch):
     sizes = []
     blur = GaussianBottleneck(1.0)
-    original = blur._blur
-    monkeypatch.setattr(blur, "_blur", lambda part: sizes.append(part.shape[0]) or original(part))
+    original = blur._blur_into
+    monkeypatch.setattr(blur, "_blur_into", lambda part, out: sizes.append(part.shape[0]) or original(part, out))
     monkeypatch.setattr(batching, "CPU_CHUNK_ELEMENTS", 4 * 3 * 16 * 16)
     blur(torch.rand(10, 3, 16, 16))
     assert sizes == [4, 4, 2]
@@ -122,3 +141,18 @@ def test_sliced_entry_points_keep_their_input_errors():
         RadialAngularHistogram(8, 8)(torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match=r"expects \(B, C, H, W\) images"):
         RadialAngularHistogram(8, 8).spectrum(torch.rand(3, 8, 8))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LocalPatchFFT(4),
+    lambda: FFTMagnitude(standardize=True),
+    lambda: LaplacianResidual(),
+    lambda: (lambda x: LaplacianResidual().spectra(x)[2]),
+    lambda: RadialAngularHistogram(4, 4, use_residual=True),
+    lambda: GaussianBottleneck(0.8),
+], ids=["local", "fftmag_std", "residual", "autocorrelation", "radial", "blur"])
+def test_features_stay_differentiable_with_cpu_slicing_on(make, monkeypatch):
+    monkeypatch.setattr(batching, "CPU_CHUNK_ELEMENTS", 3 * 8 * 8)  # one image per slice
+    feature = make()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    assert torch.autograd.gradcheck(feature, (x,), eps=1e-6, atol=1e-5)

@@ -1,0 +1,43 @@
+"""``import experiments`` backs large CPU tensors with transparent huge pages unless the user says otherwise."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+PROBE = """
+import experiments, os, torch
+x = torch.empty(64 << 20, dtype=torch.uint8)
+x.fill_(1)
+rollup = open("/proc/self/smaps_rollup").read()
+print(os.environ["THP_MEM_ALLOC_ENABLE"], rollup.split("AnonHugePages:")[1].split()[0])
+"""
+
+
+def _probe(env_value: str | None) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = env_value
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists() or not THP_MODE.exists()
+                    or re.search(r"\[never\]", THP_MODE.read_text()) is not None,
+                    reason="needs Linux with transparent huge pages in 'always' or 'madvise' mode")
+def test_large_tensors_get_huge_pages_unless_turned_off():
+    setting, huge_kb = _probe(None)
+    assert setting == "1" and huge_kb >= 32 * 1024  # most of the 64 MB tensor
+    setting, huge_kb = _probe("0")
+    assert setting == "0"
+    if "[madvise]" in THP_MODE.read_text():  # in 'always' mode the kernel uses huge pages anyway
+        assert huge_kb < 32 * 1024
