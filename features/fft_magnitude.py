@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from features.batching import fill_cpu_chunks
-from features.spectrum import hermitian_full, output_dtype, rfft_log_magnitude, to_grayscale
+from features.spectrum import hermitian_full, output_dtype, records_grad, rfft_log_magnitude, to_grayscale
 
 
 class FFTMagnitude(nn.Module):
@@ -73,7 +73,8 @@ class FFTMagnitude(nn.Module):
         squares = half.square().sum(dim=-2) @ weight
         mean = total / n
         std = ((squares - total * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
-        return (half - mean[..., None, None]) / (std[..., None, None] + self.eps)
+        mean, scale = mean[..., None, None], std[..., None, None] + self.eps
+        return (half - mean) / scale if records_grad(half) else half.sub_(mean).div_(scale)
 
     def extra_repr(self) -> str:
         return f"grayscale={self.grayscale}, standardize={self.standardize}, in_chans={self.in_chans}"

@@ -56,7 +56,12 @@ def rfft_power(x: torch.Tensor) -> torch.Tensor:
     the transform and every elementwise step after it touch half the data of a full ``fft2``.
     """
     spec = torch.fft.rfft2(_as_float(x), dim=(-2, -1))
-    return torch.addcmul(spec.real.square(), spec.imag, spec.imag)
+    return spec.real.square().addcmul_(spec.imag, spec.imag)
+
+
+def records_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``x``: if not, a feature may work on its temporaries in place."""
+    return torch.is_grad_enabled() and x.requires_grad
 
 
 def _roll_rows_into(dst: torch.Tensor, src: torch.Tensor, shift: int) -> None:
@@ -100,7 +105,8 @@ def rfft_log_magnitude(x: torch.Tensor) -> torch.Tensor:
     Computed as ``log(1 + |F|)`` in place: torch's CPU ``log1p`` is several times slower than ``log``,
     and for ``|F| >= 0`` the two differ by at most one float ulp of ``1`` (about ``1.2e-7``).
     """
-    return (rfft_power(x).sqrt_() + 1.0).log_()
+    magnitude = rfft_power(x).sqrt_()
+    return (magnitude + 1.0).log_() if records_grad(magnitude) else magnitude.add_(1.0).log_()
 
 
 def log_magnitude_spectrum(x: torch.Tensor, shift: bool = True) -> torch.Tensor:
