@@ -1,4 +1,4 @@
-"""Cache-sized slicing of a batch for the CPU.
+"""Cache-sized slicing of a batch for the CPU, and helpers for features that write into preallocated maps.
 
 On the CPU, one elementwise pass over a 64 x 3 x 224 x 224 float batch (38 MB)
 is memory-bound, and every fresh allocation that large is served by ``mmap``
@@ -17,6 +17,16 @@ import torch
 CPU_CHUNK_ELEMENTS = 1 << 20
 
 Out = TypeVar("Out", torch.Tensor, tuple[torch.Tensor, ...])
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype of a feature map of ``x``: ``x``'s own when it is floating point, else float32."""
+    return x.dtype if x.is_floating_point() else torch.float32
+
+
+def records_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``x``: if not, a feature may update its temporaries in place."""
+    return torch.is_grad_enabled() and x.requires_grad
 
 
 def cpu_slices(x: torch.Tensor, max_elements: int | None = None) -> list[slice]:
@@ -65,7 +75,7 @@ def fill_cpu_chunks(fn: Callable[..., object], x: torch.Tensor, *outs: torch.Ten
     While autograd records through ``x``, the batch goes to ``fn`` whole: the slices of one output
     share a version counter, so writing one would invalidate what backward saved of the others.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
+    if records_grad(x):
         fn(x, *outs)
         return
     for part in cpu_slices(x, max_elements):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.batching import fill_cpu_chunks
+from features.batching import fill_cpu_chunks, output_dtype
 
 
 def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -74,7 +74,7 @@ class GaussianBottleneck(nn.Module):
                 f"GaussianBottleneck: image {tuple(x.shape[-2:])} is too small for sigma={self.sigma} "
                 f"(kernel radius {r}); use a smaller sigma or larger images"
             )
-        out = torch.empty_like(x, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        out = torch.empty_like(x, dtype=output_dtype(x))
         fill_cpu_chunks(self._blur_into, x, out)
         return out
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks
-from features.spectrum import hermitian_full, output_dtype, records_grad, rfft_log_magnitude, to_grayscale
+from features.batching import fill_cpu_chunks, output_dtype, records_grad
+from features.spectrum import hermitian_full, rfft_log_magnitude, to_grayscale
 
 
 class FFTMagnitude(nn.Module):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks
-from features.spectrum import hermitian_full, output_dtype, rfft_log_magnitude
+from features.batching import fill_cpu_chunks, output_dtype
+from features.spectrum import hermitian_full, rfft_log_magnitude
 
 
 class LocalPatchFFT(nn.Module):

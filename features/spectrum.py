@@ -17,17 +17,14 @@ import functools
 
 import torch
 
+from features.batching import records_grad
+
 #: ITU-R BT.601 luma weights (R, G, B), as used by PIL's ``convert("L")`` and OpenCV.
 ITU_R_601_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
-
-
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """dtype of a feature map of ``x``: ``x``'s own when it is floating point, else float32."""
-    return x.dtype if x.is_floating_point() else torch.float32
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +54,6 @@ def rfft_power(x: torch.Tensor) -> torch.Tensor:
     """
     spec = torch.fft.rfft2(_as_float(x), dim=(-2, -1))
     return spec.real.square().addcmul_(spec.imag, spec.imag)
-
-
-def records_grad(x: torch.Tensor) -> bool:
-    """Whether autograd records operations on ``x``: if not, a feature may work on its temporaries in place."""
-    return torch.is_grad_enabled() and x.requires_grad
 
 
 def _roll_rows_into(dst: torch.Tensor, src: torch.Tensor, shift: int) -> None:
