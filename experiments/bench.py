@@ -188,7 +188,7 @@ def bench_features(size: int, batch: int, repeats: int, seed: int = 0, min_time:
                         note=note))
         rows.append(Row("features", case.name, "torch batched (CPU, 1 thread)", batch / t_one, size, batch,
                         speedup=t_ref / t_one, peak_rss_mb=rss,
-                        note="per-core speed-up; times the threads it bounds the multi-thread one"))
+                        note="per-core speed-up; times the thread count, it bounds the threaded one"))
         rows.append(Row("features", case.name, "NumPy per image", batch / t_ref, size, batch,
                         speedup=1.0, peak_rss_mb=rss))
         if t_library:

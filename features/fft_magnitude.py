@@ -61,7 +61,8 @@ class FFTMagnitude(nn.Module):
         hermitian_full(half, width, out=out)
 
     def _standardized(self, half: torch.Tensor, width: int) -> torch.Tensor:
-        """Zero mean, unit (unbiased) std over each full ``H x W`` map, computed on the half-plane.
+        """Zero mean, unit (unbiased) std over each full ``H x W`` map, computed on the half-plane
+        (in place, unless autograd records through ``half``).
 
         Column ``l`` of the half-plane stands for itself and, unless it is column 0 or the Nyquist
         column, for its mirror too: sums weight it accordingly, so the statistics are the full map's.
