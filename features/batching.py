@@ -19,11 +19,6 @@ CPU_CHUNK_ELEMENTS = 1 << 20
 Out = TypeVar("Out", torch.Tensor, tuple[torch.Tensor, ...])
 
 
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """dtype of a feature map of ``x``: ``x``'s own when it is floating point, else float32."""
-    return x.dtype if x.is_floating_point() else torch.float32
-
-
 def records_grad(x: torch.Tensor) -> bool:
     """Whether autograd records operations on ``x``: if not, a feature may update its temporaries in place."""
     return torch.is_grad_enabled() and x.requires_grad

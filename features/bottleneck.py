@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.batching import fill_cpu_chunks, output_dtype
+from features.batching import fill_cpu_chunks
+from features.precision import autocast_immune
 
 
 def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -60,6 +61,7 @@ class GaussianBottleneck(nn.Module):
     def radius(self) -> int:
         return (self.kernel.numel() - 1) // 2
 
+    @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
@@ -74,7 +76,7 @@ class GaussianBottleneck(nn.Module):
                 f"GaussianBottleneck: image {tuple(x.shape[-2:])} is too small for sigma={self.sigma} "
                 f"(kernel radius {r}); use a smaller sigma or larger images"
             )
-        out = torch.empty_like(x, dtype=output_dtype(x))
+        out = torch.empty_like(x)
         fill_cpu_chunks(self._blur_into, x, out)
         return out
 
@@ -82,7 +84,7 @@ class GaussianBottleneck(nn.Module):
         r = self.radius
         h, w = x.shape[-2:]
         taps = self._taps
-        padded = F.pad(x if x.is_floating_point() else x.float(), (r, r, r, r), mode="reflect")
+        padded = F.pad(x, (r, r, r, r), mode="reflect")
         # The row pass is scaled by taps[0], so the column pass starts with a plain (autograd-safe) copy
         # into ``out``: out = sum_j (t_j / t_0) * rows_j, rows = t_0 * sum_i t_i * padded_i.
         rows = padded[..., :w] * (taps[0] * taps[0])

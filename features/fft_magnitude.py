@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks, output_dtype, records_grad
+from features.batching import fill_cpu_chunks, records_grad
+from features.precision import autocast_immune
 from features.spectrum import hermitian_full, rfft_log_magnitude, to_grayscale
 
 
@@ -41,13 +42,14 @@ class FFTMagnitude(nn.Module):
     def out_chans(self) -> int:
         return 1 if self.grayscale else self.in_chans
 
+    @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"FFTMagnitude expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}; "
                 f"set in_chans to match the input"
             )
-        out = x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:], dtype=output_dtype(x))
+        out = x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:])
         fill_cpu_chunks(self._maps_into, x, out)
         return out
 
@@ -66,15 +68,19 @@ class FFTMagnitude(nn.Module):
 
         Column ``l`` of the half-plane stands for itself and, unless it is column 0 or the Nyquist
         column, for its mirror too: sums weight it accordingly, so the statistics are the full map's.
+        The sums accumulate in float64 (a 224 x 224 map sums to about 2e5, and the one-pass variance
+        subtracts two such sums), with elementwise weights rather than a matmul, which autocast would
+        lower to 16 bits.
         """
         n = half.shape[-2] * width
         cols = torch.arange(half.shape[-1], device=half.device)
-        weight = torch.where((cols == 0) | (2 * cols == width), 1.0, 2.0).to(half.dtype)
-        total = half.sum(dim=-2) @ weight
-        squares = half.square().sum(dim=-2) @ weight
+        weight = torch.where((cols == 0) | (2 * cols == width), 1.0, 2.0).to(torch.float64)
+        total = (half.sum(dim=-2, dtype=torch.float64) * weight).sum(dim=-1)
+        squares = (half.square().sum(dim=-2, dtype=torch.float64) * weight).sum(dim=-1)
         mean = total / n
         std = ((squares - total * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
-        mean, scale = mean[..., None, None], std[..., None, None] + self.eps
+        mean = mean.to(half.dtype)[..., None, None]
+        scale = (std + self.eps).to(half.dtype)[..., None, None]
         return (half - mean) / scale if records_grad(half) else half.sub_(mean).div_(scale)
 
     def extra_repr(self) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks, output_dtype
+from features.batching import fill_cpu_chunks
+from features.precision import autocast_immune
 from features.spectrum import hermitian_full, rfft_log_magnitude
 
 
@@ -41,6 +42,7 @@ class LocalPatchFFT(nn.Module):
     def out_chans(self) -> int:
         return self.in_chans
 
+    @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.patch_size
@@ -54,7 +56,7 @@ class LocalPatchFFT(nn.Module):
                 f"LocalPatchFFT: input {h}x{w} is not a multiple of the patch size {p}; "
                 f"set data.crop_size to a multiple of {p}"
             )
-        out = x.new_empty(b, c, h, w, dtype=output_dtype(x))
+        out = x.new_empty(b, c, h, w)
         fill_cpu_chunks(self._maps_into, x, out)
         return out
 

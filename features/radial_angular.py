@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from features.batching import map_cpu_chunks
+from features.precision import autocast_immune
 from features.residual import LaplacianResidual
 from features.spectrum import hermitian_full, normalized_frequency_grid, rfft_power, to_grayscale
 
@@ -149,6 +150,7 @@ class RadialAngularHistogram(nn.Module):
         power = rfft_power(gray[:, 0])
         return torch.log1p(power) if self.log_power else power
 
+    @autocast_immune
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """The centred ``(B, H, W)`` spectrum that is binned: power (or log power) of the grayscale input/residual."""
         self._check(x)
@@ -171,6 +173,7 @@ class RadialAngularHistogram(nn.Module):
         angular = self._binned(flat, (angular_a, angular_b), self.n_angular)
         return torch.cat([radial, angular], dim=1)
 
+    @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         return map_cpu_chunks(self._features, x)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.batching import fill_cpu_chunks
+from features.precision import autocast_immune
 from features.spectrum import autocorrelation, power_and_autocorrelation, power_spectrum, to_grayscale
 
 #: 3x3 Laplacian-like high-pass kernel; it sums to zero, so flat regions give a zero residual.
@@ -50,6 +51,7 @@ class LaplacianResidual(nn.Module):
     def out_chans(self) -> int:
         return 1 if self.grayscale else self.in_chans
 
+    @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         out = self._empty_map(x)
@@ -57,9 +59,8 @@ class LaplacianResidual(nn.Module):
         return out
 
     def _empty_map(self, x: torch.Tensor) -> torch.Tensor:
-        """An uninitialised ``(B, out_chans, H, W)`` map, float64 for float64 input and float32 otherwise."""
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:], dtype=dtype)
+        """An uninitialised ``(B, out_chans, H, W)`` map in ``x``'s (already float) dtype."""
+        return x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:])
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
@@ -74,7 +75,6 @@ class LaplacianResidual(nn.Module):
 
     def _residual_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Write the residual of ``x`` into ``out`` (``(B, out_chans, H, W)``) and return ``out``."""
-        x = x if x.dtype == torch.float64 else x.float()
         if self.grayscale:
             x = to_grayscale(x)
         h, w = x.shape[-2:]
@@ -83,14 +83,17 @@ class LaplacianResidual(nn.Module):
         box = (rows[..., :h, :] + rows[..., 1 : h + 1, :]).add_(rows[..., 2 : h + 2, :])
         return out.copy_(x).mul_(9.0).sub_(box)  # in-place steps (not out=): autograd-safe
 
+    @autocast_immune
     def power_spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """Centred power spectrum ``|F(r)|^2`` of the residual ``r = self(x)``, shape ``(B, out_chans, H, W)``."""
         return power_spectrum(self(x))
 
+    @autocast_immune
     def autocorrelation(self, x: torch.Tensor) -> torch.Tensor:
         """Centred, zero-lag-normalised circular autocorrelation of the residual (see ``spectrum.autocorrelation``)."""
         return autocorrelation(self(x))
 
+    @autocast_immune
     def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(residual, power_spectrum, autocorrelation)`` of ``x``, the spectra sharing one FFT.
 

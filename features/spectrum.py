@@ -18,13 +18,10 @@ import functools
 import torch
 
 from features.batching import records_grad
+from features.precision import as_feature_float
 
 #: ITU-R BT.601 luma weights (R, G, B), as used by PIL's ``convert("L")`` and OpenCV.
 ITU_R_601_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +49,7 @@ def rfft_power(x: torch.Tensor) -> torch.Tensor:
     For a real input the other half follows from ``|F(-k)| = |F(k)|`` (see :func:`hermitian_full`), so
     the transform and every elementwise step after it touch half the data of a full ``fft2``.
     """
-    spec = torch.fft.rfft2(_as_float(x), dim=(-2, -1))
+    spec = torch.fft.rfft2(as_feature_float(x), dim=(-2, -1))
     return spec.real.square().addcmul_(spec.imag, spec.imag)
 
 

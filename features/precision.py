@@ -1,0 +1,43 @@
+"""Features compute in full precision, whatever autocast the caller runs under.
+
+Mixed precision (``16-mixed``, ``bf16-mixed``) is for the backbones. The spectral
+features are not safe in it: a 224 x 224 log-magnitude map sums to about 2e5,
+past float16's largest value (65,504), and bfloat16's 8-bit mantissa moves the
+standardised maps by whole standard deviations. Every feature's tensor entry point
+is therefore wrapped in :func:`autocast_immune`: autocast is switched off on the
+input's device, the input is taken to float32 (float64 stays float64), and the
+output is float32. The backbone after the feature runs under autocast again.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, TypeVar
+
+import torch
+
+Method = TypeVar("Method", bound=Callable[..., object])
+
+
+def feature_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a feature computes and returns for input ``x``: float64 for float64, float32 for anything else
+    (uint8 pixels, float16 / bfloat16 activations, float32)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def as_feature_float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :func:`feature_dtype` (a plain cast: uint8 values are not rescaled)."""
+    dtype = feature_dtype(x)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def autocast_immune(method: Method) -> Method:
+    """Decorate a feature method ``(self, x, ...)``: it runs with autocast off on ``x``'s device, on ``x`` in
+    :func:`feature_dtype`."""
+
+    @functools.wraps(method)
+    def wrapper(self, x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return method(self, as_feature_float(x), *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
