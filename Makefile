@@ -52,6 +52,9 @@ search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data
 bench: $(VENV)/.installed ## Throughput of features, data loading and training -> reports/bench.{md,csv}
 	$(PY) -m experiments.bench
 
+bench-gpu: $(VENV)/.installed ## GPU: bare step vs Lightning fit (files, cache), memory, finiteness per precision -> reports/bench_gpu.{md,csv}
+	$(PY) -m experiments.bench_gpu
+
 mlflow-server: $(VENV)/.installed ## Tracking server on the project's store (http://127.0.0.1:5000), artifacts proxied
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns.db --artifacts-destination mlartifacts --serve-artifacts --host 127.0.0.1 --port 5000 --workers 1
 
@@ -67,4 +70,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo report search ood-stress logo bench mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv demo-data demo report search ood-stress logo bench bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean

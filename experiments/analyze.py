@@ -55,6 +55,7 @@ from experiments.plots import CLASS_NAMES, plot_spectral_analysis
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
 from features.spectrum import power_and_autocorrelation
+from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ def accumulate(groups: list[Group], samples: Sequence[Sample], preprocess, gener
     for batch in loader:
         if batch.get("empty"):
             continue
-        outputs = features(batch["image"])
+        outputs = features(as_unit_float(batch["image"]))
         member = membership[batch["index"]]
         for column, group in enumerate(groups):
             mask = member[:, column]

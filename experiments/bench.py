@@ -13,8 +13,8 @@ Sections:
    files and from the decode-once cache (``data.cache=true``), plus the time to
    build the cache.
 3. **train**: images/s of a few optimisation steps of each detector at its demo
-   size (64 px) on CPU; the scikit-learn detector's ``fit``. With CUDA, also at
-   224 px with ``16-mixed`` autocast.
+   size (64 px) on CPU; the scikit-learn detector's ``fit``. GPU training is
+   measured by ``make bench-gpu`` (:mod:`experiments.bench_gpu`).
 
 Peak memory: process peak RSS after each row, and CUDA max allocated when present.
 Timings are the best of ``--repeats`` after a warm-up; a feature and its references are timed in
@@ -253,38 +253,56 @@ def compose_model(model: str, overrides: list[str] = ()):
         return compose(config_name="config", overrides=[f"model={model}", *overrides])
 
 
-def _train_steps(cfg, size: int, batch: int, steps: int, device: str, amp: bool) -> tuple[float, float]:
-    """images/s and CUDA max allocated MiB of ``steps`` optimisation steps of a CNN detector."""
+#: torch.autocast dtype of each Lightning precision (None = no autocast).
+AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": None}
+
+
+def train_steps(cfg, size: int, batch: int, steps: int, device: str, precision: str = "32-true",
+                warmup: int = 1) -> tuple[float, float, bool]:
+    """images/s, CUDA max allocated MiB and whether every loss was finite, of ``steps`` optimisation steps of a
+    CNN detector on device-resident tensors, under ``precision`` (``channels_last`` on CUDA, as runs use it)."""
     from experiments.builders import build_module
 
     module = build_module(cfg).to(device).train()
+    memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
+    module.net.to(memory_format=memory_format)
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=gen).to(device)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=memory_format)
     y = (torch.arange(batch) % 2).float().to(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    dtype = AUTOCAST_DTYPES[precision]
+    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    losses: list[torch.Tensor] = []
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = module(x)
         loss = module.criterion(logits.float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        losses.append(loss.detach())
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up (cuDNN autotune, allocator)
+    for _ in range(warmup):  # cuDNN autotuning, allocator
+        step()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    synchronize(device)
     seconds = time.perf_counter() - start
     alloc = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return steps * batch / seconds, alloc
+    return steps * batch / seconds, alloc, bool(torch.isfinite(torch.stack(losses)).all())
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work, so a timer measures it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def _fit_sklearn(cfg, size: int, n: int) -> float:
@@ -309,17 +327,9 @@ def bench_training(steps: int, batch: int, models=DETECTORS) -> list[Row]:
             rows.append(Row("train", model, "CPU fit (features + LogisticRegression)", ips, size, 8 * batch,
                             peak_rss_mb=peak_rss_mb(), note="demo preset"))
             continue
-        ips, _ = _train_steps(cfg, size, batch, steps, "cpu", amp=False)
+        ips, _, _ = train_steps(cfg, size, batch, steps, "cpu")
         rows.append(Row("train", model, "CPU 32-true", ips, size, batch, peak_rss_mb=peak_rss_mb(),
                         note=f"demo preset, {steps} steps"))
-    if torch.cuda.is_available():
-        for model in models:
-            cfg = compose_model(model)
-            if cfg.model.family == "sklearn":
-                continue
-            ips, alloc = _train_steps(cfg, 224, batch, steps, "cuda", amp=True)
-            rows.append(Row("train", model, f"CUDA 16-mixed ({torch.cuda.get_device_name()})", ips, 224, batch,
-                            peak_rss_mb=peak_rss_mb(), cuda_max_alloc_mb=alloc, note=f"full config, {steps} steps"))
     return rows
 
 
@@ -363,9 +373,9 @@ def to_markdown(rows: list[Row], info: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(rows: list[Row], out_dir: Path, info: dict[str, str]) -> tuple[Path, Path]:
+def write_reports(rows: list[Row], out_dir: Path, info: dict[str, str], stem: str = "bench") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out_dir / "bench.md", out_dir / "bench.csv"
+    md, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     md.write_text(to_markdown(rows, info))
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + list(info))

@@ -31,6 +31,8 @@ def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> Detecto
         optimizer=instantiate(cfg.model.optimizer),
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         scheduler_monitor=cfg.model.get("scheduler_monitor", "val/loss"),
+        channels_last=cfg.model.get("channels_last", "auto"),
+        compile=cfg.model.get("compile", False),
     )
 
 
@@ -38,22 +40,38 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
 
 
-def resolve_precision(precision: str | int) -> str | int:
-    """``auto``: FP16 mixed precision on CUDA (Synapse-7's setting), full precision elsewhere."""
-    if precision == "auto":
-        return "16-mixed" if torch.cuda.is_available() else "32-true"
-    return precision
+def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:
+    """The Lightning precision of ``trainer.precision``; ``auto`` picks, for the device the run trains on:
+
+    * ``bf16-mixed`` on a CUDA device that supports bfloat16 (Ampere and newer): float16's range is too
+      small for spectral features and their losses, bfloat16 has float32's;
+    * ``16-mixed`` on older CUDA devices (with Lightning's gradient scaler);
+    * ``32-true`` on the CPU (``trainer.accelerator=cpu`` or no CUDA device).
+
+    Features run in float32 whatever is chosen (``features.precision``); the choice applies to the backbones.
+    """
+    if str(precision) != "auto":
+        return precision
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def trainer_precision(cfg: DictConfig) -> str | int:
+    """:func:`resolve_precision` of the run's trainer config."""
+    return resolve_precision(cfg.trainer.precision, str(cfg.trainer.get("accelerator", "auto")))
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], logger) -> Trainer:
-    return instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, precision=resolve_precision(cfg.trainer.precision)
-    )
+    precision = trainer_precision(cfg)
+    if str(cfg.trainer.precision) == "auto":
+        log.info("trainer.precision=auto -> %s", precision)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision)
 
 
 def single_device_trainer(cfg: DictConfig) -> Trainer:
     """A one-device, logger-free Trainer for scoring after (distributed) training."""
     accelerator = "cpu" if cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available() else "gpu"
     return Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                   enable_model_summary=False, precision=resolve_precision(cfg.trainer.precision),
+                   enable_model_summary=False, precision=trainer_precision(cfg),
                    default_root_dir=cfg.paths.output_dir)

@@ -28,7 +28,7 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -37,6 +37,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from experiments.data.cache import file_list_key
 from experiments.data.images import UnreadableImage, decode_image
 from experiments.data.layouts import Sample
 
@@ -511,6 +512,7 @@ def scan_dataset(
     min_size: int | None = None,
     num_threads: int | None = None,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> DataReport:
     """Read, hash and fully decode every file of every split once, in a thread pool, into a :class:`DataReport`.
 
@@ -521,12 +523,26 @@ def scan_dataset(
             or 0 for a dict of splits.
         num_threads: decoding threads (PIL and hashlib release the GIL); None = ``min(16, 2 * cpu count)``.
         progress: show a tqdm bar.
+        cache_dir: keep the per-file results in ``<cache_dir>/<key>.json``, keyed by every file's path, size,
+            mtime, label, generator and split, so the jobs of a sweep decode the dataset once (None = no cache).
     """
     splits, root, default_min = _as_splits(datamodule_or_splits)
     min_size = default_min if min_size is None else int(min_size)
     jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
-    threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
     start = time.perf_counter()
+    cached = scan_cache_path(jobs, cache_dir)
+    records = read_cached_scan(cached) if cached is not None else None
+    if records is None:
+        records = _inspect_all(jobs, num_threads, progress)
+        if cached is not None:
+            _write_cached_scan(cached, records)
+    else:
+        log.info("data check: per-file results from the cache %s", cached)
+    return DataReport(records, min_size, root, time.perf_counter() - start, find_duplicates(records))
+
+
+def _inspect_all(jobs: list[tuple[Sample, str]], num_threads: int | None, progress: bool) -> list[FileRecord]:
+    threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, tqdm(
         total=len(jobs), desc="check data", unit="img", disable=not progress, leave=False
     ) as bar:
@@ -534,7 +550,34 @@ def scan_dataset(
         for record in pool.map(lambda job: inspect_file(*job), jobs, chunksize=1):
             records.append(record)
             bar.update()
-    return DataReport(records, min_size, root, time.perf_counter() - start, find_duplicates(records))
+    return records
+
+
+def scan_cache_path(jobs: Sequence[tuple[Sample, str]], cache_dir: str | Path | None) -> Path | None:
+    """Where the per-file results of ``jobs`` (``(sample, split)`` pairs) are cached, or None without a cache."""
+    if cache_dir is None:
+        return None
+    key = file_list_key("data check", (s for s, _ in jobs), (split for _, split in jobs))
+    return Path(cache_dir) / f"{key}.json"
+
+
+def read_cached_scan(path: Path) -> list[FileRecord] | None:
+    """The cached records at ``path``, or None when there are none (or they cannot be read)."""
+    try:
+        return [FileRecord(**r) for r in json.loads(path.read_text())["records"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cached_scan(path: Path, records: list[FileRecord]) -> None:
+    """Write atomically (temporary file, then rename), so a reader never sees half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"records": [asdict(r) for r in records]}))
+        tmp.replace(path)
+    except OSError as err:  # a read-only cache folder only costs the next job a re-scan
+        log.warning("data check: cannot write the cache %s (%s); the next run scans again", path, err)
 
 
 # -- checks -------------------------------------------------------------------------------------------------
@@ -639,11 +682,45 @@ def _max_bad_fraction(cfg: DictConfig, datamodule=None) -> float:
     return float(cfg.data.get("max_bad_fraction", default))
 
 
-def preflight(cfg: DictConfig, datamodule, logger=None, progress: bool = True) -> DataReport:
+def data_check_cache_dir(cfg: DictConfig) -> Path | None:
+    """``<paths.cache_dir>/data_checks``, or None when the config has no cache folder."""
+    cache_dir = cfg.get("paths", {}).get("cache_dir")
+    return Path(cache_dir) / "data_checks" if cache_dir else None
+
+
+def wait_for_scan(datamodule, cache_dir: Path | None, timeout_s: float = 3600.0, poll_s: float = 2.0) -> DataReport:
+    """The data check of a non-zero DDP rank: the report rank 0 computed, read from the scan cache.
+
+    Every rank then judges the same report, so bad data stops them all with the same message instead of
+    leaving the other ranks waiting inside ``fit`` for a rank 0 that has raised.
+    """
+    splits, root, min_size = _as_splits(datamodule)
+    jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
+    path = scan_cache_path(jobs, cache_dir)
+    if path is None:  # no shared cache: each rank scans for itself
+        return scan_dataset(datamodule, progress=False)
+    deadline = time.monotonic() + timeout_s
+    while (records := read_cached_scan(path)) is None:
+        if time.monotonic() > deadline:
+            raise BadDataError(f"rank 0 wrote no data check to {path} within {timeout_s:.0f} s; see rank 0's log")
+        time.sleep(poll_s)
+    return DataReport(records, min_size, root, 0.0, find_duplicates(records))
+
+
+def preflight(cfg: DictConfig, datamodule, logger=None, progress: bool = True, rank: int = 0) -> DataReport:
     """Scan the datamodule's splits before fitting: log the counts (and the report as an artifact) to the
     MLflow ``logger`` if given, warn about format leakage, and raise :class:`BadDataError` when more than
-    ``data.max_bad_fraction`` of the files are unusable or a split/class has no usable image."""
-    report = scan_dataset(datamodule, progress=progress)
+    ``data.max_bad_fraction`` of the files are unusable or a split/class has no usable image.
+
+    The per-file results are cached under ``paths.cache_dir`` (:func:`scan_dataset`). Under DDP, rank 0
+    scans and the other ranks (``rank > 0``) read its results (:func:`wait_for_scan`): one decode of the
+    dataset, one verdict on every rank."""
+    cache_dir = data_check_cache_dir(cfg)
+    if rank > 0:
+        report = wait_for_scan(datamodule, cache_dir)
+        check_bad_fraction(report, _max_bad_fraction(cfg, datamodule))
+        return report
+    report = scan_dataset(datamodule, progress=progress, cache_dir=cache_dir)
     limit = _max_bad_fraction(cfg, datamodule)
     log.info(
         "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s)",

@@ -16,6 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from features.precision import as_unit_float
+
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -37,11 +39,11 @@ class LoadedDetector:
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """P(synthetic) for a ``(B, 3, H, W)`` batch in [0, 1]."""
+        """P(synthetic) for a ``(B, 3, H, W)`` batch, uint8 or float in [0, 1]."""
         if self.is_sklearn:
-            return torch.from_numpy(self.model.predict_proba(images.cpu())[:, 1]).float()
+            return torch.from_numpy(self.model.predict_proba(as_unit_float(images.cpu()))[:, 1]).float()
         device = next(self.model.parameters()).device
-        return torch.sigmoid(self.model(images.to(device)).float()).cpu()
+        return torch.sigmoid(self.model(as_unit_float(images.to(device))).float()).cpu()
 
 
 def _weights_in(folder: Path) -> Path | None:

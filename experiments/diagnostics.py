@@ -46,6 +46,7 @@ from experiments.plots import (
     plot_roc,
     plot_tsne,
 )
+from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +176,12 @@ def sample_rows(test, max_samples: int, seed: int = 0) -> np.ndarray:
 
 
 def load_items(dataset, indices, batch_size: int = FEATURE_BATCH):
-    """Yield collated batches (``image``, ``label``, ``generator``, ``index``) of ``dataset[indices]``."""
+    """Yield collated batches (``image`` float in [0, 1], ``label``, ``generator``, ``index``) of ``dataset[indices]``."""
     loader = DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=False,
                         num_workers=0, collate_fn=collate_skipping)
     for batch in loader:
         if not batch.get("empty"):
-            yield batch
+            yield {**batch, "image": as_unit_float(batch["image"])}
 
 
 def is_torch_model(model) -> bool:

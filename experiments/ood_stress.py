@@ -72,6 +72,7 @@ from experiments.metrics import binary_metrics
 from experiments.perturbations import Perturbation, apply, metric_prefix, perturbation_grid
 from experiments.plots import plot_robustness_curves
 from experiments.tracking import resolve_tracking_uri
+from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def score_group(detectors: Sequence[Detector], loader: DataLoader, grid: Sequenc
     for batch in loader:
         if batch.get("empty"):
             continue
-        images, ids = batch["image"], batch["index"]
+        images, ids = as_unit_float(batch["image"]), batch["index"]
         labels.append(batch["label"].reshape(-1))
         done: dict[str, dict[str, torch.Tensor]] = {}  # identical inputs (noise 0, blur 0, scale 1) run once
         for perturbation in grid:

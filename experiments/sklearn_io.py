@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from features.precision import as_unit_float
+
 
 def collect_features(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run the (stateless) feature step of a pipeline over a loader, batch by batch.
@@ -19,7 +21,7 @@ def collect_features(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarr
     for batch in loader:
         if batch.get("empty"):
             continue
-        xs.append(np.asarray(features.transform(batch["image"])))
+        xs.append(np.asarray(features.transform(as_unit_float(batch["image"]))))
         ys.append(batch["label"].numpy().astype(np.int64))
         gs.append(batch["generator"].numpy().astype(np.int64))
         idx.append(batch["index"].numpy().astype(np.int64))

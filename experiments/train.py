@@ -22,6 +22,7 @@ from experiments.builders import (
     build_module,
     build_trainer,
     single_device_trainer,
+    trainer_precision,
 )
 from experiments.diagnostics import write_diagnostics
 from experiments.evaluate import Predictions, predict_split, print_metrics_table, score
@@ -44,6 +45,8 @@ def train(cfg: DictConfig) -> float | None:
     logger = tracking.build_logger(cfg)
     if rank_zero_only.rank == 0:  # under DDP, the other ranks only train
         _open_run(cfg, logger, datamodule, out_dir, resume)
+    else:  # the same verdict on bad data as rank 0, from rank 0's cached data check
+        preflight(cfg, datamodule, rank=rank_zero_only.rank)
 
     start = time.perf_counter()
     fit = _fit_sklearn if cfg.model.family == "sklearn" else _fit_lightning
@@ -71,6 +74,8 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (out_dir / RUN_ID_FILE).write_text(logger.run_id)
         logger.experiment.set_tag(logger.run_id, "output_dir", str(out_dir.resolve()))
+        if cfg.model.family != "sklearn":
+            logger.experiment.set_tag(logger.run_id, "precision", str(trainer_precision(cfg)))
         tracking.log_config(logger, cfg)
         tracking.log_metrics(logger, datamodule.counts(), step=0)
     else:  # the same MLflow run goes on: params and step-0 records are already there

@@ -4,6 +4,7 @@ from features.bottleneck import GaussianBottleneck
 from features.equalizer import ExtremeEqualizer
 from features.fft_magnitude import FFTMagnitude
 from features.local_fft import LocalPatchFFT
+from features.precision import as_unit_float, autocast_immune
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
 from features.spectrum import (
@@ -24,6 +25,8 @@ __all__ = [
     "LaplacianResidual",
     "LocalPatchFFT",
     "RadialAngularHistogram",
+    "as_unit_float",
+    "autocast_immune",
     "autocorrelation",
     "hermitian_full",
     "log_magnitude_spectrum",

@@ -41,3 +41,18 @@ def autocast_immune(method: Method) -> Method:
             return method(self, as_feature_float(x), *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def as_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels ``0..255`` -> float32 in ``[0, 1]``; floating images pass unchanged.
+
+    Computed as ``x * (1 / 255)``, bit for bit torchvision's ``to_dtype(..., scale=True)``.
+
+    Batches travel as uint8 (a quarter of the bytes of float32) until they reach the model's device; this is
+    where they become the ``[0, 1]`` floats that detectors take.
+    """
+    if images.is_floating_point():
+        return images
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {images.dtype}")
+    return images.to(torch.float32).mul_(1.0 / 255.0)

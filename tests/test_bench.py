@@ -62,3 +62,26 @@ def test_bench_data_and_training_sections(tmp_path):
     names = {(r.section, r.name) for r in rows}
     assert ("data", "DataLoader") in names and ("data", "cache build") in names
     assert {n for s, n in names if s == "train"} == set(bench.DETECTORS)
+
+
+def test_bench_gpu_says_it_needs_cuda(capsys, monkeypatch):
+    from experiments import bench_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_gpu.main([])
+    assert exit_info.value.code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_gpu_code_path_runs_on_cpu_at_toy_size(tmp_path):
+    from experiments import bench_gpu
+
+    rows = bench_gpu.main(["--allow-cpu", "--models", "resnet34_localfft", "--size", "32", "--batch", "8",
+                           "--steps", "2", "--images", "32", "--out", str(tmp_path)])
+    assert [r.impl.split(",")[0] for r in rows] == [
+        "bare step 32-true", "Lightning fit from JPEG files", "Lightning fit from cache"]
+    assert all(r.images_per_s > 0 for r in rows)
+    assert rows[0].note == "16-mixed: finite, bf16-mixed: finite, 32-true: finite"
+    assert (tmp_path / "bench_gpu.md").exists()

@@ -16,7 +16,7 @@ from tests.conftest import make_genimage_tree
 
 def _dm(root: Path, **kw) -> DetectorDataModule:
     args = dict(name="t", root=str(root), crop_size=24, resize_size=None, batch_size=8, num_workers=0,
-                val_fraction=0.25, split_seed=0)
+                val_fraction=0.25, split_seed=0, cache_dir=str(root.parent / "cache"))
     args.update(kw)
     dm = DetectorDataModule(**args)
     dm.setup()
@@ -44,7 +44,7 @@ def test_cached_batches_equal_file_batches(tmp_path):
         assert torch.equal(a["index"], b["index"])
         assert torch.equal(a["image"], b["image"]), split  # uint8 storage is lossless
         assert getattr(cached, loader)() is not None
-    assert len(list((root / ".cache").iterdir())) == 3
+    assert len(list((root.parent / "cache").iterdir())) == 3
 
 
 def test_second_setup_reads_the_cache(tmp_path, monkeypatch):
@@ -62,15 +62,15 @@ def test_second_setup_reads_the_cache(tmp_path, monkeypatch):
 def test_cache_is_invalidated_by_file_and_preprocessing_changes(tmp_path):
     root = make_genimage_tree(tmp_path / "g", n=4, size=32)
     _dm(root, cache=True)
-    keys = set(os.listdir(root / ".cache"))
+    keys = set(os.listdir(root.parent / "cache"))
     _dm(root, cache=True, crop_size=16)  # preprocessing change: three new entries
-    keys2 = set(os.listdir(root / ".cache"))
+    keys2 = set(os.listdir(root.parent / "cache"))
     assert len(keys2 - keys) == 3
     victim = sorted((root / "gen_a" / "val" / "ai").iterdir())[0]
     victim.write_bytes(victim.read_bytes())
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
     _dm(root, cache=True, crop_size=16)  # the rewritten file is in the test split only
-    assert len(set(os.listdir(root / ".cache")) - keys2) == 1
+    assert len(set(os.listdir(root.parent / "cache")) - keys2) == 1
 
 
 def test_bad_files_are_still_counted_as_skipped(tmp_path):

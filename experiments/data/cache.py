@@ -12,9 +12,8 @@ when read) plus a validity mask (``ok.npy``) under
   label and generator,
 
 so adding, removing or rewriting a file, or changing any preprocessing setting,
-gives a new key and a fresh cache. The preprocessed tensors are ``uint8 / 255``
-exactly (``Preprocess`` ends with ``to_dtype(uint8 -> float, scale=True)``), so
-the uint8 arrays lose nothing and cached batches equal uncached ones bit for bit.
+gives a new key and a fresh cache. ``Preprocess`` returns uint8 tensors, so
+cached batches equal uncached ones bit for bit.
 
 Files that cannot be decoded (or are smaller than the crop) are stored as
 invalid entries: the cached dataset yields ``None`` for them, so
@@ -34,11 +33,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from experiments.data.dataset import SampleDataset
 from experiments.data.images import UnreadableImage, load_rgb
@@ -56,23 +54,32 @@ def is_cacheable(preprocess: Preprocess) -> bool:
     return not preprocess.random_crop and preprocess.augment is None
 
 
-def cache_key(samples: Sequence[Sample], preprocess: Preprocess) -> str:
-    """Hash of the preprocessing settings and of every file's path, size, mtime, label and generator."""
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/spectral-detector-suite`` (``~/.cache/...`` when unset): where caches go when no
+    ``paths.cache_dir`` is given. Never inside a dataset, which may be read-only or shared."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spectral-detector-suite"
+
+
+def file_list_key(header: str, samples: Iterable[Sample], extra: Iterable[str] = ()) -> str:
+    """Hash of ``header`` and of every sample's path, size, mtime, label and generator (plus one ``extra``
+    string per sample, e.g. its split): adding, removing or rewriting a file changes the key."""
     digest = hashlib.sha256()
-    digest.update(f"v{CACHE_VERSION}|{preprocess!r}\n".encode())
+    digest.update(f"v{CACHE_VERSION}|{header}\n".encode())
+    extras = iter(extra)
     for s in samples:
         try:
             st = os.stat(s.path)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        digest.update(f"{os.path.abspath(s.path)}|{stamp}|{s.label}|{s.generator}\n".encode())
+        digest.update(f"{os.path.abspath(s.path)}|{stamp}|{s.label}|{s.generator}|{next(extras, '')}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def _uint8(image: torch.Tensor) -> np.ndarray:
-    """Inverse of ``to_dtype(uint8 -> float32, scale=True)``: exact for images that came from uint8."""
-    return np.clip(np.rint(image.numpy() * 255.0), 0, 255).astype(np.uint8)
+def cache_key(samples: Sequence[Sample], preprocess: Preprocess) -> str:
+    """Hash of the preprocessing settings and of every file's path, size, mtime, label and generator."""
+    return file_list_key(repr(preprocess), samples)
 
 
 def build_cache(samples: Sequence[Sample], preprocess: Preprocess, folder: Path) -> None:
@@ -86,7 +93,7 @@ def build_cache(samples: Sequence[Sample], preprocess: Preprocess, folder: Path)
         ok = np.zeros(len(samples), dtype=bool)
         for i, s in enumerate(samples):
             try:
-                images[i] = _uint8(preprocess(load_rgb(s.path)))
+                images[i] = preprocess(load_rgb(s.path)).numpy()
                 ok[i] = True
             except (UnreadableImage, ImageTooSmall):
                 images[i] = 0
@@ -119,9 +126,11 @@ def cached_split(samples: Sequence[Sample], preprocess: Preprocess, cache_root: 
 class CachedImageDataset(SampleDataset):
     """Drop-in for :class:`~experiments.data.dataset.ImageDataset` that reads a cache folder.
 
-    Items are the same dicts (``image`` float in [0, 1], ``label``, ``generator``,
-    ``index``); invalid entries yield ``None``. The array is memory-mapped lazily,
-    once per process, so DataLoader workers share the page cache instead of copies.
+    Items are the same dicts (``image`` uint8, ``label``, ``generator``, ``index``);
+    invalid entries yield ``None``. A DataLoader asks for whole batches
+    (:meth:`__getitems__`): one gather from the uint8 array per batch, not one
+    Python call per image. The array is memory-mapped lazily, once per process,
+    so DataLoader workers share the page cache instead of copies.
     """
 
     def __init__(self, samples: Sequence[Sample], folder: str | Path, generator_names: Sequence[str]) -> None:
@@ -150,5 +159,12 @@ class CachedImageDataset(SampleDataset):
     def __getitem__(self, index: int) -> dict | None:
         if not self.ok[index]:
             return None
-        image = TF.to_dtype(torch.from_numpy(np.array(self.images[index])), torch.float32, scale=True)
-        return self.item(image, index)
+        return self.item(torch.from_numpy(np.array(self.images[index])), index)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """The collated batch of ``indices`` (see :func:`~experiments.data.dataset.collate_skipping`): the valid
+        entries gathered from the array in one read, in the sampler's order, the invalid ones counted."""
+        index = np.asarray(indices, dtype=np.int64)
+        valid = index[self.ok[index]]
+        images = torch.from_numpy(self.images[valid]) if len(valid) else torch.empty(0, dtype=torch.uint8)
+        return self.batch(images, torch.from_numpy(valid), skipped=len(index) - len(valid))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,8 +16,9 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
-from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
+from experiments.data.cache import CachedImageDataset, cached_split, default_cache_dir, is_cacheable
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
+from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import (
     DatasetLayoutError,
     Sample,
@@ -29,6 +32,19 @@ from experiments.data.transforms import Preprocess
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("genimage", "derm")
+DECODE_MODES = ("cpu", "device")
+#: the most loader workers :func:`default_num_workers` picks per device.
+MAX_AUTO_WORKERS = 16
+
+
+def default_num_workers(devices_per_node: int = 1) -> int:
+    """Loader workers per training process: the CPU cores this process may use, divided among the devices of
+    the node (one process each under DDP), at most :data:`MAX_AUTO_WORKERS`; 0 on a single core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(MAX_AUTO_WORKERS, max(0, cores // max(1, devices_per_node)))
 
 
 def missing_root_error(name: str) -> DatasetLayoutError:
@@ -54,7 +70,16 @@ class DetectorDataModule(L.LightningDataModule):
         test_generators: generators of the test split (None = ``generators``), for cross-generator protocols.
         real_dir, fake_dir: class folder names.
         crop_size, resize_size: preprocessing sizes (Synapse-7: 224, 256).
-        batch_size, num_workers: loader settings (Synapse-7: 96, 4).
+        batch_size: images per batch (Synapse-7: 96).
+        num_workers: loader processes; None (``auto``) = the CPU cores this process may use, shared among the
+            devices of this node, at most 16 (:func:`default_num_workers`).
+        pin_memory: page-locked batches for faster, asynchronous host-to-device copies; None = when training on CUDA.
+        persistent_workers, prefetch_factor: keep the workers between epochs, and batches each worker prepares
+            ahead (PyTorch's loader settings; Lightning recommends persistent workers).
+        decode: ``"cpu"`` decodes and preprocesses in the loader workers; ``"device"`` sends the JPEG files'
+            bytes and decodes them batched on the model's device (``torchvision.io.decode_jpeg``, nvJPEG on
+            CUDA), see :mod:`experiments.data.device_decode`. Other formats, and runs with an equalizer or an
+            augmentation, stay on the CPU.
         val_fraction: hold-out fraction of the GenImage train folder.
         max_per_class: cap per (generator, class) and split, for quick runs (None = all).
         random_crop: random instead of centre crop for training.
@@ -67,7 +92,8 @@ class DetectorDataModule(L.LightningDataModule):
         cache: decode and preprocess each split once into a uint8 array on disk and read batches from it
             (``experiments.data.cache``); splits with random preprocessing (``random_crop``,
             ``train_augment``) are still read from the files.
-        cache_dir: where the cache lives (None = ``<root>/.cache``).
+        cache_dir: where the cache lives (the configs pass ``paths.cache_dir``; None =
+            ``$XDG_CACHE_HOME/spectral-detector-suite``); never inside the dataset, which may be read-only.
 
     Under DDP the val and test loaders use Lightning's ``UnrepeatedDistributedSampler``: each image is
     scored by exactly one rank (no padding duplicates), so the torchmetrics computed over the gathered
@@ -86,9 +112,11 @@ class DetectorDataModule(L.LightningDataModule):
         crop_size: int = 224,
         resize_size: int | None = 256,
         batch_size: int = 96,
-        num_workers: int = 4,
+        num_workers: int | str | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        prefetch_factor: int = 4,
+        decode: str = "cpu",
         val_fraction: float = 0.1,
         max_per_class: int | None = None,
         random_crop: bool = False,
@@ -105,6 +133,10 @@ class DetectorDataModule(L.LightningDataModule):
             raise missing_root_error(name)
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout='{layout}' is not one of {LAYOUTS}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"data.decode='{decode}' is not one of {DECODE_MODES}")
+        if num_workers not in (None, "auto") and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"data.num_workers must be a number >= 0 or auto, got {num_workers!r}")
         self.name = name
         self.root = Path(root)
         self.layout = layout
@@ -112,16 +144,18 @@ class DetectorDataModule(L.LightningDataModule):
         self.test_generators = list(test_generators) if test_generators else None
         self.real_dir, self.fake_dir = real_dir, fake_dir
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers_setting = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.prefetch_factor = int(prefetch_factor)
+        self.decode = decode
         self.val_fraction = val_fraction
         self.max_per_class = max_per_class
         self.demo = dict(demo) if demo else None
         self.split_seed = split_seed
         self.max_bad_fraction = max_bad_fraction
         self.cache = bool(cache)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.preprocess = Preprocess(crop_size, resize_size, random_crop=False, equalizer=equalizer)
         self.train_preprocess = Preprocess(
             crop_size, resize_size, random_crop=random_crop, equalizer=equalizer, augment=train_augment
@@ -129,6 +163,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.splits: dict[str, list[Sample]] = {}
         self.generator_names: list[str] = []
         self.datasets: dict[str, SampleDataset] = {}
+        self._decode_warnings: set[str] = set()
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -194,6 +229,14 @@ class DetectorDataModule(L.LightningDataModule):
         return {f"data/{split}_images": len(samples) for split, samples in self.splits.items()}
 
     # -- loaders ---------------------------------------------------------------------------------
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``, with ``auto`` resolved for the attached trainer's devices on this node."""
+        if self.num_workers_setting not in (None, "auto"):
+            return int(self.num_workers_setting)
+        trainer = getattr(self, "trainer", None)
+        return default_num_workers(trainer.num_devices if trainer is not None else 1)
+
     def _pin(self) -> bool:
         """``pin_memory=None``: pin only when batches go to a CUDA device (the trainer's, once attached)."""
         if self.pin_memory is not None:
@@ -228,19 +271,44 @@ class DetectorDataModule(L.LightningDataModule):
         return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=trainer.world_size,
                                             rank=trainer.global_rank, shuffle=False)
 
+    def _decodes_on_device(self, split: str) -> bool:
+        """Whether ``split`` is read as JPEG bytes for :func:`~experiments.data.device_decode.decode_on_device`:
+        with ``data.decode=device``, for a trainer on a CUDA device, when the split is not cached and its
+        preprocessing has no PIL transform. Otherwise the workers decode (a warning says why, once)."""
+        if self.decode != "device" or isinstance(self.datasets[split], CachedImageDataset):
+            return False
+        trainer = getattr(self, "trainer", None)
+        prep = self.train_preprocess if split == "train" else self.preprocess
+        reason = None
+        if trainer is None or trainer.strategy.root_device.type != "cuda":
+            reason = "the model is not on a CUDA device"
+        elif prep.equalizer is not None or prep.augment is not None:
+            reason = "an equalizer or augmentation runs on PIL images"
+        if reason is not None and reason not in self._decode_warnings:
+            self._decode_warnings.add(reason)
+            log.warning("data.decode=device: %s; the loader workers decode on the CPU instead", reason)
+        return reason is None
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
         sampler = None if shuffle else self._eval_sampler(split)
+        workers = self.num_workers
+        dataset, collate = self.datasets[split], collate_skipping
+        if self._decodes_on_device(split):
+            prep = self.train_preprocess if split == "train" else self.preprocess
+            dataset = EncodedImageDataset(dataset.samples, prep, self.generator_names)
+            collate = functools.partial(collate_encoded, preprocess=prep)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self._pin(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=collate_skipping,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            collate_fn=collate,
             drop_last=False,
             multiprocessing_context=self._worker_context(),
         )

@@ -13,12 +13,14 @@ from experiments.data.transforms import ImageTooSmall, Preprocess
 
 
 class SampleDataset(Dataset):
-    """Items are ``{"image": (3,H,W) float, "label": float, "generator": int, "index": int}``, or ``None`` for
+    """Items are ``{"image": (3,H,W) uint8, "label": float, "generator": int, "index": int}``, or ``None`` for
     an image that cannot be used; subclasses say where the image comes from (:meth:`__getitem__`)."""
 
     def __init__(self, samples: Sequence[Sample], generator_names: Sequence[str]) -> None:
         self.samples = list(samples)
         self.generator_index = {g: i for i, g in enumerate(generator_names)}
+        self.label_values = torch.tensor([float(s.label) for s in self.samples])
+        self.generator_ids = torch.tensor([self.generator_index[s.generator] for s in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -35,6 +37,14 @@ class SampleDataset(Dataset):
             "generator": torch.tensor(self.generator_index[sample.generator]),
             "index": torch.tensor(index),
         }
+
+    def batch(self, images: torch.Tensor, index: torch.Tensor, skipped: int = 0) -> dict:
+        """A collated batch of the samples ``index`` (int64) with their stacked ``images``; ``skipped`` counts
+        the requested samples that could not be used (the same dict :func:`collate_skipping` makes)."""
+        if len(index) == 0:
+            return {"image": torch.empty(0), "skipped": torch.tensor(skipped), "empty": True}
+        return {"image": images, "label": self.label_values[index], "generator": self.generator_ids[index],
+                "index": index, "skipped": torch.tensor(skipped)}
 
     @property
     def labels(self) -> torch.Tensor:
@@ -61,8 +71,13 @@ class ImageDataset(SampleDataset):
         return self.item(image, index)
 
 
-def collate_skipping(items: list[dict | None]) -> dict:
-    """``default_collate`` over the readable items; ``batch["skipped"]`` counts the dropped ones."""
+def collate_skipping(items: list[dict | None] | dict) -> dict:
+    """``default_collate`` over the readable items; ``batch["skipped"]`` counts the dropped ones.
+
+    A dataset that reads whole batches (``__getitems__``) hands over a batch dict already; it passes unchanged.
+    """
+    if isinstance(items, dict):
+        return items
     good = [it for it in items if it is not None]
     skipped = len(items) - len(good)
     if not good:

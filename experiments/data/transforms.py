@@ -22,7 +22,10 @@ class ImageTooSmall(ValueError):
 
 
 class Preprocess:
-    """PIL RGB image -> float tensor ``(3, crop, crop)`` in [0, 1].
+    """PIL RGB image -> uint8 tensor ``(3, crop, crop)``.
+
+    Images stay uint8 through the loader and the host-to-device copy (a quarter of the bytes of float32);
+    the LightningModule makes them float in [0, 1] on the model's device (``features.as_unit_float``).
 
     Args:
         crop_size: output side.
@@ -65,7 +68,7 @@ class Preprocess:
         else:
             top, left = (h - c) // 2, (w - c) // 2
         img = img.crop((left, top, left + c, top + c))
-        return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+        return TF.pil_to_tensor(img)
 
     def __repr__(self) -> str:
         return (
