@@ -1,0 +1,1 @@
+"""What scores and explains a fitted detector."""

@@ -1,0 +1,158 @@
+"""Temperature and Platt scaling: known temperatures, fitted on validation only, JSON state."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+
+from experiments.evaluation.calibration import (
+    PlattScaling,
+    TemperatureScaling,
+    brier_score,
+    calibration_report,
+    calibrator_from_dict,
+    fit_calibrator,
+    logit,
+)
+from experiments.metrics import expected_calibration_error
+
+
+def _overconfident(n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from sigmoid(z), z ~ N(0, 2^2); the scorer reports ``scale * z``, so T = scale is calibrated."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, n)
+    labels = (rng.random(n) < expit(z)).astype(np.int64)
+    return scale * z, labels
+
+
+def test_temperature_recovers_overconfidence_and_lowers_ece_on_held_out_data():
+    val_logits, val_labels = _overconfident(20_000, 5.0, seed=1)
+    test_logits, test_labels = _overconfident(20_000, 5.0, seed=2)
+    scaler = TemperatureScaling().fit(val_logits, val_labels)
+    assert scaler.temperature == pytest.approx(5.0, abs=0.3)
+    before, after = expit(test_logits), scaler.transform(test_logits)
+    report = calibration_report(before, after, test_labels)
+    assert report["ece_before"] > 0.1 and report["ece_after"] < 0.03
+    assert report["ece_after"] < report["ece_before"] / 4
+    assert report["brier_after"] < report["brier_before"]
+    assert np.array_equal(np.argsort(after, kind="stable"), np.argsort(test_logits, kind="stable"))  # ranking kept
+
+
+def test_temperature_is_fitted_on_validation_only_and_transform_never_refits():
+    """Validation is 5x over-confident, test only 2x: the temperature must be the validation one."""
+    val_logits, val_labels = _overconfident(10_000, 5.0, seed=3)
+    test_logits, test_labels = _overconfident(10_000, 2.0, seed=4)
+    t_val = TemperatureScaling().fit(val_logits, val_labels).temperature
+    t_test = TemperatureScaling().fit(test_logits, test_labels).temperature
+    assert abs(t_val - 5.0) < 0.4 and abs(t_test - 2.0) < 0.2  # the two sets really differ
+
+    scaler = fit_calibrator("temperature", val_logits, val_labels)
+    assert scaler.temperature == t_val
+    out = scaler.transform(test_logits)
+    assert scaler.temperature == t_val
+    np.testing.assert_allclose(out, expit(test_logits / t_val), rtol=0, atol=1e-15)
+    assert np.max(np.abs(out - expit(test_logits / t_test))) > 0.05
+    # applying the validation temperature to the less over-confident test set now under-states confidence
+    assert TemperatureScaling().fit(logit(out), test_labels).temperature < 0.6
+
+
+def test_platt_is_fitted_on_validation_only_and_transform_never_refits():
+    val_scores, val_labels = _overconfident(10_000, 5.0, seed=5)
+    test_scores, test_labels = _overconfident(10_000, 2.0, seed=6)
+    platt = fit_calibrator("platt", val_scores, val_labels)
+    assert platt.a == pytest.approx(1 / 5.0, abs=0.02) and abs(platt.b) < 0.1
+    a, b = platt.a, platt.b
+    out = platt.transform(test_scores)
+    assert (platt.a, platt.b) == (a, b)
+    np.testing.assert_allclose(out, expit(a * test_scores + b), rtol=0, atol=1e-15)
+    assert PlattScaling().fit(test_scores, test_labels).a == pytest.approx(1 / 2.0, abs=0.05)
+
+
+def test_platt_without_smoothing_is_maximum_likelihood_logistic_regression():
+    scores, labels = _overconfident(3000, 3.0, seed=7)
+    scores = 40.0 * scores + 7.0  # an arbitrary scale and offset, as a decision function may have
+    platt = PlattScaling(smooth_targets=False).fit(scores, labels)
+    reference = LogisticRegression(C=1e12, tol=1e-12, max_iter=10_000).fit(scores[:, None], labels)
+    assert platt.a == pytest.approx(reference.coef_[0, 0], rel=1e-6)
+    assert platt.b == pytest.approx(reference.intercept_[0], abs=1e-5)
+
+
+def test_platt_targets_keep_separable_data_finite():
+    scores = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    platt = PlattScaling().fit(scores, labels)
+    assert math.isfinite(platt.a) and 0 < platt.a < 10
+    probs = platt.transform(scores)
+    # Platt's targets 1 / (N- + 2) = 0.2 and (N+ + 1) / (N+ + 2) = 0.8 bound how sure the fit gets
+    assert probs[0] > 0.01 and probs[-1] < 0.99
+
+
+@pytest.mark.parametrize("kind", ["temperature", "platt"])
+def test_state_round_trips_through_json(kind):
+    scores, labels = _overconfident(2000, 4.0, seed=8)
+    fitted = fit_calibrator(kind, scores, labels)
+    state = json.loads(json.dumps(fitted.state_dict()))
+    assert state["kind"] == kind
+    restored = calibrator_from_dict(state)
+    assert type(restored) is type(fitted)
+    np.testing.assert_array_equal(restored.transform(scores), fitted.transform(scores))
+    assert type(fitted).from_dict(state).state_dict() == fitted.state_dict()
+
+
+def test_fit_calibrator_names_the_allowed_kinds():
+    with pytest.raises(ValueError, match=r"unknown calibrator kind 'isotonic'.*'temperature', 'platt'"):
+        fit_calibrator("isotonic", [0.0, 1.0], [0, 1])
+    with pytest.raises(ValueError, match="unknown calibrator kind"):
+        calibrator_from_dict({"temperature": 2.0})
+    with pytest.raises(ValueError, match="not 'platt'"):
+        PlattScaling.from_dict({"kind": "temperature", "temperature": 2.0})
+
+
+def test_calibrators_reject_bad_input_and_unfitted_use():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TemperatureScaling().transform([0.0])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PlattScaling().transform([0.0])
+    with pytest.raises(ValueError, match="both real and synthetic"):
+        TemperatureScaling().fit([1.0, 2.0], [1, 1])
+    with pytest.raises(ValueError, match="differ in length"):
+        PlattScaling().fit([1.0, 2.0], [1])
+    with pytest.raises(ValueError, match="0 \\(real\\) or 1"):
+        TemperatureScaling().fit([1.0, 2.0], [0, 3])
+    with pytest.raises(ValueError, match="positive"):
+        TemperatureScaling(temperature=-1.0)
+
+
+def test_uninformative_logits_warn_at_the_temperature_bound():
+    rng = np.random.default_rng(9)
+    labels = np.repeat([0, 1], 200)
+    with pytest.warns(UserWarning, match="bound"):
+        scaler = TemperatureScaling().fit(-3.0 * (labels - 0.5) + rng.normal(0, 0.1, 400), labels)
+    assert scaler.temperature > 100
+
+
+def test_logit_clips_and_inverts_sigmoid():
+    p = np.array([0.0, 1e-9, 0.2, 0.5, 0.9, 1.0])
+    z = logit(p)
+    assert np.isfinite(z).all()
+    assert z[0] == z[1] == pytest.approx(math.log(1e-6 / (1 - 1e-6)))
+    np.testing.assert_allclose(expit(z[2:5]), p[2:5], atol=1e-12)
+    assert z[-1] == pytest.approx(-z[0])
+
+
+def test_calibration_report_uses_project_ece_and_brier():
+    rng = np.random.default_rng(10)
+    labels = rng.integers(0, 2, 500)
+    before = np.clip(0.5 * labels + 0.5 * rng.random(500), 0, 1)
+    after = np.full(500, labels.mean())
+    report = calibration_report(before, after, labels)
+    assert set(report) == {"ece_before", "ece_after", "brier_before", "brier_after"}
+    assert report["ece_before"] == expected_calibration_error(before, labels)
+    assert report["brier_before"] == pytest.approx(np.mean((before - labels) ** 2), abs=1e-15)
+    assert report["ece_after"] == pytest.approx(0.0, abs=1e-6)  # the base rate is calibrated in-sample
+    assert brier_score(after, labels) == pytest.approx(labels.mean() * (1 - labels.mean()), abs=1e-12)

@@ -1,0 +1,367 @@
+"""Bootstrap intervals, DeLong, McNemar, Holm and t intervals checked against known answers."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as skm
+
+from experiments.evaluation.statistics import (
+    CountMetric,
+    ScoreCounts,
+    auroc,
+    auroc_from_counts,
+    bootstrap_metric_cis,
+    delong_test,
+    fast_metrics,
+    format_ci,
+    holm_adjust,
+    mcnemar_test,
+    standard_metrics,
+    stratified_bootstrap_ci,
+    t_interval,
+)
+from experiments.metrics import binary_metrics, equal_error_rate, tpr_at_fpr
+
+EXACT = 1e-9
+#: torchmetrics accumulates AUROC, AP and accuracy in float32, so experiments.metrics agrees to ~1e-7 there.
+FLOAT32 = 1e-6
+
+
+def _scores(seed: int, n: int = 400, ties: bool = True, pos_frac: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping classes in [0, 1]; rounding to 2 decimals creates many tied scores."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < pos_frac).astype(np.int64)
+    probs = np.clip(0.35 * labels + 0.65 * rng.random(n), 0.0, 1.0)
+    return (np.round(probs, 2) if ties else probs), labels
+
+
+# ---------------------------------------------------------------------------
+# fast metrics
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("seed,ties,threshold,pos_frac", [
+    (0, True, 0.5, 0.5), (1, False, 0.5, 0.5), (2, True, 0.37, 0.3), (3, False, 0.61, 0.8), (4, True, 0.0, 0.5),
+])
+def test_fast_metrics_agree_with_metrics_module(seed, ties, threshold, pos_frac):
+    probs, labels = _scores(seed, ties=ties, pos_frac=pos_frac)
+    fast = fast_metrics(probs, labels, threshold)
+    ref = binary_metrics(probs, labels, threshold)
+    for name in ("balanced_accuracy", "tpr_at_5fpr", "eer"):
+        assert fast[name] == pytest.approx(ref[name], abs=EXACT), name
+    for name in ("auc", "ap", "accuracy"):
+        assert fast[name] == pytest.approx(ref[name], abs=FLOAT32), name
+    # the float64 references of the three metrics torchmetrics computes in float32
+    assert fast["auc"] == pytest.approx(skm.roc_auc_score(labels, probs), abs=EXACT)
+    assert fast["ap"] == pytest.approx(skm.average_precision_score(labels, probs), abs=EXACT)
+    assert fast["accuracy"] == pytest.approx(np.mean((probs >= threshold) == labels), abs=EXACT)
+    assert fast["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(labels, probs >= threshold), abs=EXACT)
+
+
+def test_fast_metrics_with_one_class_are_nan_like_metrics_module():
+    probs = np.array([0.2, 0.7, 0.9])
+    fast = fast_metrics(probs, np.ones(3, np.int64), 0.5)
+    ref = binary_metrics(probs, np.ones(3, np.int64), 0.5)
+    for name in ("auc", "ap", "tpr_at_5fpr", "eer"):
+        assert math.isnan(fast[name]) and math.isnan(ref[name])
+    assert fast["accuracy"] == pytest.approx(2 / 3) and fast["balanced_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_counts_of_several_samples_match_per_sample_metrics():
+    """Rows of a ScoreCounts over a shared grid (some values absent from a row) score like each sample alone."""
+    rng = np.random.default_rng(5)
+    probs, labels = _scores(5, n=120)
+    values, codes = np.unique(probs, return_inverse=True)
+    rows = [rng.integers(0, probs.size, probs.size) for _ in range(4)]
+    neg = np.stack([np.bincount(codes[r][labels[r] == 0], minlength=values.size) for r in rows]).astype(float)
+    pos = np.stack([np.bincount(codes[r][labels[r] == 1], minlength=values.size) for r in rows]).astype(float)
+    counts = ScoreCounts(values, neg, pos)
+    for name, metric in standard_metrics(0.45).items():
+        batch = metric.from_counts(counts)
+        single = [fast_metrics(probs[r], labels[r], 0.45)[name] for r in rows]
+        np.testing.assert_allclose(batch, single, rtol=0, atol=EXACT, err_msg=name)
+
+
+def test_auroc_is_rank_invariant_and_matches_midrank_formula():
+    probs, labels = _scores(6, n=300)
+    ranks = stats.rankdata(probs)
+    n1, n0 = labels.sum(), (1 - labels).sum()
+    midrank_auc = (ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1)
+    assert auroc(probs, labels) == pytest.approx(midrank_auc, abs=1e-12)
+    assert auroc(np.log(probs + 1e-3) * 7 - 2, labels) == pytest.approx(midrank_auc, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# stratified bootstrap
+# ---------------------------------------------------------------------------
+def test_resamples_keep_each_class_and_its_count():
+    probs, labels = _scores(7, n=90, ties=False, pos_frac=0.3)
+    reals, fakes = set(probs[labels == 0]), set(probs[labels == 1])
+    seen = []
+
+    def check(sample, sample_labels):
+        assert (sample_labels == 0).sum() == len(reals) and (sample_labels == 1).sum() == len(fakes)
+        assert set(sample[sample_labels == 0]) <= reals and set(sample[sample_labels == 1]) <= fakes
+        seen.append(len(set(sample)))
+        return 0.0
+
+    stratified_bootstrap_ci(probs, labels, {"check": check}, n_resamples=50)
+    assert len(seen) == 50 and max(seen) < probs.size  # drawn with replacement: repeats occur
+
+
+def test_count_metrics_and_plain_functions_give_the_same_intervals():
+    """The vectorised path and a per-resample loop over independent implementations see the same resamples."""
+    probs, labels = _scores(8, n=160, pos_frac=0.4)
+    threshold = 0.47
+    plain = {
+        "auc": lambda p, y: skm.roc_auc_score(y, p),
+        "ap": lambda p, y: skm.average_precision_score(y, p),
+        "accuracy": lambda p, y: np.mean((p >= threshold) == y),
+        "balanced_accuracy": lambda p, y: skm.balanced_accuracy_score(y, p >= threshold),
+        "tpr_at_5fpr": tpr_at_fpr,
+        "eer": equal_error_rate,
+    }
+    fast = bootstrap_metric_cis(probs, labels, threshold, n_resamples=60, seed=3)
+    slow = stratified_bootstrap_ci(probs, labels, plain, n_resamples=60, seed=3)
+    assert list(fast) == list(plain)
+    for name in plain:
+        np.testing.assert_allclose(fast[name], slow[name], rtol=0, atol=EXACT, err_msg=name)
+
+
+def test_bootstrap_is_seeded():
+    probs, labels = _scores(9)
+    first = bootstrap_metric_cis(probs, labels, 0.5, n_resamples=200, seed=11)
+    assert bootstrap_metric_cis(probs, labels, 0.5, n_resamples=200, seed=11) == first
+    assert bootstrap_metric_cis(probs, labels, 0.5, n_resamples=200, seed=12)["auc"] != first["auc"]
+
+
+def _coverage(confidence: float, repeats: int = 200, n: int = 100, d: float = 1.0) -> float:
+    """Fraction of bootstrap intervals that contain the true AUROC Phi(d / sqrt 2) of N(0, 1) vs N(d, 1) scores."""
+    true_auc = stats.norm.cdf(d / math.sqrt(2.0))
+    rng = np.random.default_rng(2024)
+    labels = np.repeat([0, 1], n)
+    metric = {"auc": CountMetric(auroc_from_counts)}
+    hits = 0
+    for repeat in range(repeats):
+        scores = rng.normal(size=2 * n) + d * labels
+        low, high = stratified_bootstrap_ci(scores, labels, metric, n_resamples=300, confidence=confidence,
+                                            seed=repeat)["auc"]
+        hits += low <= true_auc <= high
+    return hits / repeats
+
+
+def test_bootstrap_interval_covers_true_auroc_at_nominal_rate():
+    assert 0.88 <= _coverage(0.95) <= 0.99
+    assert 0.35 <= _coverage(0.50) <= 0.65  # a narrower interval must cover far less
+
+
+def test_nan_replicates_are_ignored():
+    probs, labels = _scores(10, n=80)
+    kept = []
+
+    def sometimes_nan(sample, sample_labels):
+        value = float(np.mean(sample))
+        if value > np.mean(probs):
+            return float("nan")
+        kept.append(value)
+        return value
+
+    cis = stratified_bootstrap_ci(probs, labels, {"m": sometimes_nan, "never": lambda p, y: float("nan")},
+                                  n_resamples=200, confidence=0.9)
+    assert 20 < len(kept) < 180
+    np.testing.assert_allclose(cis["m"], np.quantile(kept, [0.05, 0.95]), rtol=0, atol=1e-12)
+    assert all(math.isnan(v) for v in cis["never"])
+
+
+def test_bootstrap_with_one_class_gives_nan_for_threshold_free_metrics():
+    cis = bootstrap_metric_cis(np.array([0.1, 0.6, 0.8, 0.9]), np.zeros(4), 0.5, n_resamples=100)
+    for name in ("auc", "ap", "tpr_at_5fpr", "eer"):
+        assert all(math.isnan(v) for v in cis[name])
+    assert 0.0 <= cis["accuracy"][0] <= cis["accuracy"][1] <= 1.0
+
+
+def test_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="0 \\(real\\) or 1"):
+        bootstrap_metric_cis([0.1, 0.2], [0, 2], 0.5)
+    with pytest.raises(ValueError, match="logits"):
+        bootstrap_metric_cis([0.1, 1.2], [0, 1], 0.5)
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_metric_cis([0.1, 0.2], [0, 1], 0.5, confidence=95)
+    with pytest.raises(ValueError, match="threshold"):
+        bootstrap_metric_cis([0.1, 0.2], [0, 1], 1.5)
+
+
+def test_standard_bootstrap_is_fast_at_400_samples():
+    probs, labels = _scores(12, n=400, ties=False)
+    bootstrap_metric_cis(probs, labels, 0.5, n_resamples=10)  # warm-up
+    start = time.perf_counter()
+    bootstrap_metric_cis(probs, labels, 0.5, n_resamples=1000)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.slow
+def test_standard_bootstrap_takes_seconds_at_10000_samples():
+    probs, labels = _scores(13, n=10_000, ties=False)
+    start = time.perf_counter()
+    bootstrap_metric_cis(probs, labels, 0.5, n_resamples=1000)
+    assert time.perf_counter() - start < 10.0
+
+
+# ---------------------------------------------------------------------------
+# DeLong
+# ---------------------------------------------------------------------------
+def _delong_by_definition(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> tuple[float, float, float, float]:
+    """DeLong et al. (1988) with explicit placement values: psi(X, Y) = 1, 1/2, 0 for X > Y, X = Y, X < Y."""
+    def components(scores):
+        x, y = scores[labels == 1], scores[labels == 0]
+        psi = np.array([[1.0 if xi > yj else 0.5 if xi == yj else 0.0 for yj in y] for xi in x])
+        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)  # theta, V10(X_i), V01(Y_j)
+
+    theta_a, v10_a, v01_a = components(a)
+    theta_b, v10_b, v01_b = components(b)
+    m, n = v10_a.size, v01_a.size
+
+    def s(u, v, theta_u, theta_v, k):
+        return sum((ui - theta_u) * (vi - theta_v) for ui, vi in zip(u, v)) / (k - 1)
+
+    var = (s(v10_a, v10_a, theta_a, theta_a, m) + s(v10_b, v10_b, theta_b, theta_b, m)
+           - 2 * s(v10_a, v10_b, theta_a, theta_b, m)) / m \
+        + (s(v01_a, v01_a, theta_a, theta_a, n) + s(v01_b, v01_b, theta_b, theta_b, n)
+           - 2 * s(v01_a, v01_b, theta_a, theta_b, n)) / n
+    z = (theta_a - theta_b) / math.sqrt(var)
+    return theta_a, theta_b, math.sqrt(var), 2 * stats.norm.sf(abs(z))
+
+
+@pytest.mark.parametrize("seed,n,pos_frac", [(0, 60, 0.5), (1, 90, 0.3), (2, 45, 0.7)])
+def test_delong_matches_structural_components_definition(seed, n, pos_frac):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < pos_frac).astype(np.int64)
+    labels[:2], labels[2:4] = 0, 1
+    a = np.round(rng.normal(size=n) + 1.0 * labels, 1)  # rounding: ties within and across classes
+    b = np.round(0.6 * a + rng.normal(size=n) + 0.4 * labels, 1)
+    result = delong_test(a, b, labels)
+    auc_a, auc_b, se, p_value = _delong_by_definition(a, b, labels)
+    assert result.auc_a == pytest.approx(auc_a, abs=1e-10)
+    assert result.auc_b == pytest.approx(auc_b, abs=1e-10)
+    assert result.se == pytest.approx(se, abs=1e-10)
+    assert result.p_value == pytest.approx(p_value, abs=1e-10)
+    assert result.auc_a == pytest.approx(skm.roc_auc_score(labels, a), abs=1e-12)
+
+
+def test_delong_auc_of_hanley_mcneil_rating_data():
+    """Hanley & McNeil (1982, Radiology 143:29-36), table 1: 109 CT images rated 1-5; area 0.893."""
+    normal, abnormal = [33, 6, 6, 11, 2], [3, 2, 2, 11, 33]
+    ratings = np.concatenate([np.repeat(np.arange(1, 6), normal), np.repeat(np.arange(1, 6), abnormal)])
+    labels = np.repeat([0, 1], [sum(normal), sum(abnormal)])
+    result = delong_test(ratings, ratings, labels)
+    assert round(result.auc_a, 3) == 0.893
+    assert (result.diff, result.se, result.z, result.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_delong_is_antisymmetric_and_invariant_to_monotone_maps():
+    probs_a, labels = _scores(14, n=200)
+    probs_b = np.clip(probs_a + np.random.default_rng(14).normal(0, 0.15, 200), 0, 1)
+    ab = delong_test(probs_a, probs_b, labels)
+    ba = delong_test(probs_b, probs_a, labels)
+    assert ba.diff == pytest.approx(-ab.diff) and ba.z == pytest.approx(-ab.z)
+    assert ba.p_value == pytest.approx(ab.p_value)
+    logits = delong_test(np.log(probs_a + 0.01) - np.log1p(0.01 - probs_a), probs_b, labels)
+    assert logits.z == pytest.approx(ab.z, abs=1e-12)
+    half = stats.norm.ppf(0.975) * ab.se
+    assert (ab.ci_low, ab.ci_high) == pytest.approx((ab.diff - half, ab.diff + half))
+
+
+def test_delong_rejects_at_nominal_rate_under_null_and_detects_a_real_difference():
+    rng = np.random.default_rng(99)
+    labels = np.repeat([0, 1], 100)
+    null_p, alt_p = [], []
+    for _ in range(300):
+        shared = rng.normal(size=200)
+        a = labels + 0.7 * shared + 0.7 * rng.normal(size=200)  # same AUC, correlated noise
+        b = labels + 0.7 * shared + 0.7 * rng.normal(size=200)
+        c = 0.4 * labels + 0.7 * shared + 0.7 * rng.normal(size=200)
+        null_p.append(delong_test(a, b, labels).p_value)
+        alt_p.append(delong_test(a, c, labels).p_value)
+    assert 0.02 <= np.mean(np.array(null_p) < 0.05) <= 0.09
+    assert np.mean(np.array(alt_p) < 0.05) > 0.8
+
+
+def test_delong_needs_two_of_each_class():
+    with pytest.raises(ValueError, match="two real and two synthetic"):
+        delong_test([0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0, 1, 1])
+
+
+# ---------------------------------------------------------------------------
+# McNemar, Holm, t interval, formatting
+# ---------------------------------------------------------------------------
+def _paired(b: int, c: int, both: int = 7, neither: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array([1] * b + [0] * c + [1] * both + [0] * neither, bool)
+    other = np.array([0] * b + [1] * c + [1] * both + [0] * neither, bool)
+    return a, other
+
+
+def test_mcnemar_exact_hand_computed():
+    result = mcnemar_test(*_paired(10, 2))
+    assert (result.b, result.c, result.method) == (10, 2, "exact")
+    # 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    assert result.p_value == pytest.approx(2 * 79 / 4096, abs=1e-15)
+    assert result.p_value == pytest.approx(0.03857421875)
+    assert mcnemar_test(*_paired(2, 10)).p_value == result.p_value
+
+
+def test_mcnemar_chi_square_hand_computed():
+    result = mcnemar_test(*_paired(30, 15))
+    assert (result.b, result.c, result.method) == (30, 15, "chi2")
+    assert result.statistic == pytest.approx(14 ** 2 / 45)  # (|30 - 15| - 1)^2 / 45 = 4.3556
+    assert result.p_value == pytest.approx(0.036888, abs=1e-6)
+
+
+def test_mcnemar_method_choice_and_edge_cases():
+    assert mcnemar_test(*_paired(20, 4)).method == "exact"  # b + c = 24
+    assert mcnemar_test(*_paired(20, 5)).method == "chi2"  # b + c = 25
+    assert mcnemar_test(*_paired(30, 15), exact=True).p_value == pytest.approx(
+        2 * stats.binom.cdf(15, 45, 0.5))
+    assert mcnemar_test(*_paired(0, 0)).p_value == 1.0
+    assert mcnemar_test(*_paired(6, 6)).p_value == 1.0
+    assert mcnemar_test(*_paired(20, 20)).statistic == 0.0
+    with pytest.raises(ValueError, match="differ in length"):
+        mcnemar_test([1, 0], [1])
+
+
+def test_holm_hand_example():
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], atol=1e-15)
+
+
+def test_holm_nan_cap_and_definition():
+    adjusted = holm_adjust([0.3, float("nan"), 0.02, 0.5])
+    np.testing.assert_allclose(adjusted, [0.6, float("nan"), 0.06, 0.6])
+    np.testing.assert_allclose(holm_adjust([0.4, 0.6]), [0.8, 0.8])  # monotone: 0.6 * 1 is raised to 0.8
+    np.testing.assert_allclose(holm_adjust([0.6, 0.7]), [1.0, 1.0])  # 2 * 0.6 is capped at 1
+    p = np.random.default_rng(15).random(12) ** 3
+    order = np.argsort(p)
+    expected = np.empty(12)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (12 - rank) * p[i]))
+        expected[i] = running
+    np.testing.assert_allclose(holm_adjust(p), expected, rtol=0, atol=1e-15)
+
+
+def test_t_interval_known_values():
+    mean, low, high = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975, 4} * s / sqrt(n)
+    assert (mean, low, high) == pytest.approx((3.0, 3.0 - half, 3.0 + half), abs=1e-12)
+    value, lo, hi = t_interval([0.93])
+    assert value == 0.93 and math.isnan(lo) and math.isnan(hi)
+    with pytest.raises(ValueError):
+        t_interval([])
+
+
+def test_format_ci():
+    assert format_ci(0.94213, 0.9181, 0.96311) == "0.942 [0.918, 0.963]"
+    assert format_ci(0.5, 0.25, 0.75, digits=1) == "0.5 [0.2, 0.8]"
+    assert format_ci(0.93, float("nan"), float("nan")) == "0.930"
