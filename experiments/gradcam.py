@@ -10,7 +10,7 @@ adapts the suite's detectors to it:
   ``(B, 1)`` and the target is ``BinaryClassifierOutputTarget`` (the logit for
   "synthetic", its negative for "real");
 * ``detector.cam_layers()`` names the layer of each stream (``spatial`` and
-  ``frequency`` for SPECTRAFORGE, ``localfft`` for the Synapse-7 ResNet), and one
+  ``frequency`` for SPECTRAFORGE, ``localfft`` for the Synapse-7 ResNet, ``npr`` for NPR), and one
   Grad-CAM is run per stream so the streams can be compared side by side, as in
   SPECTRAFORGE's dual-stream Grad-CAM figure.
 

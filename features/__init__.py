@@ -4,6 +4,7 @@ from features.bottleneck import GaussianBottleneck
 from features.equalizer import ExtremeEqualizer
 from features.fft_magnitude import FFTMagnitude
 from features.local_fft import LocalPatchFFT
+from features.npr import NPRResidual
 from features.precision import as_unit_float, autocast_immune
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
@@ -24,6 +25,7 @@ __all__ = [
     "GaussianBottleneck",
     "LaplacianResidual",
     "LocalPatchFFT",
+    "NPRResidual",
     "RadialAngularHistogram",
     "as_unit_float",
     "autocast_immune",
