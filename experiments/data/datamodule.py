@@ -24,14 +24,17 @@ from experiments.data.layouts import (
     Sample,
     holdout_split,
     limit_per_class,
+    scan_cnndetection,
     scan_derm,
     scan_genimage,
+    scan_genimage_full,
 )
+from experiments.data.manifest import scan_manifest
 from experiments.data.transforms import Preprocess
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("genimage", "derm")
+LAYOUTS = ("genimage", "genimage_full", "cnndetection", "manifest", "derm")
 DECODE_MODES = ("cpu", "device")
 #: the most loader workers :func:`default_num_workers` picks per device.
 MAX_AUTO_WORKERS = 16
@@ -58,16 +61,23 @@ def missing_root_error(name: str) -> DatasetLayoutError:
 class DetectorDataModule(L.LightningDataModule):
     """Train / val / test loaders of ``{"image", "label", "generator"}`` batches.
 
-    Splits: for ``layout="genimage"`` the suite's test split is GenImage's ``val``
-    folder and the suite's val split is a seeded hold-out of ``train``
-    (``val_fraction``); for ``layout="derm"`` the three folders are used as they are.
+    Splits: for ``layout="genimage"`` / ``"genimage_full"`` the suite's test split is GenImage's ``val``
+    folder and the suite's val split is a seeded hold-out of ``train`` (``val_fraction``); for
+    ``layout="manifest"`` the CSV's split column, with the same hold-out when it has no val rows; for
+    ``layout="cnndetection"`` and ``"derm"`` the three folders are used as they are.
 
     Args:
         name: dataset name, used in experiment names and reports.
-        root: dataset root (see ``experiments.data.layouts`` for the trees).
-        layout: ``"genimage"`` or ``"derm"``.
-        generators: GenImage generator folders to use (None = all).
+        root: dataset root (``python -m experiments.data.layout_trees`` prints the expected trees).
+        layout: one of ``LAYOUTS``: ``"genimage"`` (flat, Tiny GenImage), ``"genimage_full"`` (the original
+            GenImage download), ``"cnndetection"``, ``"manifest"`` or ``"derm"``.
+        generators: generators of the train and val splits (None = all); for ``cnndetection`` they must
+            include ``train_generator``.
         test_generators: generators of the test split (None = ``generators``), for cross-generator protocols.
+        train_generator: ``cnndetection`` only: the generator name of the train/val images (ProGAN).
+        classes: ``cnndetection`` only: object classes of train/val to keep (None = all), e.g. the 4-class
+            setting ``[car, cat, chair, horse]`` of Wang et al. (2020).
+        manifest: ``manifest`` only: the CSV (None = ``<root>/manifest.csv``).
         real_dir, fake_dir: class folder names.
         crop_size, resize_size: preprocessing sizes (Synapse-7: 224, 256).
         batch_size: images per batch (Synapse-7: 96).
@@ -107,6 +117,9 @@ class DetectorDataModule(L.LightningDataModule):
         layout: str = "genimage",
         generators: Sequence[str] | None = None,
         test_generators: Sequence[str] | None = None,
+        train_generator: str = "progan",
+        classes: Sequence[str] | None = None,
+        manifest: str | None = None,
         real_dir: str = "nature",
         fake_dir: str = "ai",
         crop_size: int = 224,
@@ -137,11 +150,17 @@ class DetectorDataModule(L.LightningDataModule):
             raise ValueError(f"data.decode='{decode}' is not one of {DECODE_MODES}")
         if num_workers not in (None, "auto") and (not isinstance(num_workers, int) or num_workers < 0):
             raise ValueError(f"data.num_workers must be a number >= 0 or auto, got {num_workers!r}")
+        if classes and layout != "cnndetection":
+            raise ValueError(f"data.classes is used by data.layout=cnndetection only, not by '{layout}'; "
+                             f"set data.classes=null")
         self.name = name
         self.root = Path(root)
         self.layout = layout
         self.generators = list(generators) if generators else None
         self.test_generators = list(test_generators) if test_generators else None
+        self.train_generator = train_generator
+        self.classes = list(classes) if classes else None
+        self.manifest = Path(manifest) if manifest else self.root / "manifest.csv"
         self.real_dir, self.fake_dir = real_dir, fake_dir
         self.batch_size = batch_size
         self.num_workers_setting = num_workers
@@ -190,15 +209,7 @@ class DetectorDataModule(L.LightningDataModule):
 
     def scan(self) -> dict[str, list[Sample]]:
         """Scan the tree into the suite's train / val / test splits (deterministic)."""
-        if self.layout == "genimage":
-            gens = sorted(set(self.generators or []) | set(self.test_generators or [])) or None
-            folders = scan_genimage(self.root, gens, self.real_dir, self.fake_dir)
-            train_pool = [s for s in folders["train"] if self._in(s, self.generators)]
-            test = [s for s in folders["val"] if self._in(s, self.test_generators or self.generators)]
-            train, val = holdout_split(train_pool, self.val_fraction, self.split_seed)
-        else:
-            folders = scan_derm(self.root, self.real_dir, self.fake_dir)
-            train, val, test = folders["train"], folders["val"], folders["test"]
+        train, val, test = self._scan_layout()
         splits = {
             "train": limit_per_class(train, self.max_per_class, self.split_seed),
             "val": limit_per_class(val, self.max_per_class, self.split_seed),
@@ -209,9 +220,47 @@ class DetectorDataModule(L.LightningDataModule):
             if labels != {0, 1}:
                 raise DatasetLayoutError(
                     f"the {split} split of {self.root} has {len(samples)} images and classes {sorted(labels)}; "
-                    f"both real ({self.real_dir}) and synthetic ({self.fake_dir}) images are needed"
+                    f"both real ({self._class_names[0]}) and synthetic ({self._class_names[1]}) images are needed"
                 )
         return splits
+
+    @property
+    def _class_names(self) -> tuple[str, str]:
+        if self.layout == "manifest":
+            return "label 0", "label 1"
+        return self.real_dir, self.fake_dir
+
+    def _scan_layout(self) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """The layout's train / val / test samples, before ``max_per_class``."""
+        wanted = sorted(set(self.generators or []) | set(self.test_generators or [])) or None
+        if self.layout in ("genimage", "genimage_full"):
+            scanner = scan_genimage if self.layout == "genimage" else scan_genimage_full
+            folders = scanner(self.root, wanted, self.real_dir, self.fake_dir)
+            return self._select({"train": folders["train"], "val": [], "test": folders["val"]})
+        if self.layout == "manifest":
+            return self._select(scan_manifest(self.manifest, self.root, wanted))
+        if self.layout == "cnndetection":
+            if self.generators and self.train_generator not in self.generators:
+                raise DatasetLayoutError(
+                    f"data.generators={self.generators} leaves no train images: every train/val image of "
+                    f"layout=cnndetection is data.train_generator='{self.train_generator}'. Set data.generators=null "
+                    f"and pick the test folders with data.test_generators."
+                )
+            folders = scan_cnndetection(self.root, self.train_generator, self.classes,
+                                        self.test_generators or self.generators, self.real_dir, self.fake_dir)
+        else:
+            folders = scan_derm(self.root, self.real_dir, self.fake_dir)
+        return folders["train"], folders["val"], folders["test"]
+
+    def _select(self, folders: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """Keep ``generators`` in train/val and ``test_generators`` in test; without val samples, val is the
+        seeded hold-out of train (``val_fraction``, ``split_seed``)."""
+        train = [s for s in folders["train"] if self._in(s, self.generators)]
+        val = [s for s in folders["val"] if self._in(s, self.generators)]
+        test = [s for s in folders["test"] if self._in(s, self.test_generators or self.generators)]
+        if not folders["val"]:
+            train, val = holdout_split(train, self.val_fraction, self.split_seed)
+        return train, val, test
 
     @staticmethod
     def _in(sample: Sample, generators: Sequence[str] | None) -> bool:
