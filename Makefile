@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Create .venv and install the suite with its dependencies
 
 demo-data: $(VENV)/.installed ## Build the embedded demo dataset under data/demo (deterministic)
-	$(PY) -m experiments.demo_data --out data/demo
+	$(PY) -m experiments.data.demo --out data/demo
 
-MODELS ?= resnet34_localfft,spectraforge_dual,efficientnet_spatial,radial_angular_logreg
+# the suite's four detectors, as conf/config.yaml lists them (`detectors:`)
+MODELS ?= $(shell sed -n 's/^detectors: \[\(.*\)\]/\1/p' conf/config.yaml | tr -d ' ')
 
 demo: demo-data ## Build the env and demo data, train the four detectors on it, print the comparison
 	$(RUN) -m experiment=demo model=$(MODELS)
@@ -50,10 +51,10 @@ search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data
 	$(RUN) experiment=demo hparams_search=optuna model=$(or $(MODEL),resnet34_localfft) hydra.sweeper.n_trials=$(TRIALS)
 
 bench: $(VENV)/.installed ## Throughput of features, data loading and training -> reports/bench.{md,csv}
-	$(PY) -m experiments.bench
+	$(PY) -m experiments.bench.throughput
 
 bench-gpu: $(VENV)/.installed ## GPU: bare step vs Lightning fit (files, cache), memory, finiteness per precision -> reports/bench_gpu.{md,csv}
-	$(PY) -m experiments.bench_gpu
+	$(PY) -m experiments.bench.gpu
 
 mlflow-server: $(VENV)/.installed ## Tracking server on the project's store (http://127.0.0.1:5000), artifacts proxied
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns.db --artifacts-destination mlartifacts --serve-artifacts --host 127.0.0.1 --port 5000 --workers 1

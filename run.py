@@ -7,9 +7,13 @@ ood_stress, report, check_data. Use ``-m`` for sweeps, e.g.
 
 from __future__ import annotations
 
-import hydra
-from hydra.utils import get_method
-from omegaconf import DictConfig
+from experiments.process import use_huge_pages
+
+use_huge_pages()  # before torch is imported
+
+import hydra  # noqa: E402
+from hydra.utils import get_method  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
+from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor, feature_pipeline
 from features.fft_magnitude import FFTMagnitude
 
 
@@ -93,12 +93,8 @@ def make_fft_random_forest(
     ``predict_proba(X)[:, 1]`` is P(synthetic). ``random_state`` makes the forest
     reproducible (the config wires it to the run's ``seed``).
     """
-    return Pipeline(
-        [
-            ("features", FFTGridFeatures(grid=grid, grayscale=grayscale, standardize=standardize,
-                                         batch_size=batch_size)),
-            ("classifier", RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth,
-                                                  max_features=max_features, n_jobs=n_jobs,
-                                                  random_state=random_state)),
-        ]
+    return feature_pipeline(
+        FFTGridFeatures(grid=grid, grayscale=grayscale, standardize=standardize, batch_size=batch_size),
+        RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, max_features=max_features,
+                               n_jobs=n_jobs, random_state=random_state),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
 
 
 def as_image_tensor(X: np.ndarray | torch.Tensor, name: str = "X") -> torch.Tensor:
@@ -52,3 +53,18 @@ class StatelessImageTransformer(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         return tags
+
+
+def feature_pipeline(features, classifier, scaler=None) -> Pipeline:
+    """``features -> [scaler ->] classifier``: the shape of every scikit-learn detector of the suite.
+
+    Each step is an estimator object, so a config builds any combination by ``_target_`` (swap the
+    classifier with ``model.estimator.classifier._target_=...``). The ``features`` step must be a
+    :class:`StatelessImageTransformer`: the trainer runs it batch by batch and fits only ``pipeline[1:]``.
+    Step names: ``features``, ``scale``, ``classifier``.
+    """
+    steps = [("features", features)]
+    if scaler is not None:
+        steps.append(("scale", scaler))
+    steps.append(("classifier", classifier))
+    return Pipeline(steps)

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
+from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor, feature_pipeline
 from features.radial_angular import RadialAngularHistogram
 
 
@@ -113,16 +113,9 @@ def make_radial_angular_logreg(
     ``max_radius=sqrt(2)`` (default) keeps the spectrum's corners, where the diagonal
     peaks of checkerboard up-sampling artefacts lie; ``1.0`` is the Nyquist disc only.
     """
-    return Pipeline(
-        [
-            (
-                "features",
-                SpectralHistogramFeatures(
-                    n_radial=n_radial, n_angular=n_angular, use_residual=use_residual, batch_size=batch_size,
-                    max_radius=max_radius,
-                ),
-            ),
-            ("scale", StandardScaler()),
-            ("classifier", LogisticRegression(C=C, max_iter=max_iter)),
-        ]
+    return feature_pipeline(
+        SpectralHistogramFeatures(n_radial=n_radial, n_angular=n_angular, use_residual=use_residual,
+                                  batch_size=batch_size, max_radius=max_radius),
+        LogisticRegression(C=C, max_iter=max_iter),
+        scaler=StandardScaler(),
     )

@@ -13,9 +13,10 @@ import logging
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
+from experiments.errors import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -110,27 +111,47 @@ class ResilientMLFlowLogger(MLFlowLogger):
             log.warning("could not finalise the MLflow run (%s)", err)
 
 
-def build_logger(cfg: DictConfig) -> MLFlowLogger:
-    """The run's ``MLFlowLogger`` from ``cfg.logger``; tags carry model, data, seed and git commit."""
-    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+def mlflow_logger(
+    experiment_name: str,
+    run_name: str,
+    tracking_uri: str,
+    artifact_location: str | None = None,
+    run_id: str | None = None,
+    run_tags: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> MLFlowLogger:
+    """The run's ``MLFlowLogger`` (``conf/logger/mlflow.yaml`` builds it by ``_target_``).
+
+    Args:
+        experiment_name, run_name: where the run goes and what it is called.
+        tracking_uri: the store (a relative SQLite path is taken from the project root) or a server URL,
+            which is checked before anything trains.
+        artifact_location: where a new experiment keeps its artifacts.
+        run_id: continue this run (``resume=``).
+        run_tags: the tags every run carries (model, data, seed, task); the git commit is added.
+        tags: the user's extra tags (``logger.tags.<name>=...``, presets).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)
-    tags = {
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "seed": str(cfg.seed),
-        "task": cfg.task.name,
+    all_tags = {
+        **{str(k): str(v) for k, v in (run_tags or {}).items()},
         "mlflow.source.git.commit": git_commit(),
-        **{str(k): str(v) for k, v in (cfg.logger.get("tags") or {}).items()},
+        **{str(k): str(v) for k, v in (tags or {}).items()},
     }
     return ResilientMLFlowLogger(
-        experiment_name=cfg.logger.experiment_name,
-        run_name=cfg.logger.run_name,
+        experiment_name=experiment_name,
+        run_name=run_name,
         tracking_uri=uri,
-        tags=tags,
-        artifact_location=resolve_artifact_location(cfg.logger.get("artifact_location")),
+        tags=all_tags,
+        artifact_location=resolve_artifact_location(artifact_location),
         log_model=False,
-        run_id=cfg.logger.get("run_id"),
+        run_id=run_id,
     )
+
+
+def build_logger(cfg: DictConfig) -> MLFlowLogger:
+    """The run's ``MLFlowLogger`` from ``cfg.logger`` (:func:`mlflow_logger`)."""
+    return instantiate(cfg.logger)
 
 
 def prepare_store(logger_cfg: DictConfig) -> str | None:

@@ -12,7 +12,7 @@ import scipy.stats
 import torch
 from PIL import Image
 
-from experiments.analyze import MomentAccumulator, analyze, make_groups, peak_to_median
+from experiments.tasks.analyze import MomentAccumulator, analyze, make_groups, peak_to_median
 from experiments.data.layouts import Sample
 from features.spectrum import power_spectrum
 from tests.conftest import compose_config, make_genimage_tree

@@ -20,8 +20,8 @@ from sklearn.utils import estimator_checks
 
 from detectors.fft_forest import FFTGridFeatures, make_fft_random_forest
 from detectors.streams import FrequencyCNN
-from experiments.sklearn_io import load_estimator, save_estimator
-from experiments.train import train
+from experiments.training.sklearn_io import load_estimator, save_estimator
+from experiments.tasks.train import train
 from features.fft_magnitude import FFTMagnitude
 from tests.conftest import compose_config, make_genimage_tree
 from tests.conftest import fit_auroc, toy_set
@@ -119,7 +119,7 @@ def test_resnet50_fft_is_the_frequency_stream_alone_and_learns(tmp_path):
 
 def test_resnet50_fft_defaults_to_resnet50(tmp_path):
     cfg = compose_config(["model=resnet50_fft"], tmp_path)
-    assert cfg.model.backbone.name == "resnet50" and cfg.model.family == "lightning"
+    assert cfg.model.backbone.name == "resnet50" and cfg.model.kind._target_ == "experiments.training.kinds.LightningDetector"
 
 
 # ---------------------------------------------------------------- training through the composed config
@@ -127,7 +127,7 @@ def test_resnet50_fft_defaults_to_resnet50(tmp_path):
 TINY_DATA = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
              "data.num_workers=0", "debug=fdr"]
 TRAIN_OVERRIDES = {
-    "fft_random_forest": ["model.estimator.n_estimators=10", "model.estimator.grid=8", "+diagnostics_strict=true"],
+    "fft_random_forest": ["model.estimator.classifier.n_estimators=10", "model.estimator.features.grid=8", "+diagnostics_strict=true"],
     "resnet50_fft": ["model.backbone.name=resnet10t", "model.net.head_hidden=16", "diagnostics=false"],
 }
 ARTIFACT = {"fft_random_forest": "fft_random_forest.skops", "resnet50_fft": "resnet50_fft.pth"}

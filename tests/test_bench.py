@@ -1,4 +1,4 @@
-"""The benchmark's NumPy references equal the torch features, and ``python -m experiments.bench`` writes its reports.
+"""The benchmark's NumPy references equal the torch features, and ``python -m experiments.bench.throughput`` writes its reports.
 
 Speed ratios are reported by ``make bench``, not asserted: on a shared 2-core machine they are too noisy.
 """
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import bench
-from experiments import reference_numpy as ref
+from experiments.bench import throughput as bench
+from experiments.bench import reference_numpy as ref
 from features import RadialAngularHistogram
 
 
@@ -65,7 +65,7 @@ def test_bench_data_and_training_sections(tmp_path):
 
 
 def test_bench_gpu_says_it_needs_cuda(capsys, monkeypatch):
-    from experiments import bench_gpu
+    from experiments.bench import gpu as bench_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
@@ -76,7 +76,7 @@ def test_bench_gpu_says_it_needs_cuda(capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_gpu_code_path_runs_on_cpu_at_toy_size(tmp_path):
-    from experiments import bench_gpu
+    from experiments.bench import gpu as bench_gpu
 
     rows = bench_gpu.main(["--allow-cpu", "--models", "resnet34_localfft", "--size", "32", "--batch", "8",
                            "--steps", "2", "--images", "32", "--out", str(tmp_path)])

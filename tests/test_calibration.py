@@ -19,7 +19,7 @@ from experiments.evaluation.calibration import (
     fit_calibrator,
     logit,
 )
-from experiments.metrics import expected_calibration_error
+from experiments.evaluation.metrics import expected_calibration_error
 
 
 def _overconfident(n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import pytest
 from hydra.utils import get_method
 from PIL import Image
 
-from experiments.check_data import (
+from experiments.data.audit import (
     BadDataError,
     DataLeakageWarning,
     check_bad_fraction,
@@ -166,7 +166,7 @@ def test_scan_counts_every_bad_kind(bad_tree):
     assert by_path[str(paths["not_an_image"])].format is None  # the extension says JPEG; the content does not
 
     data = json.loads(json.dumps(report.to_dict()))
-    group = next(g for g in data["groups"] if (g["split"], g["generator"], g["class"]) == ("test", "gen_a", "fake"))
+    group = next(g for g in data["groups"] if (g["split"], g["generator"], g["class"]) == ("test", "gen_a", "synthetic"))
     assert (group["images"], group["unreadable"], group["too_small"]) == (6 + len(paths), len(UNREADABLE), 1)
     assert group["formats"] == {"JPEG": 2, "PNG": 6 + len(DECODABLE) - 2}
     assert group["jpeg_quality"] == {"95": 2}
@@ -217,12 +217,12 @@ def test_a_class_without_usable_images_stops_whatever_the_limit(bad_tree):
     for kind in DECODABLE:
         next((root / "gen_a" / "val" / "ai").glob(f"{kind}.*")).unlink()
     report = scan_dataset(make_dm(root), progress=False)
-    with pytest.raises(BadDataError, match="the test split has no usable fake image of generator 'gen_a'"):
+    with pytest.raises(BadDataError, match="the test split has no usable synthetic image of generator 'gen_a'"):
         check_bad_fraction(report, max_bad_fraction=1.0)
 
     good = Sample(str(root / "gen_b" / "val" / "nature" / "nature_000.png"), 0, "gen_b")
     only_real = scan_dataset({"test": [good]}, progress=False)
-    with pytest.raises(BadDataError, match=r"the test split has no usable fake image \(no files\)"):
+    with pytest.raises(BadDataError, match=r"the test split has no usable synthetic image \(no files\)"):
         check_bad_fraction(only_real, max_bad_fraction=1.0)
 
 
@@ -250,7 +250,7 @@ def test_leakage_warning_on_png_fakes_and_jpeg_reals_and_silence_once_equalised(
     reencode(root, "nature", "JPEG", quality=75)
     warns = leakage_warnings(scan_dataset(make_dm(root), progress=False))
     assert len(warns) == 1, warns
-    assert "file format" in warns[0] and "real JPEG 100%" in warns[0] and "fake PNG 100%" in warns[0]
+    assert "file format" in warns[0] and "real JPEG 100%" in warns[0] and "synthetic PNG 100%" in warns[0]
     assert "distance 1.00" in warns[0] and "equalizer=extreme" in warns[0]
 
     equalizer = ExtremeEqualizer(size=CROP, jpeg_quality=90)
@@ -268,8 +268,8 @@ def test_leakage_warning_on_jpeg_quality_and_size(tmp_path):
     warns = leakage_warnings(scan_dataset(make_dm(root), progress=False))
     assert len(warns) == 2, warns
     quality, size = warns
-    assert "JPEG quality" in quality and "real 66-70 100%" in quality and "fake 91-95 100%" in quality
-    assert "image size" in size and "real 32-63 100%" in size and "fake 64-95 100%" in size and "64x64" in size
+    assert "JPEG quality" in quality and "real 66-70 100%" in quality and "synthetic 91-95 100%" in quality
+    assert "image size" in size and "real 32-63 100%" in size and "synthetic 64-95 100%" in size and "64x64" in size
 
 
 def test_leakage_of_one_generator_is_named(tmp_path):
@@ -278,7 +278,7 @@ def test_leakage_of_one_generator_is_named(tmp_path):
         Image.open(path).save(path.with_suffix(".jpg"), quality=80)
         path.unlink()
     warns = leakage_warnings(scan_dataset(make_dm(root), progress=False))
-    assert len(warns) == 1 and warns[0].startswith("generator 'gen_b': real and fake images differ in file format")
+    assert len(warns) == 1 and warns[0].startswith("generator 'gen_b': real and synthetic images differ in file format")
 
 
 # -- preflight and the task ----------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_training_on_a_tree_with_bad_files_completes_and_logs_the_counts(bad_tre
     """Every bad-file kind in the test split: training skips them, finishes, and MLflow holds the counts."""
     import mlflow
 
-    from experiments.train import train
+    from experiments.tasks.train import train
     from tests.test_train_smoke import TINY
 
     root, _ = bad_tree

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from experiments.cross_generator import build_matrix, cross_generator, records_from_run, summarize
+from experiments.tasks.cross_generator import build_matrix, cross_generator, records_from_run, summarize
 from tests.conftest import compose_config
 
 GENS = ("a", "b", "c")
@@ -73,12 +73,12 @@ def test_preset_composes_one_train_generator_and_all_test_generators(tmp_path):
     assert cfg.logger.tags.protocol == "logo" and cfg.logger.tags.train_generator == "nearest_conv"
     assert cfg.logger.experiment_name == "logo-demo"
     assert cfg.hydra.sweeper.params.train_generator == "deconv,nearest_conv,bilinear_conv"
-    task = compose_config(["task=cross_generator"], tmp_path)
+    task = compose_config(["task=cross_generator", "experiment=leave_one_generator_out"], tmp_path)
     assert task.task.experiment_name == cfg.logger.experiment_name
 
 
 def test_task_reads_logo_runs_from_mlflow(tmp_path):
-    cfg = compose_config(["task=cross_generator"], tmp_path)
+    cfg = compose_config(["task=cross_generator", "experiment=leave_one_generator_out"], tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment("logo-demo")
     for i, train in enumerate(GENS):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from experiments.data.datamodule import DetectorDataModule
 from experiments.data.layouts import DatasetLayoutError, holdout_split, scan_derm, scan_genimage
-from experiments.builders import build_datamodule
+from experiments.training.builders import build_datamodule
 from tests.conftest import compose_config, make_genimage_tree
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryAUROC
 
-from experiments.builders import build_datamodule, build_module
+from experiments.training.builders import build_datamodule, build_module
 from experiments.data.datamodule import DetectorDataModule
 from tests.conftest import compose_config, make_genimage_tree
 from tests.test_train_smoke import TINY

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.demo_data import DEMO_GENERATORS, build_demo_dataset, main
+from experiments.data.demo import DEMO_GENERATORS, build_demo_dataset, main
 
 SIZE = 32
 PER_CLASS = 40  # val_fraction 0.2 -> 32 train + 8 val per class; decoder training dominates the cost

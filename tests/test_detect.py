@@ -1,4 +1,4 @@
-"""``python -m experiments.detect``: scoring a messy folder with a tiny trained detector."""
+"""``python -m experiments.tasks.detect``: scoring a messy folder with a tiny trained detector."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments import detect as detect_mod
-from experiments.checkpoints import LoadedDetector, load_detector
+from experiments.tasks import detect as detect_mod
+from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.data.images import load_rgb
 from experiments.data.transforms import Preprocess
-from experiments.detect import CSV_COLUMNS, DetectError, detect, main
-from experiments.train import train
+from experiments.tasks.detect import CSV_COLUMNS, DetectError, detect, main
+from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 from tests.test_train_smoke import TINY
 
@@ -202,7 +202,7 @@ def test_weights_are_loaded_with_weights_only(trained, messy_folder, monkeypatch
     monkeypatch.setattr(torch, "load", spy)
     detect(trained["run_dir"], messy_folder / "photo.jpg", progress=False)
     assert seen == [True]
-    for source in ("experiments/checkpoints.py", "experiments/detect.py"):
+    for source in ("experiments/training/checkpoints.py", "experiments/training/kinds.py", "experiments/tasks/detect.py"):
         text = (ROOT / source).read_text()
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call, f"{source}: torch.load({call})"

@@ -12,12 +12,12 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from experiments.builders import build_datamodule
-from experiments.checkpoints import LoadedDetector
-from experiments.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
-from experiments.evaluate_task import MissingCheckpoint, evaluate, predict
-from experiments.gradcam import stream_cams
-from experiments.train import train
+from experiments.training.builders import build_datamodule
+from experiments.training.checkpoints import LoadedDetector
+from experiments.evaluation.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
+from experiments.tasks.evaluate import MissingCheckpoint, evaluate, predict
+from experiments.evaluation.gradcam import stream_cams
+from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 from tests.test_train_smoke import TINY
 
@@ -82,7 +82,7 @@ def test_metrics_by_generator_agree_with_the_flat_metrics(trained):
 
 
 def test_a_failing_plot_warns_and_the_others_are_still_written(trained, tree, tmp_path, monkeypatch, caplog):
-    import experiments.diagnostics as diag
+    import experiments.evaluation.diagnostics as diag
 
     def broken(*args, **kwargs):
         raise RuntimeError("no display")
@@ -142,7 +142,7 @@ def test_spectraforge_gradcam_has_both_streams(tree, tmp_path):
 def test_sklearn_detector_gets_tsne_of_scaled_features_and_no_gradcam(tree, tmp_path):
     cfg = compose_config(["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
                           "data.num_workers=0", f"data.root={tree}", "model=radial_angular_logreg",
-                          "model.estimator.n_radial=8", "model.estimator.n_angular=8", STRICT], tmp_path)
+                          "model.estimator.features.n_radial=8", "model.estimator.features.n_angular=8", STRICT], tmp_path)
     train(cfg)
     out = Path(cfg.paths.output_dir) / "plots"
     assert {p.stem for p in out.glob("*.png")} == PLOTS - {"gradcam"}

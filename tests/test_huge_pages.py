@@ -1,4 +1,5 @@
-"""``import experiments`` backs large CPU tensors with transparent huge pages unless the user says otherwise."""
+"""Entry points back large CPU tensors with transparent huge pages unless the user says otherwise; importing the
+library changes nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 PROBE = """
-import experiments, os, torch
+from experiments.process import use_huge_pages
+use_huge_pages()
+import os, torch
 x = torch.empty(64 << 20, dtype=torch.uint8)
 x.fill_(1)
 rollup = open("/proc/self/smaps_rollup").read()
@@ -41,3 +44,16 @@ def test_large_tensors_get_huge_pages_unless_turned_off():
     assert setting == "0"
     if "[madvise]" in THP_MODE.read_text():  # in 'always' mode the kernel uses huge pages anyway
         assert huge_kb < 32 * 1024
+
+
+def test_importing_the_library_sets_nothing():
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    code = ("import os, experiments, experiments.tasks.train, experiments.data.demo, experiments.bench.throughput; "
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "unset"
+
+
+def test_run_py_sets_it_before_torch():
+    text = (ROOT / "run.py").read_text()
+    assert text.index("use_huge_pages()") < text.index("import hydra")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.check_data import BadDataError, preflight, scan_dataset, wait_for_scan
+from experiments.data.audit import BadDataError, preflight, scan_dataset, wait_for_scan
 from experiments.data import datamodule as datamodule_mod
 from experiments.data.cache import CachedImageDataset, default_cache_dir
 from experiments.data.dataset import ImageDataset, collate_skipping
@@ -113,7 +113,7 @@ def test_loader_settings(tmp_path):
 def test_data_check_is_decoded_once_and_read_back(tmp_path, monkeypatch):
     dm = _dm(make_genimage_tree(tmp_path / "g", n=3, size=32))
     first = scan_dataset(dm, progress=False, cache_dir=tmp_path / "checks")
-    from experiments import check_data
+    from experiments.data import audit as check_data
 
     monkeypatch.setattr(check_data, "inspect_file", lambda *a: pytest.fail("decoded again"))
     again = scan_dataset(dm, progress=False, cache_dir=tmp_path / "checks")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.builders import build_datamodule
+from experiments.training.builders import build_datamodule
 from experiments.data.datamodule import LAYOUTS, DetectorDataModule
 from experiments.data.layout_trees import LAYOUT_NAMES, expected_tree, main as print_trees
 from experiments.data.layouts import DatasetLayoutError, scan_cnndetection, scan_genimage, scan_genimage_full

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from experiments.metrics import (
+from experiments.evaluation.metrics import (
     binary_metrics,
     calibrated_threshold,
     equal_error_rate,

@@ -19,7 +19,7 @@ import mlflow
 import pytest
 
 from experiments import tracking
-from experiments.train import train
+from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 from tests.test_train_smoke import TINY
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from detectors.npr import NPRResNet
-from experiments.gradcam import stream_cams
-from experiments.train import train
+from experiments.evaluation.gradcam import stream_cams
+from experiments.tasks.train import train
 from features.npr import NPRResidual
 from tests.conftest import compose_config, fit_auroc, make_genimage_tree
 
@@ -130,7 +130,7 @@ def test_detector_sees_only_the_residual():
 
 def test_config_builds_the_paper_detector_and_optimiser(tmp_path):
     cfg = compose_config(["model=npr"], tmp_path)
-    assert cfg.model.name == "npr" and cfg.model.family == "lightning" and "backbone" not in cfg.model
+    assert cfg.model.name == "npr" and cfg.model.kind._target_ == "experiments.training.kinds.LightningDetector" and "backbone" not in cfg.model
     net = instantiate(cfg.model.net)
     assert isinstance(net, NPRResNet) and net.npr.factor == 2 and len(net.stages) == 2
     assert isinstance(net.head[-1], torch.nn.Linear) and net.head[-1].in_features == 512

@@ -10,10 +10,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from experiments.checkpoints import LoadedDetector
-from experiments.ood_stress import as_ref_list, ood_stress, training_command
-from experiments.perturbations import apply, metric_prefix, perturbation_grid
-from experiments.train import train
+from experiments.training.checkpoints import LoadedDetector
+from experiments.tasks.ood_stress import as_ref_list, ood_stress, training_command
+from experiments.data.perturbations import apply, metric_prefix, perturbation_grid
+from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 
 # one batch holds the whole test split (2 generators x 2 classes x 6 images), so the fast_dev_run
@@ -21,7 +21,7 @@ from tests.conftest import compose_config, make_genimage_tree
 DATA = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=64",
         "data.num_workers=0", "diagnostics=false"]
 CNN = ["model=resnet34_localfft", "model.backbone.name=resnet18", "model.net.head_hidden=16", "debug=fdr"]
-SKLEARN = ["model=radial_angular_logreg", "model.estimator.n_radial=8", "model.estimator.n_angular=8"]
+SKLEARN = ["model=radial_angular_logreg", "model.estimator.features.n_radial=8", "model.estimator.features.n_angular=8"]
 MODELS = ("resnet34_localfft", "radial_angular_logreg")
 
 

@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from experiments.augment import CNNDetectionAugment
+from experiments.data.augment import CNNDetectionAugment
 from experiments.data.transforms import Preprocess
-from experiments.perturbations import (
+from experiments.data.perturbations import (
     Perturbation,
     apply,
     downscale,

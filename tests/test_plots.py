@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments import plots
-from experiments.metrics import metrics_by_group
+from experiments.evaluation import curves as plots
+from experiments.evaluation import embeddings, spectra
+from experiments.evaluation.metrics import metrics_by_group
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +77,7 @@ def test_spectral_analysis(tmp_path):
                        "radial": np.log1p(power[size // 2, size // 2:]),
                        "angular": np.cos(np.linspace(0, np.pi, 18)) + (name == "GAN")}
     stats["torch"] = {key: torch.as_tensor(value) for key, value in stats["GAN"].items()}
-    assert_valid_png(plots.plot_spectral_analysis(stats, tmp_path / "spectral.png"))
+    assert_valid_png(spectra.plot_spectral_analysis(stats, tmp_path / "spectral.png"))
 
 
 def test_tsne_with_ten_points(tmp_path):
@@ -84,7 +85,7 @@ def test_tsne_with_ten_points(tmp_path):
     labels = np.array([0] * 5 + [1] * 5)
     features = rng.normal(size=(10, 16)) + 3.0 * labels[:, None]
     groups = np.array([0] * 5 + [1, 1, 2, 2, 2])
-    path = plots.plot_tsne(features, labels, groups, tmp_path / "tsne.png", group_names={0: "real", 1: "ADM", 2: "VQDM"})
+    path = embeddings.plot_tsne(features, labels, groups, tmp_path / "tsne.png", group_names={0: "real", 1: "ADM", 2: "VQDM"})
     assert_valid_png(path)
 
 
@@ -94,7 +95,7 @@ def test_gradcam_grid(tmp_path):
     yy, xx = np.mgrid[:32, :32]
     blob = np.exp(-((yy - 10) ** 2 + (xx - 20) ** 2) / 30.0)
     cams = {"spatial": np.stack([blob, blob.T]), "frequency": torch.tensor(np.stack([blob.T, blob]))}
-    path = plots.plot_gradcam_grid(images, cams, tmp_path / "gradcam.png", titles=["real p=0.10", "fake p=0.93"])
+    path = embeddings.plot_gradcam_grid(images, cams, tmp_path / "gradcam.png", titles=["real p=0.10", "fake p=0.93"])
     assert_valid_png(path)
 
 

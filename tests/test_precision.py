@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from detectors.backbones import create_backbone
 from detectors.localfft_resnet import LocalFFTResNet
 from detectors.streams import SpectraForgeDual
-from experiments.builders import resolve_precision
-from experiments.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
-from experiments.lit_module import DetectorModule
+from experiments.training.builders import resolve_precision
+from experiments.training.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+from experiments.training.lit_module import DetectorModule
 from features import (
     FFTMagnitude,
     GaussianBottleneck,
@@ -181,7 +181,7 @@ def test_finite_training_is_not_stopped(tmp_path):
 
 
 def test_sixteen_bit_advice_points_to_bf16():
-    from experiments.callbacks import PRECISION_ADVICE
+    from experiments.training.callbacks import PRECISION_ADVICE
 
     assert "bf16-mixed" in PRECISION_ADVICE["16-mixed"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import ResilientMLFlowLogger
-from experiments.train import train
+from experiments.tasks.train import train
 from tests.conftest import compose_config
 from tests.test_train_smoke import TINY
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from experiments.train import train
+from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 from tests.test_train_smoke import TINY
 

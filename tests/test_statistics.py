@@ -25,10 +25,10 @@ from experiments.evaluation.statistics import (
     stratified_bootstrap_ci,
     t_interval,
 )
-from experiments.metrics import binary_metrics, equal_error_rate, tpr_at_fpr
+from experiments.evaluation.metrics import binary_metrics, equal_error_rate, tpr_at_fpr
 
 EXACT = 1e-9
-#: torchmetrics accumulates AUROC, AP and accuracy in float32, so experiments.metrics agrees to ~1e-7 there.
+#: torchmetrics accumulates AUROC, AP and accuracy in float32, so experiments.evaluation.metrics agrees to ~1e-7 there.
 FLOAT32 = 1e-6
 
 

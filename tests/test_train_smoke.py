@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from experiments.train import train
+from experiments.tasks.train import train
 from tests.conftest import compose_config
 
 TINY = [

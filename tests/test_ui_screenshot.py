@@ -28,6 +28,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from experiments.bench.throughput import suite_detectors
 from tests.test_mlflow_server import free_port, stop_server, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NODE = shutil.which("node")
 NODE_MODULES = Path(os.environ.get("PLAYWRIGHT_NODE_MODULES",
                                    Path(tempfile.gettempdir()) / "mlflow-ui-shot" / "node_modules"))
-DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "radial_angular_logreg")
+DETECTORS = suite_detectors()
 EXPERIMENT = "detectors-demo"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
@@ -101,7 +102,7 @@ def detector_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> list[mlflo
 
 def train_small_runs(folder: Path) -> str:
     """Four one-epoch demo runs (a few images per class) into a SQLite store under ``folder``; its URI."""
-    from experiments.train import train
+    from experiments.tasks.train import train
     from tests.conftest import compose_config
 
     uri = f"sqlite:///{folder / 'mlruns.db'}"

@@ -187,7 +187,7 @@ class DetectorDataModule(L.LightningDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.demo is not None:
-            from experiments.demo_data import build_demo_dataset
+            from experiments.data.demo import build_demo_dataset
 
             build_demo_dataset(self.root, **self.demo)
 

@@ -41,6 +41,11 @@ class DatasetLayoutError(ValueError):
     """The dataset folder does not have the documented layout."""
 
 
+#: Names of the two labels, everywhere in code and reports: real = 0, synthetic = 1. A dataset's own folder
+#: names (nature/ai, 0_real/1_fake, real/synthetic) stay at the layout boundary (``real_dir`` / ``fake_dir``).
+CLASS_NAMES: tuple[str, str] = ("real", "synthetic")
+
+
 @dataclass(frozen=True)
 class Sample:
     path: str

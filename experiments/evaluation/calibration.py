@@ -10,7 +10,7 @@ floats (``state_dict``), so it can be stored as JSON next to a run and rebuilt w
 * :class:`PlattScaling` fits a logistic map ``sigmoid(a * s + b)`` of any score
   (Platt, 1999), for the scikit-learn pipelines.
 
-Labels are real = 0 and synthetic = 1, as everywhere in :mod:`experiments.metrics`.
+Labels are real = 0 and synthetic = 1, as everywhere in :mod:`experiments.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import optimize, special
 
-from experiments.metrics import as_scores_and_labels, expected_calibration_error
+from experiments.evaluation.metrics import as_scores_and_labels, expected_calibration_error
 
 #: Temperatures are searched in ``[1 / TEMPERATURE_BOUND, TEMPERATURE_BOUND]``.
 TEMPERATURE_BOUND = 1e3
@@ -259,7 +259,7 @@ def brier_score(probs: Any, labels: Any) -> float:
 
 
 def calibration_report(probs_before: Any, probs_after: Any, labels: Any) -> dict[str, float]:
-    """ECE (:func:`experiments.metrics.expected_calibration_error`) and Brier score of
+    """ECE (:func:`experiments.evaluation.metrics.expected_calibration_error`) and Brier score of
     P(synthetic) before and after calibration, on the same labels (e.g. the test split):
     ``ece_before``, ``ece_after``, ``brier_before``, ``brier_after``."""
     return {

@@ -1,6 +1,6 @@
 """Confidence intervals and paired significance tests for comparing detectors.
 
-Conventions are those of :mod:`experiments.metrics`: scores are P(synthetic), labels
+Conventions are those of :mod:`experiments.evaluation.metrics`: scores are P(synthetic), labels
 are real = 0 and synthetic = 1, and a sample is predicted synthetic when
 ``prob >= threshold``.
 
@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats
 
-from experiments.metrics import LOW_FPR, as_scores_and_labels
+from experiments.evaluation.metrics import LOW_FPR, as_scores_and_labels
 
 #: A metric of one sample: ``fn(probs, labels) -> float``.
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -66,7 +66,7 @@ def _scores_and_labels(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]
 
 
 def _probabilities_and_labels(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`experiments.metrics.as_scores_and_labels` (scores in [0, 1]), as numpy arrays."""
+    """As :func:`experiments.evaluation.metrics.as_scores_and_labels` (scores in [0, 1]), as numpy arrays."""
     scores, targets = as_scores_and_labels(probs, labels)
     return scores.numpy(), targets.numpy()
 
@@ -130,7 +130,7 @@ class ScoreCounts:
         """ROC curves ``(fpr, tpr)``, each (R, K + 1), from (0, 0) to (1, 1).
 
         Point 0 predicts everything real; point ``j >= 1`` predicts synthetic for
-        ``score >= values[K - j]``, as :func:`experiments.metrics.roc_points`. Scores of
+        ``score >= values[K - j]``, as :func:`experiments.evaluation.metrics.roc_points`. Scores of
         the grid absent from a sample repeat the previous point, which changes neither
         the TPR at a given FPR nor the equal error rate.
         """
@@ -176,7 +176,7 @@ def average_precision_from_counts(counts: ScoreCounts) -> np.ndarray:
 
 def tpr_at_fpr_from_counts(counts: ScoreCounts, max_fpr: float = LOW_FPR) -> np.ndarray:
     """(R,) highest TPR among ROC points with FPR <= ``max_fpr``, as
-    :func:`experiments.metrics.tpr_at_fpr_from_roc`. NaN without both classes."""
+    :func:`experiments.evaluation.metrics.tpr_at_fpr_from_roc`. NaN without both classes."""
     fpr, tpr = counts.roc
     allowed = fpr <= max_fpr + 1e-12
     best = np.max(np.where(allowed, tpr, -np.inf), axis=1)
@@ -184,7 +184,7 @@ def tpr_at_fpr_from_counts(counts: ScoreCounts, max_fpr: float = LOW_FPR) -> np.
 
 
 def eer_from_counts(counts: ScoreCounts) -> np.ndarray:
-    """(R,) equal error rate, as :func:`experiments.metrics.equal_error_rate_from_roc`:
+    """(R,) equal error rate, as :func:`experiments.evaluation.metrics.equal_error_rate_from_roc`:
     the first ROC point with FPR >= FNR, interpolated linearly from the point before.
     NaN without both classes."""
     fpr, tpr = counts.roc
@@ -218,7 +218,7 @@ def accuracy_from_counts(counts: ScoreCounts, threshold: float = 0.5) -> np.ndar
 
 
 def balanced_accuracy_from_counts(counts: ScoreCounts, threshold: float = 0.5) -> np.ndarray:
-    """(R,) mean per-class recall over the classes present, as :func:`experiments.metrics.binary_metrics`."""
+    """(R,) mean per-class recall over the classes present, as :func:`experiments.evaluation.metrics.binary_metrics`."""
     _, _, tpr, tnr = _recalls_at(counts, threshold)
     return np.where(counts.n_pos == 0, tnr, np.where(counts.n_neg == 0, tpr, (tpr + tnr) / 2.0))
 
@@ -249,7 +249,7 @@ class CountMetric:
 def standard_metrics(threshold: float = 0.5, max_fpr: float = LOW_FPR) -> dict[str, CountMetric]:
     """The metrics reported with intervals: ``auc``, ``ap``, ``accuracy`` and ``balanced_accuracy``
     (at ``prob >= threshold``), ``tpr_at_5fpr`` (at FPR <= ``max_fpr``) and ``eer``; same
-    definitions as :func:`experiments.metrics.binary_metrics`."""
+    definitions as :func:`experiments.evaluation.metrics.binary_metrics`."""
     threshold = float(threshold)
     return {
         "auc": CountMetric(auroc_from_counts, "auc"),
@@ -387,7 +387,7 @@ def bootstrap_metric_cis(
     ``tpr_at_5fpr`` and ``eer`` (see :func:`standard_metrics`), accuracies at ``prob >= threshold``.
 
     ``probs`` must be probabilities P(synthetic) in [0, 1], as for
-    :func:`experiments.metrics.binary_metrics`; the threshold should be the one chosen
+    :func:`experiments.evaluation.metrics.binary_metrics`; the threshold should be the one chosen
     on the validation split.
     """
     threshold = float(threshold)

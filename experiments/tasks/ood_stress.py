@@ -5,7 +5,7 @@ split of ``cfg.data`` is decoded and preprocessed with the detector's own sizes
 (``data.crop_size``, ``data.resize_size``, ``data.equalizer`` of its saved
 config) into float ``(B, 3, H, W)`` batches in [0, 1]; the perturbation is
 applied to those batches with
-``experiments.perturbations.apply(x, p, cfg.seed, sample_ids=batch["index"])``
+``experiments.data.perturbations.apply(x, p, cfg.seed, sample_ids=batch["index"])``
 and the detector's own forward (normalisation, FFT features) runs on the
 result. Detectors that share a preprocessing share the decoded batches *and* the
 perturbed tensors, so they see exactly the same pixels; the noise of one image
@@ -60,17 +60,18 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from experiments.errors import instantiate
 from mlflow.entities import Metric, Param
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from experiments.checkpoints import RUN_ID, LoadedDetector, load_detector
-from experiments.metrics import binary_metrics
-from experiments.perturbations import Perturbation, apply, metric_prefix, perturbation_grid
-from experiments.plots import plot_robustness_curves
+from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
+from experiments.evaluation.metrics import binary_metrics
+from experiments.data.perturbations import Perturbation, apply, metric_prefix, perturbation_grid
+from experiments.evaluation.curves import plot_robustness_curves
+from experiments.runs import ExperimentNotFound, finished_training_runs, newest_per_key
 from experiments.tracking import resolve_tracking_uri
 from features.precision import as_unit_float
 
@@ -87,7 +88,7 @@ X_LABELS = {
     "downscale": "scale factor",
 }
 
-RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
 
 
 @dataclass
@@ -112,19 +113,16 @@ def as_ref_list(ckpt: Any) -> list[str]:
 
 def latest_train_runs(client: mlflow.MlflowClient, experiment_name: str, models: Sequence[str] | None) -> list:
     """The newest finished ``task=train`` run of each model (restricted to ``models`` unless None), by model name."""
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
+    try:
+        runs = finished_training_runs(client, experiment_name)
+    except ExperimentNotFound:
         return []
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string="tags.task = 'train' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=5000,
-    )
-    latest: dict[str, Any] = {}
-    for run in runs:
+
+    def model_of(run) -> str | None:
         model = run.data.tags.get("model")
-        if model and (models is None or model in models) and model not in latest:
-            latest[model] = run
-    return [latest[m] for m in sorted(latest)]
+        return model if model and (models is None or model in models) else None
+
+    return sorted(newest_per_key(runs, model_of), key=model_of)
 
 
 def _override(key: str, value: Any) -> str:

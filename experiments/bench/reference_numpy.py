@@ -4,7 +4,7 @@ Written the way the papers' pseudo-code reads (Corvi et al. 2023's residual
 spectra, Synapse-7's tile loop, SPECTRAFORGE's blur): one image at a time, one
 channel or tile at a time, plain ``numpy.fft`` and, where the pseudo-code calls
 it, OpenCV's ``filter2D``. They are the straightforward implementations the
-batched torch modules replace, used by ``experiments.bench`` (correctness
+batched torch modules replace, used by ``experiments.bench.throughput`` (correctness
 check, then timing) and by the tests. The blur has two: the same separable
 maths in NumPy (the reference), and OpenCV's SIMD ``GaussianBlur`` (a tuned
 library, timed alongside for comparison).

@@ -36,16 +36,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from experiments.data.dataset import collate_skipping
-from experiments.metrics import metrics_by_group
-from experiments.plots import (
-    CLASS_NAMES,
-    plot_calibration,
-    plot_confusion_matrix,
-    plot_gradcam_grid,
-    plot_per_group_accuracy,
-    plot_roc,
-    plot_tsne,
-)
+from experiments.evaluation.metrics import metrics_by_group
+from experiments.data.layouts import CLASS_NAMES
+from experiments.training.kinds import detector_kind
+from experiments.evaluation.curves import plot_calibration, plot_confusion_matrix, plot_per_group_accuracy, plot_roc
+from experiments.evaluation.embeddings import plot_gradcam_grid, plot_tsne
 from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
@@ -67,7 +62,7 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
         cfg: the run's config (``seed``, ``diagnostics_max_samples``, ``gradcam_images``, ``diagnostics_strict``).
         model: the trained detector in eval mode (``nn.Module``) or a fitted scikit-learn pipeline.
         datamodule: its ``datasets["test"]`` holds the images ``test.index`` points to.
-        val, test: :class:`experiments.evaluate.Predictions` (``val`` is unused today; kept for symmetry).
+        val, test: :class:`experiments.evaluation.predictions.Predictions` (``val`` is unused today; kept for symmetry).
         out_dir: the run folder; plots go to ``out_dir/plots``.
         logger: an ``MLFlowLogger`` or None.
         strict: raise on the first failing plot instead of warning (default ``cfg.diagnostics_strict``).
@@ -81,16 +76,17 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
     by_generator = metrics_by_group(test.prob, test.label, test.generator, dict(enumerate(names)))
     dataset = datamodule.datasets["test"] if datamodule is not None else None
     seed = int(_cfg_get(cfg, "seed", 0) or 0)
+    kind = detector_kind(cfg)
 
     plots: list[tuple[str, Callable[[Path], Any]]] = [
         ("confusion_matrix", lambda p: plot_confusion_matrix(test.prob, test.label, p, threshold=0.5)),
         ("calibration", lambda p: plot_calibration(test.prob, test.label, p)),
         ("roc", lambda p: plot_roc(roc_curves(test), p)),
         ("per_generator_accuracy", lambda p: plot_per_group_accuracy(by_generator, p, metric="accuracy")),
-        ("tsne", lambda p: _tsne(model, dataset, test, p, int(_cfg_get(cfg, "diagnostics_max_samples",
-                                                                        DEFAULT_MAX_SAMPLES)), seed)),
+        ("tsne", lambda p: _tsne(kind, model, dataset, test, p,
+                                 int(_cfg_get(cfg, "diagnostics_max_samples", DEFAULT_MAX_SAMPLES)), seed)),
     ]
-    if has_cam_layers(model):
+    if kind.supports_cam(model):
         plots.append(("gradcam", lambda p: _gradcam(model, dataset, test, p,
                                                     int(_cfg_get(cfg, "gradcam_images", DEFAULT_GRADCAM_IMAGES)),
                                                     seed)))
@@ -184,47 +180,26 @@ def load_items(dataset, indices, batch_size: int = FEATURE_BATCH):
             yield {**batch, "image": as_unit_float(batch["image"])}
 
 
-def is_torch_model(model) -> bool:
-    return isinstance(model, torch.nn.Module)
-
-
-def has_cam_layers(model) -> bool:
-    return is_torch_model(model) and callable(getattr(model, "cam_layers", None))
-
-
-def embed(model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Penultimate features ``(N, D)``, labels and generator ids of the images in ``batches``.
-
-    CNN detectors: ``model.forward_features`` under ``torch.no_grad`` on the model's
-    device. scikit-learn pipelines: every step but the classifier (features, then the
-    scaler), so the embedding is what the linear classifier sees.
-    """
+def embed(kind, model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Penultimate features ``(N, D)`` (what the detector's classifier sees, :meth:`DetectorKind.embed`), labels
+    and generator ids of the images in ``batches``."""
     feats, labels, gens = [], [], []
-    if is_torch_model(model):
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            for batch in batches:
-                feats.append(model.forward_features(batch["image"].to(device)).float().cpu().numpy())
-                labels.append(batch["label"].numpy())
-                gens.append(batch["generator"].numpy())
-    else:
-        transform = model[:-1]
-        for batch in batches:
-            feats.append(np.asarray(transform.transform(batch["image"]), dtype=np.float64))
-            labels.append(batch["label"].numpy())
-            gens.append(batch["generator"].numpy())
+    for batch in batches:
+        feats.append(kind.embed(model, batch["image"]))
+        labels.append(batch["label"].numpy())
+        gens.append(batch["generator"].numpy())
     if not feats:
         raise ValueError("no readable test image to embed")
     return np.concatenate(feats), np.concatenate(labels).astype(int), np.concatenate(gens).astype(int)
 
 
-def _tsne(model, dataset, test, path: Path, max_samples: int, seed: int) -> Path:
+def _tsne(kind, model, dataset, test, path: Path, max_samples: int, seed: int) -> Path:
     if dataset is None:
         raise ValueError("t-SNE needs the datamodule's test dataset")
     from threadpoolctl import threadpool_limits
 
     rows = sample_rows(test, max_samples, seed)
-    features, labels, gens = embed(model, load_items(dataset, test.index[rows]))
+    features, labels, gens = embed(kind, model, load_items(dataset, test.index[rows]))
     # one OpenMP thread: scikit-learn's Barnes-Hut t-SNE is several times slower when its threads compete for
     # cores with other work, and on 512 points a single thread takes a few seconds
     with threadpool_limits(limits=TSNE_THREADS):
@@ -243,7 +218,7 @@ def gradcam_rows(test, per_class: int, seed: int = 0) -> np.ndarray:
 
 def gradcam_for_rows(model, dataset, test, rows) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
     """Images, per-stream CAMs (explaining each image's true class) and row titles for ``test`` rows ``rows``."""
-    from experiments.gradcam import stream_cams
+    from experiments.evaluation.gradcam import stream_cams
 
     position = {int(test.index[r]): int(r) for r in rows}
     batches = list(load_items(dataset, test.index[rows], batch_size=max(len(rows), 1)))

@@ -4,7 +4,7 @@ The dataset needs no download. "Real" images are random crops of the photographs
 scikit-image (``skimage.data``) and scikit-learn (``load_sample_images``). "Fake" images follow the
 AutoGAN recipe of Zhang, Karaman and Chang, "Detecting and Simulating Artifacts in GAN Fake Images"
 (WIFS 2019): an image is down-sampled and then decoded back to full size by the up-sampling stage
-of a generator, which leaves the spectral fingerprint of that up-sampler. Each decoder family is
+of a generator, which leaves the spectral fingerprint of that up-sampler. Each decoder kind is
 one "generator" folder:
 
 * ``deconv``: transposed convolution (stride 2 per x2 step), as in DCGAN-style generators;
@@ -25,10 +25,15 @@ parameters and a sha256 per file. The same seed gives byte-identical files on th
 
 CLI::
 
-    python -m experiments.demo_data --out data/demo --seed 0 --size 64 --per-class 300
+    python -m experiments.data.demo --out data/demo --seed 0 --size 64 --per-class 300
 """
 
 from __future__ import annotations
+
+from experiments.process import use_huge_pages
+
+if __name__ == "__main__":  # an entry point: before torch is imported
+    use_huge_pages()
 
 import argparse
 import hashlib
@@ -49,7 +54,7 @@ from tqdm.auto import tqdm
 DEMO_GENERATORS: tuple[str, ...] = ("deconv", "nearest_conv", "bilinear_conv")
 BUILDER_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
-MANIFEST_BUILDER = "experiments.demo_data"
+MANIFEST_BUILDER = "experiments.data.demo"
 SPLITS = ("train", "val")
 CLASS_DIRS = ("nature", "ai")  # label 0, label 1
 
@@ -150,7 +155,7 @@ def sample_crops(photos: Sequence[torch.Tensor], count: int, size: int, rng: np.
 
 
 class UpsamplingDecoder(nn.Module):
-    """Generator-like decoder that up-samples by 2 per step with one AutoGAN up-sampler family.
+    """Generator-like decoder that up-samples by 2 per step with one AutoGAN up-sampler.
 
     Zhang, Karaman and Chang, "Detecting and Simulating Artifacts in GAN Fake Images", 2019: the
     up-sampling layers of a GAN generator (transposed convolution, or interpolation + convolution)
@@ -158,16 +163,16 @@ class UpsamplingDecoder(nn.Module):
     is applied ``log2(factor)`` times, and ``tail`` maps back to RGB.
     """
 
-    def __init__(self, family: str, width: int = DECODER_WIDTH):
+    def __init__(self, upsampler: str, width: int = DECODER_WIDTH):
         super().__init__()
-        if family not in DEMO_GENERATORS:
-            raise ValueError(f"Unknown decoder family {family!r}; valid ones: {', '.join(DEMO_GENERATORS)}")
-        self.family = family
+        if upsampler not in DEMO_GENERATORS:
+            raise ValueError(f"Unknown decoder kind {upsampler!r}; valid ones: {', '.join(DEMO_GENERATORS)}")
+        self.upsampler = upsampler
         self.head = nn.Conv2d(3, width, 3, padding=1, padding_mode="replicate")
-        if family == "deconv":
+        if upsampler == "deconv":
             self.up = nn.ConvTranspose2d(width, width, kernel_size=4, stride=2, padding=1)
         else:
-            mode = "nearest" if family == "nearest_conv" else "bilinear"
+            mode = "nearest" if upsampler == "nearest_conv" else "bilinear"
             upsample = nn.Upsample(scale_factor=2, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
             self.up = nn.Sequential(upsample, nn.Conv2d(width, width, 3, padding=1, padding_mode="replicate"))
         self.tail = nn.Conv2d(width, 3, 3, padding=1, padding_mode="replicate")
@@ -182,13 +187,13 @@ class UpsamplingDecoder(nn.Module):
         return self.tail(h)
 
 
-def train_decoder(family: str, photos: Sequence[torch.Tensor], seed: int) -> UpsamplingDecoder:
+def train_decoder(upsampler: str, photos: Sequence[torch.Tensor], seed: int) -> UpsamplingDecoder:
     """Briefly train a decoder (Adam, L1) to rebuild crops from their 2x / 4x area-down-sampled version."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _name_key(family), 1]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _name_key(upsampler), 1]))
     pool = sample_crops(photos, DECODER_TRAIN_POOL, DECODER_TRAIN_PATCH, rng)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(rng.integers(2**31)))
-        decoder = UpsamplingDecoder(family)
+        decoder = UpsamplingDecoder(upsampler)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=DECODER_LEARNING_RATE)
     for step in range(DECODER_TRAIN_STEPS):
         factor = DOWN_FACTORS[step % len(DOWN_FACTORS)]
@@ -416,7 +421,7 @@ def build_demo_dataset(
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.demo_data",
+        prog="python -m experiments.data.demo",
         description="Build the embedded demo dataset (real photo crops vs generator-decoder fakes, GenImage layout).",
     )
     parser.add_argument("--out", default="data/demo", help="output directory (default: data/demo)")

@@ -32,8 +32,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from experiments.metrics import sanitize_metric_component
-from experiments.plots import plot_heatmap
+from experiments.evaluation.metrics import sanitize_metric_component
+from experiments.evaluation.curves import plot_heatmap
+from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.tracking import resolve_tracking_uri
 
 #: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
@@ -107,27 +108,21 @@ def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_name
 
     ``select="latest"`` keeps the newest run per (model, train generator, seed).
     """
-    if select not in ("latest", "all"):
-        raise ValueError(f"task.select must be 'latest' or 'all', got '{select}'")
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        raise LookupError(f"MLflow experiment '{experiment_name}' not found; run the protocol first: "
-                          f"python run.py -m experiment=leave_one_generator_out model=...")
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string="tags.task = 'train' and tags.protocol = 'logo' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=5000,
-    )
-    seen: set[tuple[str, str, str]] = set()
+    runs = finished_training_runs(client, experiment_name, "tags.protocol = 'logo'",
+                                  hint="Run the protocol first: python run.py -m experiment=leave_one_generator_out "
+                                       "model=..., then python run.py task=cross_generator "
+                                       "experiment=leave_one_generator_out")
+
+    def key(run) -> tuple[str, str, str] | None:
+        if "train_generator" not in run.data.tags:
+            return None
+        return tag(run, "model"), tag(run, "train_generator"), tag(run, "seed")
+
     records: list[dict[str, Any]] = []
-    for run in runs:
-        tags = run.data.tags
-        key = (tags.get("model", "?"), tags.get("train_generator", "?"), tags.get("seed", "?"))
-        if "train_generator" not in tags or (select == "latest" and key in seen):
-            continue
-        seen.add(key)
-        train = sanitize_metric_component(tags["train_generator"])  # as the metric names spell it
-        records += records_from_run(key[0], train, key[2], run.data.metrics, metric_names)
+    for run in select_runs(runs, key, select):
+        model, train_generator, seed = key(run)
+        train = sanitize_metric_component(train_generator)  # as the metric names spell it
+        records += records_from_run(model, train, seed, run.data.metrics, metric_names)
     return records
 
 

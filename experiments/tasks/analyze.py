@@ -27,7 +27,7 @@ augmentation) and processed in batches of ``task.batch_size``:
   averaged over its images.
 
 Written to ``cfg.paths.output_dir``: ``spectral_by_{class,generator,generator_class}.png``
-(:func:`experiments.plots.plot_spectral_analysis`), ``spectral_statistics.{md,csv}`` and
+(:func:`experiments.evaluation.curves.plot_spectral_analysis`), ``spectral_statistics.{md,csv}`` and
 ``spectral_profiles.npz``; all logged to MLflow under ``analysis/`` in a run tagged
 ``task=analyze``, with the statistics as metrics ``analyze/<kind>/<group>/<statistic>``.
 """
@@ -50,8 +50,9 @@ from torch.utils.data import DataLoader
 
 from experiments.data.dataset import ImageDataset, collate_skipping
 from experiments.data.layouts import Sample
-from experiments.metrics import sanitize_metric_component
-from experiments.plots import CLASS_NAMES, plot_spectral_analysis
+from experiments.evaluation.metrics import sanitize_metric_component
+from experiments.data.layouts import CLASS_NAMES
+from experiments.evaluation.spectra import plot_spectral_analysis
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
 from features.spectrum import power_and_autocorrelation
@@ -273,7 +274,7 @@ def accumulate(groups: list[Group], samples: Sequence[Sample], preprocess, gener
 # ---------------------------------------------------------------------------
 def analyze(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
     """Run ``task=analyze``; return ``{kind: {group: stats}}`` (arrays and statistics)."""
-    from experiments.builders import build_datamodule
+    from experiments.training.builders import build_datamodule
 
     task = cfg.task
     datamodule = build_datamodule(cfg)
@@ -348,17 +349,11 @@ def save_profiles(results, path: Path) -> Path:
 
 def log_to_mlflow(cfg: DictConfig, results, files: Iterable[Path], splits: Sequence[str]) -> str:
     """A new run of ``cfg.logger.experiment_name`` tagged ``task=analyze``: params, statistics, files. Returns its id."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from experiments import tracking
 
-    uri = tracking.resolve_tracking_uri(cfg.logger.tracking_uri)
-    tracking.check_tracking_server(uri)
-    tags = {"task": "analyze", "data": str(cfg.data.name), "mlflow.source.git.commit": tracking.git_commit(),
-            **{str(k): str(v) for k, v in (cfg.logger.get("tags") or {}).items()}}
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=f"analyze-{cfg.data.name}",
-                          tracking_uri=uri, tags=tags, log_model=False,
-                          artifact_location=tracking.resolve_artifact_location(cfg.logger.get("artifact_location")))
+    logger = tracking.mlflow_logger(cfg.logger.experiment_name, f"analyze-{cfg.data.name}", cfg.logger.tracking_uri,
+                                    cfg.logger.get("artifact_location"),
+                                    run_tags={"task": "analyze", "data": cfg.data.name}, tags=cfg.logger.get("tags"))
     params = {f"task/{k}": v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()}
     params.update({f"data/{k}": cfg.data.get(k) for k in ("name", "root", "crop_size", "resize_size")})
     params["task/splits"] = ",".join(splits)

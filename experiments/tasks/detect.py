@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m experiments.detect <run id | run folder | weights file> <image or folder> [more images or folders]
+    python -m experiments.tasks.detect <run id | run folder | weights file> <image or folder> [more images or folders]
         [--out results.csv] [--threshold 0.5 | --threshold val] [--batch-size 32]
         [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
 
@@ -30,6 +30,11 @@ detector reference, input path, threshold or output file.
 
 from __future__ import annotations
 
+from experiments.process import use_huge_pages
+
+if __name__ == "__main__":  # an entry point: before torch is imported
+    use_huge_pages()
+
 import argparse
 import csv
 import json
@@ -42,7 +47,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from experiments.checkpoints import RUN_ID, LoadedDetector, load_detector
+from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
 from experiments.data.images import UnreadableImage, is_image_file, load_rgb
 from experiments.data.transforms import ImageTooSmall, Preprocess
 
@@ -388,7 +393,7 @@ def format_summary(result: DetectionResult) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.detect",
+        prog="python -m experiments.tasks.detect",
         description="Score images with a trained detector: P(synthetic) and a real/synthetic label for each file.",
         epilog="Exit status: 0 when at least one image was scored, 1 when none was, 2 for bad arguments.",
     )

@@ -8,15 +8,14 @@ pickled code runs) or, for scikit-learn detectors, a ``<model>.skops`` file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from features.precision import as_unit_float
+from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector, detector_kind
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -27,27 +26,21 @@ class CheckpointNotFound(FileNotFoundError):
 
 @dataclass
 class LoadedDetector:
-    """A trained detector: ``model`` is an ``nn.Module`` (in eval mode) or a fitted scikit-learn pipeline."""
+    """A trained detector: ``model`` is an ``nn.Module`` (in eval mode) or a fitted scikit-learn pipeline,
+    ``kind`` the adapter that scores and explains it (:mod:`experiments.training.kinds`)."""
 
     model: Any
     cfg: DictConfig
     source: Path
+    kind: DetectorKind = field(default_factory=LightningDetector)
 
-    @property
-    def is_sklearn(self) -> bool:
-        return self.cfg.model.family == "sklearn"
-
-    @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """P(synthetic) for a ``(B, 3, H, W)`` batch, uint8 or float in [0, 1]."""
-        if self.is_sklearn:
-            return torch.from_numpy(self.model.predict_proba(as_unit_float(images.cpu()))[:, 1]).float()
-        device = next(self.model.parameters()).device
-        return torch.sigmoid(self.model(as_unit_float(images.to(device))).float()).cpu()
+        return self.kind.predict_proba(self.model, images)
 
 
 def _weights_in(folder: Path) -> Path | None:
-    for pattern in ("*.pth", "*.skops"):
+    for pattern in (f"*{suffix}" for suffix in WEIGHTS_SUFFIXES):
         found = sorted(p for p in folder.glob(pattern))
         if found:
             return found[0]
@@ -87,7 +80,7 @@ def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
         names = [a.path for a in client.list_artifacts(run_id)]
     except Exception as err:  # noqa: BLE001 - unknown run or unreachable store
         raise CheckpointNotFound(f"MLflow run {run_id} not found in {uri}: {err}") from None
-    weight_names = [n for n in names if n.endswith((".pth", ".skops"))]
+    weight_names = [n for n in names if n.endswith(WEIGHTS_SUFFIXES)]
     if not weight_names or "config.yaml" not in names:
         raise CheckpointNotFound(f"MLflow run {run_id} has no weights/config artifacts (has: {names})")
     config = Path(client.download_artifacts(run_id, "config.yaml"))
@@ -103,11 +96,5 @@ def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str 
         with open_dict(cfg):
             cfg.model.backbone.pretrained = False
             cfg.model.backbone.weights_path = None
-    if weights.suffix == ".skops":
-        from experiments.sklearn_io import load_estimator
-
-        return LoadedDetector(load_estimator(weights), cfg, weights)
-    net = instantiate(cfg.model.net)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    return LoadedDetector(net.to(device).eval(), cfg, weights)
+    kind = detector_kind(cfg)
+    return LoadedDetector(kind.load(cfg, weights, device), cfg, weights, kind)

@@ -5,16 +5,16 @@ Usage::
     python run.py task=evaluate ckpt=<MLflow run id | run folder | weights file> [data=... data.root=...]
 
 The detector is rebuilt from its own saved config and weights
-(:func:`experiments.checkpoints.load_detector`). The data come from the *current*
+(:func:`experiments.training.checkpoints.load_detector`). The data come from the *current*
 ``cfg.data``, so a detector trained on one dataset (or generator) can be scored on
 another, but the images are preprocessed at the detector's own sizes
 (``crop_size``/``resize_size`` of the training run) unless
 ``task.keep_data_sizes=false``; its leakage equaliser is kept too when the current
 config names none (``task.keep_equalizer``). Val and test are predicted in batches
-without gradients, scored by :func:`experiments.evaluate.score` (so the metric
+without gradients, scored by :func:`experiments.evaluation.predictions.score` (so the metric
 names are the training run's: ``test/auc``, ``test/<generator>/auc``, the
 val-calibrated threshold, ...), and written to ``metrics.json`` with the
-diagnostics of :mod:`experiments.diagnostics` in ``cfg.paths.output_dir``.
+diagnostics of :mod:`experiments.evaluation.diagnostics` in ``cfg.paths.output_dir``.
 Everything is logged to a new MLflow run of ``cfg.logger.experiment_name`` tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
@@ -30,10 +30,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
-from experiments.builders import build_datamodule
-from experiments.checkpoints import LoadedDetector, load_detector
-from experiments.diagnostics import write_diagnostics
-from experiments.evaluate import Predictions, print_metrics_table, score
+from experiments.training.builders import build_datamodule
+from experiments.training.checkpoints import LoadedDetector, load_detector
+from experiments.evaluation.diagnostics import write_diagnostics
+from experiments.evaluation.predictions import Predictions, print_metrics_table, score
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from experiments.metrics import binary_metrics, calibrated_threshold, flatten_metrics, metrics_by_group
+from experiments.evaluation.metrics import binary_metrics, calibrated_threshold, flatten_metrics, metrics_by_group
 
 
 @dataclass

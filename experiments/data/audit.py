@@ -1,4 +1,4 @@
-"""``task=check_data``: scan a dataset before training and report what would hurt it.
+"""The data audit: scan a dataset before training and report what would hurt it.
 
 One pass over every file of the suite's train / val / test splits (each file is
 read once, hashed and fully decoded once, since truncation only shows on a full
@@ -10,10 +10,10 @@ decode) gives a :class:`DataReport`:
 * identical files (SHA-1 of the bytes) shared by two splits.
 
 From the report, :func:`check_bad_fraction` stops a run whose data is too broken
-and :func:`leakage_warnings` flags incidental real-vs-fake differences (file
+and :func:`leakage_warnings` flags incidental real-vs-synthetic differences (file
 format, JPEG quality, image size) that a detector can learn instead of generator
-traces. :func:`preflight` runs all of it before training; :func:`check_data` is
-the stand-alone task::
+traces. :func:`preflight` runs all of it before training;
+:func:`experiments.tasks.check_data.check_data` is the stand-alone task::
 
     python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny
 """
@@ -39,17 +39,16 @@ from tqdm.auto import tqdm
 
 from experiments.data.cache import file_list_key
 from experiments.data.images import UnreadableImage, decode_image
-from experiments.data.layouts import Sample
+from experiments.data.layouts import CLASS_NAMES, Sample
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = {0: "real", 1: "fake"}
 DEFAULT_MAX_BAD_FRACTION = 0.01
-#: total-variation distance between the real and fake histograms above which a leakage warning is given.
+#: total-variation distance between the real and synthetic histograms above which a leakage warning is given.
 LEAKAGE_TV_THRESHOLD = 0.5
 #: the setting that removes format, quality and size differences (features.equalizer.ExtremeEqualizer).
 EQUALIZER_HINT = (
-    "equalizer=extreme (ExtremeEqualizer: re-encodes every image, real and fake, to one JPEG quality and one size)"
+    "equalizer=extreme (ExtremeEqualizer: re-encodes every image, real and synthetic, to one JPEG quality and one size)"
 )
 #: lower edges of the short-side bins, in pixels (half-octave steps); the last bin is open-ended.
 SHORT_SIDE_EDGES = (0, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -74,7 +73,7 @@ class BadDataError(ValueError):
 
 
 class DataLeakageWarning(UserWarning):
-    """Real and fake images differ in an incidental property (format, JPEG quality, size)."""
+    """Real and synthetic images differ in an incidental property (format, JPEG quality, size)."""
 
 
 # -- JPEG quality ---------------------------------------------------------------------------------------------
@@ -346,7 +345,7 @@ class DataReport:
         """Problems of splits in which a class, or a generator's class, has no usable image."""
         problems, flagged = [], set()
         for split in dict.fromkeys(r.split for r in self.records):
-            for label, name in CLASS_NAMES.items():
+            for label, name in enumerate(CLASS_NAMES):
                 recs = [r for r in self.records if r.split == split and r.label == label]
                 if not any(self.usable(r) for r in recs):
                     flagged.add((split, label))
@@ -425,7 +424,7 @@ class DataReport:
                          shares(h.formats, 2), shares(h.short_side, 2), _quality_summary(h.jpeg_quality)))
         lines += _columns(header, rows)
         lines += ["", "Most common sizes (usable images, all splits):"]
-        for label, name in CLASS_NAMES.items():
+        for label, name in enumerate(CLASS_NAMES):
             lines.append(f"  {name}: {shares(self.histograms(label=label).sizes, 3)}")
 
         unreadable, small = self.unreadable, self.too_small
@@ -614,39 +613,39 @@ def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX
     raise BadDataError("\n".join(lines))
 
 
-def _leak_message(scope: str, what: str, tv: float, real: Counter, fake: Counter, extra: str = "") -> str:
+def _leak_message(scope: str, what: str, tv: float, real: Counter, synthetic: Counter, extra: str = "") -> str:
     return (
-        f"{scope}: real and fake images differ in {what} (total-variation distance {tv:.2f} > {LEAKAGE_TV_THRESHOLD}): "
-        f"real {shares(real)}; fake {shares(fake)}{extra}. A detector can learn this instead of generator traces; "
+        f"{scope}: real and synthetic images differ in {what} (total-variation distance {tv:.2f} > {LEAKAGE_TV_THRESHOLD}): "
+        f"real {shares(real)}; synthetic {shares(synthetic)}{extra}. A detector can learn this instead of generator traces; "
         f"equalise it with {EQUALIZER_HINT}."
     )
 
 
 def _scope_warnings(report: DataReport, scope: str, generator: str | None, skip: set[str]) -> dict[str, str]:
-    real, fake = report.histograms(generator=generator, label=0), report.histograms(generator=generator, label=1)
+    real, synthetic = report.histograms(generator=generator, label=0), report.histograms(generator=generator, label=1)
     out = {}
-    tv = total_variation(real.formats, fake.formats)
+    tv = total_variation(real.formats, synthetic.formats)
     if "format" not in skip and tv > LEAKAGE_TV_THRESHOLD:
-        out["format"] = _leak_message(scope, "file format", tv, real.formats, fake.formats)
+        out["format"] = _leak_message(scope, "file format", tv, real.formats, synthetic.formats)
     real_q = Counter({quality_bin(q): n for q, n in real.jpeg_quality.items()})
-    fake_q = Counter({quality_bin(q): n for q, n in fake.jpeg_quality.items()})
-    tv = total_variation(real_q, fake_q)
+    synthetic_q = Counter({quality_bin(q): n for q, n in synthetic.jpeg_quality.items()})
+    tv = total_variation(real_q, synthetic_q)
     if "quality" not in skip and tv > LEAKAGE_TV_THRESHOLD:
         out["quality"] = _leak_message(scope, f"JPEG quality among JPEG files (bins of {QUALITY_BIN_WIDTH})", tv,
-                                       real_q, fake_q)
-    tv = total_variation(real.short_side, fake.short_side)
+                                       real_q, synthetic_q)
+    tv = total_variation(real.short_side, synthetic.short_side)
     if "size" not in skip and tv > LEAKAGE_TV_THRESHOLD:
-        out["size"] = _leak_message(scope, "image size (short side, px)", tv, real.short_side, fake.short_side,
-                                    f" (most common sizes: real {shares(real.sizes, 2)}; fake {shares(fake.sizes, 2)})")
+        out["size"] = _leak_message(scope, "image size (short side, px)", tv, real.short_side, synthetic.short_side,
+                                    f" (most common sizes: real {shares(real.sizes, 2)}; synthetic {shares(synthetic.sizes, 2)})")
     return out
 
 
 def leakage_warnings(report: DataReport) -> list[str]:
-    """Warnings for systematic real-vs-fake differences in file format, JPEG quality or image size.
+    """Warnings for systematic real-vs-synthetic differences in file format, JPEG quality or image size.
 
     Criterion: over the usable images of all splits, the total-variation distance
     (half the L1 distance of the normalised histograms, 0 = identical, 1 = disjoint)
-    between the real and the fake histogram exceeds ``LEAKAGE_TV_THRESHOLD`` (0.5) for
+    between the real and the synthetic histogram exceeds ``LEAKAGE_TV_THRESHOLD`` (0.5) for
 
     * the format (PIL's ``format``, from the content),
     * the estimated JPEG quality in bins of ``QUALITY_BIN_WIDTH`` (JPEG files only, when both classes have some),
@@ -677,7 +676,8 @@ def write_report(report: DataReport, out_dir: str | Path, max_bad_fraction: floa
     return json_path, txt_path
 
 
-def _max_bad_fraction(cfg: DictConfig, datamodule=None) -> float:
+def max_bad_fraction(cfg: DictConfig, datamodule=None) -> float:
+    """``data.max_bad_fraction``, or the datamodule's own default."""
     default = getattr(datamodule, "max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)
     return float(cfg.data.get("max_bad_fraction", default))
 
@@ -718,10 +718,10 @@ def preflight(cfg: DictConfig, datamodule, logger=None, progress: bool = True, r
     cache_dir = data_check_cache_dir(cfg)
     if rank > 0:
         report = wait_for_scan(datamodule, cache_dir)
-        check_bad_fraction(report, _max_bad_fraction(cfg, datamodule))
+        check_bad_fraction(report, max_bad_fraction(cfg, datamodule))
         return report
     report = scan_dataset(datamodule, progress=progress, cache_dir=cache_dir)
-    limit = _max_bad_fraction(cfg, datamodule)
+    limit = max_bad_fraction(cfg, datamodule)
     log.info(
         "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s)",
         report.n_images, len(report.unreadable), len(report.too_small), report.cross_split_duplicate_pairs,
@@ -736,19 +736,4 @@ def preflight(cfg: DictConfig, datamodule, logger=None, progress: bool = True, r
     for message in leakage_warnings(report):
         warnings.warn(message, DataLeakageWarning, stacklevel=2)
     check_bad_fraction(report, limit)
-    return report
-
-
-def check_data(cfg: DictConfig) -> DataReport:
-    """``task=check_data``: scan ``cfg.data``, print the report, write ``data_report.{json,txt}`` to
-    ``cfg.paths.output_dir`` and return the :class:`DataReport`. Reports, never raises, on bad files."""
-    from experiments.builders import build_datamodule
-
-    datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
-    report = scan_dataset(datamodule)
-    limit = _max_bad_fraction(cfg, datamodule)
-    print(report.format_table(limit))
-    json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
-    print(f"\nWrote {txt_path} and {json_path}")
     return report

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 import torch
-from hydra.utils import instantiate
+from experiments.errors import instantiate
 from lightning.pytorch import Callback, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.data.datamodule import DetectorDataModule, missing_root_error
-from experiments.lit_module import DetectorModule
+from experiments.training.lit_module import DetectorModule
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,8 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
 
 
 def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> DetectorModule:
-    return DetectorModule(
-        net=net if net is not None else build_net(cfg),
-        optimizer=instantiate(cfg.model.optimizer),
-        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
-        scheduler_monitor=cfg.model.get("scheduler_monitor", "val/loss"),
-        channels_last=cfg.model.get("channels_last", "auto"),
-        compile=cfg.model.get("compile", False),
-    )
+    """The LightningModule of ``cfg.model.module`` (``_target_``) around ``net`` (default: ``cfg.model.net``)."""
+    return instantiate(cfg.model.module, net=net if net is not None else build_net(cfg))
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:

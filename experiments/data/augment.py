@@ -6,7 +6,7 @@ image is blurred with probability ``p_blur`` (sigma ~ U[0, 3]) and then JPEG
 re-compressed with probability ``p_jpeg`` (quality ~ U{30, ..., 100}). Their
 "Blur+JPEG (0.5)" model, which generalises best across generators, uses 0.5 for
 both. Blur and JPEG reuse the suite's implementations
-(``features.bottleneck.GaussianBottleneck``, ``experiments.perturbations``), so
+(``features.bottleneck.GaussianBottleneck``, ``experiments.data.perturbations``), so
 training augmentation and OOD stress tests degrade images the same way.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiments.perturbations import gaussian_blur, jpeg_roundtrip_pil
+from experiments.data.perturbations import gaussian_blur, jpeg_roundtrip_pil
 
 
 class CNNDetectionAugment:

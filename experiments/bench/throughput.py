@@ -4,7 +4,7 @@ Sections:
 
 1. **features**: images/s of each batched torch feature (CPU) against the
    per-image NumPy reference of the same maths
-   (:mod:`experiments.reference_numpy`), after checking both give the same
+   (:mod:`experiments.bench.reference_numpy`), after checking both give the same
    numbers; the blur is also timed against OpenCV's tuned ``GaussianBlur``.
    The torch side is also timed on one thread: its speed-up over the
    one-core reference, times the thread count, bounds what threading can give.
@@ -14,16 +14,21 @@ Sections:
    build the cache.
 3. **train**: images/s of a few optimisation steps of each detector at its demo
    size (64 px) on CPU; the scikit-learn detector's ``fit``. GPU training is
-   measured by ``make bench-gpu`` (:mod:`experiments.bench_gpu`).
+   measured by ``make bench-gpu`` (:mod:`experiments.bench.gpu`).
 
 Peak memory: process peak RSS after each row, and CUDA max allocated when present.
 Timings are the best of ``--repeats`` after a warm-up; a feature and its references are timed in
 alternation, so a slow spell of a shared machine affects each alike. Usage::
 
-    python -m experiments.bench [--size 224] [--batch 64] [--repeats 3] [--out reports] [--only features,data,train]
+    python -m experiments.bench.throughput [--size 224] [--batch 64] [--repeats 3] [--out reports] [--only features,data,train]
 """
 
 from __future__ import annotations
+
+from experiments.process import use_huge_pages
+
+if __name__ == "__main__":  # an entry point: before torch is imported
+    use_huge_pages()
 
 import argparse
 import contextlib
@@ -34,18 +39,26 @@ import platform
 import resource
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from experiments import reference_numpy as ref
+from experiments.bench import reference_numpy as ref
+from experiments.training.kinds import detector_kind
 from features import FFTMagnitude, GaussianBottleneck, LaplacianResidual, LocalPatchFFT, RadialAngularHistogram
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "radial_angular_logreg")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+def suite_detectors() -> tuple[str, ...]:
+    """The suite's detectors, as ``conf/config.yaml`` lists them (``detectors:``)."""
+    from omegaconf import OmegaConf
+
+    return tuple(OmegaConf.load(CONF_DIR / "config.yaml").detectors)
+
+
+DETECTORS = suite_detectors()
 
 
 @dataclass
@@ -217,7 +230,7 @@ def _one_pass(loader) -> int:
 
 def bench_data(root: Path, repeats: int, num_workers: int = 0) -> list[Row]:
     if not root.exists():
-        from experiments.demo_data import build_demo_dataset
+        from experiments.data.demo import build_demo_dataset
 
         build_demo_dataset(root, progress=False)
     rows = []
@@ -253,83 +266,14 @@ def compose_model(model: str, overrides: list[str] = ()):
         return compose(config_name="config", overrides=[f"model={model}", *overrides])
 
 
-#: torch.autocast dtype of each Lightning precision (None = no autocast).
-AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": None}
-
-
-def train_steps(cfg, size: int, batch: int, steps: int, device: str, precision: str = "32-true",
-                warmup: int = 1) -> tuple[float, float, bool]:
-    """images/s, CUDA max allocated MiB and whether every loss was finite, of ``steps`` optimisation steps of a
-    CNN detector on device-resident tensors, under ``precision`` (``channels_last`` on CUDA, as runs use it)."""
-    from experiments.builders import build_module
-
-    module = build_module(cfg).to(device).train()
-    memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
-    module.net.to(memory_format=memory_format)
-    opt = module.configure_optimizers()
-    opt = opt["optimizer"] if isinstance(opt, dict) else opt
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=memory_format)
-    y = (torch.arange(batch) % 2).float().to(device)
-    dtype = AUTOCAST_DTYPES[precision]
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
-    losses: list[torch.Tensor] = []
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = module(x)
-        loss = module.criterion(logits.float(), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        losses.append(loss.detach())
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):  # cuDNN autotuning, allocator
-        step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    alloc = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return steps * batch / seconds, alloc, bool(torch.isfinite(torch.stack(losses)).all())
-
-
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work, so a timer measures it."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _fit_sklearn(cfg, size: int, n: int) -> float:
-    from hydra.utils import instantiate
-
-    pipeline = instantiate(cfg.model.estimator)
-    gen = np.random.default_rng(0)
-    x = gen.random((n, 3, size, size), dtype=np.float32)
-    y = np.arange(n) % 2
-    start = time.perf_counter()
-    pipeline.fit(x, y)
-    return n / (time.perf_counter() - start)
-
-
 def bench_training(steps: int, batch: int, models=DETECTORS) -> list[Row]:
     rows = []
     for model in models:
         cfg = compose_model(model, ["experiment=demo"])
         size = int(cfg.data.crop_size)
-        if cfg.model.family == "sklearn":
-            ips = _fit_sklearn(cfg, size, 8 * batch)
-            rows.append(Row("train", model, "CPU fit (features + LogisticRegression)", ips, size, 8 * batch,
-                            peak_rss_mb=peak_rss_mb(), note="demo preset"))
-            continue
-        ips, _, _ = train_steps(cfg, size, batch, steps, "cpu")
-        rows.append(Row("train", model, "CPU 32-true", ips, size, batch, peak_rss_mb=peak_rss_mb(),
-                        note=f"demo preset, {steps} steps"))
+        speed = detector_kind(cfg).throughput(cfg, size, batch, steps, "cpu")
+        rows.append(Row("train", model, speed.description, speed.images_per_s, size, batch,
+                        peak_rss_mb=peak_rss_mb(), note=f"demo preset, {steps} steps"))
     return rows
 
 

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from experiments.plots import plot_bar_comparison
+from experiments.evaluation.curves import plot_bar_comparison
+from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
 
@@ -39,25 +40,10 @@ class RunRow:
 
 def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = "latest") -> list[RunRow]:
     """Finished ``task=train`` runs; ``select="latest"`` keeps the newest per (model, seed)."""
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise LookupError(f"MLflow experiment '{experiment_name}' not found; experiments in this store: {names}")
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string="tags.task = 'train' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=5000,
-    )
-    rows = [RunRow(r.info.run_id, r.data.tags.get("model", "?"), r.data.tags.get("seed", "?"), r.info.start_time,
-                   dict(r.data.metrics)) for r in runs]
-    if select == "latest":
-        seen, kept = set(), []
-        for row in rows:
-            if (row.model, row.seed) not in seen:
-                seen.add((row.model, row.seed))
-                kept.append(row)
-        rows = kept
-    elif select != "all":
-        raise ValueError(f"task.select must be 'latest' or 'all', got '{select}'")
+    runs = select_runs(finished_training_runs(client, experiment_name),
+                       lambda r: (tag(r, "model"), tag(r, "seed")), select)
+    rows = [RunRow(r.info.run_id, tag(r, "model"), tag(r, "seed"), r.info.start_time, dict(r.data.metrics))
+            for r in runs]
     return sorted(rows, key=lambda r: (r.model, r.seed))
 
 

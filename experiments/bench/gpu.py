@@ -14,10 +14,15 @@ Per CNN detector, at 224 px (``--size``), with the settings a run uses (``channe
 It needs CUDA and says so otherwise; ``--allow-cpu`` runs the same code on the CPU at toy sizes (for tests).
 Usage::
 
-    python -m experiments.bench_gpu [--models resnet34_localfft,...] [--size 224] [--batch 256] [--images 4096]
+    python -m experiments.bench.gpu [--models resnet34_localfft,...] [--size 224] [--batch 256] [--images 4096]
 """
 
 from __future__ import annotations
+
+from experiments.process import use_huge_pages
+
+if __name__ == "__main__":  # an entry point: before torch is imported
+    use_huge_pages()
 
 import argparse
 import os
@@ -32,16 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiments.bench import (
-    Row,
-    compose_model,
-    machine,
-    peak_rss_mb,
-    print_table,
-    synchronize,
-    train_steps,
-    write_reports,
-)
+from experiments.bench.throughput import Row, compose_model, machine, peak_rss_mb, print_table, write_reports
+from experiments.training.kinds import Throughput, detector_kind, synchronize
 
 CNN_DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "resnet50_fft")
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
@@ -82,11 +79,12 @@ def _cfg(model: str, setup: Setup, data_root: Path | None = None, extra: tuple[s
     return compose_model(model, [*overrides, *extra])
 
 
-def bare_step(model: str, setup: Setup, precision: str | None = None) -> tuple[float, float, bool]:
+def bare_step(model: str, setup: Setup, precision: str | None = None) -> Throughput:
     """images/s, peak GPU MiB, and whether every loss was finite, of ``setup.steps`` training steps on
     device-resident tensors (``precision`` default: ``setup.precision``)."""
-    return train_steps(_cfg(model, setup), setup.size, setup.batch, setup.steps, setup.device,
-                       precision or setup.precision, warmup=2)
+    cfg = _cfg(model, setup)
+    return detector_kind(cfg).throughput(cfg, setup.size, setup.batch, setup.steps, setup.device,
+                                         precision or setup.precision, warmup=2)
 
 
 class _EpochTimer(L.Callback):
@@ -110,7 +108,7 @@ class _EpochTimer(L.Callback):
 def lightning_fit(model: str, setup: Setup, data_root: Path, cache: bool, epochs: int = 3) -> float:
     """images/s of the Lightning fit's epochs after the first (worker start-up, cuDNN autotuning and the
     cache build excluded), data from the JPEG files or from the cache."""
-    from experiments.builders import build_datamodule, build_module, trainer_precision
+    from experiments.training.builders import build_datamodule, build_module, trainer_precision
 
     decode = "cpu" if cache or setup.device != "cuda" else "device"
     # no validation in the timed fit, so no scheduler that waits for a validation metric
@@ -135,8 +133,9 @@ def run(models: tuple[str, ...], setup: Setup, n_images: int, precisions: tuple[
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         data_root = write_jpeg_dataset(Path(tmp) / "data", n_images, setup.size + setup.size // 8)
         for model in models:
-            bare, peak, _ = bare_step(model, setup)
-            finite = {p: bare_step(model, Setup(setup.device, setup.size, setup.batch, 3, p), p)[2]
+            speed = bare_step(model, setup)
+            bare, peak = speed.images_per_s, speed.cuda_max_alloc_mb
+            finite = {p: bare_step(model, Setup(setup.device, setup.size, setup.batch, 3, p), p).finite
                       for p in precisions}
             verdict = ", ".join(f"{p}: {'finite' if ok else 'NON-FINITE'}" for p, ok in finite.items())
             rows.append(Row("gpu", model, f"bare step {setup.precision}, {name}", bare, setup.size, setup.batch,
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         print("make bench-gpu needs a CUDA device, and none is visible (torch.cuda.is_available() is False). "
               "Run it on a GPU machine; `make bench` measures the CPU.", file=sys.stderr)
         raise NeedsCuda(2)
-    from experiments.builders import resolve_precision
+    from experiments.training.builders import resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = str(resolve_precision(args.precision, "gpu" if device == "cuda" else "cpu"))

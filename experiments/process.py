@@ -1,0 +1,20 @@
+"""Process-wide settings that every entry point makes first, before torch is imported.
+
+:func:`use_huge_pages` turns on PyTorch's transparent-huge-page backing of large CPU tensors
+(``THP_MEM_ALLOC_ENABLE``, read when torch is imported). A 64 x 3 x 224 x 224 float batch is 38 MB; without
+it, glibc serves every such tensor with a fresh ``mmap`` that is page-faulted in 4 KB at a time on each call
+(about ten thousand faults), which costs the CPU features up to half their time (``make bench``,
+docs/scaling.md). Set ``THP_MEM_ALLOC_ENABLE=0`` in the environment to turn it off; it has no effect when
+the kernel's ``transparent_hugepage`` mode is ``never``.
+
+Library modules never call this on import: ``run.py`` and the ``python -m`` mains do.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def use_huge_pages() -> None:
+    """Back large CPU tensors with transparent huge pages, unless the environment says otherwise."""
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

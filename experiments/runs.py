@@ -1,0 +1,63 @@
+"""The one query over the tracking store: the newest finished training run per key.
+
+Report, OOD stress and the cross-generator matrices all compare "the latest run of each detector" (per
+seed, per training generator, ...). They ask this module, so "latest" and "finished" mean the same
+everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Iterable
+
+import mlflow
+from mlflow.entities import Run
+
+#: the filter of every query: training runs that ended normally.
+FINISHED_TRAINING = "tags.task = 'train' and attributes.status = 'FINISHED'"
+MAX_RUNS = 5000
+
+
+class ExperimentNotFound(LookupError):
+    """The MLflow experiment does not exist in the store."""
+
+
+def finished_training_runs(client: mlflow.MlflowClient, experiment_name: str, extra_filter: str = "",
+                           hint: str = "") -> list[Run]:
+    """Finished ``task=train`` runs of ``experiment_name``, newest first (``extra_filter`` is ANDed to the query).
+
+    Raises :class:`ExperimentNotFound` naming the experiments the store does have, and ``hint``.
+    """
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ExperimentNotFound(
+            f"MLflow experiment '{experiment_name}' not found; experiments in this store: {names}"
+            + (f". {hint}" if hint else "")
+        )
+    query = FINISHED_TRAINING + (f" and {extra_filter}" if extra_filter else "")
+    return list(client.search_runs([experiment.experiment_id], filter_string=query,
+                                   order_by=["attributes.start_time DESC"], max_results=MAX_RUNS))
+
+
+def newest_per_key(runs: Iterable[Run], key: Callable[[Run], Hashable | None]) -> list[Run]:
+    """The first run of each ``key`` in ``runs`` (newest first, as :func:`finished_training_runs` orders them);
+    runs whose key is None are left out."""
+    kept: dict[Any, Run] = {}
+    for run in runs:
+        k = key(run)
+        if k is not None and k not in kept:
+            kept[k] = run
+    return list(kept.values())
+
+
+def select_runs(runs: list[Run], key: Callable[[Run], Hashable | None], select: str = "latest") -> list[Run]:
+    """``select="latest"``: :func:`newest_per_key`; ``"all"``: every run with a key."""
+    if select == "latest":
+        return newest_per_key(runs, key)
+    if select == "all":
+        return [r for r in runs if key(r) is not None]
+    raise ValueError(f"task.select must be 'latest' or 'all', got '{select}'")
+
+
+def tag(run: Run, name: str, default: str = "?") -> str:
+    return run.data.tags.get(name, default)

@@ -1,0 +1,1 @@
+"""Entry points, one thin module per ``task=`` value: compose library objects, call them, print and log."""

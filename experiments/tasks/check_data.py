@@ -1,0 +1,24 @@
+"""``task=check_data``: scan ``cfg.data`` and print what would hurt training (:mod:`experiments.data.audit`).
+
+    python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from experiments.data.audit import DataReport, max_bad_fraction, scan_dataset, write_report
+from experiments.training.builders import build_datamodule
+
+
+def check_data(cfg: DictConfig) -> DataReport:
+    """Scan ``cfg.data``, print the report, write ``data_report.{json,txt}`` to ``cfg.paths.output_dir`` and
+    return the :class:`~experiments.data.audit.DataReport`. Reports, never raises, on bad files."""
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    report = scan_dataset(datamodule)
+    limit = max_bad_fraction(cfg, datamodule)
+    print(report.format_table(limit))
+    json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
+    print(f"\nWrote {txt_path} and {json_path}")
+    return report

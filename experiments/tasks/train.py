@@ -1,0 +1,89 @@
+"""``task=train``: fit one detector on one dataset, evaluate it, and track everything in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+from lightning.pytorch.utilities import rank_zero_only
+
+from experiments import tracking
+from experiments.data.audit import BadDataError, preflight
+from experiments.evaluation.diagnostics import write_diagnostics
+from experiments.evaluation.predictions import print_metrics_table, score
+from experiments.safe_paths import plain_name
+from experiments.training.builders import build_datamodule
+from experiments.training.kinds import detector_kind
+from experiments.training.resume import RUN_ID_FILE, ResumePoint
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train ``cfg.model`` on ``cfg.data``; return the best value of ``cfg.optimized_metric`` (for sweepers)."""
+    plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
+    L.seed_everything(cfg.seed, workers=True)
+    resume = _resume_point(cfg)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = tracking.build_logger(cfg)
+    if rank_zero_only.rank == 0:  # under DDP, the other ranks only train
+        _open_run(cfg, logger, datamodule, out_dir, resume)
+    else:  # the same verdict on bad data as rank 0, from rank 0's cached data check
+        preflight(cfg, datamodule, rank=rank_zero_only.rank)
+
+    start = time.perf_counter()
+    result = detector_kind(cfg).fit(cfg, datamodule, out_dir, logger)
+    if result is None:  # a non-zero DDP rank: rank 0 evaluates and logs
+        return None
+    model, val, test, n_params = result.model, result.val, result.test, result.n_params
+    fit_seconds = time.perf_counter() - start
+
+    metrics = score(val, test)
+    metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
+    tracking.log_metrics(logger, metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    tracking.log_artifact(logger, out_dir / "metrics.json")
+    if cfg.get("diagnostics", True):
+        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
+    logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
+    return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
+
+
+def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: ResumePoint | None) -> None:
+    """Record the config, run id and data checks of a new run; or reopen an interrupted one."""
+    if resume is None:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out_dir / RUN_ID_FILE).write_text(logger.run_id)
+        logger.experiment.set_tag(logger.run_id, "output_dir", str(out_dir.resolve()))
+        tracking.log_config(logger, cfg)
+        tracking.log_metrics(logger, datamodule.counts(), step=0)
+    else:  # the same MLflow run goes on: params and step-0 records are already there
+        logger.experiment.update_run(logger.run_id, status="RUNNING")
+        logger.experiment.set_tag(logger.run_id, "resumed_from", str(resume.ckpt))
+    try:
+        preflight(cfg, datamodule, logger if resume is None else None)
+    except BadDataError:
+        logger.experiment.set_terminated(logger.run_id, "FAILED")
+        raise
+
+
+def _resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """For ``resume=...``: point the run folder and the MLflow run at the interrupted ones."""
+    if not cfg.get("resume"):
+        return None
+    resume = ResumePoint.find(cfg.resume, tracking.resolve_tracking_uri(cfg.logger.tracking_uri))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(resume.folder)
+        cfg.logger.run_id = resume.run_id
+        cfg.resume = str(resume.ckpt)
+    log.info("resuming %s (MLflow run %s)", resume.ckpt, resume.run_id)
+    return resume

@@ -1,0 +1,267 @@
+"""Kinds of detector: one adapter per kind, with one small interface.
+
+A *kind* says how a detector of that kind is fitted, scored, saved, loaded and explained. The suite has
+two: :class:`LightningDetector` (a ``detectors`` torch module trained by Lightning) and
+:class:`SklearnPipeline` (a scikit-learn ``Pipeline`` whose first step turns images into features). A model
+config names its kind by ``_target_``::
+
+    kind:
+      _target_: experiments.training.kinds.LightningDetector
+
+so no code asks which kind it holds. A third kind (say, a frozen foundation-model probe) is one subclass
+here and one config.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from experiments.errors import instantiate
+from omegaconf import DictConfig
+
+from detectors.backbones import count_parameters
+from experiments import tracking
+from experiments.evaluation.metrics import binary_metrics
+from experiments.evaluation.predictions import Predictions, predict_split
+from experiments.safe_paths import inside, plain_name
+from features.precision import as_unit_float
+
+#: torch.autocast dtype of each Lightning precision (None = no autocast).
+AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": None}
+
+
+@dataclass
+class FitResult:
+    """A fitted detector with its predictions on the val and test splits."""
+
+    model: Any
+    val: Predictions
+    test: Predictions
+    n_params: int
+
+
+@dataclass
+class Throughput:
+    """Images/s of a few training steps, the peak CUDA memory (MiB) and whether every loss was finite."""
+
+    images_per_s: float
+    description: str
+    cuda_max_alloc_mb: float = float("nan")
+    finite: bool = True
+
+
+class DetectorKind(ABC):
+    """The interface of every kind of detector."""
+
+    #: suffix of the saved weights (``<model.name><suffix>`` in the run folder).
+    weights_suffix: str
+
+    @abstractmethod
+    def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult | None:
+        """Fit on the datamodule's train split; predictions on val and test (None on a non-zero DDP rank)."""
+
+    @abstractmethod
+    def predict_proba(self, model: Any, images: torch.Tensor) -> torch.Tensor:
+        """P(synthetic) of a ``(B, 3, H, W)`` batch (uint8, or float in [0, 1]), on the CPU."""
+
+    @abstractmethod
+    def embed(self, model: Any, images: torch.Tensor) -> np.ndarray:
+        """What the final classifier sees, ``(B, D)``: for t-SNE."""
+
+    @abstractmethod
+    def save(self, model: Any, path: Path) -> Path:
+        """Save the fitted detector to ``path`` (safe formats only)."""
+
+    @abstractmethod
+    def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu") -> Any:
+        """The detector of ``cfg`` with the weights at ``path``, ready to score."""
+
+    @abstractmethod
+    def throughput(self, cfg: DictConfig, size: int, batch: int, steps: int, device: str = "cpu",
+                   precision: str = "32-true", warmup: int = 1) -> Throughput:
+        """Training speed on synthetic images of ``size`` px (``make bench``, ``make bench-gpu``)."""
+
+    def supports_cam(self, model: Any) -> bool:
+        """Whether Grad-CAM can explain ``model`` (it names its target layers)."""
+        return callable(getattr(model, "cam_layers", None))
+
+    def weights_path(self, out_dir: Path, cfg: DictConfig) -> Path:
+        return inside(out_dir, f"{plain_name(cfg.model.name, 'model.name')}{self.weights_suffix}")
+
+
+# -- torch / Lightning ---------------------------------------------------------------------------------------
+class LightningDetector(DetectorKind):
+    """A ``detectors`` module (``forward(x) -> (B,) logits``) trained by :class:`DetectorModule` under Lightning."""
+
+    weights_suffix = ".pth"
+
+    def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult | None:
+        from experiments.training.builders import build_callbacks, build_module, build_trainer, single_device_trainer
+
+        module = build_module(cfg)
+        trainer = build_trainer(cfg, build_callbacks(cfg), logger)
+        if trainer.is_global_zero:
+            logger.experiment.set_tag(logger.run_id, "precision", str(trainer.precision))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"), weights_only=True)
+        if not trainer.is_global_zero:
+            return None
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+            tracking.log_artifact(logger, best, "checkpoints")
+        tracking.log_artifact(logger, self.save(module.net, self.weights_path(out_dir, cfg)))
+        tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
+        names = datamodule.generator_names
+        scorer = trainer if trainer.world_size == 1 else single_device_trainer(cfg)  # every image scored once
+        val = predict_split(scorer, module, datamodule.val_dataloader(), names)
+        test = predict_split(scorer, module, datamodule.test_dataloader(), names)
+        return FitResult(module.net.eval(), val, test, count_parameters(module.net))
+
+    @torch.no_grad()
+    def predict_proba(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        device = next(model.parameters()).device
+        return torch.sigmoid(model(as_unit_float(images.to(device))).float()).cpu()
+
+    @torch.no_grad()
+    def embed(self, model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+        device = next(model.parameters()).device
+        return model.forward_features(as_unit_float(images.to(device))).float().cpu().numpy()
+
+    def save(self, model: torch.nn.Module, path: Path) -> Path:
+        """The plain state dict (loadable with ``torch.load(weights_only=True)``)."""
+        torch.save(model.state_dict(), path)
+        return path
+
+    def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+        net = instantiate(cfg.model.net)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net.to(device).eval()
+
+    def throughput(self, cfg: DictConfig, size: int, batch: int, steps: int, device: str = "cpu",
+                   precision: str = "32-true", warmup: int = 1) -> Throughput:
+        """``steps`` optimisation steps on device-resident tensors under ``precision`` (``channels_last`` on
+        CUDA, as runs use it)."""
+        from experiments.training.builders import build_module
+
+        module = build_module(cfg).to(device).train()
+        memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
+        module.net.to(memory_format=memory_format)
+        opt = module.configure_optimizers()
+        opt = opt["optimizer"] if isinstance(opt, dict) else opt
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=memory_format)
+        y = (torch.arange(batch) % 2).float().to(device)
+        dtype = AUTOCAST_DTYPES[precision]
+        scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+        losses: list[torch.Tensor] = []
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = module(x)
+            loss = module.criterion(logits.float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.detach())
+
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(warmup):  # cuDNN autotuning, allocator
+            step()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        alloc = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+        return Throughput(steps * batch / seconds, f"{device.upper()} {precision}", alloc,
+                          bool(torch.isfinite(torch.stack(losses)).all()))
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work, so a timer measures it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- scikit-learn --------------------------------------------------------------------------------------------
+class SklearnPipeline(DetectorKind):
+    """A scikit-learn ``Pipeline`` (image features -> scaler -> classifier), built from ``model.estimator``.
+
+    Fitting runs the stateless feature step batch by batch over the loaders (torch, batched), then fits the
+    rest of the pipeline on the stacked feature vectors: no Lightning loop.
+    """
+
+    weights_suffix = ".skops"
+
+    def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult:
+        from experiments.training.sklearn_io import collect_features, count_estimator_parameters
+
+        pipeline = instantiate(cfg.model.estimator)
+        features, head = pipeline[:1], pipeline[1:]
+        x_train, y_train, _, _ = collect_features(datamodule.train_dataloader(), features)
+        head.fit(x_train, y_train)
+        names = datamodule.generator_names
+        preds = []
+        for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+            x, y, g, index = collect_features(loader, features)
+            preds.append(Predictions(head.predict_proba(x)[:, 1], y, g, index, names))
+        val = preds[0]
+        step_metrics = {f"val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()
+                        if k in ("accuracy", "f1", "precision", "recall", "auc", "ap")}
+        tracking.log_metrics(logger, step_metrics, step=0)
+        tracking.log_artifact(logger, self.save(pipeline, self.weights_path(out_dir, cfg)))
+        tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
+        return FitResult(pipeline, val, preds[1], count_estimator_parameters(head[-1]))
+
+    def predict_proba(self, model, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(model.predict_proba(as_unit_float(images.cpu()))[:, 1]).float()
+
+    def embed(self, model, images: torch.Tensor) -> np.ndarray:
+        """Every step but the classifier (features, then the scaler): what the linear classifier sees."""
+        return np.asarray(model[:-1].transform(as_unit_float(images.cpu())), dtype=np.float64)
+
+    def save(self, model, path: Path) -> Path:
+        from experiments.training.sklearn_io import save_estimator
+
+        return save_estimator(model, path)
+
+    def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu"):
+        from experiments.training.sklearn_io import load_estimator
+
+        return load_estimator(path)
+
+    def throughput(self, cfg: DictConfig, size: int, batch: int, steps: int, device: str = "cpu",
+                   precision: str = "32-true", warmup: int = 1) -> Throughput:
+        """``fit`` of the whole pipeline (features + classifier) on ``8 * batch`` random images."""
+        pipeline = instantiate(cfg.model.estimator)
+        n = 8 * batch
+        x = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
+        start = time.perf_counter()
+        pipeline.fit(x, np.arange(n) % 2)
+        return Throughput(n / (time.perf_counter() - start), "CPU fit (features + classifier)")
+
+
+#: Kinds of run folders saved before ``model.kind`` existed, by their ``model.family``.
+LEGACY_FAMILIES = {"lightning": LightningDetector, "sklearn": SklearnPipeline}
+#: Every kind's weights suffix, to find a run folder's weights.
+WEIGHTS_SUFFIXES = tuple(kind.weights_suffix for kind in (LightningDetector, SklearnPipeline))
+
+
+def detector_kind(cfg: DictConfig) -> DetectorKind:
+    """The kind of ``cfg.model``: ``model.kind`` (``_target_``), or a legacy run folder's ``model.family``."""
+    if "kind" in cfg.model:
+        return instantiate(cfg.model.kind)
+    family = cfg.model.get("family")
+    if family in LEGACY_FAMILIES:
+        return LEGACY_FAMILIES[family]()
+    raise ValueError(f"model={cfg.model.get('name', '?')} has no model.kind; add e.g. "
+                     f"kind: {{_target_: experiments.training.kinds.LightningDetector}} to its config")
