@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from detectors.backbones import keep_frozen_in_eval
+from features.precision import as_unit_float
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,9 +57,10 @@ class Detector(nn.Module):
         return self.head(features).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` RGB, float in [0, 1] (or uint8 0..255, scaled here) -> ``(B,)`` logits."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB batches (B, 3, H, W), got {tuple(x.shape)}")
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(as_unit_float(x)))
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)
