@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,6 +18,7 @@ from experiments.evaluation.predictions import (
     Predictions,
     score,
 )
+from experiments.tasks.compare import compare
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 
@@ -71,16 +73,26 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def tiny_tree(tmp_path_factory):
-    return make_genimage_tree(tmp_path_factory.mktemp("genimage"), n=6, size=32)
+def trained_store(tmp_path_factory) -> tuple[Path, Path]:
+    """Both kinds of detector trained for one epoch on one tiny GenImage tree, into one MLflow store."""
+    root = tmp_path_factory.mktemp("runs")
+    tree = make_genimage_tree(root / "genimage", n=6, size=32)
+    for model, overrides in MODELS.items():
+        cfg = compose_config([*overrides, f"data.root={tree}", *TINY], root / model)
+        cfg.logger.tracking_uri = f"sqlite:///{root / 'mlruns.db'}"
+        cfg.logger.artifact_location = str(root / "mlartifacts")
+        train(cfg)
+    return root, tree
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_training_run_saves_predictions_and_intervals(model, tiny_tree, tmp_path):
-    cfg = compose_config([*MODELS[model], f"data.root={tiny_tree}", *TINY], tmp_path)
-    train(cfg)
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
-    run = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])[0]
+def test_training_run_saves_predictions_and_intervals(model, trained_store):
+    root, tree = trained_store
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id],
+                              filter_string=f"tags.model = '{model}'")
+    assert len(runs) == 1
+    run = runs[0]
     metrics = run.data.metrics
     for name in ("auc", "accuracy", "ap", "eer"):
         assert metrics[f"test/{name}_ci_low"] <= metrics[f"test/{name}"] + 1e-9 <= metrics[f"test/{name}_ci_high"] + 2e-9
@@ -88,15 +100,26 @@ def test_training_run_saves_predictions_and_intervals(model, tiny_tree, tmp_path
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"predictions_test.csv", "predictions_val.csv"} <= artifacts
-    out = tmp_path / "out"
+    out = root / model / "out"
     rows = list(csv.DictReader((out / "predictions_test.csv").open()))
     assert tuple(rows[0]) == PREDICTION_COLUMNS
     assert len(rows) == 2 * 2 * 6  # every test image once: 2 generators x 2 classes x 6
     for row in rows:
-        assert row["path"].startswith(str(tiny_tree)) and row["generator"] in row["path"]
+        assert row["path"].startswith(str(tree)) and row["generator"] in row["path"]
         assert row["label"] == ("1" if "/ai/" in row["path"] else "0")
         assert 0.0 <= float(row["prob"]) <= 1.0
     accuracy = np.mean([(float(r["prob"]) >= 0.5) == (r["label"] == "1") for r in rows])
     assert math.isclose(accuracy, metrics["test/accuracy"], abs_tol=1e-9)
     val_rows = list(csv.DictReader((out / "predictions_val.csv").open()))
     assert val_rows and "/train/" in val_rows[0]["path"]  # val is a hold-out of the train folders
+
+
+def test_compare_reads_the_predictions_that_training_saved(trained_store, tmp_path):
+    root, _ = trained_store
+    cfg = compose_config(["task=compare", "data=genimage_tiny"], tmp_path)
+    cfg.logger.tracking_uri = f"sqlite:///{root / 'mlruns.db'}"
+    result = compare(cfg)
+    assert result["n_images"] == 24 and len(result["results"]) == 1
+    pair = result["results"][0]
+    assert (pair.a, pair.b) == tuple(sorted(MODELS))
+    assert 0.0 <= pair.delong_p_holm <= 1.0 and 0.0 <= pair.mcnemar_p_holm <= 1.0
