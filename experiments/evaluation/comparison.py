@@ -164,5 +164,5 @@ def matrix(names: Sequence[str], results: Sequence[PairResult], field: str, anti
     for r in results:
         value = float(getattr(r, field))
         out[index[r.a], index[r.b]] = value
-        out[index[r.b], index[r.a]] = -value if antisymmetric else value
+        out[index[r.b], index[r.a]] = (0.0 - value) if antisymmetric else value  # 0 - 0 is +0, not -0
     return out
