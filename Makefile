@@ -28,6 +28,7 @@ MODELS ?= $(shell sed -n 's/^detectors: \[\(.*\)\]/\1/p' conf/config.yaml | tr -
 demo: demo-data ## Build the env and demo data, train the four detectors on it, print the comparison
 	$(RUN) -m experiment=demo model=$(MODELS)
 	$(RUN) task=report experiment=demo
+	$(RUN) task=compare experiment=demo
 	$(RUN) task=analyze experiment=demo
 
 report: $(VENV)/.installed ## Compare the runs of an MLflow experiment (default: the demo)

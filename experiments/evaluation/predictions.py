@@ -7,7 +7,12 @@ on test).
 
 from __future__ import annotations
 
+import csv
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +21,14 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from experiments.evaluation.metrics import binary_metrics, calibrated_threshold, flatten_metrics, metrics_by_group
+from experiments.evaluation.metrics import (
+    ALL_GROUPS,
+    binary_metrics,
+    calibrated_threshold,
+    flatten_metrics,
+    metrics_by_group,
+)
+from experiments.evaluation.statistics import bootstrap_metric_cis
 
 
 @dataclass
@@ -45,8 +57,35 @@ def predict_split(trainer: Trainer, module: LightningModule, loader: DataLoader,
     return Predictions.from_batches(batches, generator_names)
 
 
-def score(val: Predictions, test: Predictions, threshold_criterion: str = "youden") -> dict[str, float]:
-    """Flat MLflow metrics: ``val/best/<m>``, ``test/<m>``, ``test/<generator>/<m>`` and the val-calibrated threshold."""
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How the test metrics get their intervals: ``resamples`` stratified bootstrap resamples (0 = none) at
+    ``confidence``, drawn from ``seed`` (the run's seed, so a rerun logs the same intervals)."""
+
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> BootstrapSettings:
+        """``stats.bootstrap_resamples``, ``stats.confidence`` and ``seed`` of a composed config."""
+        stats = cfg.get("stats") or {}
+        resamples = int(stats.get("bootstrap_resamples", cls.resamples))
+        confidence = float(stats.get("confidence", cls.confidence))
+        if resamples < 0:
+            raise ValueError(f"stats.bootstrap_resamples must be >= 0 (0 turns the intervals off), got {resamples}")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"stats.confidence must be in (0, 1), e.g. stats.confidence=0.95; got {confidence}")
+        return cls(resamples, confidence, int(cfg.get("seed") or 0))
+
+
+def score(val: Predictions, test: Predictions, threshold_criterion: str = "youden",
+          bootstrap: BootstrapSettings | None = None) -> dict[str, float]:
+    """Flat MLflow metrics: ``val/best/<m>``, ``test/<m>``, ``test/<generator>/<m>`` and the val-calibrated threshold.
+
+    With ``bootstrap`` (and ``bootstrap.resamples > 0``), the test metrics that have intervals get
+    ``<name>_ci_low`` and ``<name>_ci_high`` next to them (:func:`interval_metrics`).
+    """
     names = dict(enumerate(test.generator_names))
     out: dict[str, float] = {}
     out.update({f"best_val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()})
@@ -56,18 +95,87 @@ def score(val: Predictions, test: Predictions, threshold_criterion: str = "youde
     out["threshold/val_calibrated"] = float(threshold)
     for key in ("accuracy", "balanced_accuracy", "f1", "precision", "recall"):
         out[f"test/{key}_at_val_threshold"] = at_val[key]
+    if bootstrap is not None and bootstrap.resamples > 0:
+        out.update(interval_metrics(test, bootstrap, val_threshold=threshold))
     return out
+
+
+#: Test metrics logged with ``_ci_low`` / ``_ci_high``, pooled and per generator.
+INTERVAL_METRICS = ("auc", "ap", "accuracy", "balanced_accuracy", "tpr_at_5fpr", "eer")
+
+
+def interval_metrics(test: Predictions, bootstrap: BootstrapSettings,
+                     val_threshold: float | None = None) -> dict[str, float]:
+    """Stratified bootstrap percentile intervals (Efron & Tibshirani, 1993, ch. 13) of the test metrics.
+
+    ``test/<m>_ci_low`` and ``test/<m>_ci_high`` for each of :data:`INTERVAL_METRICS` (accuracies at 0.5, as
+    ``test/accuracy``), the same per generator (``test/<generator>/<m>_ci_low``), and, given the
+    val-chosen threshold, ``test/accuracy_at_val_threshold_ci_*`` and ``test/balanced_accuracy_at_val_threshold_ci_*``.
+    Every set of intervals uses the resamples of ``bootstrap.seed``; reals and fakes are resampled separately.
+    An interval that is undefined (one class only in a generator) is NaN.
+    """
+    names = dict(enumerate(test.generator_names))
+    nested: dict[str, dict[str, float]] = {ALL_GROUPS: _bounds(test.prob, test.label, 0.5, bootstrap)}
+    for group_id in np.unique(test.generator).tolist():
+        mask = test.generator == group_id
+        nested[str(names.get(int(group_id), group_id))] = _bounds(test.prob[mask], test.label[mask], 0.5, bootstrap)
+    if val_threshold is not None:
+        at_val = _bounds(test.prob, test.label, val_threshold, bootstrap, ("accuracy", "balanced_accuracy"))
+        nested[ALL_GROUPS].update({k.replace("_ci_", "_at_val_threshold_ci_", 1): v for k, v in at_val.items()})
+    return flatten_metrics(nested, "test")
+
+
+def _bounds(prob: np.ndarray, label: np.ndarray, threshold: float, bootstrap: BootstrapSettings,
+            keep: Sequence[str] = INTERVAL_METRICS) -> dict[str, float]:
+    """``{<m>_ci_low, <m>_ci_high}`` for the metrics in ``keep`` (all NaN for an empty split)."""
+    if len(prob) == 0:
+        return {f"{m}_ci_{side}": math.nan for m in keep for side in ("low", "high")}
+    cis = bootstrap_metric_cis(prob, label, threshold, bootstrap.resamples, bootstrap.confidence, bootstrap.seed)
+    return {f"{m}_ci_{side}": value for m in keep for side, value in zip(("low", "high"), cis[m])}
+
+
+#: Columns of ``predictions_<split>.csv``.
+PREDICTION_COLUMNS = ("index", "path", "label", "generator", "prob")
+
+
+def write_predictions_csv(pred: Predictions, samples: Sequence[Any], path: str | Path) -> Path:
+    """One row per scored image: ``index, path, label, generator, prob`` (see :data:`PREDICTION_COLUMNS`).
+
+    ``samples`` are the split's samples (``datamodule.splits[split]``), indexed by ``pred.index``; the path
+    is what ``task=compare`` matches images by. Probabilities are written at full precision (``repr``), so
+    paired tests read exactly the scores the run's metrics were computed from.
+    """
+    path = Path(path)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for index, label, generator, prob in zip(pred.index, pred.label, pred.generator, pred.prob):
+            if not 0 <= index < len(samples):
+                raise IndexError(f"prediction index {index} is outside the split's {len(samples)} samples")
+            name = pred.generator_names[generator] if 0 <= generator < len(pred.generator_names) else generator
+            writer.writerow([int(index), samples[index].path, int(label), name, repr(float(prob))])
+    return path
 
 
 TABLE_METRICS = ("accuracy", "f1", "precision", "recall", "auc", "ap", "eer", "ece")
 
 
 def print_metrics_table(title: str, metrics: dict[str, float]) -> None:
-    """Val (best checkpoint) and test rows of the main metrics, as a console table."""
+    """Val (best checkpoint) and test rows of the main metrics, as a console table; when the test metrics
+    have bootstrap intervals, a row of them below."""
     table = Table(title=title)
     table.add_column("split")
     for key in TABLE_METRICS:
         table.add_column(key, justify="right")
     for split, prefix in (("val", "best_val/"), ("test", "test/")):
         table.add_row(split, *(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in TABLE_METRICS))
+    if any(f"test/{k}_ci_low" in metrics for k in TABLE_METRICS):
+        table.add_row("test CI", *(_interval_text(metrics, f"test/{k}") for k in TABLE_METRICS))
     Console(width=160).print(table)
+
+
+def _interval_text(metrics: Mapping[str, float], name: str) -> str:
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return ""
+    return f"[{low:.4f}, {high:.4f}]"

@@ -33,7 +33,7 @@ from experiments import tracking
 from experiments.training.builders import build_datamodule
 from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
-from experiments.evaluation.predictions import Predictions, print_metrics_table, score
+from experiments.evaluation.predictions import BootstrapSettings, Predictions, print_metrics_table, score
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         names = datamodule.generator_names
         val = predict(detector, datamodule.val_dataloader(), names)
         test = predict(detector, datamodule.test_dataloader(), names)
-        metrics = score(val, test)
+        metrics = score(val, test, bootstrap=BootstrapSettings.from_config(eval_cfg))
         tracking.log_metrics(logger, metrics)
         metrics_path = out_dir / "metrics.json"
         metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -2,9 +2,11 @@
 
 Reads the finished training runs of the experiment, keeps the latest run per
 (model, seed) unless told to keep all, and writes a markdown and CSV table of
-test metrics, wall time and parameter count, plus a bar plot. With several seeds
-per model, each cell is ``mean ± std (n)``. The report is also logged to MLflow
-as a run tagged ``task=report``.
+test metrics, wall time and parameter count, plus a bar plot. A metric with an
+interval is shown as ``0.942 [0.918, 0.963]``: for one run, the stratified
+bootstrap interval the run logged (``test/<metric>_ci_low`` / ``_ci_high``); with
+several seeds per model, ``mean ± std [Student-t interval over the seeds] (n)``.
+The report is also logged to MLflow as a run tagged ``task=report``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
+from experiments.evaluation.statistics import format_ci, t_interval
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
@@ -47,11 +50,16 @@ def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = 
     return sorted(rows, key=lambda r: (r.model, r.seed))
 
 
-def aggregate(rows: list[RunRow], columns: list[str]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Per model and column: ``(mean, std, n)`` over runs (seeds); std is 0 for a single run."""
+def _by_model(rows: list[RunRow]) -> dict[str, list[RunRow]]:
     by_model: dict[str, list[RunRow]] = defaultdict(list)
     for row in rows:
         by_model[row.model].append(row)
+    return by_model
+
+
+def aggregate(rows: list[RunRow], columns: list[str]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per model and column: ``(mean, std, n)`` over runs (seeds); std is 0 for a single run."""
+    by_model = _by_model(rows)
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for model, group in sorted(by_model.items()):
         out[model] = {}
@@ -64,6 +72,41 @@ def aggregate(rows: list[RunRow], columns: list[str]) -> dict[str, dict[str, tup
                 std = float(values.std(ddof=1)) if values.size > 1 else 0.0
                 out[model][col] = (float(values.mean()), std, int(values.size))
     return out
+
+
+def intervals(rows: list[RunRow], columns: list[str], confidence: float = 0.95) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per model and column: the ``(low, high)`` interval of the cell.
+
+    One run: the stratified bootstrap interval it logged (``<column>_ci_low`` / ``_ci_high``; Efron &
+    Tibshirani, 1993), NaN when it logged none. Several runs (seeds): the Student-t interval of the mean
+    over the seeds' point estimates (:func:`experiments.evaluation.statistics.t_interval`), which reflects
+    the variation between trainings rather than between test images.
+    """
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for model, group in sorted(_by_model(rows).items()):
+        out[model] = {}
+        for col in columns:
+            runs = [r for r in group if col in r.metrics and not math.isnan(r.metrics[col])]
+            if len(runs) == 1:
+                metrics = runs[0].metrics
+                out[model][col] = (metrics.get(f"{col}_ci_low", math.nan), metrics.get(f"{col}_ci_high", math.nan))
+            elif len(runs) > 1:
+                out[model][col] = t_interval([r.metrics[col] for r in runs], confidence)[1:]
+            else:
+                out[model][col] = (math.nan, math.nan)
+    return out
+
+
+def interval_cell(mean: float, std: float, n: int, low: float, high: float, digits: int = 3) -> str:
+    """``0.942 [0.918, 0.963]`` for one run, ``0.942 ± 0.011 [0.915, 0.969] (n=3)`` for several;
+    without an interval, as :func:`format_cell`."""
+    if n == 0:
+        return "n/a"
+    if math.isnan(low) and math.isnan(high):
+        return format_cell(mean, std, n, digits)
+    if n == 1:
+        return format_ci(mean, low, high, digits)
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] (n={n})"
 
 
 def format_cell(mean: float, std: float, n: int, digits: int = 4) -> str:
@@ -85,6 +128,9 @@ def report(cfg: DictConfig) -> dict:
     metric_cols = [f"{split}/{m}" for m in cfg.task.metrics]
     extra_cols = ["time/fit_seconds", "model/params"]
     table = aggregate(rows, metric_cols + extra_cols)
+    confidence = float(cfg.get("stats", {}).get("confidence", 0.95))
+    bounds = intervals(rows, metric_cols, confidence)
+    digits = int(cfg.task.get("digits", 3))
 
     out_dir = inside(cfg.paths.report_dir, plain_name(experiment, "task.experiment_name"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +138,7 @@ def report(cfg: DictConfig) -> dict:
     n_runs = {m: sum(r.model == m for r in rows) for m in table}
     body = []
     for model, cols in table.items():
-        cells = [format_cell(*cols[c]) for c in metric_cols]
+        cells = [interval_cell(*cols[c], *bounds[model][c], digits=digits) for c in metric_cols]
         t_mean, t_std, t_n = cols["time/fit_seconds"]
         p_mean = cols["model/params"][0]
         cells += [format_cell(t_mean, t_std, t_n, 1), "n/a" if math.isnan(p_mean) else f"{int(p_mean):,}"]
@@ -103,13 +149,17 @@ def report(cfg: DictConfig) -> dict:
         f"# {experiment}: {split} metrics\n\n"
         + "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
         + "".join("| " + " | ".join(row) + " |\n" for row in body)
+        + f"\n{interval_note(confidence)}\n"
     )
     csv_path = out_dir / "comparison.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["model", "n_runs"] + [f"{c}_{s}" for c in metric_cols + extra_cols for s in ("mean", "std")])
+        writer.writerow(["model", "n_runs"] + [f"{c}_{s}" for c in metric_cols + extra_cols for s in ("mean", "std")]
+                        + [f"{c}_ci_{s}" for c in metric_cols for s in ("low", "high")] + ["interval"])
         for model, cols in table.items():
-            writer.writerow([model, n_runs[model]] + [v for c in metric_cols + extra_cols for v in cols[c][:2]])
+            writer.writerow([model, n_runs[model]] + [v for c in metric_cols + extra_cols for v in cols[c][:2]]
+                            + [v for c in metric_cols for v in bounds[model][c]]
+                            + ["bootstrap" if n_runs[model] == 1 else "t over seeds"])
     bars = plot_bar_comparison(
         {model: {m: cols[f"{split}/{m}"][0] for m in cfg.task.metrics} for model, cols in table.items()},
         list(cfg.task.metrics), out_dir / "comparison.png",
@@ -129,5 +179,14 @@ def report(cfg: DictConfig) -> dict:
     for row in body:
         rich_table.add_row(*row)
     console.print(rich_table)
+    console.print(interval_note(confidence))
     console.print(f"report written to {md}, {csv_path}, {bars}")
-    return {"table": table, "rows": rows, "markdown": md, "csv": csv_path, "plot": bars}
+    return {"table": table, "intervals": bounds, "rows": rows, "body": body, "markdown": md, "csv": csv_path,
+            "plot": bars}
+
+
+def interval_note(confidence: float) -> str:
+    """What the intervals of the table are."""
+    return (f"[low, high]: {confidence:.0%} interval. One run: stratified bootstrap over the test images. "
+            f"Several seeds: mean ± std and the Student-t interval over the seeds. Accuracy is at 0.5; "
+            f"AUROC and AP do not depend on a threshold. Paired tests: task=compare.")

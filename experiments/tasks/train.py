@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from experiments import tracking
 from experiments.data.audit import BadDataError, preflight
 from experiments.evaluation.diagnostics import write_diagnostics
-from experiments.evaluation.predictions import print_metrics_table, score
+from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
 from experiments.training.builders import build_datamodule
 from experiments.training.kinds import detector_kind
@@ -46,11 +46,14 @@ def train(cfg: DictConfig) -> float | None:
     model, val, test, n_params = result.model, result.val, result.test, result.n_params
     fit_seconds = time.perf_counter() - start
 
-    metrics = score(val, test)
+    metrics = score(val, test, bootstrap=BootstrapSettings.from_config(cfg))
     metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
     tracking.log_metrics(logger, metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     tracking.log_artifact(logger, out_dir / "metrics.json")
+    for split, predictions in (("val", val), ("test", test)):  # per image, for paired tests (task=compare)
+        path = write_predictions_csv(predictions, datamodule.splits[split], out_dir / f"predictions_{split}.csv")
+        tracking.log_artifact(logger, path)
     if cfg.get("diagnostics", True):
         write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
     logger.experiment.set_terminated(logger.run_id, "FINISHED")

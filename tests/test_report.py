@@ -1,0 +1,54 @@
+"""task=report on a synthetic MLflow store: interval cells from the logged bootstrap bounds, and mean ± std with
+a Student-t interval over seeds."""
+
+from __future__ import annotations
+
+import csv
+
+import mlflow
+import pytest
+from scipy import stats
+
+from experiments.tasks.report import interval_cell, report
+from tests.conftest import compose_config
+
+
+def log_run(client: mlflow.MlflowClient, exp_id: str, model: str, seed: int, metrics: dict[str, float]) -> None:
+    run = client.create_run(exp_id, tags={"task": "train", "model": model, "seed": str(seed)})
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def test_interval_cell_formats():
+    assert interval_cell(0.9421, 0.0, 1, 0.9183, 0.9634) == "0.942 [0.918, 0.963]"
+    assert interval_cell(0.9421, 0.0, 1, float("nan"), float("nan")) == "0.942"
+    assert interval_cell(0.85, 0.05, 3, 0.726, 0.974) == "0.850 ± 0.050 [0.726, 0.974] (n=3)"
+    assert interval_cell(float("nan"), float("nan"), 0, float("nan"), float("nan")) == "n/a"
+
+
+def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp_path):
+    cfg = compose_config(["task=report", "experiment=demo"], tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp_id = client.create_experiment("detectors-demo", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    log_run(client, exp_id, "single", 42, {"test/auc": 0.9421, "test/auc_ci_low": 0.9183, "test/auc_ci_high": 0.9634,
+                                           "test/f1": 0.8, "model/params": 10})
+    for seed, auc in enumerate((0.80, 0.85, 0.90)):
+        log_run(client, exp_id, "seeded", seed, {"test/auc": auc, "test/auc_ci_low": auc - 0.1,
+                                                 "test/auc_ci_high": auc + 0.1})
+
+    result = report(cfg)
+    headers = ["model", "runs", *cfg.task.metrics]
+    rows = {row[0]: dict(zip(headers, row)) for row in result["body"]}
+    assert rows["single"]["auc"] == "0.942 [0.918, 0.963]"
+    assert rows["single"]["f1"] == "0.800"  # no interval logged: the value alone
+    half = stats.t.ppf(0.975, df=2) * 0.05 / 3 ** 0.5
+    assert rows["seeded"]["auc"] == f"0.850 ± 0.050 [{0.85 - half:.3f}, {0.85 + half:.3f}] (n=3)"
+    assert result["intervals"]["seeded"]["test/auc"] == pytest.approx((0.85 - half, 0.85 + half))
+
+    assert "0.942 [0.918, 0.963]" in result["markdown"].read_text()
+    table = {r["model"]: r for r in csv.DictReader(result["csv"].open())}
+    assert float(table["single"]["test/auc_ci_low"]) == pytest.approx(0.9183)
+    assert float(table["seeded"]["test/auc_ci_high"]) == pytest.approx(0.85 + half)
+    assert table["single"]["interval"] == "bootstrap" and table["seeded"]["interval"] == "t over seeds"
+    assert float(table["single"]["test/auc_mean"]) == pytest.approx(0.9421)  # the existing columns stay
