@@ -43,8 +43,8 @@ def weights_source(name: str) -> tuple[str, str | None, str | None]:
     cfg = get_pretrained_cfg(name)
     if cfg is None:
         raise ValueError(
-            f"model.backbone.name='{name}' has no pretrained weights in timm; see timm.list_pretrained('{name.split('.')[0]}*'), "
-            f"or set model.backbone.pretrained=false"
+            f"model.backbone.name='{name}' has no pretrained weights in timm; see "
+            f"timm.list_pretrained('{name.split('.')[0]}*'), or set model.backbone.pretrained=false"
         )
     architecture = name.split(".")[0]
     full = f"{architecture}.{cfg.tag}" if cfg.tag else architecture

@@ -86,7 +86,8 @@ def test_leave_one_out_trains_on_all_but_one_and_tests_on_it(tmp_path):
     assert cfg.logger.tags.protocol == "leave_one_out" and cfg.logger.tags.train_generator == "all_but_bilinear_conv"
     assert cfg.logger.experiment_name == "leave_one_out-demo"
     assert cfg.hydra.sweeper.params.held_out_generator == "deconv,nearest_conv,bilinear_conv"
-    assert compose_config(["task=cross_generator", "experiment=leave_one_out"], tmp_path).task.protocol == "leave_one_out"
+    task = compose_config(["task=cross_generator", "experiment=leave_one_out"], tmp_path)
+    assert task.task.protocol == "leave_one_out"
 
 
 def test_leave_one_out_splits_hold_the_generator_out_of_train_and_val(tmp_path, genimage_tree):

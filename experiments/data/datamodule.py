@@ -259,12 +259,16 @@ class DetectorDataModule(L.LightningDataModule):
     def _select(self, folders: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample], list[Sample]]:
         """Keep ``generators`` in train/val and ``test_generators`` in test; without val samples, val is the
         seeded hold-out of train (``val_fraction``, ``split_seed``)."""
-        train = [s for s in folders["train"] if self._in(s, self.generators) and s.generator not in self.exclude_generators]
-        val = [s for s in folders["val"] if self._in(s, self.generators) and s.generator not in self.exclude_generators]
+        train = [s for s in folders["train"] if self._trains_on(s)]
+        val = [s for s in folders["val"] if self._trains_on(s)]
         test = [s for s in folders["test"] if self._in(s, self.test_generators or self.generators)]
         if not folders["val"]:
             train, val = holdout_split(train, self.val_fraction, self.split_seed)
         return train, val, test
+
+    def _trains_on(self, sample: Sample) -> bool:
+        """Whether ``sample`` belongs in train/val: among ``generators`` and not in ``exclude_generators``."""
+        return self._in(sample, self.generators) and sample.generator not in self.exclude_generators
 
     @staticmethod
     def _in(sample: Sample, generators: Sequence[str] | None) -> bool:
