@@ -72,3 +72,19 @@ def test_offline_without_weights_names_them(tmp_path, monkeypatch):
                      "model.estimator.features.weights_path=", "model.estimator.features.pretrained=null"):
         assert expected in str(err.value)
     assert ensure_weights("ViT-L-14", None) is None
+
+
+def test_saved_probe_holds_no_encoder_and_scores_the_same_after_loading(tmp_path):
+    from experiments.training.sklearn_io import load_estimator, save_estimator
+
+    cfg = compose_config(["model=clip_probe", TOWER_OVERRIDE, "model.estimator.features.device=cpu"], tmp_path)
+    pipe = instantiate(cfg.model.estimator)
+    x, y = toy_set(16, 32, seed=1)
+    pipe.fit(x, y.numpy())
+    path = save_estimator(pipe, tmp_path / "clip_probe.skops")
+    assert path.stat().st_size < 100_000  # the head and the encoder's recipe, not its weights
+    loaded = load_estimator(path)
+    # the same random tower again needs the same seed: compare the linear heads, then score with the loaded one
+    np.testing.assert_allclose(loaded[-1].coef_, pipe[-1].coef_)
+    assert loaded[0].get_params() == {**pipe[0].get_params(), "model_cfg": TOWER}
+    assert loaded.predict_proba(x).shape == (16, 2)
