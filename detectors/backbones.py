@@ -1,14 +1,24 @@
-"""Backbone construction on top of timm, with offline-only pretrained weights.
+"""Backbone construction on top of timm, with ImageNet weights through timm's standard mechanism.
 
 Every CNN detector gets its trunk from :func:`create_backbone`, so any timm model
 name (``resnet34``, ``resnet50``, ``efficientnet_b0``, ``convnext_tiny``, ...)
 can be swapped in from the config. The number of input channels follows the
 feature in front of it (timm's ``in_chans``), and the trunk returns pooled
 features (``num_classes=0``) of size ``backbone.num_features``.
+
+Pretrained weights (``pretrained=True``) come from the Hugging Face hub as timm
+resolves them: downloaded on first use (with a progress bar) into the hub cache
+(``HF_HOME``, default ``~/.cache/huggingface``) and read from there afterwards.
+A timm name may carry a weight tag: ``resnet34`` means timm's default tag
+(``resnet34.a1_in1k``, timm's own recipe), ``resnet34.tv_in1k`` the torchvision
+weights that Synapse-7 and SPECTRAFORGE fine-tune. When the weights cannot be
+had (offline, ``HF_HUB_OFFLINE=1``, no cache), :func:`ensure_weights` stops the
+run before training with the exact weights, the hub id and the two ways out.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,23 +26,98 @@ import timm
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from timm.models import group_parameters
+from timm.models import get_pretrained_cfg, group_parameters
+
+log = logging.getLogger(__name__)
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
-    """ImageNet weights were requested but cannot be found offline."""
+    """ImageNet weights were requested but can be neither downloaded nor found in the cache."""
 
 
-def _weights_help(name: str) -> str:
+def weights_source(name: str) -> tuple[str, str | None, str | None]:
+    """``(timm name with its weight tag, Hugging Face hub id, URL)`` of the weights timm loads for ``name``.
+
+    ``resnet34`` resolves to timm's default tag (``resnet34.a1_in1k``); ``resnet34.tv_in1k`` stays as given.
+    """
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(
+            f"model.backbone.name='{name}' has no pretrained weights in timm; see "
+            f"timm.list_pretrained('{name.split('.')[0]}*'), or set model.backbone.pretrained=false"
+        )
+    architecture = name.split(".")[0]
+    full = f"{architecture}.{cfg.tag}" if cfg.tag else architecture
+    return full, cfg.hf_hub_id, cfg.url
+
+
+def _weights_help(name: str, reason: str = "cannot be downloaded (offline?) and are not in the cache") -> str:
+    try:
+        full, hub_id, url = weights_source(name)
+    except ValueError:
+        full, hub_id, url = name, None, None
+    where = f"Hugging Face hub id '{hub_id}'" if hub_id else f"URL {url}"
+    first_use = f"timm.create_model('{full}', pretrained=True)"
     return (
-        f"ImageNet weights for backbone '{name}' are not available offline.\n"
-        f"Provide them in one of two ways:\n"
-        f"  1. download a timm/torchvision state dict for '{name}' on a machine with internet, copy it here and run\n"
-        f"     with model.backbone.weights_path=/path/to/{name}.pth (or .safetensors);\n"
-        f"  2. populate the standard Hugging Face cache (HF_HOME, default ~/.cache/huggingface) by running\n"
-        f"     `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` once with internet access.\n"
-        f"Or train from scratch with model.backbone.pretrained=false."
+        f"ImageNet weights '{full}' (timm name.tag; {where}) for model.backbone.name='{name}' {reason}.\n"
+        f"Provide them in one of three ways:\n"
+        f"  1. on a machine with internet, run `python -c \"import timm; {first_use}\"` and copy the Hugging Face "
+        f"cache (HF_HOME, default ~/.cache/huggingface) here, or run once here with internet (HF_HUB_OFFLINE unset);\n"
+        f"  2. download the state dict ({hub_id + ': model.safetensors' if hub_id else url}) and run with\n"
+        f"     model.backbone.weights_path=/path/to/{full}.safetensors (or .pth);\n"
+        f"  3. train from scratch with model.backbone.pretrained=false."
     )
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub may not be contacted (``HF_HUB_OFFLINE=1``): only the cache is read."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None = None, **_: object) -> Path | None:
+    """Make sure the weights :func:`create_backbone` will load are at hand; return their local file.
+
+    Called before training (``experiments.training.weights.check_pretrained_weights``) so a missing file
+    stops the run before the data are scanned. Online, a hub file not yet cached is downloaded now (timm's
+    own source, with a progress bar); offline (``HF_HUB_OFFLINE=1``) only the cache is read. Returns None when
+    no weights are needed (``pretrained=False`` and no ``weights_path``).
+
+    Raises:
+        PretrainedWeightsUnavailable: with the timm name and tag, the hub id, ``model.backbone.weights_path``
+            and ``model.backbone.pretrained=false``.
+    """
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsUnavailable(
+                _weights_help(name, f"are not at model.backbone.weights_path={weights_path} (no such file)"))
+        return path
+    if not pretrained:
+        return None
+    full, hub_id, url = weights_source(name)
+    offline = hub_offline()
+    try:
+        if hub_id:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            cfg = get_pretrained_cfg(name)
+            filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+            for i, filename in enumerate(filenames):
+                try:
+                    return Path(hf_hub_download(hub_id, filename, local_files_only=offline))
+                except EntryNotFoundError:
+                    if i == len(filenames) - 1:
+                        raise
+        if url and not offline:
+            from timm.models._hub import download_cached_file
+
+            return Path(download_cached_file(url, check_hash=False, progress=True))
+        raise FileNotFoundError(f"no cached file for {full}")
+    except Exception as err:  # hub, HTTP and file errors all mean the same thing to the user
+        raise PretrainedWeightsUnavailable(_weights_help(name)) from err
 
 
 def create_backbone(
@@ -48,8 +133,9 @@ def create_backbone(
     Args:
         name: any ``timm.list_models()`` name.
         in_chans: input channels; timm adapts pretrained stem weights when it differs from 3.
-        pretrained: load ImageNet weights, from ``weights_path`` or the local cache only (never the network).
-        weights_path: a local state dict file (``.pth``/``.bin``/``.safetensors``).
+        pretrained: load ImageNet weights: from the Hugging Face cache, downloaded there on first use when online
+            (see :func:`ensure_weights`). ``name`` may carry timm's weight tag, e.g. ``resnet34.tv_in1k``.
+        weights_path: a local state dict file (``.pth``/``.bin``/``.safetensors``), used instead of the hub.
         freeze_stages: -1 freezes nothing; ``k >= 0`` freezes the stem and the first ``k`` stages, following
             timm's ``group_matcher`` (for ResNets, ``1`` freezes ``conv1``/``bn1`` and ``layer1``, as in Synapse-7).
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``).
@@ -60,30 +146,25 @@ def create_backbone(
             f"model.backbone.name='{name}' is not a timm model; see timm.list_models() for valid names"
         )
     if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise PretrainedWeightsUnavailable(
-                f"model.backbone.weights_path={weights_path} does not exist.\n" + _weights_help(name)
-            )
+        path = ensure_weights(name, pretrained, weights_path)
         model = timm.create_model(
             name, pretrained=True, num_classes=0, in_chans=in_chans,
             pretrained_cfg_overlay={"file": str(path)}, **kwargs,
         )
     elif pretrained:
-        previous = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        ensure_weights(name, pretrained)  # downloads when online; a clear error when neither hub nor cache has it
         try:
             model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kwargs)
         except Exception as err:  # timm raises many types here (OSError, RuntimeError, hub errors)
-            raise PretrainedWeightsUnavailable(_weights_help(name)) from err
-        finally:
-            if previous is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = previous
+            raise PretrainedWeightsUnavailable(_weights_help(name, "could not be loaded")) from err
     else:
         model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
     if freeze_stages >= 0:
+        if not pretrained and weights_path is None:
+            log.warning(
+                "model.backbone.freeze_stages=%d freezes the stem and %d stage(s) of a randomly initialised '%s': "
+                "those layers will never learn. Set model.backbone.pretrained=true (or weights_path=...) or "
+                "model.backbone.freeze_stages=-1.", freeze_stages, freeze_stages, name)
         freeze_leading_stages(model, freeze_stages)
     return model
 

@@ -70,11 +70,18 @@ def genimage_tree(tmp_path: Path) -> Path:
     return make_genimage_tree(tmp_path / "genimage")
 
 
-def compose_config(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``conf/config.yaml`` like ``run.py`` does, with outputs and MLflow under ``tmp_path``."""
+def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` like ``run.py`` does, with outputs and MLflow under ``tmp_path``.
+
+    Tests never download: pretrained weights are switched off unless ``keep_pretrained`` (config checks only).
+    """
+    from experiments.training.weights import without_pretrained_weights
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    if not keep_pretrained:
+        without_pretrained_weights(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(tmp_path)
         cfg.paths.output_dir = str(tmp_path / "out")

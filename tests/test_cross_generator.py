@@ -1,4 +1,4 @@
-"""The leave-one-generator-out protocol: the preset's composition, the matrix, and task=cross_generator."""
+"""The cross-generator protocols (train_on_one, leave_one_out): the presets, the matrix, and task=cross_generator."""
 
 from __future__ import annotations
 
@@ -66,19 +66,66 @@ def test_records_from_run_reads_per_generator_test_metrics():
     ]
 
 
-def test_preset_composes_one_train_generator_and_all_test_generators(tmp_path):
-    cfg = compose_config(["experiment=leave_one_generator_out", "train_generator=nearest_conv"], tmp_path)
+@pytest.mark.parametrize("preset", ["train_on_one", "leave_one_generator_out"])  # the old name: an alias
+def test_preset_composes_one_train_generator_and_all_test_generators(preset, tmp_path):
+    cfg = compose_config([f"experiment={preset}", "train_generator=nearest_conv"], tmp_path)
     assert list(cfg.data.generators) == ["nearest_conv"]
     assert list(cfg.data.test_generators) == ["deconv", "nearest_conv", "bilinear_conv"]
-    assert cfg.logger.tags.protocol == "logo" and cfg.logger.tags.train_generator == "nearest_conv"
-    assert cfg.logger.experiment_name == "logo-demo"
+    assert cfg.logger.tags.protocol == "train_on_one" and cfg.logger.tags.train_generator == "nearest_conv"
+    assert cfg.logger.experiment_name == "train_on_one-demo"
     assert cfg.hydra.sweeper.params.train_generator == "deconv,nearest_conv,bilinear_conv"
-    task = compose_config(["task=cross_generator", "experiment=leave_one_generator_out"], tmp_path)
-    assert task.task.experiment_name == cfg.logger.experiment_name
+    task = compose_config(["task=cross_generator", f"experiment={preset}"], tmp_path)
+    assert task.task.experiment_name == cfg.logger.experiment_name and task.task.protocol == "train_on_one"
+
+
+def test_leave_one_out_trains_on_all_but_one_and_tests_on_it(tmp_path):
+    cfg = compose_config(["experiment=leave_one_out", "held_out_generator=bilinear_conv"], tmp_path)
+    assert list(cfg.data.generators) == ["deconv", "nearest_conv", "bilinear_conv"]
+    assert list(cfg.data.exclude_generators) == ["bilinear_conv"]
+    assert list(cfg.data.test_generators) == ["bilinear_conv"]
+    assert cfg.logger.tags.protocol == "leave_one_out" and cfg.logger.tags.train_generator == "all_but_bilinear_conv"
+    assert cfg.logger.experiment_name == "leave_one_out-demo"
+    assert cfg.hydra.sweeper.params.held_out_generator == "deconv,nearest_conv,bilinear_conv"
+    task = compose_config(["task=cross_generator", "experiment=leave_one_out"], tmp_path)
+    assert task.task.protocol == "leave_one_out"
+
+
+def test_leave_one_out_splits_hold_the_generator_out_of_train_and_val(tmp_path, genimage_tree):
+    from experiments.training.builders import build_datamodule
+
+    cfg = compose_config(["experiment=leave_one_out", "data=genimage_tiny", f"data.root={genimage_tree}",
+                          "all_generators=[gen_a,gen_b]", "held_out_generator=gen_b", "data.crop_size=32",
+                          "data.resize_size=null"], tmp_path)
+    datamodule = build_datamodule(cfg)
+    train, val, test = datamodule._scan_layout()
+    assert {s.generator for s in train + val} == {"gen_a"} and {s.generator for s in test} == {"gen_b"}
+
+
+def test_task_reads_leave_one_out_runs(tmp_path):
+    cfg = compose_config(["task=cross_generator", "experiment=leave_one_out"], tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp_id = client.create_experiment("leave_one_out-demo")
+    for i, held_out in enumerate(GENS):
+        run = client.create_run(exp_id, tags={"task": "train", "protocol": "leave_one_out", "model": "m",
+                                              "train_generator": f"all_but_{held_out}", "seed": "42"})
+        client.log_metric(run.info.run_id, f"test/{held_out}/auc", 0.6 + 0.1 * i)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    other = client.create_run(exp_id, tags={"task": "train", "protocol": "train_on_one", "model": "m",
+                                            "train_generator": "a", "seed": "42"})
+    client.log_metric(other.info.run_id, "test/b/auc", 0.0)
+    client.set_terminated(other.info.run_id, "FINISHED")
+    result = cross_generator(cfg)
+    matrix, rows, cols = result["matrices"][("m", "auc")]
+    assert rows == [f"all_but_{g}" for g in GENS] and cols == list(GENS)
+    np.testing.assert_allclose(matrix, np.diag([0.6, 0.7, 0.8]) + np.where(np.eye(3), 0, np.nan))
+    assert result["summary"][("m", "auc")]["off_diagonal_mean"] == pytest.approx(0.7)
+    assert client.get_run(result["run_id"]).data.tags["protocol"] == "leave_one_out"
 
 
 def test_task_reads_logo_runs_from_mlflow(tmp_path):
-    cfg = compose_config(["task=cross_generator", "experiment=leave_one_generator_out"], tmp_path)
+    # runs made under the old name (tag protocol=logo, experiment logo-demo) are still read
+    cfg = compose_config(["task=cross_generator", "experiment=train_on_one", "task.experiment_name=logo-demo"],
+                         tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment("logo-demo")
     for i, train in enumerate(GENS):

@@ -87,7 +87,8 @@ def test_optuna_search_composes(tmp_path):
 # ---------------------------------------------------------------- end to end, on CPU
 
 TINY = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
-        "data.num_workers=0", "data.persistent_workers=false", "model.backbone.name=resnet10t",
+        "data.num_workers=0", "data.persistent_workers=false", "model.backbone.pretrained=false",
+        "model.backbone.name=resnet10t",
         "model.net.head_hidden=16", "debug=cpu", "trainer.max_epochs=1", "diagnostics=false",
         "callbacks.progress_bar=null"]
 

@@ -10,7 +10,7 @@ from tests.conftest import compose_config
 
 TINY = [
     "data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
-    "data.num_workers=0", "model.backbone.name=resnet18", "model.net.head_hidden=16",
+    "data.num_workers=0", "model.backbone.pretrained=false", "model.backbone.name=resnet18", "model.net.head_hidden=16",
 ]
 
 

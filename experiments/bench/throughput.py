@@ -262,8 +262,11 @@ def compose_model(model: str, overrides: list[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    from experiments.training.weights import without_pretrained_weights
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"model={model}", *overrides])
+        cfg = compose(config_name="config", overrides=[f"model={model}", *overrides])
+    return without_pretrained_weights(cfg)  # speed does not depend on the weights: never download them here
 
 
 def bench_training(steps: int, batch: int, models=DETECTORS) -> list[Row]:

@@ -74,6 +74,8 @@ class DetectorDataModule(L.LightningDataModule):
         generators: generators of the train and val splits (None = all); for ``cnndetection`` they must
             include ``train_generator``.
         test_generators: generators of the test split (None = ``generators``), for cross-generator protocols.
+        exclude_generators: generators left out of the train and val splits (the held-out generator of
+            ``experiment=leave_one_out``).
         train_generator: ``cnndetection`` only: the generator name of the train/val images (ProGAN).
         classes: ``cnndetection`` only: object classes of train/val to keep (None = all), e.g. the 4-class
             setting ``[car, cat, chair, horse]`` of Wang et al. (2020).
@@ -117,6 +119,7 @@ class DetectorDataModule(L.LightningDataModule):
         layout: str = "genimage",
         generators: Sequence[str] | None = None,
         test_generators: Sequence[str] | None = None,
+        exclude_generators: Sequence[str] | None = None,
         train_generator: str = "progan",
         classes: Sequence[str] | None = None,
         manifest: str | None = None,
@@ -158,6 +161,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.layout = layout
         self.generators = list(generators) if generators else None
         self.test_generators = list(test_generators) if test_generators else None
+        self.exclude_generators = set(exclude_generators or ())
         self.train_generator = train_generator
         self.classes = list(classes) if classes else None
         self.manifest = Path(manifest) if manifest else self.root / "manifest.csv"
@@ -255,12 +259,16 @@ class DetectorDataModule(L.LightningDataModule):
     def _select(self, folders: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample], list[Sample]]:
         """Keep ``generators`` in train/val and ``test_generators`` in test; without val samples, val is the
         seeded hold-out of train (``val_fraction``, ``split_seed``)."""
-        train = [s for s in folders["train"] if self._in(s, self.generators)]
-        val = [s for s in folders["val"] if self._in(s, self.generators)]
+        train = [s for s in folders["train"] if self._trains_on(s)]
+        val = [s for s in folders["val"] if self._trains_on(s)]
         test = [s for s in folders["test"] if self._in(s, self.test_generators or self.generators)]
         if not folders["val"]:
             train, val = holdout_split(train, self.val_fraction, self.split_seed)
         return train, val, test
+
+    def _trains_on(self, sample: Sample) -> bool:
+        """Whether ``sample`` belongs in train/val: among ``generators`` and not in ``exclude_generators``."""
+        return self._in(sample, self.generators) and sample.generator not in self.exclude_generators
 
     @staticmethod
     def _in(sample: Sample, generators: Sequence[str] | None) -> bool:

@@ -6,9 +6,10 @@ ImageNet normalisation), so all detectors see exactly the same degraded pixels.
 
 The grid follows the robustness protocols of the field:
 
-- additive Gaussian noise, sigma in {0, 2, 5, 10, 20} / 255: the SPECTRAFORGE
-  OOD noise-injection stress test ("Domain-Equalized Frequency-Spatial Fusion
-  for Synthetic Dermatology Detection", ``evaluate_ood.py``);
+- additive Gaussian noise: the kind of OOD stress test SPECTRAFORGE reports
+  ("Domain-Equalized Frequency-Spatial Fusion for Synthetic Dermatology
+  Detection": noise injection). Its write-up gives no noise levels; the
+  sigmas in ``conf/ood`` ({0, 2, 5, 10, 20} / 255) are the suite's choice;
 - JPEG re-compression and Gaussian blur: the post-processing robustness study
   of CNNDetection (Wang et al. 2020, "CNN-generated images are surprisingly
   easy to spot... for now", Fig. 5), which also motivates the combined
@@ -72,7 +73,8 @@ def _check_images(x: torch.Tensor, what: str) -> None:
 def gaussian_noise(x: torch.Tensor, sigma255: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Add ``N(0, (sigma255 / 255)^2)`` noise to every pixel and clamp to [0, 1].
 
-    The SPECTRAFORGE OOD stress test. ``sigma255`` is on the 8-bit scale
+    The kind of OOD stress test SPECTRAFORGE reports (noise injection; the
+    levels are the suite's, SPECTRAFORGE states none). ``sigma255`` is on the 8-bit scale
     (``sigma255=5`` means 5 grey levels). The noise is drawn in float32 on the
     generator's device (CPU when ``generator`` is None, from the global RNG) and
     then moved to ``x``'s device and dtype. Clamping to [0, 1] makes the

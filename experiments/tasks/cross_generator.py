@@ -1,7 +1,13 @@
-"""``task=cross_generator``: the GenImage leave-one-generator-out (LOGO) matrices.
+"""``task=cross_generator``: the cross-generator matrices of two protocols, read by their ``protocol`` tag.
 
-The runs come from ``experiment=leave_one_generator_out`` (one training run per
-model and train generator, tagged ``protocol=logo`` and ``train_generator``;
+``protocol=train_on_one`` (GenImage's: train on one generator, test on all;
+``experiment=train_on_one``, tagged ``protocol=logo`` before its rename) and
+``protocol=leave_one_out`` (train on all generators but one, test on the
+held-out one; ``experiment=leave_one_out``, one row ``all_but_<generator>`` per
+held-out generator, whose only cell is off the diagonal).
+
+The runs come from the protocol's preset (one training run per
+model and train generator, tagged ``protocol`` and ``train_generator``;
 the test split holds every generator's test images, and ``train.py`` logs
 ``test/<generator>/auc`` and ``test/<generator>/accuracy``). For each model and
 metric this task builds the generator x generator matrix (rows = train
@@ -37,6 +43,9 @@ from experiments.evaluation.curves import plot_heatmap
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.tracking import resolve_tracking_uri
 
+#: The ``protocol`` tags each protocol's runs carry (``logo``: train_on_one runs made before its rename).
+PROTOCOL_TAGS = {"train_on_one": ("train_on_one", "logo"), "leave_one_out": ("leave_one_out",)}
+
 #: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
 _PER_GENERATOR = re.compile(r"^test/([^/]+)/([^/]+)$")
 
@@ -48,8 +57,10 @@ def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> t
     Each record is a mapping with ``train`` (train generator), ``test`` (test
     generator) and the value under ``metric``; records without a finite value are
     ignored. Several records for one cell (seeds) are averaged. Rows are the
-    sorted train generators; columns are the same names first (so the diagonal
-    is train == test) followed by the sorted test-only generators. Cells without
+    sorted train generators; columns are the same names first (those tested, so
+    the diagonal is train == test) followed by the sorted test-only generators
+    (leave_one_out's rows ``all_but_<g>`` are never tested: its columns are the
+    held-out generators). Cells without
     a record are NaN.
 
     Returns ``(matrix, row_names, col_names)`` with ``matrix[i, j]`` the score
@@ -66,7 +77,7 @@ def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> t
         if value is not None and math.isfinite(float(value)):
             cells[(train, test)].append(float(value))
     row_names = sorted(rows)
-    col_names = row_names + sorted(tests - rows)
+    col_names = [name for name in row_names if name in tests] + sorted(tests - rows)
     matrix = np.full((len(row_names), len(col_names)), np.nan)
     for i, train in enumerate(row_names):
         for j, test in enumerate(col_names):
@@ -103,15 +114,17 @@ def records_from_run(model: str, train_generator: str, seed: str, metrics: Mappi
 
 # -- MLflow ---------------------------------------------------------------------------------------------------
 def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_names: Sequence[str],
-                  select: str = "latest") -> list[dict[str, Any]]:
-    """Records of the finished LOGO training runs of an experiment (see :func:`records_from_run`).
+                  select: str = "latest", protocol: str = "train_on_one") -> list[dict[str, Any]]:
+    """Records of the finished training runs of ``protocol`` in an experiment (see :func:`records_from_run`).
 
     ``select="latest"`` keeps the newest run per (model, train generator, seed).
     """
-    runs = finished_training_runs(client, experiment_name, "tags.protocol = 'logo'",
-                                  hint="Run the protocol first: python run.py -m experiment=leave_one_generator_out "
-                                       "model=..., then python run.py task=cross_generator "
-                                       "experiment=leave_one_generator_out")
+    if protocol not in PROTOCOL_TAGS:
+        raise ValueError(f"task.protocol={protocol!r} is not one of {sorted(PROTOCOL_TAGS)}")
+    runs = finished_training_runs(client, experiment_name,
+                                  hint=f"Run the protocol first: python run.py -m experiment={protocol} "
+                                       f"model=..., then python run.py task=cross_generator experiment={protocol}")
+    runs = [run for run in runs if run.data.tags.get("protocol") in PROTOCOL_TAGS[protocol]]
 
     def key(run) -> tuple[str, str, str] | None:
         if "train_generator" not in run.data.tags:
@@ -142,10 +155,11 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = cfg.task.experiment_name
     metric_names = list(cfg.task.metrics)
-    records = fetch_records(client, experiment, metric_names, cfg.task.get("select", "latest"))
+    protocol = cfg.task.get("protocol", "train_on_one")
+    records = fetch_records(client, experiment, metric_names, cfg.task.get("select", "latest"), protocol)
     if not records:
-        raise LookupError(f"no finished leave-one-generator-out runs (tag protocol=logo) in '{experiment}'; run "
-                          f"python run.py -m experiment=leave_one_generator_out model=... first")
+        raise LookupError(f"no finished {protocol} runs (tag protocol={protocol}) in '{experiment}'; run "
+                          f"python run.py -m experiment={protocol} model=... first")
 
     out_dir = Path(cfg.paths.report_dir) / "cross_generator"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,16 +188,16 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
             writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"]])
     artifacts.append(summary_csv)
 
-    run_id = _log_run(client, experiment, summary, artifacts)
+    run_id = _log_run(client, experiment, summary, artifacts, protocol)
     _print_summary(experiment, matrices, summary)
     return {"matrices": matrices, "summary": summary, "records": records, "run_id": run_id,
             "out_dir": out_dir, "artifacts": artifacts}
 
 
 def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tuple[str, str], Mapping[str, float]],
-             artifacts: Sequence[Path]) -> str:
+             artifacts: Sequence[Path], protocol: str = "train_on_one") -> str:
     exp_id = client.get_experiment_by_name(experiment).experiment_id
-    run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": "logo"})
+    run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": protocol})
     now = int(time.time() * 1000)
     metrics = [Metric(f"cross_generator/{sanitize_metric_component(model)}/{metric}/{name}", value, now, 0)
                for (model, metric), values in summary.items() for name, value in values.items()
@@ -206,7 +220,7 @@ def _print_summary(experiment: str, matrices: Mapping, summary: Mapping) -> None
         for name, values in zip(rows, matrix):
             table.add_row(name, *("n/a" if math.isnan(v) else f"{v:.4f}" for v in values))
         console.print(table)
-    table = Table(title=f"{experiment}: leave-one-generator-out summary")
+    table = Table(title=f"{experiment}: cross-generator summary")
     for header in ("model", "metric", "diagonal mean", "off-diagonal mean"):
         table.add_column(header, justify="left" if header in ("model", "metric") else "right")
     for (model, metric), values in summary.items():

@@ -19,6 +19,7 @@ from experiments.safe_paths import plain_name
 from experiments.training.builders import build_datamodule
 from experiments.training.kinds import detector_kind
 from experiments.training.resume import RUN_ID_FILE, ResumePoint
+from experiments.training.weights import check_pretrained_weights
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def train(cfg: DictConfig) -> float | None:
     plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
     L.seed_everything(cfg.seed, workers=True)
     resume = _resume_point(cfg)
+    check_pretrained_weights(cfg.model)  # download or find ImageNet/CLIP weights before the data scan
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()

@@ -14,6 +14,7 @@ here and one config.
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -139,6 +140,9 @@ class LightningDetector(DetectorKind):
         return path
 
     def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+        from experiments.training.weights import without_pretrained_weights
+
+        cfg = without_pretrained_weights(copy.deepcopy(cfg))  # the trained weights replace ImageNet's: no download
         net = instantiate(cfg.model.net)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.to(device).eval()
@@ -207,12 +211,12 @@ class SklearnPipeline(DetectorKind):
 
         pipeline = instantiate(cfg.model.estimator)
         features, head = pipeline[:1], pipeline[1:]
-        x_train, y_train, _, _ = collect_features(datamodule.train_dataloader(), features)
+        x_train, y_train, _, _ = self.features_of(cfg, datamodule, "train", features)
         head.fit(x_train, y_train)
         names = datamodule.generator_names
         preds = []
-        for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
-            x, y, g, index = collect_features(loader, features)
+        for split in ("val", "test"):
+            x, y, g, index = self.features_of(cfg, datamodule, split, features)
             preds.append(Predictions(head.predict_proba(x)[:, 1], y, g, index, names))
         val = preds[0]
         step_metrics = {f"val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()
@@ -221,6 +225,12 @@ class SklearnPipeline(DetectorKind):
         tracking.log_artifact(logger, self.save(pipeline, self.weights_path(out_dir, cfg)))
         tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
         return FitResult(pipeline, val, preds[1], count_estimator_parameters(head[-1]))
+
+    def features_of(self, cfg: DictConfig, datamodule, split: str, features):
+        """``(features, labels, generator ids, indices)`` of a split: the feature step over its loader."""
+        from experiments.training.sklearn_io import collect_features
+
+        return collect_features(getattr(datamodule, f"{split}_dataloader")(), features)
 
     def predict_proba(self, model, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(model.predict_proba(as_unit_float(images.cpu()))[:, 1]).float()
@@ -248,6 +258,26 @@ class SklearnPipeline(DetectorKind):
         start = time.perf_counter()
         pipeline.fit(x, np.arange(n) % 2)
         return Throughput(n / (time.perf_counter() - start), "CPU fit (features + classifier)")
+
+
+class FrozenEncoderProbe(SklearnPipeline):
+    """A linear head on a frozen encoder (UnivFD, Ojha et al., CVPR 2023): a :class:`SklearnPipeline` whose
+    feature step is a frozen network, its features cached per image.
+
+    The feature step names what its output depends on (``cache_id()``); with the split's file list and
+    preprocessing it keys an ``.npz`` under ``paths.cache_dir/features`` (as ``experiments.data.cache`` keys
+    decoded images), so the runs of a sweep over heads encode every image once. Splits with random
+    preprocessing (``random_crop``, augmentation) are encoded afresh.
+    """
+
+    def features_of(self, cfg: DictConfig, datamodule, split: str, features):
+        from experiments.training.sklearn_io import cached_features
+
+        step = features[0] if hasattr(features, "steps") else features
+        prep = datamodule.train_preprocess if split == "train" else datamodule.preprocess
+        loader = getattr(datamodule, f"{split}_dataloader")()
+        root = Path(str(cfg.paths.cache_dir)) / "features"
+        return cached_features(loader, features, root, f"{step.cache_id()}|{prep!r}", prep)
 
 
 #: Kinds of run folders saved before ``model.kind`` existed, by their ``model.family``.

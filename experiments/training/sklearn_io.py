@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
 
 from features.precision import as_unit_float
+
+log = logging.getLogger(__name__)
 
 
 def collect_features(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -27,6 +31,32 @@ def collect_features(loader: DataLoader, features) -> tuple[np.ndarray, np.ndarr
     if not xs:
         raise ValueError("no readable images in this split")
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(idx)
+
+
+def cached_features(loader: DataLoader, features, root: Path, header: str, preprocess=None):
+    """:func:`collect_features`, stored once per file list under ``root`` and read back afterwards.
+
+    The key hashes ``header`` (what the features depend on: the feature step and the preprocessing) and
+    every sample's path, size and modification time (``experiments.data.cache.file_list_key``), so a new,
+    removed or rewritten file, or another encoder or preprocessing, gives a fresh file. A split with random
+    preprocessing (``preprocess`` not deterministic) is never cached.
+    """
+    from experiments.data.cache import file_list_key, is_cacheable
+
+    samples = getattr(loader.dataset, "samples", None)
+    if samples is None or (preprocess is not None and not is_cacheable(preprocess)):
+        return collect_features(loader, features)
+    path = Path(root) / f"{file_list_key(header, samples)}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            log.info("frozen features read from %s", path)
+            return stored["x"], stored["y"], stored["g"], stored["index"]
+    result = collect_features(loader, features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=result[0], y=result[1], g=result[2], index=result[3])
+    os.replace(tmp, path)  # atomic: concurrent sweep jobs never read a half-written file
+    return result
 
 
 def count_estimator_parameters(estimator) -> int:

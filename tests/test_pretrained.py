@@ -1,0 +1,98 @@
+"""Pretrained weights: the hub cache, a local file, the offline error, the early check; no network anywhere."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import constants
+from safetensors.torch import save_file
+
+from detectors.backbones import PretrainedWeightsUnavailable, create_backbone, ensure_weights, weights_source
+from experiments.training.weights import check_pretrained_weights, without_pretrained_weights
+from tests.conftest import compose_config
+
+TINY = "resnet10t"  # timm's default tag: resnet10t.c3_in1k, hub id timm/resnet10t.c3_in1k
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache under tmp_path, offline (HF_HUB_OFFLINE=1): nothing can be downloaded."""
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    return home / "hub"
+
+
+def put_in_cache(hub_cache: Path, repo_id: str, state: dict[str, torch.Tensor]) -> Path:
+    """Write ``state`` as ``model.safetensors`` of ``repo_id`` in the Hugging Face cache layout."""
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    return snapshot / "model.safetensors"
+
+
+def test_weights_source_names_the_tag_and_hub_id():
+    assert weights_source("resnet34") == ("resnet34.a1_in1k", "timm/resnet34.a1_in1k", weights_source("resnet34")[2])
+    assert weights_source("resnet34.tv_in1k")[:2] == ("resnet34.tv_in1k", "timm/resnet34.tv_in1k")
+    assert weights_source("resnet50.tv_in1k")[1] == "timm/resnet50.tv_in1k"
+
+
+def test_offline_without_cache_stops_with_the_exact_weights_and_both_keys(offline_hub):
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        create_backbone("resnet34.tv_in1k", pretrained=True)
+    message = str(err.value)
+    for expected in ("resnet34.tv_in1k", "timm/resnet34.tv_in1k", "model.backbone.weights_path=",
+                     "model.backbone.pretrained=false", "HF_HOME"):
+        assert expected in message
+
+
+def test_offline_reads_the_hub_cache(offline_hub):
+    reference = timm.create_model(TINY, pretrained=False, num_classes=0)
+    torch.nn.init.constant_(reference.conv1[0].weight, 0.25)
+    put_in_cache(offline_hub, weights_source(TINY)[1], reference.state_dict())
+    model = create_backbone(TINY, pretrained=True)
+    assert torch.equal(model.conv1[0].weight, reference.conv1[0].weight)
+
+
+def test_weights_path_loads_a_local_state_dict(tmp_path, offline_hub):
+    reference = timm.create_model(TINY, pretrained=False, num_classes=0)
+    torch.nn.init.constant_(reference.conv1[0].weight, 0.5)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    model = create_backbone(TINY, pretrained=True, weights_path=str(path))
+    assert torch.equal(model.conv1[0].weight, reference.conv1[0].weight)
+    with pytest.raises(PretrainedWeightsUnavailable, match="no such file"):
+        create_backbone(TINY, weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_freezing_a_random_backbone_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="detectors.backbones"):
+        create_backbone(TINY, pretrained=False, freeze_stages=1)
+    assert "randomly initialised" in caplog.text and "model.backbone.pretrained=true" in caplog.text
+
+
+def test_paper_models_are_pretrained_and_the_demo_never_downloads(tmp_path):
+    for model in ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "resnet50_fft"):
+        assert compose_config([f"model={model}"], tmp_path, keep_pretrained=True).model.backbone.pretrained is True
+        demo = compose_config([f"model={model}", "experiment=demo"], tmp_path, keep_pretrained=True)
+        assert demo.model.backbone.pretrained is False
+    demo = compose_config(["model=clip_probe", "experiment=demo"], tmp_path, keep_pretrained=True)
+    assert demo.model.estimator.features.pretrained is None and check_pretrained_weights(demo.model) == []
+
+
+def test_the_check_before_training_fails_offline_and_passes_without_weights(tmp_path, offline_hub):
+    cfg = compose_config(["model=resnet34_localfft"], tmp_path, keep_pretrained=True)
+    with pytest.raises(PretrainedWeightsUnavailable, match="resnet34.a1_in1k"):
+        check_pretrained_weights(cfg.model)
+    assert check_pretrained_weights(without_pretrained_weights(cfg).model) == []
+    assert ensure_weights(TINY) is None
