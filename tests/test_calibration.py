@@ -156,3 +156,102 @@ def test_calibration_report_uses_project_ece_and_brier():
     assert report["brier_before"] == pytest.approx(np.mean((before - labels) ** 2), abs=1e-15)
     assert report["ece_after"] == pytest.approx(0.0, abs=1e-6)  # the base rate is calibrated in-sample
     assert brier_score(after, labels) == pytest.approx(labels.mean() * (1 - labels.mean()), abs=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# integration: task=train fits the calibrator on val and applies it to test
+# ---------------------------------------------------------------------------
+def _predictions(logits: np.ndarray, labels: np.ndarray):
+    from experiments.evaluation.predictions import Predictions
+
+    n = len(labels)
+    return Predictions(expit(logits), labels.astype(np.int64), np.arange(n) % 2, np.arange(n), ["gen_a", "gen_b"])
+
+
+def _split(rng: np.random.Generator, scale: float, n: int = 400):
+    """Labels drawn from sigmoid(z); the detector reports ``scale * z``: over-confident when scale > 1."""
+    z = rng.normal(0.0, 2.0, n)
+    labels = (rng.random(n) < expit(z)).astype(np.int64)
+    return scale * z, labels
+
+
+def test_train_fits_temperature_on_val_and_applies_it_to_test(tmp_path, monkeypatch):
+    """An over-confident val split (T ~ 3) and an under-confident test split (T ~ 1/2): the stored temperature
+    and test/ece_calibrated are those of the val fit; swapping the splits would give T < 1 and other numbers."""
+    from omegaconf import open_dict
+
+    from experiments.evaluation.calibration import logit
+    from experiments.tasks.train import train
+    from experiments.training.kinds import FitResult, LightningDetector
+    from tests.conftest import compose_config, make_genimage_tree
+
+    rng = np.random.default_rng(0)
+    val = _predictions(*_split(rng, 3.0))
+    test = _predictions(*_split(rng, 0.5))
+    monkeypatch.setattr(LightningDetector, "fit", lambda self, cfg, dm, out, logger: FitResult(None, val, test, 1))
+    tree = make_genimage_tree(tmp_path / "genimage", n=2, size=32)
+    cfg = compose_config(["data=genimage_tiny", f"data.root={tree}", "data.crop_size=32", "data.resize_size=null",
+                          "data.num_workers=0", "diagnostics=false"], tmp_path)
+    with open_dict(cfg):
+        cfg.optimized_metric = None
+    train(cfg)
+
+    out = tmp_path / "out"
+    stored = json.loads((out / "calibration.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    on_val = TemperatureScaling().fit(logit(val.prob), val.label).temperature
+    on_test = TemperatureScaling().fit(logit(test.prob), test.label).temperature
+    assert stored["fitted_on"] == "val" and stored["calibrator"]["kind"] == "temperature"
+    assert stored["calibrator"]["temperature"] == pytest.approx(on_val) and on_val > 2.0 > 1.0 > on_test
+    assert metrics["calibration/temperature"] == pytest.approx(on_val)
+    calibrated_test = expit(logit(test.prob) / on_val)
+    assert metrics["test/ece_calibrated"] == pytest.approx(expected_calibration_error(calibrated_test, test.label))
+    assert metrics["test/ece"] == pytest.approx(expected_calibration_error(test.prob, test.label))
+    assert metrics["test/brier_calibrated"] == pytest.approx(np.mean((calibrated_test - test.label) ** 2))
+    assert stored["threshold"] == pytest.approx(metrics["threshold/val_calibrated"])
+    assert stored["threshold_calibrated"] == pytest.approx(expit(logit(stored["threshold"]) / on_val))
+
+
+def test_calibration_file_round_trip(tmp_path):
+    from experiments.evaluation.calibration import calibrated_probs, read_calibration, write_calibration
+
+    fitted = PlattScaling(a=2.0, b=-1.0)
+    path = write_calibration(tmp_path / "calibration.json", fitted, threshold=0.3)
+    restored, record = read_calibration(path)
+    assert record["threshold"] == 0.3 and record["fitted_on"] == "val"
+    assert record["threshold_calibrated"] == pytest.approx(float(calibrated_probs(fitted, [0.3])[0]))
+    probs = np.array([0.1, 0.5, 0.9])
+    assert np.allclose(calibrated_probs(restored, probs), calibrated_probs(fitted, probs))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a calibration file"):
+        read_calibration(tmp_path / "bad.json")
+
+
+def test_evaluate_keeps_the_training_threshold_unless_recalibration_is_asked():
+    """On target data whose own best threshold is 0.3, the metrics use the detector's stored 0.9; recalibration
+    on the target's val split adds figures named *_target_calibrated."""
+    from pathlib import Path
+
+    from experiments.evaluation.metrics import calibrated_threshold
+    from experiments.tasks.evaluate import target_calibrated_metrics, trained_threshold_metrics
+    from experiments.training.checkpoints import LoadedDetector
+
+    rng = np.random.default_rng(1)
+    val, test = _predictions(*_split(rng, 1.0)), _predictions(*_split(rng, 1.0))
+    record = {"threshold": 0.9, "threshold_calibrated": 0.8, "fitted_on": "val"}
+    detector = LoadedDetector(None, None, Path("unused"), calibrator=TemperatureScaling(2.0), calibration=record)
+    metrics = trained_threshold_metrics(detector, val, test)
+    assert metrics["threshold/val_calibrated"] == 0.9
+    assert not any("target_calibrated" in key for key in metrics)
+    at_09 = np.mean((test.prob >= 0.9) == test.label)
+    assert metrics["test/accuracy_at_val_threshold"] == pytest.approx(at_09)
+    assert metrics["calibration/temperature"] == 2.0 and "test/ece_calibrated" in metrics
+
+    target, recalibrated = target_calibrated_metrics(detector, val, test)
+    own = calibrated_threshold(val.prob, val.label)
+    assert target["threshold/val_target_calibrated"] == pytest.approx(own) and abs(own - 0.9) > 0.1
+    assert target["test/accuracy_at_val_threshold_target_calibrated"] == pytest.approx(
+        np.mean((test.prob >= own) == test.label))
+    assert {"test/ece_target_calibrated", "test/brier_target_calibrated",
+            "calibration/temperature_target_calibrated"} <= set(target)
+    assert recalibrated is not None and recalibrated.shape == test.prob.shape

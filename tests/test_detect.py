@@ -79,7 +79,8 @@ def test_messy_folder_scores_good_images_and_reports_the_rest(trained, messy_fol
     result = detect(trained["run_dir"], messy_folder, batch_size=4, progress=False)
     assert sorted(_rel(r.path, messy_folder) for r in result.rows) == sorted(GOOD)
     assert all(0.0 <= r.p_synthetic <= 1.0 for r in result.rows)
-    assert all(r.label == ("synthetic" if r.p_synthetic >= 0.5 else "real") for r in result.rows)
+    # the default threshold is the run's val threshold (on the calibrated P(synthetic) it prints)
+    assert all(r.label == ("synthetic" if r.p_synthetic >= result.threshold else "real") for r in result.rows)
     reasons = {_rel(s.path, messy_folder): s.reason for s in result.skipped}
     assert reasons["tiny.png"] == "too small"
     assert reasons["link.png"] == "symlink outside folder"
@@ -104,9 +105,18 @@ def test_probabilities_equal_the_detectors_own_predict_proba(trained, messy_fold
     det = load_detector(trained["run_dir"])
     pre = Preprocess(det.cfg.data.crop_size, det.cfg.data.resize_size)
     paths = [Path(r.path) for r in result.rows]
-    expected = original(det, torch.stack([pre(load_rgb(p)) for p in paths]))
+    raw = original(det, torch.stack([pre(load_rgb(p)) for p in paths]))
+    # calibrated by default: the training run's val-fitted temperature is applied to the raw P(synthetic)
+    expected = torch.from_numpy(det.calibrate(raw.double().numpy())).float()
     got = torch.tensor([r.p_synthetic for r in result.rows])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert result.probability.startswith("calibrated (temperature scaling")
+    plain = detect(trained["run_dir"], messy_folder, batch_size=4, progress=False, calibrated=False)
+    torch.testing.assert_close(torch.tensor([r.p_synthetic for r in plain.rows]), raw, atol=1e-5, rtol=0)
+    assert plain.probability == "raw (--raw)"
+    # the default threshold is the run's val threshold, on the scale of the printed P(synthetic)
+    assert result.threshold == pytest.approx(det.calibration["threshold_calibrated"])
+    assert plain.threshold == pytest.approx(det.calibration["threshold"]) == pytest.approx(trained["val_threshold"])
 
 
 def test_cli_prints_rows_summary_and_writes_csv(trained, messy_folder, tmp_path, capsys):
@@ -115,8 +125,11 @@ def test_cli_prints_rows_summary_and_writes_csv(trained, messy_folder, tmp_path,
                  "--batch-size", "3"])
     printed = capsys.readouterr().out
     assert code == 0
-    # training writes metrics.json beside the weights: its val-calibrated threshold is reported, 0.3 is used
-    assert f"val-calibrated threshold: {trained['val_threshold']:.4f}"[:30] in printed
+    # training writes calibration.json beside the weights: its val-calibrated threshold is reported (on the
+    # calibrated P(synthetic) that is printed), 0.3 is used
+    stored = json.loads((trained["run_dir"] / "calibration.json").read_text())
+    assert f"val-calibrated threshold: {stored['threshold_calibrated']:.4f}" in printed
+    assert "P(synthetic): calibrated (temperature scaling" in printed
     assert re.search(r"skipped by reason: .*too small: 1", printed)
     for name, reason in (("tiny.png", "too small"), ("link.png", "symlink outside folder"), ("corrupt.jpg", "")):
         assert re.search(rf"skipped \S*{re.escape(name)}: {reason}", printed), name
@@ -139,23 +152,29 @@ def test_follow_symlinks_and_no_recursive(trained, messy_folder):
 
 
 def test_val_threshold_from_mlflow_run_id(trained, messy_folder, capsys):
-    result = detect(trained["run_id"], messy_folder, threshold="val", tracking_uri=trained["uri"], progress=False)
+    result = detect(trained["run_id"], messy_folder, threshold="val", tracking_uri=trained["uri"], progress=False,
+                    calibrated=False)
     assert result.threshold == pytest.approx(trained["val_threshold"])
-    assert main([trained["run_id"], str(messy_folder), "--tracking-uri", trained["uri"]]) == 0
+    assert main([trained["run_id"], str(messy_folder), "--tracking-uri", trained["uri"], "--threshold", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "val-calibrated threshold: " in printed and "--threshold val" in printed
-    assert "threshold: 0.5 " in printed  # 0.5 stays the default
+    assert "threshold: 0.5 " in printed
+    # by default the run's own threshold travels with it (calibration.json, downloaded from the MLflow run)
+    default = detect(trained["run_id"], messy_folder, tracking_uri=trained["uri"], progress=False)
+    assert default.threshold == pytest.approx(default.val_threshold) and default.probability.startswith("calibrated")
 
 
 def test_val_threshold_from_metrics_json_beside_weights(trained, messy_folder, tmp_path, capsys):
     run_dir = shutil.copytree(trained["run_dir"], tmp_path / "run")
     (run_dir / "metrics.json").unlink()
+    (run_dir / "calibration.json").unlink()  # a run saved before calibration was stored
     weights = next(run_dir.glob("*.pth"))
     assert main([str(weights), str(messy_folder / "photo.jpg"), "--threshold", "val"]) == 2
     assert "no validation-calibrated threshold" in capsys.readouterr().err
     (run_dir / "metrics.json").write_text(json.dumps({"threshold/val_calibrated": 0.42}))
     result = detect(weights, messy_folder / "photo.jpg", threshold="val", progress=False)
     assert result.threshold == pytest.approx(0.42) and len(result.rows) == 1
+    assert result.probability.startswith("raw (no calibration.json")
 
 
 def test_bad_reference_and_paths_exit_2_without_traceback(trained, messy_folder, tmp_path, capsys):

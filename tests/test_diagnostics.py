@@ -184,6 +184,38 @@ def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_
     assert [r.data.tags["evaluated_run"] for r in runs] == [trained["run_id"]]
 
 
+def test_training_stores_the_val_calibration_beside_the_weights(trained):
+    stored = json.loads((trained["run_dir"] / "calibration.json").read_text())
+    assert stored["fitted_on"] == "val" and stored["calibrator"]["kind"] == "temperature"
+    assert stored["threshold"] == pytest.approx(trained["metrics"]["threshold/val_calibrated"])
+    for key in ("test/ece", "test/brier", "test/ece_calibrated", "test/brier_calibrated", "calibration/temperature",
+                "test/vs_all_reals/gen_a/auc", "test/gen_a/auc"):
+        assert key in trained["metrics"], key
+    root = {a.path for a in trained["client"].list_artifacts(trained["run_id"])}
+    assert {"calibration.json", "metrics_by_generator_vs_all_reals.csv"} <= root
+
+
+def test_evaluate_on_other_data_keeps_the_training_threshold_and_calibrator(trained, tmp_path):
+    """By run id (calibration.json comes from MLflow): the training run's threshold and temperature are used on
+    the other dataset; task.recalibrate_on_target=true adds the target-fitted figures under their own names."""
+    other = make_genimage_tree(tmp_path / "other", generators=("gen_c",), n=3, size=48, seed=1)
+    base = TINY + [f"data.root={other}", "task=evaluate", f"ckpt={trained['run_id']}",
+                   f"logger.tracking_uri={trained['uri']}"]
+    metrics = evaluate(compose_config(base + ["diagnostics=false"], tmp_path))
+    stored = json.loads((trained["run_dir"] / "calibration.json").read_text())
+    assert metrics["threshold/val_calibrated"] == pytest.approx(trained["metrics"]["threshold/val_calibrated"])
+    assert metrics["calibration/temperature"] == pytest.approx(stored["calibrator"]["temperature"])
+    assert not any(key.endswith("target_calibrated") for key in metrics)
+
+    cfg = compose_config(base + ["task.recalibrate_on_target=true", STRICT], tmp_path / "recalibrated")
+    recalibrated = evaluate(cfg)
+    assert recalibrated["threshold/val_calibrated"] == metrics["threshold/val_calibrated"]
+    for key in ("threshold/val_target_calibrated", "test/accuracy_at_val_threshold_target_calibrated",
+                "test/ece_target_calibrated", "test/brier_target_calibrated"):
+        assert key in recalibrated, key
+    _assert_real_png(Path(cfg.paths.output_dir) / "plots" / "calibration_target_calibrated.png")
+
+
 def test_evaluate_without_ckpt_names_the_option(tmp_path):
     cfg = compose_config(["task=evaluate"], tmp_path)
     with pytest.raises(MissingCheckpoint, match=r"ckpt=<MLflow run id \| run folder \| weights file>"):

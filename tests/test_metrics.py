@@ -227,3 +227,40 @@ def test_flatten_metrics_nan_handling_and_collisions():
     assert flatten_metrics({"all": {"auc": 1.0}}, "") == {"auc": 1.0}
     with pytest.raises(ValueError):
         flatten_metrics({"a b": {"auc": 1.0}, "a_b": {"auc": 0.5}}, "test")
+
+
+def test_metrics_vs_all_reals_on_a_constructed_example():
+    """gen_a's fakes beat its own reals but not gen_b's reals: AUROC 1.0 against its own, 2/3 against all reals."""
+    from experiments.evaluation.metrics import metrics_by_group, metrics_vs_all_reals
+    from experiments.evaluation.predictions import Predictions, score
+
+    probs = np.array([0.1, 0.2, 0.6, 0.7, 0.5, 0.9, 0.8, 0.95])
+    labels = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    names = ["gen_a", "gen_b"]
+    own = metrics_by_group(probs, labels, groups, names)
+    every = metrics_vs_all_reals(probs, labels, groups, names)
+    assert own["gen_a"]["auc"] == pytest.approx(1.0)
+    # gen_a fakes {0.6, 0.7} against reals {0.1, 0.2, 0.5, 0.9}: 6 of 8 pairs ranked right
+    assert every["gen_a"]["auc"] == pytest.approx(6 / 8)
+    assert every["gen_a"]["n"] == 6 and every["gen_a"]["n_neg"] == 4 and "all" not in every
+    # gen_b fakes {0.8, 0.95} against its own reals {0.5, 0.9}: 3/4; against all four reals: 7/8
+    assert own["gen_b"]["auc"] == pytest.approx(3 / 4) and every["gen_b"]["auc"] == pytest.approx(7 / 8)
+    split = Predictions(probs, labels, groups, np.arange(8), names)
+    flat = score(split, split)
+    assert flat["test/vs_all_reals/gen_a/auc"] == pytest.approx(6 / 8)
+    assert flat["test/gen_a/auc"] == pytest.approx(1.0)
+
+
+def test_per_generator_tables_name_both_comparisons(tmp_path):
+    from experiments.evaluation.diagnostics import write_metrics_tables
+    from experiments.evaluation.metrics import metrics_by_group, metrics_vs_all_reals
+
+    probs, labels, groups = np.array([0.1, 0.8, 0.3, 0.9]), np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    own = write_metrics_tables(metrics_by_group(probs, labels, groups, ["a", "b"]), tmp_path)
+    every = write_metrics_tables(metrics_vs_all_reals(probs, labels, groups, ["a", "b"]), tmp_path,
+                                 "metrics_by_generator_vs_all_reals", compared_with="all reals")
+    assert [p.name for p in every] == ["metrics_by_generator_vs_all_reals.csv", "metrics_by_generator_vs_all_reals.json"]
+    own_rows = own[0].read_text().splitlines()
+    assert own_rows[0].startswith("generator,compared_with,") and own_rows[2].startswith("a,own reals,")
+    assert every[0].read_text().splitlines()[1].startswith("a,all reals,")

@@ -12,7 +12,10 @@ from omegaconf import open_dict
 
 from experiments.training.checkpoints import LoadedDetector
 from experiments.tasks.ood_stress import as_ref_list, ood_stress, training_command
-from experiments.data.perturbations import apply, metric_prefix, perturbation_grid
+from experiments.data.images import load_rgb
+from experiments.data.perturbations import apply, metric_prefix, perturb_image, perturbation_grid, perturbation_order
+from experiments.training.builders import build_datamodule
+from features.precision import as_unit_float
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 
@@ -97,7 +100,8 @@ def test_clean_strength_equals_plain_test_auroc(stressed):
 
 
 def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monkeypatch):
-    """Spy on the detectors' input: both get the same tensors, and those are ``apply(clean, p, seed, ids)``."""
+    """With ``ood.order=after_preprocessing``, spy on the detectors' input: both get the same tensors, and those
+    are ``apply(clean, p, seed, ids)`` of the preprocessed batch."""
     seen = defaultdict(list)
     original = LoadedDetector.predict_proba
 
@@ -108,6 +112,7 @@ def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monke
     monkeypatch.setattr(LoadedDetector, "predict_proba", spy)
     ids = [stressed["result"]["detectors"][m] for m in MODELS]
     cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
+                                 "ood.order=after_preprocessing",
                                  f"data.root={stressed['tree']}", f"ckpt=[{ids[0]},{ids[1]}]",
                                  f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
     result = ood_stress(cfg)
@@ -123,6 +128,35 @@ def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monke
     grid = perturbation_grid(cfg.ood)
     expected = apply(clean, grid[1], cfg.seed, sample_ids=torch.arange(clean.shape[0]))
     assert torch.equal(noisy, expected)
+
+
+def test_default_order_perturbs_the_file_before_preprocessing(stressed, tmp_path, monkeypatch):
+    """The default (deployment) order: each detector gets preprocess(perturb_image(file)), the same for both."""
+    seen = defaultdict(list)
+    original = LoadedDetector.predict_proba
+
+    def spy(self, images):
+        seen[self.cfg.model.name].append(images.clone())
+        return original(self, images)
+
+    monkeypatch.setattr(LoadedDetector, "predict_proba", spy)
+    ids = [stressed["result"]["detectors"][m] for m in MODELS]
+    cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
+                                 f"data.root={stressed['tree']}", f"ckpt=[{ids[0]},{ids[1]}]",
+                                 f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
+    assert perturbation_order(cfg.ood) == "before_preprocessing"
+    ood_stress(cfg)
+    first, second = seen[MODELS[0]], seen[MODELS[1]]
+    assert len(first) == 2 and all(torch.equal(a, b) for a, b in zip(first, second))
+    clean, noisy = first
+    dm = build_datamodule(cfg)
+    dm.setup()
+    noise = perturbation_grid(cfg.ood)[1]
+    samples = dm.datasets["test"].samples
+    expected = torch.stack([dm.preprocess(perturb_image(load_rgb(s.path), noise, cfg.seed, i))
+                            for i, s in enumerate(samples)])
+    assert torch.equal(noisy, as_unit_float(expected))
+    assert not torch.equal(noisy, apply(clean, noise, cfg.seed, sample_ids=torch.arange(clean.shape[0])))
 
 
 def test_missing_runs_outside_demo_raise_with_a_command(stressed):

@@ -287,3 +287,37 @@ def test_augment_off_is_identity_and_bad_args_fail():
     with pytest.raises(ValueError, match="quality_range"):
         CNNDetectionAugment(quality_range=(0, 100))
     assert CNNDetectionAugment.blur(image, 0.0) is image
+
+
+def test_a_perturbation_before_the_equalizer_differs_from_after():
+    """Deployment order (JPEG q30 on the file, then the equalizer re-encodes at q90) is not the older order
+    (equalizer, then JPEG q30 on the preprocessed tensor), and the OOD default is the deployment order."""
+    from PIL import Image
+
+    from experiments.data.perturbations import ORDERS, make_perturbation, perturb_image, perturbation_order
+    from features.equalizer import ExtremeEqualizer
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((80, 96, 3)) * 255).astype(np.uint8))
+    jpeg30 = make_perturbation("jpeg", "jpeg", 30)
+    equalizer = ExtremeEqualizer(size=64, jpeg_quality=90)
+    before = np.asarray(equalizer(perturb_image(image, jpeg30, 0, 0)), dtype=np.float64)
+    equalized = torch.from_numpy(np.asarray(equalizer(image)).copy()).permute(2, 0, 1)[None].float() / 255
+    after = apply(equalized, jpeg30, 0, sample_ids=[0])[0].permute(1, 2, 0).numpy() * 255
+    assert np.abs(before - after).mean() > 2.0
+    assert perturbation_order({}) == "before_preprocessing" == ORDERS[0]
+    assert perturbation_order({"order": "after_preprocessing"}) == "after_preprocessing"
+    with pytest.raises(ValueError, match="ood.order"):
+        perturbation_order({"order": "sideways"})
+
+
+def test_perturb_image_is_seeded_per_image():
+    from PIL import Image
+
+    from experiments.data.perturbations import make_perturbation, perturb_image
+
+    image = Image.fromarray(np.full((40, 40, 3), 128, np.uint8))
+    noise = make_perturbation("noise", "gaussian_noise", 10)
+    one, again, other = (np.asarray(perturb_image(image, noise, 7, i)) for i in (3, 3, 4))
+    assert np.array_equal(one, again) and not np.array_equal(one, other)
+    assert one.shape == (40, 40, 3) and one.dtype == np.uint8

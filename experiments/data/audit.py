@@ -12,7 +12,11 @@ decode) gives a :class:`DataReport`:
 From the report, :func:`check_bad_fraction` stops a run whose data is too broken
 and :func:`leakage_warnings` flags incidental real-vs-synthetic differences (file
 format, JPEG quality, image size) that a detector can learn instead of generator
-traces. :func:`preflight` runs all of it before training;
+traces. :func:`add_metadata_probe` measures the same leak as one number: the
+cross-validated AUROC of a logistic regression that sees only the metadata (format,
+width, height, JPEG quality, bytes per pixel), on the files as they are and again on
+what the configured equalizer makes of them; with an equalizer the warnings judge
+the equalized images, since those are what a detector sees. :func:`preflight` runs all of it before training;
 :func:`experiments.tasks.check_data.check_data` is the stand-alone task::
 
     python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny
@@ -21,6 +25,7 @@ traces. :func:`preflight` runs all of it before training;
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,7 +33,7 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -38,7 +43,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from experiments.data.cache import file_list_key
-from experiments.data.images import UnreadableImage, decode_image
+from experiments.data.images import UnreadableImage, decode_image, load_rgb
 from experiments.data.layouts import CLASS_NAMES, Sample
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,10 @@ SHORT_SIDE_EDGES = (0, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 204
 QUALITY_BIN_WIDTH = 5
 #: how many files each list in the text report shows (the JSON report has all of them).
 LIST_LIMIT = 20
+#: folds of the stratified cross-validation of the metadata probe.
+PROBE_FOLDS = 5
+#: at most this many files per class are equalized for the probe and the warnings after the equalizer (seeded).
+PROBE_MAX_PER_CLASS = 2000
 
 # IJG / JPEG Annex K base tables, natural (row-major) order, as PIL's ``img.quantization`` gives them.
 _IJG_LUMA = np.array([
@@ -122,6 +131,8 @@ class FileRecord:
     jpeg_quality: int | None = None
     reason: str | None = None
     detail: str = ""
+    #: size of the file in bytes (of the equalizer's re-encoded output for an equalized record)
+    n_bytes: int = 0
 
     @property
     def readable(self) -> bool:
@@ -148,6 +159,7 @@ def inspect_file(sample: Sample, split: str) -> FileRecord:
     return FileRecord(
         **base,
         sha1=sha1,
+        n_bytes=len(data),
         format=decoded.format,
         mode=decoded.mode,
         width=width,
@@ -278,6 +290,17 @@ class DataReport:
     root: str | None = None
     seconds: float = 0.0
     duplicates: list[DuplicateGroup] = field(default_factory=list)
+    #: the usable files as the configured equalizer outputs them (:func:`add_metadata_probe`); None without one
+    equalized: list[FileRecord] | None = None
+    #: ``{"raw": AUROC, "equalized": AUROC}`` of the metadata probe (:func:`metadata_probe_auroc`)
+    probe: dict[str, float] = field(default_factory=dict)
+    equalizer: str = ""
+
+    def leakage_view(self) -> "DataReport":
+        """The report the leakage warnings judge: the equalized files when an equalizer is configured."""
+        if self.equalized is None:
+            return self
+        return DataReport(self.equalized, 0, self.root)
 
     # counts
     @property
@@ -368,6 +391,7 @@ class DataReport:
             "data/bad_fraction": float(self.bad_fraction),
             "data/duplicates_across_splits": float(self.cross_split_duplicate_pairs),
             "data/scan_seconds": float(self.seconds),
+            **{f"data/probe_auroc_{state}": float(value) for state, value in self.probe.items()},
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -406,6 +430,8 @@ class DataReport:
                 ],
             },
             "leakage_warnings": leakage_warnings(self),
+            "metadata_probe": {"auroc": dict(self.probe), "equalizer": self.equalizer or None,
+                               "features": list(PROBE_FEATURES), "folds": PROBE_FOLDS},
         }
 
     def format_table(self, max_bad_fraction: float | None = None) -> str:
@@ -447,7 +473,12 @@ class DataReport:
         lines += _more(len(cross))
 
         warns = leakage_warnings(self)
-        lines += ["", f"Leakage warnings: {len(warns) or 'none'}"] + [f"  - {w}" for w in warns]
+        after = f" (after the equalizer {self.equalizer})" if self.equalized is not None else ""
+        lines += ["", f"Leakage warnings{after}: {len(warns) or 'none'}"] + [f"  - {w}" for w in warns]
+        if self.probe:
+            probe = ", ".join(f"{state} {value:.3f}" for state, value in self.probe.items())
+            lines += [f"Metadata probe AUROC ({', '.join(PROBE_FEATURES)}; logistic regression, stratified "
+                      f"{PROBE_FOLDS}-fold; 0.5 = no leak, 1.0 = the metadata alone give the label): {probe}"]
         limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
         empty = self.empty_classes()
         verdict = "OK" if self.bad_fraction <= limit and not empty else "TOO MANY: training stops"
@@ -556,7 +587,7 @@ def scan_cache_path(jobs: Sequence[tuple[Sample, str]], cache_dir: str | Path | 
     """Where the per-file results of ``jobs`` (``(sample, split)`` pairs) are cached, or None without a cache."""
     if cache_dir is None:
         return None
-    key = file_list_key("data check", (s for s, _ in jobs), (split for _, split in jobs))
+    key = file_list_key("data check v2", (s for s, _ in jobs), (split for _, split in jobs))
     return Path(cache_dir) / f"{key}.json"
 
 
@@ -613,30 +644,32 @@ def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX
     raise BadDataError("\n".join(lines))
 
 
-def _leak_message(scope: str, what: str, tv: float, real: Counter, synthetic: Counter, extra: str = "") -> str:
+def _leak_message(scope: str, what: str, tv: float, real: Counter, synthetic: Counter, extra: str = "",
+                  hint: str = EQUALIZER_HINT) -> str:
     return (
         f"{scope}: real and synthetic images differ in {what} (total-variation distance {tv:.2f} > {LEAKAGE_TV_THRESHOLD}): "
         f"real {shares(real)}; synthetic {shares(synthetic)}{extra}. A detector can learn this instead of generator traces; "
-        f"equalise it with {EQUALIZER_HINT}."
+        f"equalise it with {hint}."
     )
 
 
-def _scope_warnings(report: DataReport, scope: str, generator: str | None, skip: set[str]) -> dict[str, str]:
+def _scope_warnings(report: DataReport, scope: str, generator: str | None, skip: set[str],
+                    hint: str = EQUALIZER_HINT) -> dict[str, str]:
     real, synthetic = report.histograms(generator=generator, label=0), report.histograms(generator=generator, label=1)
     out = {}
     tv = total_variation(real.formats, synthetic.formats)
     if "format" not in skip and tv > LEAKAGE_TV_THRESHOLD:
-        out["format"] = _leak_message(scope, "file format", tv, real.formats, synthetic.formats)
+        out["format"] = _leak_message(scope, "file format", tv, real.formats, synthetic.formats, hint=hint)
     real_q = Counter({quality_bin(q): n for q, n in real.jpeg_quality.items()})
     synthetic_q = Counter({quality_bin(q): n for q, n in synthetic.jpeg_quality.items()})
     tv = total_variation(real_q, synthetic_q)
     if "quality" not in skip and tv > LEAKAGE_TV_THRESHOLD:
         out["quality"] = _leak_message(scope, f"JPEG quality among JPEG files (bins of {QUALITY_BIN_WIDTH})", tv,
-                                       real_q, synthetic_q)
+                                       real_q, synthetic_q, hint=hint)
     tv = total_variation(real.short_side, synthetic.short_side)
     if "size" not in skip and tv > LEAKAGE_TV_THRESHOLD:
         out["size"] = _leak_message(scope, "image size (short side, px)", tv, real.short_side, synthetic.short_side,
-                                    f" (most common sizes: real {shares(real.sizes, 2)}; synthetic {shares(synthetic.sizes, 2)})")
+                                    f" (most common sizes: real {shares(real.sizes, 2)}; synthetic {shares(synthetic.sizes, 2)})", hint)
     return out
 
 
@@ -653,16 +686,116 @@ def leakage_warnings(report: DataReport) -> list[str]:
 
     It is tested on the whole dataset, then per generator (when there are several)
     for the properties the whole-dataset test did not already flag. Empty when
-    every property is consistent, e.g. after equalising.
+    every property is consistent, e.g. after equalising. When the report has equalized records
+    (:func:`add_metadata_probe` with an equalizer), they are judged instead of the files.
     """
+    hint = EQUALIZER_HINT if report.equalized is None else "a stronger equalizer (it survives this one)"
+    report = report.leakage_view()
     generators = sorted({r.generator for r in report.records})
     scope = f"generator '{generators[0]}'" if len(generators) == 1 else "all generators"
-    overall = _scope_warnings(report, scope, None, set())
+    overall = _scope_warnings(report, scope, None, set(), hint)
     out = list(overall.values())
     if len(generators) > 1:
         for gen in generators:
-            out += list(_scope_warnings(report, f"generator '{gen}'", gen, set(overall)).values())
+            out += list(_scope_warnings(report, f"generator '{gen}'", gen, set(overall), hint).values())
     return out
+
+
+# -- the metadata probe -------------------------------------------------------------------------------------
+#: what the metadata probe sees of each file (the format one-hot encoded).
+PROBE_FEATURES = ("format", "width", "height", "jpeg_quality (-1 when not JPEG)", "bytes_per_pixel")
+
+
+def metadata_features(records: Sequence[FileRecord]) -> np.ndarray:
+    """``(N, F)`` probe inputs of readable records: one-hot format, width, height, JPEG quality (-1 when not
+    JPEG) and bytes per pixel (file size over width x height)."""
+    formats = sorted({r.format or "unknown" for r in records})
+    rows = []
+    for r in records:
+        one_hot = [float((r.format or "unknown") == f) for f in formats]
+        quality = -1.0 if r.jpeg_quality is None else float(r.jpeg_quality)
+        rows.append([*one_hot, float(r.width), float(r.height), quality, r.n_bytes / max(1, r.width * r.height)])
+    return np.asarray(rows, dtype=np.float64).reshape(len(records), len(formats) + 4)
+
+
+def metadata_probe_auroc(records: Iterable[FileRecord], seed: int = 0, folds: int = PROBE_FOLDS) -> float:
+    """Cross-validated AUROC of real vs synthetic from the metadata alone (:func:`metadata_features`).
+
+    A standardised logistic regression (scikit-learn) is scored out of fold with a seeded stratified
+    ``folds``-fold split (fewer folds when a class has fewer files), and the AUROC of the pooled out-of-fold
+    probabilities is returned: 0.5 when the metadata carry no label information, 1.0 when they alone
+    separate the classes (e.g. JPEG photos against PNG fakes). NaN with fewer than two files of a class.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    usable = [r for r in records if r.readable]
+    labels = np.asarray([r.label for r in usable], dtype=np.int64)
+    smallest = int(min(np.sum(labels == 0), np.sum(labels == 1))) if usable else 0
+    if smallest < 2:
+        return float("nan")
+    split = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    probs = cross_val_predict(probe, metadata_features(usable), labels, cv=split, method="predict_proba")[:, 1]
+    return float(roc_auc_score(labels, probs))
+
+
+def equalized_record(record: FileRecord, equalizer) -> FileRecord:
+    """``record`` as the equalizer outputs the file: its size, and, when it re-encodes (``jpeg_quality``), format
+    JPEG at that quality and the bytes of the output re-encoded with the equalizer's settings. Without a JPEG
+    step the pixels keep the file's format and compression, and its bytes per pixel."""
+    from features.equalizer import JPEG_SUBSAMPLING
+
+    image = equalizer(load_rgb(record.path))
+    width, height = image.size
+    quality = getattr(equalizer, "jpeg_quality", None)
+    if quality is None:
+        per_pixel = record.n_bytes / max(1, record.width * record.height)
+        return replace(record, width=width, height=height, n_bytes=int(round(per_pixel * width * height)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING)
+    return replace(record, format="JPEG", width=width, height=height, jpeg_quality=int(quality),
+                   n_bytes=len(buffer.getvalue()))
+
+
+def probe_sample(report: DataReport, max_per_class: int = PROBE_MAX_PER_CLASS, seed: int = 0) -> list[FileRecord]:
+    """Up to ``max_per_class`` usable records of each class, a seeded random subset, in report order."""
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in (0, 1):
+        rows = [i for i, r in enumerate(report.records) if r.label == label and report.usable(r)]
+        if len(rows) > max_per_class:
+            rows = rng.choice(rows, size=max_per_class, replace=False).tolist()
+        keep += rows
+    return [report.records[i] for i in sorted(keep)]
+
+
+def add_metadata_probe(report: DataReport, equalizer=None, seed: int = 0, num_threads: int | None = None,
+                       max_per_class: int = PROBE_MAX_PER_CLASS) -> DataReport:
+    """Set ``report.probe["raw"]`` (the files as they are) and, with an ``equalizer`` (PIL -> PIL, e.g.
+    ``ExtremeEqualizer``), ``report.equalized`` (up to ``max_per_class`` files per class through it, seeded) and
+    ``report.probe["equalized"]``; the leakage warnings then judge the equalized files. Returns ``report``."""
+    report.probe = {"raw": metadata_probe_auroc([r for r in report.records if report.usable(r)], seed)}
+    if equalizer is None:
+        return report
+    sample = probe_sample(report, max_per_class, seed)
+    threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
+
+    def equalize(record: FileRecord) -> FileRecord | None:
+        try:
+            return equalized_record(record, equalizer)
+        except (UnreadableImage, OSError, ValueError) as err:
+            log.warning("data check: cannot equalize %s (%s)", record.path, err)
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        report.equalized = [r for r in pool.map(equalize, sample) if r is not None]
+    report.equalizer = repr(equalizer)
+    report.probe["equalized"] = metadata_probe_auroc(report.equalized, seed)
+    return report
 
 
 # -- entry points -------------------------------------------------------------------------------------------
@@ -710,7 +843,9 @@ def wait_for_scan(datamodule, cache_dir: Path | None, timeout_s: float = 3600.0,
 def preflight(cfg: DictConfig, datamodule, logger=None, progress: bool = True, rank: int = 0) -> DataReport:
     """Scan the datamodule's splits before fitting: log the counts (and the report as an artifact) to the
     MLflow ``logger`` if given, warn about format leakage, and raise :class:`BadDataError` when more than
-    ``data.max_bad_fraction`` of the files are unusable or a split/class has no usable image.
+    ``data.max_bad_fraction`` of the files are unusable or a split/class has no usable image. The metadata
+    probe AUROC, raw and after the datamodule's equalizer (:func:`add_metadata_probe`), is logged with the counts
+    (``data/probe_auroc_raw``, ``data/probe_auroc_equalized``).
 
     The per-file results are cached under ``paths.cache_dir`` (:func:`scan_dataset`). Under DDP, rank 0
     scans and the other ranks (``rank > 0``) read its results (:func:`wait_for_scan`): one decode of the
@@ -721,11 +856,13 @@ def preflight(cfg: DictConfig, datamodule, logger=None, progress: bool = True, r
         check_bad_fraction(report, max_bad_fraction(cfg, datamodule))
         return report
     report = scan_dataset(datamodule, progress=progress, cache_dir=cache_dir)
+    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=int(cfg.get("seed", 0) or 0))
     limit = max_bad_fraction(cfg, datamodule)
     log.info(
-        "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s)",
+        "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s); "
+        "metadata probe AUROC %s",
         report.n_images, len(report.unreadable), len(report.too_small), report.cross_split_duplicate_pairs,
-        report.seconds,
+        report.seconds, ", ".join(f"{k} {v:.3f}" for k, v in report.probe.items()),
     )
     if logger is not None:
         from experiments import tracking

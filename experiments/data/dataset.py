@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from experiments.data.images import UnreadableImage, load_rgb
@@ -85,3 +86,21 @@ def collate_skipping(items: list[dict | None] | dict) -> dict:
     batch = default_collate(good)
     batch["skipped"] = torch.tensor(skipped)
     return batch
+
+
+class PerturbedImageDataset(ImageDataset):
+    """:class:`ImageDataset` whose files are perturbed before preprocessing (deployment order of the OOD stress
+    test): decode, ``perturb(image, index)`` on the PIL image at its native size, then ``preprocess``
+    (equalizer included)."""
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, generator_names: Sequence[str],
+                 perturb: Callable[[Image.Image, int], Image.Image]) -> None:
+        super().__init__(samples, preprocess, generator_names)
+        self.perturb = perturb
+
+    def __getitem__(self, index: int) -> dict | None:
+        try:
+            image = self.preprocess(self.perturb(load_rgb(self.samples[index].path), index))
+        except (UnreadableImage, ImageTooSmall):
+            return None
+        return self.item(image, index)

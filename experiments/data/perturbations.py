@@ -1,8 +1,12 @@
 """Deterministic image perturbations for out-of-distribution (OOD) stress tests.
 
-Every perturbation works on a decoded image batch, float ``(B, 3, H, W)`` in
-[0, 1], *before* any detector-specific preprocessing (equalizer, FFT features,
-ImageNet normalisation), so all detectors see exactly the same degraded pixels.
+Every perturbation works on decoded images, float ``(B, 3, H, W)`` in [0, 1]. In
+``task=ood_stress`` (``ood.order``) they are applied in deployment order by default
+(``before_preprocessing``): to each decoded file at its native size, as a re-saved,
+resized, blurred or noisy image would reach a detector (:func:`perturb_image`), and
+then each detector's own preprocessing (equalizer, resize, crop) runs on the result.
+``after_preprocessing`` keeps the older order, on the preprocessed (equalized,
+cropped) batches, where every detector sharing a preprocessing sees the same tensors.
 
 The grid follows the robustness protocols of the field:
 
@@ -333,6 +337,20 @@ def metric_prefix(perturbation: Perturbation) -> str:
     return f"ood/{perturbation.key}"
 
 
+#: ``ood.order`` values: perturb the decoded file, then preprocess (deployment order, the default), or perturb
+#: the preprocessed batch (after the equalizer, resize and crop).
+ORDERS: tuple[str, ...] = ("before_preprocessing", "after_preprocessing")
+
+
+def perturbation_order(cfg_ood: DictConfig | Mapping[str, Any]) -> str:
+    """``ood.order`` (default ``before_preprocessing``), checked against :data:`ORDERS`."""
+    order = cfg_ood.get("order") or ORDERS[0]
+    if order not in ORDERS:
+        raise ValueError(f"ood.order={order!r} is not supported; choose one of {ORDERS} "
+                         "(before_preprocessing perturbs the image file as deployed, then preprocesses)")
+    return str(order)
+
+
 # -- deterministic application -----------------------------------------------------------------------
 def perturbation_generator(seed: int, perturbation: Perturbation, *key: Any) -> torch.Generator:
     """CPU generator seeded from a SHA-256 hash of ``(seed, name, label, *key)``.
@@ -376,3 +394,13 @@ def apply(
         for row, key in enumerate(keys)
     ]
     return torch.cat(rows)
+
+
+def perturb_image(image: Image.Image, perturbation: Perturbation, seed: int, sample_id: int) -> Image.Image:
+    """Perturb one decoded file (PIL, native size) before any preprocessing, as deployment would: the image goes
+    to float [0, 1], through :func:`apply` with its own ``sample_id`` (so its noise is seeded per image, as in
+    the batch order) and back to an 8-bit RGB PIL image, which the detector's preprocessing then receives."""
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    x = x.unsqueeze(0).float().div_(255.0)
+    out = apply(x, perturbation, seed, sample_ids=[int(sample_id)])[0]
+    return Image.fromarray(_to_uint8_hwc(out))

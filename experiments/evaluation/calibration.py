@@ -15,9 +15,11 @@ Labels are real = 0 and synthetic = 1, as everywhere in :mod:`experiments.evalua
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -268,3 +270,63 @@ def calibration_report(probs_before: Any, probs_after: Any, labels: Any) -> dict
         "brier_before": brier_score(probs_before, labels),
         "brier_after": brier_score(probs_after, labels),
     }
+
+
+# ---------------------------------------------------------------------------
+# the calibration of a run: fitted on val, stored beside the weights
+# ---------------------------------------------------------------------------
+#: File name of a run's calibration, beside its weights (and an MLflow artifact at the run's root).
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibrated_probs(calibrator: Calibrator, probs: Any) -> np.ndarray:
+    """Calibrated P(synthetic) of raw P(synthetic): both calibrators map ``logit(p)`` (the detector's logit for
+    a sigmoid head; the log-odds of ``predict_proba`` for a scikit-learn pipeline)."""
+    return calibrator.transform(logit(probs))
+
+
+def fit_val_calibration(kind: str, val_probs: Any, val_labels: Any) -> Calibrator:
+    """A calibrator of ``kind`` fitted on the validation split's P(synthetic) and labels only (never on test).
+
+    Temperature scaling (Guo et al., 2017) and Platt scaling (Platt, 1999) both fit ``logit(p)``.
+    """
+    return fit_calibrator(kind, logit(val_probs), val_labels)
+
+
+def calibration_metrics(calibrator: Calibrator, test_probs: Any, test_labels: Any,
+                        prefix: str = "test", suffix: str = "calibrated") -> dict[str, float]:
+    """``<prefix>/ece``, ``<prefix>/brier`` (raw P) and ``<prefix>/ece_<suffix>``, ``<prefix>/brier_<suffix>``
+    (P after ``calibrator``), plus the calibrator's parameters as ``calibration/<name>`` (``<suffix>`` other
+    than "calibrated" is appended to those names too)."""
+    report = calibration_report(test_probs, calibrated_probs(calibrator, test_probs), test_labels)
+    out = {f"{prefix}/ece": report["ece_before"], f"{prefix}/brier": report["brier_before"],
+           f"{prefix}/ece_{suffix}": report["ece_after"], f"{prefix}/brier_{suffix}": report["brier_after"]}
+    tail = "" if suffix == "calibrated" else f"_{suffix}"
+    for key, value in calibrator.state_dict().items():
+        if isinstance(value, float):
+            out[f"calibration/{key}{tail}"] = value
+    return out
+
+
+def calibration_record(calibrator: Calibrator, threshold: float, split: str = "val") -> dict[str, Any]:
+    """What ``calibration.json`` holds: the calibrator's state, the decision threshold chosen on the same split on
+    raw P(synthetic) (``threshold``), the same decision on calibrated P (``threshold_calibrated``; both
+    calibrators are increasing maps when fitted on informative scores, so the decisions agree) and the split."""
+    return {"calibrator": calibrator.state_dict(), "fitted_on": split, "threshold": float(threshold),
+            "threshold_calibrated": float(calibrated_probs(calibrator, [threshold])[0])}
+
+
+def write_calibration(path: Any, calibrator: Calibrator, threshold: float, split: str = "val") -> Any:
+    """Write :func:`calibration_record` as JSON to ``path``; return ``path``."""
+    path = Path(path)
+    path.write_text(json.dumps(calibration_record(calibrator, threshold, split), indent=2))
+    return path
+
+
+def read_calibration(path: Any) -> tuple[Calibrator, dict[str, Any]]:
+    """``(calibrator, record)`` of a ``calibration.json`` written by :func:`write_calibration`."""
+    record = json.loads(Path(path).read_text())
+    if not isinstance(record, dict) or "calibrator" not in record:
+        raise ValueError(f"{path} is not a calibration file (no 'calibrator' entry); "
+                         "re-run task=train to write one")
+    return calibrator_from_dict(record["calibrator"]), record

@@ -52,35 +52,46 @@ def plot_confusion_matrix(probs: Any, labels: Any, path: str | Path, threshold: 
     return path
 
 
-def plot_calibration(probs: Any, labels: Any, path: str | Path, n_bins: int = 15) -> str | Path:
+def plot_calibration(probs: Any, labels: Any, path: str | Path, n_bins: int = 15, probs_calibrated: Any = None,
+                     calibrated_label: str = "calibrated") -> str | Path:
     """Reliability diagram of P(synthetic) with the identity diagonal, above a histogram of the scores.
 
     Bars show the fraction of synthetic samples per equal-width bin (see
     :func:`experiments.evaluation.metrics.reliability_bins`); the ECE in the title uses the same bins.
+    With ``probs_calibrated`` (the same samples after a post-hoc calibrator) a second column shows them,
+    titled ``calibrated_label``: before on the left, after on the right.
     """
+    panels = [("before calibration" if probs_calibrated is not None else "", probs)]
+    if probs_calibrated is not None:
+        panels.append((f"after: {calibrated_label}", probs_calibrated))
+    with saved_figure(path, (5.0 * len(panels), 6.0)) as fig:
+        axes = fig.subplots(2, len(panels), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
+        for column, (name, scores) in enumerate(panels):
+            _reliability_panel(axes[0, column], axes[1, column], scores, labels, n_bins, name)
+    return path
+
+
+def _reliability_panel(top, bottom, probs: Any, labels: Any, n_bins: int, name: str) -> None:
     bins = reliability_bins(probs, labels, n_bins)
     ece = expected_calibration_error(probs, labels, n_bins)
     edges = bins["edges"]
     centres = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
     filled = bins["count"] > 0
-
-    with saved_figure(path, (5.0, 6.0)) as fig:
-        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        top.bar(centres[filled], bins["frac_pos"][filled], width=width, edgecolor="black", color="tab:blue",
-                alpha=0.8, label="Observed fraction synthetic")
-        top.plot(centres[filled], bins["mean_prob"][filled], "o", color="tab:orange", markersize=4,
-                 label="Mean predicted probability")
-        top.plot([0, 1], [0, 1], "--", color="gray", label="Perfect calibration")
-        top.set_xlim(0, 1)
-        top.set_ylim(0, 1)
-        top.set_ylabel("Fraction synthetic")
-        top.set_title(f"Reliability diagram (ECE = {ece:.3f}, {n_bins} bins)")
-        top.legend(loc="upper left", fontsize=8)
-        bottom.bar(centres, bins["count"], width=width, edgecolor="black", color="tab:gray")
-        bottom.set_xlabel("Predicted P(synthetic)")
-        bottom.set_ylabel("Count")
-    return path
+    top.bar(centres[filled], bins["frac_pos"][filled], width=width, edgecolor="black", color="tab:blue",
+            alpha=0.8, label="Observed fraction synthetic")
+    top.plot(centres[filled], bins["mean_prob"][filled], "o", color="tab:orange", markersize=4,
+             label="Mean predicted probability")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="Perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("Fraction synthetic")
+    title = f"Reliability diagram (ECE = {ece:.3f}, {n_bins} bins)"
+    top.set_title(f"{title}\n{name}" if name else title, fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centres, bins["count"], width=width, edgecolor="black", color="tab:gray")
+    bottom.set_xlabel("Predicted P(synthetic)")
+    bottom.set_ylabel("Count")
 
 
 def plot_roc(curves: Mapping[str, tuple[Any, Any]], path: str | Path) -> str | Path:

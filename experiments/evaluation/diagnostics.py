@@ -4,7 +4,8 @@ For the test split of a trained detector, :func:`write_diagnostics` writes into
 ``<out_dir>/plots/`` (and logs to MLflow under ``plots/``):
 
 * ``confusion_matrix.png``: at threshold 0.5;
-* ``calibration.png``: reliability diagram over a histogram of the scores;
+* ``calibration.png``: reliability diagram over a histogram of the scores, of the raw P(synthetic) and, when
+  the run has a val-fitted calibrator, of the calibrated P(synthetic) beside it (before / after);
 * ``roc.png``: the pooled ROC curve and one per generator;
 * ``per_generator_accuracy.png``: accuracy per generator, pooled value dashed;
 * ``tsne.png``: t-SNE (van der Maaten & Hinton, 2008) of the penultimate features
@@ -16,8 +17,10 @@ For the test split of a trained detector, :func:`write_diagnostics` writes into
   ``model.cam_layers()`` (spatial and frequency side by side for SPECTRAFORGE).
   Not drawn for scikit-learn pipelines, which have no convolutional layer.
 
-and ``<out_dir>/metrics_by_generator.{csv,json}`` (every test metric per generator
-plus the pooled ``all`` row), logged at the root of the run's artifacts.
+and, logged at the root of the run's artifacts, ``<out_dir>/metrics_by_generator.{csv,json}`` (every test
+metric per generator, each generator's fakes against *its own* reals, plus the pooled ``all`` row) and
+``<out_dir>/metrics_by_generator_vs_all_reals.{csv,json}`` (each generator's fakes against *every* real test
+image); the CSV column ``compared_with`` says which.
 
 A plot that fails is reported with a warning and the others are still written,
 unless ``cfg.diagnostics_strict`` is true (tests use it), in which case it raises.
@@ -36,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from experiments.data.dataset import collate_skipping
-from experiments.evaluation.metrics import metrics_by_group
+from experiments.evaluation.metrics import ALL_GROUPS, metrics_by_group, metrics_vs_all_reals
 from experiments.data.layouts import CLASS_NAMES
 from experiments.training.kinds import detector_kind
 from experiments.evaluation.curves import plot_calibration, plot_confusion_matrix, plot_per_group_accuracy, plot_roc
@@ -50,12 +53,17 @@ DEFAULT_MAX_SAMPLES = 512
 DEFAULT_GRADCAM_IMAGES = 4
 FEATURE_BATCH = 64
 TSNE_THREADS = 1
+#: per-generator tables: fakes against their own generator's reals, and against every real test image.
+OWN_REALS_STEM = "metrics_by_generator"
+ALL_REALS_STEM = "metrics_by_generator_vs_all_reals"
 
 
 # ---------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------
-def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, strict: bool | None = None) -> list[Path]:
+def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, strict: bool | None = None,
+                      calibrated_prob: np.ndarray | None = None, calibration_label: str = "calibrated",
+                      ) -> list[Path]:
     """Write (and log to MLflow, when ``logger`` is given) every diagnostic of ``test``; return the files written.
 
     Args:
@@ -66,6 +74,8 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
         out_dir: the run folder; plots go to ``out_dir/plots``.
         logger: an ``MLFlowLogger`` or None.
         strict: raise on the first failing plot instead of warning (default ``cfg.diagnostics_strict``).
+        calibrated_prob: ``test.prob`` after the run's val-fitted calibrator, drawn beside the raw scores in the
+            reliability diagram (None: raw scores only); ``calibration_label`` names it there.
     """
     out_dir = Path(out_dir)
     plot_dir = out_dir / PLOTS_DIR
@@ -74,13 +84,15 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
         strict = bool(_cfg_get(cfg, "diagnostics_strict", False))
     names = list(test.generator_names)
     by_generator = metrics_by_group(test.prob, test.label, test.generator, dict(enumerate(names)))
+    vs_all_reals = metrics_vs_all_reals(test.prob, test.label, test.generator, dict(enumerate(names)))
     dataset = datamodule.datasets["test"] if datamodule is not None else None
     seed = int(_cfg_get(cfg, "seed", 0) or 0)
     kind = detector_kind(cfg)
 
     plots: list[tuple[str, Callable[[Path], Any]]] = [
         ("confusion_matrix", lambda p: plot_confusion_matrix(test.prob, test.label, p, threshold=0.5)),
-        ("calibration", lambda p: plot_calibration(test.prob, test.label, p)),
+        ("calibration", lambda p: plot_calibration(test.prob, test.label, p, probs_calibrated=calibrated_prob,
+                                                   calibrated_label=calibration_label)),
         ("roc", lambda p: plot_roc(roc_curves(test), p)),
         ("per_generator_accuracy", lambda p: plot_per_group_accuracy(by_generator, p, metric="accuracy")),
         ("tsne", lambda p: _tsne(kind, model, dataset, test, p,
@@ -99,7 +111,8 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
         if _attempt(name, lambda: draw(path), strict):
             written.append(path)
             _log(logger, path, PLOTS_DIR, strict)
-    for path in write_metrics_tables(by_generator, out_dir):
+    for path in [*write_metrics_tables(by_generator, out_dir),
+                 *write_metrics_tables(vs_all_reals, out_dir, ALL_REALS_STEM, compared_with="all reals")]:
         written.append(path)
         _log(logger, path, None, strict)
     return written
@@ -145,18 +158,21 @@ def roc_curves(test) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return curves
 
 
-def write_metrics_tables(by_generator: dict[str, dict[str, float]], out_dir: Path) -> list[Path]:
-    """``metrics_by_generator.json`` (nested) and ``.csv`` (one row per group, ``all`` first)."""
+def write_metrics_tables(by_generator: dict[str, dict[str, float]], out_dir: Path, stem: str = OWN_REALS_STEM,
+                         compared_with: str = "own reals") -> list[Path]:
+    """``<stem>.json`` (nested) and ``<stem>.csv`` (one row per group, ``all`` first; the column
+    ``compared_with`` names the negatives: a generator's ``own reals`` or ``all reals`` of the split)."""
     out_dir = Path(out_dir)
-    json_path = out_dir / "metrics_by_generator.json"
+    json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(by_generator, indent=2, allow_nan=True))
-    csv_path = out_dir / "metrics_by_generator.csv"
+    csv_path = out_dir / f"{stem}.csv"
     columns = sorted({k for metrics in by_generator.values() for k in metrics})
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["generator", *columns])
+        writer.writerow(["generator", "compared_with", *columns])
         for group, metrics in by_generator.items():
-            writer.writerow([group, *(metrics.get(c, float("nan")) for c in columns)])
+            against = "all reals" if group == ALL_GROUPS else compared_with
+            writer.writerow([group, against, *(metrics.get(c, float("nan")) for c in columns)])
     return [csv_path, json_path]
 
 

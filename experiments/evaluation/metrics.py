@@ -277,6 +277,33 @@ def metrics_by_group(
     return result
 
 
+def metrics_vs_all_reals(
+    probs: Any,
+    labels: Any,
+    groups: Any,
+    group_names: Mapping[int, str] | Sequence[str] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """:func:`binary_metrics` of each group's synthetic images against *every* real image of the split.
+
+    :func:`metrics_by_group` scores a generator's fakes against that generator's own reals (in GenImage each
+    generator folder has its own real images); here the negatives are the pooled reals of all groups, as a
+    deployed detector meets them. Only groups with synthetic images get an entry; no ``"all"`` entry (the
+    pooled metrics are the same in both views).
+    """
+    scores, targets = as_scores_and_labels(probs, labels)
+    group_ids = _as_1d_tensor(groups, torch.int64)
+    if group_ids.numel() != scores.numel():
+        raise ValueError(f"groups and probs differ in length: {group_ids.numel()} vs {scores.numel()}")
+    reals = targets == 0
+    result: dict[str, dict[str, float]] = {}
+    for group_id in torch.unique(group_ids[targets == 1]).tolist():
+        name = _group_name(int(group_id), group_names)
+        mask = reals | ((group_ids == group_id) & (targets == 1))
+        result[name] = binary_metrics(scores[mask], targets[mask], threshold)
+    return result
+
+
 # ---------------------------------------------------------------------------
 # threshold selection
 # ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from experiments.evaluation.metrics import (
     calibrated_threshold,
     flatten_metrics,
     metrics_by_group,
+    metrics_vs_all_reals,
 )
 from experiments.evaluation.statistics import bootstrap_metric_cis
 
@@ -57,6 +58,10 @@ def predict_split(trainer: Trainer, module: LightningModule, loader: DataLoader,
     return Predictions.from_batches(batches, generator_names)
 
 
+#: Prefix of the per-generator metrics against every real test image: ``test/vs_all_reals/<generator>/<metric>``.
+VS_ALL_REALS = "vs_all_reals"
+
+
 @dataclass(frozen=True)
 class BootstrapSettings:
     """How the test metrics get their intervals: ``resamples`` stratified bootstrap resamples (0 = none) at
@@ -80,9 +85,15 @@ class BootstrapSettings:
 
 
 def score(val: Predictions, test: Predictions, threshold_criterion: str = "youden",
-          bootstrap: BootstrapSettings | None = None) -> dict[str, float]:
-    """Flat MLflow metrics: ``val/best/<m>``, ``test/<m>``, ``test/<generator>/<m>`` and the val-calibrated threshold.
+          threshold: float | None = None, bootstrap: BootstrapSettings | None = None) -> dict[str, float]:
+    """Flat MLflow metrics: ``best_val/<m>``, ``test/<m>``, the val-calibrated threshold and the test metrics at it.
 
+    Per generator, two views: ``test/<generator>/<m>`` scores a generator's fakes against that generator's own
+    reals, and ``test/vs_all_reals/<generator>/<m>`` against every real test image
+    (:func:`~experiments.evaluation.metrics.metrics_vs_all_reals`).
+
+    ``threshold``: the decision threshold already chosen on the validation split of the detector's training run
+    (``threshold/val_calibrated`` of that run); None chooses it here on ``val`` with ``threshold_criterion``.
     With ``bootstrap`` (and ``bootstrap.resamples > 0``), the test metrics that have intervals get
     ``<name>_ci_low`` and ``<name>_ci_high`` next to them (:func:`interval_metrics`).
     """
@@ -90,11 +101,12 @@ def score(val: Predictions, test: Predictions, threshold_criterion: str = "youde
     out: dict[str, float] = {}
     out.update({f"best_val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()})
     out.update(flatten_metrics(metrics_by_group(test.prob, test.label, test.generator, names), "test"))
-    threshold = calibrated_threshold(val.prob, val.label, criterion=threshold_criterion)
-    at_val = binary_metrics(test.prob, test.label, threshold=threshold)
+    out.update(flatten_metrics(metrics_vs_all_reals(test.prob, test.label, test.generator, names),
+                               f"test/{VS_ALL_REALS}"))
+    if threshold is None:
+        threshold = calibrated_threshold(val.prob, val.label, criterion=threshold_criterion)
     out["threshold/val_calibrated"] = float(threshold)
-    for key in ("accuracy", "balanced_accuracy", "f1", "precision", "recall"):
-        out[f"test/{key}_at_val_threshold"] = at_val[key]
+    out.update(metrics_at_threshold(test, threshold))
     if bootstrap is not None and bootstrap.resamples > 0:
         out.update(interval_metrics(test, bootstrap, val_threshold=threshold))
     return out
@@ -155,6 +167,13 @@ def write_predictions_csv(pred: Predictions, samples: Sequence[Any], path: str |
             name = pred.generator_names[generator] if 0 <= generator < len(pred.generator_names) else generator
             writer.writerow([int(index), samples[index].path, int(label), name, repr(float(prob))])
     return path
+
+
+def metrics_at_threshold(test: Predictions, threshold: float, suffix: str = "") -> dict[str, float]:
+    """``test/<m>_at_val_threshold<suffix>`` for the threshold-dependent metrics at ``threshold``."""
+    at_val = binary_metrics(test.prob, test.label, threshold=threshold)
+    return {f"test/{key}_at_val_threshold{suffix}": at_val[key]
+            for key in ("accuracy", "balanced_accuracy", "f1", "precision", "recall")}
 
 
 TABLE_METRICS = ("accuracy", "f1", "precision", "recall", "auc", "ap", "eer", "ece")

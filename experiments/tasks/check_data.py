@@ -7,16 +7,21 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from experiments.data.audit import DataReport, max_bad_fraction, scan_dataset, write_report
+from experiments.data.audit import DataReport, add_metadata_probe, max_bad_fraction, scan_dataset, write_report
 from experiments.training.builders import build_datamodule
 
 
 def check_data(cfg: DictConfig) -> DataReport:
     """Scan ``cfg.data``, print the report, write ``data_report.{json,txt}`` to ``cfg.paths.output_dir`` and
-    return the :class:`~experiments.data.audit.DataReport`. Reports, never raises, on bad files."""
+    return the :class:`~experiments.data.audit.DataReport`. Reports, never raises, on bad files.
+
+    The report includes the metadata probe (:func:`~experiments.data.audit.add_metadata_probe`): the AUROC of
+    real vs synthetic from format, size, JPEG quality and bytes per pixel alone, on the files and after the
+    configured equalizer (``equalizer=extreme``), whose output the leakage warnings then judge."""
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     report = scan_dataset(datamodule)
+    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=int(cfg.get("seed", 0) or 0))
     limit = max_bad_fraction(cfg, datamodule)
     print(report.format_table(limit))
     json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)

@@ -3,7 +3,7 @@
 Usage::
 
     python -m experiments.tasks.detect <run id | run folder | weights file> <image or folder> [more images or folders]
-        [--out results.csv] [--threshold 0.5 | --threshold val] [--batch-size 32]
+        [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32]
         [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
 
 For every image it prints P(synthetic) and the label (``synthetic`` / ``real``)
@@ -16,10 +16,19 @@ the image keeps its native resolution and is centre-cropped to ``crop_size``;
 an image whose short side is then smaller than ``crop_size`` cannot be scored
 without resampling it, so it is skipped and reported as ``too small``.
 
-The threshold defaults to 0.5. When the run logged a threshold calibrated on its
-validation split (MLflow metric ``threshold/val_calibrated`` for a run id, or
-that key in a ``metrics.json`` beside the weights), the header shows it and
-``--threshold val`` uses it.
+P(synthetic) is calibrated by default: the run's post-hoc calibrator, fitted on its
+validation split (temperature scaling for CNN detectors, Platt scaling for
+scikit-learn pipelines; ``calibration.json`` beside the weights or as the MLflow
+run's artifact), is applied, and the header says so; ``--raw`` prints the raw
+sigmoid / ``predict_proba`` output instead. A run saved without ``calibration.json``
+gives raw P(synthetic), and the header says that too.
+
+The threshold defaults to ``val``: the threshold the run chose on its validation
+split (``calibration.json``; for older runs the MLflow metric
+``threshold/val_calibrated`` or that key in a ``metrics.json`` beside the weights),
+expressed on the scale of the printed P(synthetic) (the calibrators are increasing,
+so the decisions are the same on both scales). Without one, 0.5 is used and the
+header says so. A number (``--threshold 0.5``) applies to the printed P(synthetic).
 
 Files that cannot be scored (corrupt, empty, not an image, decompression bombs,
 too small, broken symlinks, symlinks leading out of the scanned folder unless
@@ -47,6 +56,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from experiments.evaluation.calibration import CALIBRATION_FILE
 from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
 from experiments.data.images import UnreadableImage, is_image_file, load_rgb
 from experiments.data.transforms import ImageTooSmall, Preprocess
@@ -90,6 +100,8 @@ class DetectionResult:
     ignored: int = 0  # files in scanned folders whose extension is not an image extension
     preprocess: str = ""
     source: str = ""
+    #: what P(synthetic) is: "calibrated (...)" or "raw (...)"
+    probability: str = ""
     notes: list[str] = field(default_factory=list)
 
     def skipped_by_reason(self) -> dict[str, int]:
@@ -222,9 +234,9 @@ def val_calibrated_threshold(ref: str | Path, detector: LoadedDetector,
 
 
 def parse_threshold(text: str | float) -> float | str:
-    """``"val"`` or a probability in [0, 1]."""
-    if isinstance(text, str) and text.strip().lower() == "val":
-        return "val"
+    """``"val"``, ``"auto"`` or a probability in [0, 1]."""
+    if isinstance(text, str) and text.strip().lower() in ("val", "auto"):
+        return text.strip().lower()
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -232,6 +244,17 @@ def parse_threshold(text: str | float) -> float | str:
     if not 0.0 <= value <= 1.0:
         raise DetectError(f"--threshold must be in [0, 1], not {value}")
     return value
+
+
+def probability_note(detector: LoadedDetector, calibrated: bool) -> str:
+    """What the printed P(synthetic) is: calibrated by which calibrator, or raw and why."""
+    if detector.calibrator is None:
+        return f"raw (no {CALIBRATION_FILE} beside the weights)"
+    if not calibrated:
+        return "raw (--raw)"
+    state = ", ".join(f"{k}={v:.4g}" for k, v in detector.calibrator.state_dict().items() if isinstance(v, float))
+    return (f"calibrated ({detector.calibrator.state_dict()['kind']} scaling, {state}, "
+            f"fitted on the training run's {(detector.calibration or {}).get('fitted_on', 'val')} split)")
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -268,8 +291,10 @@ def _load_one(path: Path, preprocess: Preprocess) -> torch.Tensor | Skipped:
 
 
 def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Preprocess, threshold: float,
-                batch_size: int = 32, progress: bool | None = None) -> tuple[list[Detection], list[Skipped]]:
-    """Decode, preprocess and score ``files`` in batches of ``batch_size``."""
+                batch_size: int = 32, progress: bool | None = None, calibrated: bool = False,
+                ) -> tuple[list[Detection], list[Skipped]]:
+    """Decode, preprocess and score ``files`` in batches of ``batch_size`` (calibrated P(synthetic) when
+    ``calibrated``, see :meth:`LoadedDetector.predict_calibrated_proba`)."""
     from tqdm import tqdm
 
     if progress is None:
@@ -282,7 +307,9 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
     def flush() -> None:
         if not batch:
             return
-        probs = detector.predict_proba(torch.stack(batch)).reshape(-1).tolist()
+        images = torch.stack(batch)
+        probs = (detector.predict_calibrated_proba(images) if calibrated
+                 else detector.predict_proba(images)).reshape(-1).tolist()
         for name, p in zip(names, probs):
             rows.append(Detection(str(name), float(p), "synthetic" if p >= threshold else "real"))
         batch.clear()
@@ -303,12 +330,15 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
     return rows, skipped
 
 
-def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold: float | str = 0.5,
+def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold: float | str = "auto",
            batch_size: int = 32, device: str = "cpu", recursive: bool = True, follow_symlinks: bool = False,
-           tracking_uri: str | None = None, progress: bool | None = None) -> DetectionResult:
+           tracking_uri: str | None = None, progress: bool | None = None, calibrated: bool = True,
+           ) -> DetectionResult:
     """Score every image in ``inputs`` with the detector ``ref`` (run id, run folder or weights file).
 
-    ``threshold`` is a probability or ``"val"`` (the run's validation-calibrated threshold).
+    ``threshold`` is a probability, ``"val"`` (the run's validation-calibrated threshold; an error when there is
+    none) or ``"auto"`` (that threshold when there is one, else 0.5). ``calibrated``: apply the run's val-fitted
+    calibrator to P(synthetic) when it has one.
     Raises :class:`DetectError` for a bad reference, input path or threshold; unreadable
     images never raise, they end up in ``result.skipped``.
     """
@@ -323,19 +353,27 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
         detector = load_detector(ref, tracking_uri=tracking_uri, device=device)
     except Exception as err:  # noqa: BLE001 - any failure here means the reference is unusable
         raise DetectError(f"cannot load a detector from {ref}: {err}") from None
-    val_threshold, val_source = val_calibrated_threshold(ref, detector, tracking_uri)
+    use_calibration = calibrated and detector.calibrator is not None
+    probability = probability_note(detector, calibrated)
+    if detector.calibration is not None:
+        val_threshold = float(detector.calibration["threshold_calibrated" if use_calibration else "threshold"])
+        val_source = f"{CALIBRATION_FILE} of {ref}, on {'calibrated' if use_calibration else 'raw'} P(synthetic)"
+    else:
+        val_threshold, val_source = val_calibrated_threshold(ref, detector, tracking_uri)
     if wanted == "val":
         if val_threshold is None:
             raise DetectError(f"--threshold val: no validation-calibrated threshold is available ({val_source})")
         wanted = val_threshold
+    elif wanted == "auto":
+        wanted = 0.5 if val_threshold is None else val_threshold
     try:
         preprocess = build_preprocess(detector)
     except Exception as err:  # noqa: BLE001 - a config this command cannot reproduce
         raise DetectError(f"cannot rebuild the preprocessing of {ref} from its config: {err}") from None
-    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress)
+    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, use_calibration)
     return DetectionResult(
         rows=rows, skipped=skipped + unreadable, threshold=float(wanted), val_threshold=val_threshold,
-        val_threshold_source=val_source, ignored=ignored, source=str(detector.source),
+        val_threshold_source=val_source, ignored=ignored, source=str(detector.source), probability=probability,
         preprocess=f"crop {preprocess.crop_size}, resize {preprocess.resize_size or 'none (native resolution)'}",
     )
 
@@ -357,6 +395,8 @@ def write_csv(result: DetectionResult, out: str | Path) -> Path:
 
 def format_header(result: DetectionResult) -> str:
     lines = [f"detector: {result.source}", f"preprocessing: {result.preprocess}"]
+    if result.probability:
+        lines.append(f"P(synthetic): {result.probability}")
     if result.val_threshold is None:
         val = f"val-calibrated threshold: not available ({result.val_threshold_source})"
     else:
@@ -400,9 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("ref", help="MLflow run id, run folder (config.yaml + weights) or weights file")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--out", help="write a CSV with columns path, p_synthetic, label, threshold")
-    parser.add_argument("--threshold", default="0.5",
-                        help="decision threshold on P(synthetic) (default 0.5), or 'val' for the run's "
-                             "validation-calibrated threshold")
+    parser.add_argument("--threshold", default="auto",
+                        help="decision threshold on the printed P(synthetic), or 'val' for the run's "
+                             "validation-calibrated threshold (default auto: 'val' when the run has one, else 0.5)")
+    parser.add_argument("--raw", action="store_true",
+                        help="print the raw P(synthetic), without the run's val-fitted calibrator")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="default cpu")
     parser.add_argument("--follow-symlinks", action="store_true",
@@ -419,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = detect(args.ref, args.inputs, threshold=args.threshold, batch_size=args.batch_size,
                         device=args.device, recursive=args.recursive, follow_symlinks=args.follow_symlinks,
-                        tracking_uri=args.tracking_uri)
+                        tracking_uri=args.tracking_uri, calibrated=not args.raw)
     except DetectError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,9 +12,18 @@ another, but the images are preprocessed at the detector's own sizes
 ``task.keep_data_sizes=false``; its leakage equaliser is kept too when the current
 config names none (``task.keep_equalizer``). Val and test are predicted in batches
 without gradients, scored by :func:`experiments.evaluation.predictions.score` (so the metric
-names are the training run's: ``test/auc``, ``test/<generator>/auc``, the
-val-calibrated threshold, ...), and written to ``metrics.json`` with the
-diagnostics of :mod:`experiments.evaluation.diagnostics` in ``cfg.paths.output_dir``.
+names are the training run's: ``test/auc``, ``test/<generator>/auc``, ...), and written to
+``metrics.json`` with the diagnostics of :mod:`experiments.evaluation.diagnostics` in
+``cfg.paths.output_dir``.
+
+The detector's decision threshold and calibrator travel with it: ``threshold/val_calibrated``
+and ``test/<m>_at_val_threshold`` use the threshold chosen on the *training run's* validation
+split, and ``test/ece_calibrated`` / ``test/brier_calibrated`` its val-fitted calibrator (both
+from the run's ``calibration.json``), so a cross-dataset figure uses no target label. Fitting
+them again on the target's val split is an explicit choice, ``task.recalibrate_on_target=true``;
+those figures are added under their own names: ``threshold/val_target_calibrated``,
+``test/<m>_at_val_threshold_target_calibrated``, ``test/ece_target_calibrated``,
+``test/brier_target_calibrated`` and ``plots/calibration_target_calibrated.png``.
 Everything is logged to a new MLflow run of ``cfg.logger.experiment_name`` tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
@@ -26,6 +35,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -33,7 +43,21 @@ from experiments import tracking
 from experiments.training.builders import build_datamodule
 from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
-from experiments.evaluation.predictions import BootstrapSettings, Predictions, print_metrics_table, score
+from experiments.evaluation.calibration import (
+    CALIBRATION_FILE,
+    calibrated_probs,
+    calibration_metrics,
+    fit_val_calibration,
+)
+from experiments.evaluation.curves import plot_calibration
+from experiments.evaluation.metrics import calibrated_threshold
+from experiments.evaluation.predictions import (
+    BootstrapSettings,
+    Predictions,
+    metrics_at_threshold,
+    print_metrics_table,
+    score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +92,65 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         names = datamodule.generator_names
         val = predict(detector, datamodule.val_dataloader(), names)
         test = predict(detector, datamodule.test_dataloader(), names)
-        metrics = score(val, test, bootstrap=BootstrapSettings.from_config(eval_cfg))
+        metrics = trained_threshold_metrics(detector, val, test, BootstrapSettings.from_config(eval_cfg))
+        recalibrated = None
+        if (cfg.get("task") or {}).get("recalibrate_on_target", False):
+            target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)
+            metrics.update(target_metrics)
         tracking.log_metrics(logger, metrics)
         metrics_path = out_dir / "metrics.json"
         metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         tracking.log_artifact(logger, metrics_path)
         if eval_cfg.get("diagnostics", True):
-            write_diagnostics(eval_cfg, detector.model, datamodule, val, test, out_dir, logger)
+            write_diagnostics(eval_cfg, detector.model, datamodule, val, test, out_dir, logger,
+                              calibrated_prob=None if detector.calibrator is None else detector.calibrate(test.prob),
+                              calibration_label=f"{detector.kind.calibrator} scaling of the training run's val")
+            if recalibrated is not None:
+                path = out_dir / "plots" / "calibration_target_calibrated.png"
+                plot_calibration(test.prob, test.label, path, probs_calibrated=recalibrated,
+                                 calibrated_label=f"{detector.kind.calibrator} scaling fitted on the target's val")
+                tracking.log_artifact(logger, path, "plots")
     except BaseException:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
     return metrics
+
+
+def trained_threshold_metrics(detector: LoadedDetector, val: Predictions, test: Predictions,
+                              bootstrap: BootstrapSettings | None = None) -> dict[str, float]:
+    """:func:`score` at the threshold of the detector's training run (chosen on *its* val split), plus ECE and
+    Brier before and after *its* calibrator (``test/ece_calibrated``, ``test/brier_calibrated``).
+
+    A run saved without ``calibration.json`` has no stored threshold: 0.5 is used, with a warning.
+    """
+    threshold = detector.val_threshold
+    if threshold is None:
+        log.warning("%s has no %s beside it: the threshold is 0.5 (no target labels are used); re-train the "
+                    "detector to store its val threshold, or pass task.recalibrate_on_target=true",
+                    detector.source, CALIBRATION_FILE)
+        threshold = 0.5
+    metrics = score(val, test, threshold=threshold, bootstrap=bootstrap)
+    if detector.calibrator is not None:
+        metrics.update(calibration_metrics(detector.calibrator, test.prob, test.label))
+    return metrics
+
+
+def target_calibrated_metrics(detector: LoadedDetector, val: Predictions, test: Predictions,
+                              ) -> tuple[dict[str, float], np.ndarray | None]:
+    """``task.recalibrate_on_target=true``: a threshold and a calibrator fitted on the *target's* val split (this
+    uses target labels), named ``*_target_calibrated``; returns the metrics and the recalibrated test P."""
+    threshold = calibrated_threshold(val.prob, val.label)
+    metrics = {"threshold/val_target_calibrated": float(threshold),
+               **metrics_at_threshold(test, threshold, "_target_calibrated")}
+    try:
+        calibrator = fit_val_calibration(detector.kind.calibrator, val.prob, val.label)
+    except ValueError as err:
+        log.warning("no calibrator fitted on the target's val split: %s", err)
+        return metrics, None
+    metrics.update(calibration_metrics(calibrator, test.prob, test.label, suffix="target_calibrated"))
+    return metrics, calibrated_probs(calibrator, test.prob)
 
 
 def _device(cfg: DictConfig) -> str:

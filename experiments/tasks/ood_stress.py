@@ -1,18 +1,23 @@
 """``task=ood_stress``: trained detectors under the perturbation grid of ``cfg.ood``.
 
 For every detector and every (perturbation, strength) of the grid, the test
-split of ``cfg.data`` is decoded and preprocessed with the detector's own sizes
-(``data.crop_size``, ``data.resize_size``, ``data.equalizer`` of its saved
-config) into float ``(B, 3, H, W)`` batches in [0, 1]; the perturbation is
-applied to those batches with
-``experiments.data.perturbations.apply(x, p, cfg.seed, sample_ids=batch["index"])``
-and the detector's own forward (normalisation, FFT features) runs on the
-result. Detectors that share a preprocessing share the decoded batches *and* the
-perturbed tensors, so they see exactly the same pixels; the noise of one image
-depends only on the seed, the perturbation and the image's dataset index.
+split of ``cfg.data`` is scored in deployment order (``ood.order:
+before_preprocessing``, the default): each file is decoded, the perturbation
+(JPEG re-encoding, resizing, blur, noise) is applied to that decoded image at its
+native size (``experiments.data.perturbations.perturb_image``), and then the
+detector's own preprocessing (``data.equalizer``, ``data.resize_size``,
+``data.crop_size`` of its saved config) and forward (normalisation, FFT features)
+run on the result. An equalizer therefore sees, and may undo, the degradation, as
+it would on a deployed image. ``ood.order: after_preprocessing`` keeps the older
+order: the file is preprocessed first and the perturbation is applied to the
+preprocessed float batches with
+``experiments.data.perturbations.apply(x, p, cfg.seed, sample_ids=batch["index"])``.
 
-Loop order is batch -> perturbation -> detector: each image is decoded once per
-preprocessing, each perturbation is computed once per batch, and only the
+In both orders detectors that share a preprocessing share the batches, so they
+see exactly the same pixels, and the noise of one image depends only on the seed,
+the perturbation and the image's dataset index. Before preprocessing the loop is
+perturbation -> batch -> detector (each file is decoded once per grid point);
+after it, batch -> perturbation -> detector (once per preprocessing). Only the
 scores are kept in memory, so large test sets stream.
 
 Outputs:
@@ -69,7 +74,15 @@ from torch.utils.data import DataLoader
 
 from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
 from experiments.evaluation.metrics import binary_metrics
-from experiments.data.perturbations import Perturbation, apply, metric_prefix, perturbation_grid
+from experiments.data.dataset import PerturbedImageDataset, collate_skipping
+from experiments.data.perturbations import (
+    Perturbation,
+    apply,
+    metric_prefix,
+    perturb_image,
+    perturbation_grid,
+    perturbation_order,
+)
 from experiments.evaluation.curves import plot_robustness_curves
 from experiments.runs import ExperimentNotFound, finished_training_runs, newest_per_key
 from experiments.tracking import resolve_tracking_uri
@@ -212,6 +225,11 @@ def preprocessing_of(detector: Detector) -> tuple[int, int | None, str]:
 
 def build_test_loader(cfg: DictConfig, detector: Detector) -> DataLoader:
     """The test split of ``cfg.data`` (root, generators) with ``detector``'s own preprocessing sizes."""
+    return build_test_datamodule(cfg, detector).test_dataloader()
+
+
+def build_test_datamodule(cfg: DictConfig, detector: Detector):
+    """The datamodule of ``cfg.data`` (root, generators) with ``detector``'s own preprocessing, set up."""
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     own = detector.loaded.cfg.data
     data.crop_size = own.crop_size
@@ -224,7 +242,23 @@ def build_test_loader(cfg: DictConfig, detector: Detector) -> DataLoader:
     datamodule = instantiate(data)
     datamodule.prepare_data()
     datamodule.setup()
-    return datamodule.test_dataloader()
+    return datamodule
+
+
+def _perturb_file(perturbation: Perturbation, seed: int, image, index: int):
+    return perturb_image(image, perturbation, seed, index)
+
+
+def perturbed_test_loader(datamodule, perturbation: Perturbation, seed: int) -> DataLoader:
+    """The test files of ``datamodule``, each perturbed as a decoded image and then preprocessed by the
+    datamodule's own (evaluation) preprocessing, equalizer included."""
+    import functools
+
+    dataset = PerturbedImageDataset(datamodule.datasets["test"].samples, datamodule.preprocess,
+                                    datamodule.generator_names, functools.partial(_perturb_file, perturbation, seed))
+    workers = datamodule.num_workers
+    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_skipping, multiprocessing_context=datamodule._worker_context())
 
 
 # -- scoring -------------------------------------------------------------------------------------------
@@ -262,16 +296,48 @@ def score_group(detectors: Sequence[Detector], loader: DataLoader, grid: Sequenc
     return out, torch.cat(labels).numpy()
 
 
+def score_group_before_preprocessing(detectors: Sequence[Detector], datamodule, grid: Sequence[Perturbation],
+                                     seed: int) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """As :func:`score_group`, in deployment order: each grid point perturbs the decoded files, then the shared
+    preprocessing runs (:func:`perturbed_test_loader`). Batches identical to one already scored (the clean
+    baselines) are scored once."""
+    probs: dict[str, dict[str, np.ndarray]] = {d.label: {} for d in detectors}
+    labels = None
+    done: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for perturbation in grid:
+        parts: dict[str, list[torch.Tensor]] = {d.label: [] for d in detectors}
+        point_labels = []
+        batches = (b for b in perturbed_test_loader(datamodule, perturbation, seed) if not b.get("empty"))
+        for number, batch in enumerate(batches):
+            x = as_unit_float(batch["image"])
+            key = (number, tensor_digest(x))
+            if key not in done:
+                done[key] = {det.label: det.loaded.predict_proba(x).reshape(-1) for det in detectors}
+            for det in detectors:
+                parts[det.label].append(done[key][det.label])
+            point_labels.append(batch["label"].reshape(-1))
+        if not point_labels:
+            raise ValueError("the test split has no readable images")
+        for det in detectors:
+            probs[det.label][perturbation.key] = torch.cat(parts[det.label]).numpy()
+        labels = torch.cat(point_labels).numpy()
+    return probs, labels
+
+
 def evaluate_detectors(cfg: DictConfig, detectors: Sequence[Detector], grid: Sequence[Perturbation],
                        ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{detector label: {"<perturbation>/<strength>": {"auc", "ap", "accuracy", "n"}}}``."""
+    """``{detector label: {"<perturbation>/<strength>": {"auc", "ap", "accuracy", "n"}}}``, in ``ood.order``."""
+    order = perturbation_order(cfg.ood)
     groups: dict[tuple, list[Detector]] = defaultdict(list)
     for det in detectors:
         groups[preprocessing_of(det)].append(det)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for members in groups.values():
-        loader = build_test_loader(cfg, members[0])
-        probs, labels = score_group(members, loader, grid, int(cfg.seed))
+        datamodule = build_test_datamodule(cfg, members[0])
+        if order == "before_preprocessing":
+            probs, labels = score_group_before_preprocessing(members, datamodule, grid, int(cfg.seed))
+        else:
+            probs, labels = score_group(members, datamodule.test_dataloader(), grid, int(cfg.seed))
         for det in members:
             results[det.label] = {}
             for p in grid:
@@ -372,6 +438,7 @@ def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: Detector, result:
     metrics.append(Metric("time/ood_seconds", float(seconds), now, 0))
     params = [Param("ckpt", det.ref[:500]), Param("data/name", str(cfg.data.name)), Param("seed", str(cfg.seed)),
               Param("ood/grid", ",".join(p.key for p in grid)[:6000]),
+              Param("ood/order", perturbation_order(cfg.ood)),
               Param("data/crop_size", str(det.loaded.cfg.data.crop_size)),
               Param("data/resize_size", str(det.loaded.cfg.data.get("resize_size")))]
     for i in range(0, len(metrics), 500):

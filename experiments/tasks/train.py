@@ -13,6 +13,14 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from experiments import tracking
 from experiments.data.audit import BadDataError, preflight
+from experiments.evaluation.calibration import (
+    CALIBRATION_FILE,
+    Calibrator,
+    calibrated_probs,
+    calibration_metrics,
+    fit_val_calibration,
+    write_calibration,
+)
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
@@ -42,13 +50,17 @@ def train(cfg: DictConfig) -> float | None:
         preflight(cfg, datamodule, rank=rank_zero_only.rank)
 
     start = time.perf_counter()
-    result = detector_kind(cfg).fit(cfg, datamodule, out_dir, logger)
+    kind = detector_kind(cfg)
+    result = kind.fit(cfg, datamodule, out_dir, logger)
     if result is None:  # a non-zero DDP rank: rank 0 evaluates and logs
         return None
     model, val, test, n_params = result.model, result.val, result.test, result.n_params
     fit_seconds = time.perf_counter() - start
 
     metrics = score(val, test, bootstrap=BootstrapSettings.from_config(cfg))
+    calibrator = _fit_calibrator(kind.calibrator, val)
+    if calibrator is not None:
+        metrics.update(calibration_metrics(calibrator, test.prob, test.label))
     metrics.update({"time/fit_seconds": fit_seconds, "model/params": n_params})
     tracking.log_metrics(logger, metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -56,11 +68,26 @@ def train(cfg: DictConfig) -> float | None:
     for split, predictions in (("val", val), ("test", test)):  # per image, for paired tests (task=compare)
         path = write_predictions_csv(predictions, datamodule.splits[split], out_dir / f"predictions_{split}.csv")
         tracking.log_artifact(logger, path)
+    if calibrator is not None:  # beside the weights: load_detector (evaluate, detect, ood_stress) finds it there
+        tracking.log_artifact(logger, write_calibration(out_dir / CALIBRATION_FILE, calibrator,
+                                                        metrics["threshold/val_calibrated"]))
     if cfg.get("diagnostics", True):
-        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
+        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger,
+                          calibrated_prob=None if calibrator is None else calibrated_probs(calibrator, test.prob),
+                          calibration_label=f"{kind.calibrator} scaling fitted on val")
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
+
+
+def _fit_calibrator(kind: str, val) -> Calibrator | None:
+    """The post-hoc calibrator of the detector's kind, fitted on the val split only (Guo et al., 2017 temperature
+    scaling for CNNs; Platt, 1999 scaling for scikit-learn pipelines); None, with a warning, when val lacks a class."""
+    try:
+        return fit_val_calibration(kind, val.prob, val.label)
+    except ValueError as err:
+        log.warning("no post-hoc calibration for this run (%s); the run keeps its raw P(synthetic)", err)
+        return None
 
 
 def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: ResumePoint | None) -> None:

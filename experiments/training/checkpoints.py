@@ -2,7 +2,10 @@
 
 A trained detector is a resolved ``config.yaml`` plus its weights: a plain
 state dict ``<model>.pth`` (loaded with ``torch.load(weights_only=True)``, so no
-pickled code runs) or, for scikit-learn detectors, a ``<model>.skops`` file.
+pickled code runs) or, for scikit-learn detectors, a ``<model>.skops`` file, and the
+``calibration.json`` that ``task=train`` writes beside them: the post-hoc calibrator and
+the decision threshold fitted on the training run's validation split
+(:mod:`experiments.evaluation.calibration`), so they travel with the detector.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
 from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector, detector_kind
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -33,10 +38,30 @@ class LoadedDetector:
     cfg: DictConfig
     source: Path
     kind: DetectorKind = field(default_factory=LightningDetector)
+    #: the calibrator fitted on the training run's val split (None for runs saved without ``calibration.json``)
+    calibrator: Calibrator | None = None
+    #: the rest of ``calibration.json``: ``threshold`` (on raw P), ``threshold_calibrated``, ``fitted_on``
+    calibration: dict[str, Any] | None = None
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """P(synthetic) for a ``(B, 3, H, W)`` batch, uint8 or float in [0, 1]."""
+        """Raw P(synthetic) for a ``(B, 3, H, W)`` batch, uint8 or float in [0, 1]."""
         return self.kind.predict_proba(self.model, images)
+
+    def calibrate(self, probs: Any) -> np.ndarray:
+        """Raw P(synthetic) -> P(synthetic) after the training run's calibrator; raises without one."""
+        if self.calibrator is None:
+            raise ValueError(f"{self.source} has no {CALIBRATION_FILE} beside it (trained before calibration was "
+                             "stored); re-train it, or use the raw P(synthetic)")
+        return calibrated_probs(self.calibrator, probs)
+
+    def predict_calibrated_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(synthetic) of a batch (see :meth:`calibrate`)."""
+        return torch.from_numpy(self.calibrate(self.predict_proba(images).double().numpy())).float()
+
+    @property
+    def val_threshold(self) -> float | None:
+        """The decision threshold on raw P chosen on the training run's val split, when stored."""
+        return None if self.calibration is None else float(self.calibration["threshold"])
 
 
 def _weights_in(folder: Path) -> Path | None:
@@ -97,4 +122,26 @@ def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str 
             cfg.model.backbone.pretrained = False
             cfg.model.backbone.weights_path = None
     kind = detector_kind(cfg)
-    return LoadedDetector(kind.load(cfg, weights, device), cfg, weights, kind)
+    calibrator, record = None, None
+    calibration_file = find_calibration(ref, weights, tracking_uri)
+    if calibration_file is not None:
+        calibrator, record = read_calibration(calibration_file)
+    return LoadedDetector(kind.load(cfg, weights, device), cfg, weights, kind, calibrator, record)
+
+
+def find_calibration(ref: str | Path, weights: Path, tracking_uri: str | None = None) -> Path | None:
+    """The ``calibration.json`` beside ``weights``, or the MLflow run's artifact of that name; None when absent."""
+    beside = Path(weights).parent / CALIBRATION_FILE
+    if beside.is_file():
+        return beside
+    ref_str = str(ref)
+    if not RUN_ID.match(ref_str) or Path(ref_str).exists():
+        return None
+    import mlflow
+
+    from experiments.tracking import resolve_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db"))
+    if CALIBRATION_FILE not in {a.path for a in client.list_artifacts(ref_str)}:
+        return None
+    return Path(client.download_artifacts(ref_str, CALIBRATION_FILE))

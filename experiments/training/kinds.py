@@ -62,6 +62,8 @@ class DetectorKind(ABC):
 
     #: suffix of the saved weights (``<model.name><suffix>`` in the run folder).
     weights_suffix: str
+    #: post-hoc calibrator fitted on the val split after fitting (``experiments.evaluation.calibration``).
+    calibrator: str
 
     @abstractmethod
     def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult | None:
@@ -101,6 +103,8 @@ class LightningDetector(DetectorKind):
     """A ``detectors`` module (``forward(x) -> (B,) logits``) trained by :class:`DetectorModule` under Lightning."""
 
     weights_suffix = ".pth"
+    #: temperature scaling of the logit (Guo et al., 2017): one parameter, the ranking is unchanged.
+    calibrator = "temperature"
 
     def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult | None:
         from experiments.training.builders import build_callbacks, build_module, build_trainer, single_device_trainer
@@ -205,6 +209,8 @@ class SklearnPipeline(DetectorKind):
     """
 
     weights_suffix = ".skops"
+    #: Platt scaling (Platt, 1999) of the classifier's log-odds: a slope and an offset.
+    calibrator = "platt"
 
     def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult:
         from experiments.training.sklearn_io import collect_features, count_estimator_parameters
