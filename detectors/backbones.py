@@ -22,6 +22,8 @@ from timm.models import group_parameters
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were requested but cannot be found offline."""
 
+    user_error = True  # run.py prints the message alone (experiments.errors.is_user_error)
+
 
 def _weights_help(name: str) -> str:
     return (

@@ -37,6 +37,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from experiments.errors import UserError
 from experiments.data.cache import file_list_key
 from experiments.data.images import UnreadableImage, decode_image
 from experiments.data.layouts import CLASS_NAMES, Sample
@@ -68,7 +69,7 @@ _IJG_CHROMA = np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4
                        + [47, 66] + [99] * 6 + [99] * 32)
 
 
-class BadDataError(ValueError):
+class BadDataError(ValueError, UserError):
     """Too many files cannot be used, or a split/class has no usable image at all."""
 
 

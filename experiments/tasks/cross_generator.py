@@ -35,6 +35,7 @@ from rich.table import Table
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.evaluation.curves import plot_heatmap
 from experiments.runs import finished_training_runs, select_runs, tag
+from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
 
 #: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
@@ -144,7 +145,7 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     metric_names = list(cfg.task.metrics)
     records = fetch_records(client, experiment, metric_names, cfg.task.get("select", "latest"))
     if not records:
-        raise LookupError(f"no finished leave-one-generator-out runs (tag protocol=logo) in '{experiment}'; run "
+        raise NoRunsFound(f"no finished leave-one-generator-out runs (tag protocol=logo) in '{experiment}'; run "
                           f"python run.py -m experiment=leave_one_generator_out model=... first")
 
     out_dir = Path(cfg.paths.report_dir) / "cross_generator"

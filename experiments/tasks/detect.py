@@ -47,6 +47,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from experiments.errors import UserError
 from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
 from experiments.data.images import UnreadableImage, is_image_file, load_rgb
 from experiments.data.transforms import ImageTooSmall, Preprocess
@@ -56,7 +57,7 @@ PROGRESS_MIN_IMAGES = 20
 CSV_COLUMNS = ("path", "p_synthetic", "label", "threshold")
 
 
-class DetectError(Exception):
+class DetectError(UserError):
     """A problem with the command's arguments (reference, input path, threshold, output): exit status 2."""
 
 

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
+from experiments.errors import UserError
 from experiments.training.builders import build_datamodule
 from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 
-class MissingCheckpoint(ValueError):
+class MissingCheckpoint(ValueError, UserError):
     """``task=evaluate`` was started without ``ckpt=``."""
 
 

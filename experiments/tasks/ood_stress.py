@@ -72,6 +72,7 @@ from experiments.evaluation.metrics import binary_metrics
 from experiments.data.perturbations import Perturbation, apply, metric_prefix, perturbation_grid
 from experiments.evaluation.curves import plot_robustness_curves
 from experiments.runs import ExperimentNotFound, finished_training_runs, newest_per_key
+from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
 from features.precision import as_unit_float
 
@@ -147,13 +148,13 @@ def train_missing_models(cfg: DictConfig, models: Sequence[str]) -> None:
     command = training_command(cfg, models)
     printable = " ".join(command[1:])
     if cfg.data.name != "demo":
-        raise LookupError(
+        raise NoRunsFound(
             f"no finished training runs of {list(models)} in MLflow experiment '{cfg.logger.experiment_name}'. "
             f"Train them first, e.g. `python run.py -m data={cfg.data.name} data.root=... model={','.join(models)}`, "
             f"or pass ckpt=<run id | run folder>"
         )
     if not cfg.task.get("train_if_missing", True):
-        raise LookupError(
+        raise NoRunsFound(
             f"no finished training runs in MLflow experiment '{cfg.logger.experiment_name}'; run `make demo` or "
             f"`python {printable}` first, or pass ckpt=<run id | run folder>"
         )
@@ -174,7 +175,7 @@ def resolve_detectors(cfg: DictConfig, client: mlflow.MlflowClient, tracking_uri
             train_missing_models(cfg, models or [cfg.model.name])
             runs = latest_train_runs(client, cfg.logger.experiment_name, models)
             if not runs:
-                raise LookupError(f"training left no finished runs in '{cfg.logger.experiment_name}'")
+                raise NoRunsFound(f"training left no finished runs in '{cfg.logger.experiment_name}'")
         found = [(r.info.run_id, r.info.experiment_id) for r in runs]
     detectors = []
     for ref, experiment_id in found:

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
 from experiments.runs import finished_training_runs, select_runs, tag
+from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
 
@@ -80,7 +81,7 @@ def report(cfg: DictConfig) -> dict:
     experiment = cfg.task.experiment_name
     rows = fetch_runs(client, experiment, cfg.task.select)
     if not rows:
-        raise LookupError(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
+        raise NoRunsFound(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
     split = cfg.task.split
     metric_cols = [f"{split}/{m}" for m in cfg.task.metrics]
     extra_cols = ["time/fit_seconds", "model/params"]

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from experiments.errors import UserError
 from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector, detector_kind
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class CheckpointNotFound(FileNotFoundError):
+class CheckpointNotFound(FileNotFoundError, UserError):
     """The reference names no usable trained detector."""
 
 
