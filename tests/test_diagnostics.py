@@ -179,7 +179,7 @@ def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_
     saved = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
     assert "crop_size: 32" in saved  # the detector's own crop, not data.crop_size=40
     client = mlflow.MlflowClient(tracking_uri=trained["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("evaluate-genimage_tiny").experiment_id],
                               filter_string="tags.task = 'evaluate'")
     assert [r.data.tags["evaluated_run"] for r in runs] == [trained["run_id"]]
 

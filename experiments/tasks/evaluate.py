@@ -15,7 +15,7 @@ without gradients, scored by :func:`experiments.evaluation.predictions.score` (s
 names are the training run's: ``test/auc``, ``test/<generator>/auc``, the
 val-calibrated threshold, ...), and written to ``metrics.json`` with the
 diagnostics of :mod:`experiments.evaluation.diagnostics` in ``cfg.paths.output_dir``.
-Everything is logged to a new MLflow run of ``cfg.logger.experiment_name`` tagged
+Everything is logged to a new MLflow run of ``evaluate-<data>`` (``logger.task_experiment_name``) tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
 
@@ -81,6 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
+    tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
 
 
@@ -112,6 +113,7 @@ def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
         eval_cfg.logger.tags = tags
         eval_cfg.logger.run_name = f"evaluate-{trained.model.name}"
         eval_cfg.logger.run_id = None
+        eval_cfg.logger.experiment_name = tracking.task_experiment_name(cfg)  # not the training experiment
     return eval_cfg
 
 

@@ -18,8 +18,8 @@ scores are kept in memory, so large test sets stream.
 Outputs:
 
 * MLflow: one new run per detector, tagged ``task=ood_stress``,
-  ``evaluated_run=<source run id or path>`` and ``model``, in the source run's
-  experiment (``cfg.logger.experiment_name`` for folder checkpoints), with the
+  ``evaluated_run=<source run id or path>`` and ``model``, in the experiment
+  ``ood_stress-<data>`` (``logger.task_experiment_name``), with the
   metrics ``ood/<perturbation>/<strength>/{auc,ap,accuracy}``;
 * ``<paths.report_dir>/ood_stress/``: ``robustness_<perturbation>.png`` (AUROC
   versus strength, one line per detector), ``ood_auroc.md`` / ``ood_auroc.csv``
@@ -74,6 +74,7 @@ from experiments.evaluation.curves import plot_robustness_curves
 from experiments.runs import ExperimentNotFound, finished_training_runs, newest_per_key
 from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
+from experiments.tracking import announce_outputs, task_experiment_name
 from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ def ood_metric_items(result: dict[str, dict[str, float]], grid: Sequence[Perturb
 def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: Detector, result: dict, grid: Sequence[Perturbation],
             artifacts: Sequence[Path], seconds: float) -> str:
     """Create the detector's ``task=ood_stress`` run, log its ``ood/...`` metrics and the shared artifacts."""
-    experiment_id = det.experiment_id or _experiment_id(client, cfg.logger.experiment_name)
+    experiment_id = _experiment_id(client, task_experiment_name(cfg))  # ood_stress-<data>, beside no training run
     tags = {"task": "ood_stress", "evaluated_run": det.ref, "model": det.loaded.cfg.model.name,
             "detector": det.label, "data": cfg.data.name, "seed": str(cfg.seed)}
     run = client.create_run(experiment_id, run_name=f"ood_stress-{det.label}", tags=tags)
@@ -412,6 +413,7 @@ def ood_stress(cfg: DictConfig) -> dict[str, Any]:
     print_tables(results, grid)
     Console().print(f"OOD stress of {len(detectors)} detectors x {len(grid)} settings in {seconds:.1f} s; "
                     f"written to {out_dir}")
+    announce_outputs(out_dir, list(run_ids.values()), uri)
     return {"results": results, "run_ids": run_ids, "seconds": seconds, "curves": curves,
             "markdown": md, "csv": wide, "metrics_csv": long,
             "detectors": {d.label: d.ref for d in detectors}}

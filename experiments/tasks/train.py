@@ -55,6 +55,7 @@ def train(cfg: DictConfig) -> float | None:
         write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger)
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
+    tracking.announce_outputs(out_dir, logger.run_id, cfg.logger.tracking_uri)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
