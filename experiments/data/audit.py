@@ -677,6 +677,32 @@ def write_report(report: DataReport, out_dir: str | Path, max_bad_fraction: floa
     return json_path, txt_path
 
 
+DATA_STATS_FILE = "data_stats.json"
+
+
+def size_statistics(report: DataReport, split: str = "train") -> dict[str, Any]:
+    """Median, min and max width and height of the readable images of ``split``: the detector's input domain."""
+    records = [r for r in report.records if r.split == split and r.readable]
+    if not records:
+        return {"split": split, "n_images": 0}
+    widths = np.array([r.width for r in records], dtype=float)
+    heights = np.array([r.height for r in records], dtype=float)
+    stats: dict[str, Any] = {"split": split, "n_images": len(records)}
+    for name, values in (("width", widths), ("height", heights)):
+        stats.update({f"{name}_median": float(np.median(values)), f"{name}_min": int(values.min()),
+                      f"{name}_max": int(values.max())})
+    return stats
+
+
+def write_data_stats(report: DataReport, out_dir: str | Path, preprocessing: Mapping[str, Any] | None = None) -> Path:
+    """``data_stats.json`` in ``out_dir``: :func:`size_statistics` of the train split and the preprocessing
+    sizes; ``detect`` compares its inputs with it."""
+    path = Path(out_dir) / DATA_STATS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**size_statistics(report), **dict(preprocessing or {})}, indent=2))
+    return path
+
+
 def max_bad_fraction(cfg: DictConfig, datamodule=None) -> float:
     """``data.max_bad_fraction``, or the datamodule's own default."""
     default = getattr(datamodule, "max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)

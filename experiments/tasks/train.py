@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from experiments import tracking
 from experiments.data.audit import BadDataError, preflight
+from experiments.data.audit import write_data_stats
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score
 from experiments.safe_paths import plain_name
@@ -71,10 +72,17 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
         logger.experiment.update_run(logger.run_id, status="RUNNING")
         logger.experiment.set_tag(logger.run_id, "resumed_from", str(resume.ckpt))
     try:
-        preflight(cfg, datamodule, logger if resume is None else None)
+        report = preflight(cfg, datamodule, logger if resume is None else None)
     except BadDataError:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
+    _record_data_stats(cfg, report, logger, out_dir)
+
+
+def _record_data_stats(cfg: DictConfig, report, logger, out_dir: Path) -> None:
+    """Save the train images' sizes (``data_stats.json``) in the run folder and MLflow, for ``detect``'s checks."""
+    sizes = {"crop_size": cfg.data.get("crop_size"), "resize_size": cfg.data.get("resize_size")}
+    tracking.log_artifact(logger, write_data_stats(report, out_dir, sizes))
 
 
 def _resume_point(cfg: DictConfig) -> ResumePoint | None:
