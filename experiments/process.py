@@ -16,7 +16,9 @@ Library modules never call these on import: ``run.py`` and the ``python -m`` mai
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any, Iterable
 
 
 def use_huge_pages() -> None:
@@ -35,3 +37,13 @@ def use_project_root() -> Path:
     root = project_root()
     os.environ["SUITE_ROOT"] = str(root)
     return root
+
+
+def progress(iterable: Iterable[Any], desc: str, total: int | None = None, unit: str = "batch") -> Iterable[Any]:
+    """``iterable`` with a tqdm bar on an interactive terminal only, so tests and log files stay quiet;
+    ``SUITE_PROGRESS=1`` (or ``0``) forces it on (off)."""
+    from tqdm import tqdm
+
+    forced = os.environ.get("SUITE_PROGRESS")
+    show = sys.stderr.isatty() if forced is None else forced == "1"
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not show, leave=False)

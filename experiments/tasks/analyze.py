@@ -49,6 +49,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from experiments import tracking
+from experiments.process import progress
 from experiments.data.dataset import ImageDataset, collate_skipping
 from experiments.data.layouts import Sample
 from experiments.evaluation.metrics import sanitize_metric_component
@@ -259,7 +260,7 @@ def accumulate(groups: list[Group], samples: Sequence[Sample], preprocess, gener
     dataset = ImageDataset([samples[i] for i in union], preprocess, generator_names)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping)
-    for batch in loader:
+    for batch in progress(loader, f"analyze: {len(union)} images"):
         if batch.get("empty"):
             continue
         outputs = features(as_unit_float(batch["image"]))

@@ -35,6 +35,7 @@ from experiments.training.builders import build_datamodule
 from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import Predictions, print_metrics_table, score
+from experiments.process import progress
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def predict(detector: LoadedDetector, loader, generator_names: list[str]) -> Pre
     batches = [
         {"prob": detector.predict_proba(b["image"]), "label": b["label"], "generator": b["generator"],
          "index": b["index"]}
-        for b in loader if not b.get("empty")
+        for b in progress(loader, "evaluate: scoring") if not b.get("empty")
     ]
     if not batches:
         raise ValueError("no readable image in this split")

@@ -75,6 +75,7 @@ from experiments.runs import ExperimentNotFound, finished_training_runs, newest_
 from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
 from experiments.tracking import announce_outputs, task_experiment_name
+from experiments.process import progress
 from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def score_group(detectors: Sequence[Detector], loader: DataLoader, grid: Sequenc
     """
     probs: dict[str, dict[str, list[torch.Tensor]]] = {d.label: {p.key: [] for p in grid} for d in detectors}
     labels: list[torch.Tensor] = []
-    for batch in loader:
+    for batch in progress(loader, f"OOD stress: {len(detectors)} detector(s) x {len(grid)} settings"):
         if batch.get("empty"):
             continue
         images, ids = as_unit_float(batch["image"]), batch["index"]

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
+from experiments.evaluation.plotting import with_subject
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
@@ -115,7 +116,7 @@ def report(cfg: DictConfig) -> dict:
         writer.writerow(["model", "n_runs"] + [f"{c}_{s}" for c in metric_cols + extra_cols for s in ("mean", "std")])
         for model, cols in table.items():
             writer.writerow([model, n_runs[model]] + [v for c in metric_cols + extra_cols for v in cols[c][:2]])
-    bars = plot_bar_comparison(
+    bars = with_subject(f"{experiment}, {split} split", plot_bar_comparison,
         {model: {m: cols[f"{split}/{m}"][0] for m in cfg.task.metrics} for model, cols in table.items()},
         list(cfg.task.metrics), out_dir / "comparison.png",
     )
