@@ -104,9 +104,10 @@ def _tag_output_dir(run_id: str, uri: str, output_dir: str | Path | None) -> Non
 
 
 def resolve_artifact_location(location: str | None) -> str | None:
+    """A plain artifact folder as an absolute ``file://`` URI (a relative one is taken from the project root)."""
     if location is None or "://" in location:
         return location
-    path = Path(location).resolve()
+    path = (project_root() / Path(location).expanduser()).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path.as_uri()
 

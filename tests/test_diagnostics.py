@@ -162,7 +162,7 @@ def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == pytest.approx(metrics["test/auc"])
     for name in PLOTS:
         _assert_real_png(out / "plots" / f"{name}.png")
-    client, run = _only_run(_store(tmp_path), task="evaluate")
+    client, run = _only_run(_store(tmp_path), "evaluate-genimage_tiny", task="evaluate")
     assert run.data.tags["evaluated_run"] == str(trained["run_dir"])
     assert run.data.tags["model"] == "resnet34_localfft" and run.info.status == "FINISHED"
     assert run.data.metrics["test/auc"] == pytest.approx(metrics["test/auc"])
