@@ -58,6 +58,14 @@ def task_experiment_name(cfg: DictConfig) -> str:
     return str(name or f"{cfg.task.name}-{cfg.data.name}")
 
 
+def experiment_id(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (artifacts under ``artifact_location``) when it does not exist yet."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=resolve_artifact_location(artifact_location))
+
+
 def run_link(run_id: str, tracking_uri: str, experiment_id: str | None = None) -> str:
     """The MLflow UI address of a run: the server's own for an HTTP store, ``make mlflow-ui``'s otherwise."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_URL

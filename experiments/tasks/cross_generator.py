@@ -37,7 +37,7 @@ from experiments.evaluation.curves import plot_heatmap
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
-from experiments.tracking import announce_outputs, task_experiment_name
+from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
 
 #: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
 _PER_GENERATOR = re.compile(r"^test/([^/]+)/([^/]+)$")
@@ -176,7 +176,8 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
             writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"]])
     artifacts.append(summary_csv)
 
-    run_id = _log_run(client, experiment, summary, artifacts, task_experiment_name(cfg))
+    run_id = _log_run(client, experiment, summary, artifacts,
+                      experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location")))
     _print_summary(experiment, matrices, summary)
     announce_outputs(out_dir, run_id, uri)
     return {"matrices": matrices, "summary": summary, "records": records, "run_id": run_id,
@@ -184,9 +185,8 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tuple[str, str], Mapping[str, float]],
-             artifacts: Sequence[Path], log_experiment: str) -> str:
-    found = client.get_experiment_by_name(log_experiment)  # cross_generator-<data>, apart from the training runs
-    exp_id = found.experiment_id if found is not None else client.create_experiment(log_experiment)
+             artifacts: Sequence[Path], exp_id: str) -> str:
+    """Log the summary and files to a new run of ``exp_id`` (``cross_generator-<data>``, apart from training)."""
     run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": "logo",
                                                                       "reported_experiment": experiment})
     now = int(time.time() * 1000)

@@ -75,6 +75,7 @@ from experiments.runs import ExperimentNotFound, finished_training_runs, newest_
 from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
 from experiments.tracking import announce_outputs, task_experiment_name
+from experiments.tracking import experiment_id as tracking_experiment_id
 from experiments.process import progress
 from features.precision import as_unit_float
 
@@ -365,7 +366,8 @@ def ood_metric_items(result: dict[str, dict[str, float]], grid: Sequence[Perturb
 def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: Detector, result: dict, grid: Sequence[Perturbation],
             artifacts: Sequence[Path], seconds: float) -> str:
     """Create the detector's ``task=ood_stress`` run, log its ``ood/...`` metrics and the shared artifacts."""
-    experiment_id = _experiment_id(client, task_experiment_name(cfg))  # ood_stress-<data>, beside no training run
+    experiment_id = tracking_experiment_id(client, task_experiment_name(cfg),  # ood_stress-<data>, not training's
+                                           cfg.logger.get("artifact_location"))
     tags = {"task": "ood_stress", "evaluated_run": det.ref, "model": det.loaded.cfg.model.name,
             "detector": det.label, "data": cfg.data.name, "seed": str(cfg.seed)}
     run = client.create_run(experiment_id, run_name=f"ood_stress-{det.label}", tags=tags)

@@ -28,7 +28,7 @@ from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
-from experiments.tracking import announce_outputs, task_experiment_name
+from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,7 @@ def report(cfg: DictConfig) -> dict:
 
 def report_experiment_id(client: mlflow.MlflowClient, cfg: DictConfig) -> str:
     """The experiment of the report run, ``report-<data>``: never the training experiment it compares."""
-    name = task_experiment_name(cfg)
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else client.create_experiment(name)
+    return experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location"))
 
 
 def report_metrics(table: dict[str, dict[str, tuple[float, float, int]]], columns: list[str],
