@@ -77,8 +77,10 @@ ui-screenshot: $(VENV)/.installed ## Screenshot the MLflow compare view of the d
 	test -d $(PLAYWRIGHT_DIR)/node_modules/playwright-core || npm install --prefix $(PLAYWRIGHT_DIR) playwright-core
 	PLAYWRIGHT_NODE_MODULES=$(PLAYWRIGHT_DIR)/node_modules $(PY) -m tests.test_ui_screenshot --out docs/mlflow_compare.png
 
-mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http://127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+PORT ?= 5000
+WORKERS ?= 1
+mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT); PORT=, WORKERS= default 1)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
 
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports

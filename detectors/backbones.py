@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were requested but can be neither downloaded nor found in the cache."""
 
+    user_error = True  # run.py prints the message alone (experiments.errors.is_user_error)
+
 
 def weights_source(name: str) -> tuple[str, str | None, str | None]:
     """``(timm name with its weight tag, Hugging Face hub id, URL)`` of the weights timm loads for ``name``.

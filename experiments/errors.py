@@ -4,6 +4,10 @@ The suite's own errors (a wrong folder layout, a missing data.root, bad data, mi
 carry a message that says what to do. Hydra's ``instantiate`` wraps whatever the target raises in an
 ``InstantiationException`` whose text repeats the config; :func:`instantiate` re-raises the target's own
 exception instead, so the message reaches the user as written.
+
+Every such error subclasses :class:`UserError` (or, below ``experiments/``, carries ``user_error = True``);
+``run.py`` prints its message alone, without a traceback, and exits with status 2
+(``HYDRA_FULL_ERROR=1`` shows the traceback as well).
 """
 
 from __future__ import annotations
@@ -12,6 +16,21 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
+
+
+#: exit status of a run stopped by a :class:`UserError`
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """An error whose message tells the user what to change (a key, a path, a command); no traceback needed."""
+
+    user_error = True
+
+
+def is_user_error(err: BaseException) -> bool:
+    """True for :class:`UserError` and for the lower layers' errors marked ``user_error = True``."""
+    return bool(getattr(err, "user_error", False))
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:

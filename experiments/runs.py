@@ -12,13 +12,25 @@ from typing import Any, Callable, Hashable, Iterable
 import mlflow
 from mlflow.entities import Run
 
+from experiments.errors import UserError
+
 #: the filter of every query: training runs that ended normally.
 FINISHED_TRAINING = "tags.task = 'train' and attributes.status = 'FINISHED'"
 MAX_RUNS = 5000
 
 
-class ExperimentNotFound(LookupError):
+class ExperimentNotFound(LookupError, UserError):
     """The MLflow experiment does not exist in the store."""
+
+
+class NoRunsFound(LookupError, UserError):
+    """The experiment holds no run that a task can use."""
+
+
+def store_of(client: mlflow.MlflowClient) -> str:
+    """The tracking URI ``client`` reads (a SQLite store shows its file path)."""
+    uri = str(getattr(client, "tracking_uri", "") or "")
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri
 
 
 def finished_training_runs(client: mlflow.MlflowClient, experiment_name: str, extra_filter: str = "",
@@ -31,7 +43,8 @@ def finished_training_runs(client: mlflow.MlflowClient, experiment_name: str, ex
     if experiment is None:
         names = [e.name for e in client.search_experiments()]
         raise ExperimentNotFound(
-            f"MLflow experiment '{experiment_name}' not found; experiments in this store: {names}"
+            f"MLflow experiment '{experiment_name}' not found in the store {store_of(client)}; "
+            f"experiments there: {names}"
             + (f". {hint}" if hint else "")
         )
     query = FINISHED_TRAINING + (f" and {extra_filter}" if extra_filter else "")

@@ -16,32 +16,106 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
-from experiments.errors import instantiate
+from experiments.errors import UserError, instantiate
+from experiments.process import project_root
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(RuntimeError, UserError):
     """The MLflow tracking server cannot be reached."""
 
 
+#: the MLflow UI that ``make mlflow-ui`` serves on the project's store
+UI_URL = "http://127.0.0.1:5000"
+
+
+def default_tracking_uri() -> str:
+    """The project's own store, ``sqlite:///<project root>/mlruns.db``, whatever the working directory."""
+    return f"sqlite:///{project_root() / 'mlruns.db'}"
+
+
 def resolve_tracking_uri(uri: str) -> str:
-    """Make relative ``sqlite:///`` and plain-path stores absolute (relative to the working directory)."""
+    """Make relative ``sqlite:///`` and plain-path stores absolute (relative to :func:`project_root`)."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).resolve()
+        path = (project_root() / uri[len("sqlite:///"):]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
     if "://" not in uri:
-        return Path(uri).resolve().as_uri()
+        return (project_root() / Path(uri).expanduser()).resolve().as_uri()
     return uri
 
 
+def task_experiment_name(cfg: DictConfig) -> str:
+    """The experiment an auxiliary task (evaluate, ood_stress, analyze, report, ...) logs into: ``<task>-<data>``.
+
+    Training runs stay in ``logger.experiment_name`` (``detectors-<data>``), so a comparison of that
+    experiment only ever sees training runs.
+    """
+    name = cfg.logger.get("task_experiment_name") if cfg.get("logger") is not None else None
+    return str(name or f"{cfg.task.name}-{cfg.data.name}")
+
+
+def experiment_id(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (artifacts under ``artifact_location``) when it does not exist yet."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=resolve_artifact_location(artifact_location))
+
+
+def run_link(run_id: str, tracking_uri: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI address of a run: the server's own for an HTTP store, ``make mlflow-ui``'s otherwise."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_URL
+    if experiment_id is None:
+        try:
+            import mlflow
+
+            experiment_id = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - a link without the experiment still finds the run
+            return f"{base}/#/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def announce_outputs(output_dir: str | Path | None, run_ids: str | list[str] | None, tracking_uri: str) -> None:
+    """End a task with two lines: where its outputs went, and its MLflow run id(s) with the UI link.
+
+    Each run is tagged ``output_dir`` (when it has none yet), so ``task=runs`` can show the folder.
+    """
+    uri = resolve_tracking_uri(str(tracking_uri))
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids or [])
+    print(f"outputs: {Path(output_dir).resolve() if output_dir else 'none written'}")
+    if not ids:
+        print("MLflow run: none (this task logs nothing to MLflow)")
+        return
+    links = []
+    for run_id in ids:
+        _tag_output_dir(run_id, uri, output_dir)
+        links.append(f"{run_id} ({run_link(run_id, uri)})")
+    store = "" if uri.startswith(("http://", "https://")) else f"; store {uri}, open it with `make mlflow-ui`"
+    print(f"MLflow run{'s' if len(ids) > 1 else ''}: " + ", ".join(links) + store)
+
+
+def _tag_output_dir(run_id: str, uri: str, output_dir: str | Path | None) -> None:
+    if not output_dir:
+        return
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if "output_dir" not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, "output_dir", str(Path(output_dir).resolve()))
+    except Exception as err:  # noqa: BLE001 - the summary must not fail the finished task
+        log.debug("could not tag run %s with its folder (%s)", run_id, err)
+
+
 def resolve_artifact_location(location: str | None) -> str | None:
+    """A plain artifact folder as an absolute ``file://`` URI (a relative one is taken from the project root)."""
     if location is None or "://" in location:
         return location
-    path = Path(location).resolve()
+    path = (project_root() / Path(location).expanduser()).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path.as_uri()
 
@@ -119,6 +193,7 @@ def mlflow_logger(
     run_id: str | None = None,
     run_tags: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    task_experiment_name: str | None = None,
 ) -> MLFlowLogger:
     """The run's ``MLFlowLogger`` (``conf/logger/mlflow.yaml`` builds it by ``_target_``).
 
@@ -130,6 +205,7 @@ def mlflow_logger(
         run_id: continue this run (``resume=``).
         run_tags: the tags every run carries (model, data, seed, task); the git commit is added.
         tags: the user's extra tags (``logger.tags.<name>=...``, presets).
+        task_experiment_name: where the non-training tasks log (read by :func:`task_experiment_name`; unused here).
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)

@@ -48,7 +48,7 @@ def test_writes_plots_tables_and_logs_them(analysed):
     md = (out / "spectral_statistics.md").read_text()
     assert "| kind | group |" in md and "gen_b/synthetic" in md and "kurtosis" in md
     client = mlflow.MlflowClient(tracking_uri=analysed["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("analyze-genimage_tiny").experiment_id],
                               filter_string="tags.task = 'analyze'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = {Path(a.path).name for a in client.list_artifacts(runs[0].info.run_id, "analysis")}

@@ -162,7 +162,7 @@ def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == pytest.approx(metrics["test/auc"])
     for name in PLOTS:
         _assert_real_png(out / "plots" / f"{name}.png")
-    client, run = _only_run(_store(tmp_path), task="evaluate")
+    client, run = _only_run(_store(tmp_path), "evaluate-genimage_tiny", task="evaluate")
     assert run.data.tags["evaluated_run"] == str(trained["run_dir"])
     assert run.data.tags["model"] == "resnet34_localfft" and run.info.status == "FINISHED"
     assert run.data.metrics["test/auc"] == pytest.approx(metrics["test/auc"])
@@ -179,7 +179,7 @@ def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_
     saved = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
     assert "crop_size: 32" in saved  # the detector's own crop, not data.crop_size=40
     client = mlflow.MlflowClient(tracking_uri=trained["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("evaluate-genimage_tiny").experiment_id],
                               filter_string="tags.task = 'evaluate'")
     assert [r.data.tags["evaluated_run"] for r in runs] == [trained["run_id"]]
 

@@ -42,6 +42,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from experiments.errors import UserError
 from experiments.data.cache import file_list_key
 from experiments.data.images import UnreadableImage, decode_image, load_rgb
 from experiments.data.layouts import CLASS_NAMES, Sample
@@ -77,7 +78,7 @@ _IJG_CHROMA = np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4
                        + [47, 66] + [99] * 6 + [99] * 32)
 
 
-class BadDataError(ValueError):
+class BadDataError(ValueError, UserError):
     """Too many files cannot be used, or a split/class has no usable image at all."""
 
 
@@ -807,6 +808,32 @@ def write_report(report: DataReport, out_dir: str | Path, max_bad_fraction: floa
     json_path.write_text(json.dumps(report.to_dict(), indent=2))
     txt_path.write_text(report.format_table(max_bad_fraction) + "\n")
     return json_path, txt_path
+
+
+DATA_STATS_FILE = "data_stats.json"
+
+
+def size_statistics(report: DataReport, split: str = "train") -> dict[str, Any]:
+    """Median, min and max width and height of the readable images of ``split``: the detector's input domain."""
+    records = [r for r in report.records if r.split == split and r.readable]
+    if not records:
+        return {"split": split, "n_images": 0}
+    widths = np.array([r.width for r in records], dtype=float)
+    heights = np.array([r.height for r in records], dtype=float)
+    stats: dict[str, Any] = {"split": split, "n_images": len(records)}
+    for name, values in (("width", widths), ("height", heights)):
+        stats.update({f"{name}_median": float(np.median(values)), f"{name}_min": int(values.min()),
+                      f"{name}_max": int(values.max())})
+    return stats
+
+
+def write_data_stats(report: DataReport, out_dir: str | Path, preprocessing: Mapping[str, Any] | None = None) -> Path:
+    """``data_stats.json`` in ``out_dir``: :func:`size_statistics` of the train split and the preprocessing
+    sizes; ``detect`` compares its inputs with it."""
+    path = Path(out_dir) / DATA_STATS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**size_statistics(report), **dict(preprocessing or {})}, indent=2))
+    return path
 
 
 def max_bad_fraction(cfg: DictConfig, datamodule=None) -> float:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from experiments.errors import UserError
 from experiments.data.images import IMAGE_EXTENSIONS, is_image_file
 from experiments.data.layout_trees import expected_tree
 
@@ -37,7 +38,7 @@ LAYOUT_CONFIGS = {"genimage": "genimage_tiny", "genimage_full": "genimage", "cnn
 FOUND_LIMIT = 8
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(ValueError, UserError):
     """The dataset folder does not have the documented layout."""
 
 

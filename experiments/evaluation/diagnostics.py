@@ -44,6 +44,7 @@ from experiments.data.layouts import CLASS_NAMES
 from experiments.training.kinds import detector_kind
 from experiments.evaluation.curves import plot_calibration, plot_confusion_matrix, plot_per_group_accuracy, plot_roc
 from experiments.evaluation.embeddings import plot_gradcam_grid, plot_tsne
+from experiments.evaluation.plotting import with_subject
 from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,10 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
         log.info("diagnostics: no Grad-CAM for %s (no cam_layers)", type(model).__name__)
 
     written: list[Path] = []
+    subject = plot_subject(cfg)
     for name, draw in plots:
         path = plot_dir / f"{name}.png"
-        if _attempt(name, lambda: draw(path), strict):
+        if _attempt(name, lambda: with_subject(subject, draw, path), strict):
             written.append(path)
             _log(logger, path, PLOTS_DIR, strict)
     for path in [*write_metrics_tables(by_generator, out_dir),
@@ -116,6 +118,13 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
         written.append(path)
         _log(logger, path, None, strict)
     return written
+
+
+def plot_subject(cfg, split: str = "test") -> str:
+    """What every diagnostic plot shows, for its title: ``<model> on <data>, <split> split``."""
+    model = _cfg_get(_cfg_get(cfg, "model", {}), "name", "detector")
+    data = _cfg_get(_cfg_get(cfg, "data", {}), "name", "data")
+    return f"{model} on {data}, {split} split"
 
 
 def _attempt(name: str, action: Callable[[], Any], strict: bool) -> bool:
@@ -257,6 +266,18 @@ def _gradcam(model, dataset, test, path: Path, per_class: int, seed: int) -> Pat
     if dataset is None:
         raise ValueError("Grad-CAM needs the datamodule's test dataset")
     images, cams, titles = gradcam_for_rows(model, dataset, test, gradcam_rows(test, per_class, seed))
-    # the frequency stream's map lives on the centred spectrum (same size as the image, DC in the middle)
-    shown = {(f"{name} (FFT coords)" if name == "frequency" else name): cam for name, cam in cams.items()}
-    return plot_gradcam_grid(images, shown, path, titles=titles)
+    # the frequency stream's map lives on the centred spectrum (same size as the image, DC in the middle): draw it
+    # over the image's log-magnitude spectrum, in those coordinates
+    label = {"frequency": "frequency: over log|FFT| (DC centre)"}
+    shown = {label.get(name, name): cam for name, cam in cams.items()}
+    backgrounds = {label["frequency"]: log_spectrum(images)} if "frequency" in cams else None
+    return plot_gradcam_grid(images, shown, path, titles=titles, backgrounds=backgrounds)
+
+
+def log_spectrum(images: torch.Tensor) -> np.ndarray:
+    """``(N, H, W)`` centred ``log(1 + |FFT|)`` of each image's grey levels, scaled to [0, 1] per image."""
+    grey = as_unit_float(images).float().mean(dim=1)
+    spectrum = torch.log1p(torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs())
+    low = spectrum.amin(dim=(-2, -1), keepdim=True)
+    high = spectrum.amax(dim=(-2, -1), keepdim=True)
+    return ((spectrum - low) / (high - low).clamp_min(1e-12)).numpy()

@@ -78,14 +78,17 @@ def plot_gradcam_grid(
     path: str | Path,
     titles: Sequence[str] | None = None,
     alpha: float = 0.5,
+    backgrounds: Mapping[str, Any] | None = None,
 ) -> str | Path:
     """Grid of class-activation maps: one row per image, the input then one overlay per CAM name.
 
     ``images`` is (N, 3, H, W) in [0, 1]; each ``cams[name]`` is (N, H, W) in [0, 1]
     (computed elsewhere, e.g. Grad-CAM, Selvaraju et al., 2017). Overlays blend the
-    ``jet`` colour map with weight ``alpha``. ``titles`` labels the rows.
+    ``jet`` colour map with weight ``alpha``. ``titles`` labels the rows. ``backgrounds[name]``, (N, H, W) in
+    [0, 1], replaces the input under that CAM (e.g. the log-spectrum under a frequency-stream CAM).
     """
-    image_array = np.clip(to_numpy(images).astype(np.float64), 0.0, 1.0)
+    raw = to_numpy(images)
+    image_array = np.clip(raw.astype(np.float64) / (255.0 if raw.dtype == np.uint8 else 1.0), 0.0, 1.0)
     if image_array.ndim != 4 or image_array.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 3, H, W), got shape {image_array.shape}")
     image_array = np.repeat(image_array, 3, axis=1) if image_array.shape[1] == 1 else image_array
@@ -103,7 +106,10 @@ def plot_gradcam_grid(
             axes[row, 0].imshow(rgb[row])
             axes[row, 0].set_title(titles[row] if titles is not None else "input", fontsize=9)
             for col, (name, cam) in enumerate(cam_arrays.items(), start=1):
-                overlay = (1 - alpha) * rgb[row] + alpha * jet(cam[row])[..., :3]
+                under = rgb[row]
+                if backgrounds is not None and name in backgrounds:
+                    under = np.repeat(np.clip(to_numpy(backgrounds[name])[row], 0.0, 1.0)[..., None], 3, axis=-1)
+                overlay = (1 - alpha) * under + alpha * jet(cam[row])[..., :3]
                 axes[row, col].imshow(np.clip(overlay, 0.0, 1.0))
                 axes[row, col].set_title(name, fontsize=9)
             for ax in axes[row]:

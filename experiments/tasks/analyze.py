@@ -48,6 +48,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from experiments import tracking
+from experiments.process import progress
 from experiments.data.dataset import ImageDataset, collate_skipping
 from experiments.data.layouts import Sample
 from experiments.evaluation.metrics import sanitize_metric_component
@@ -258,7 +260,7 @@ def accumulate(groups: list[Group], samples: Sequence[Sample], preprocess, gener
     dataset = ImageDataset([samples[i] for i in union], preprocess, generator_names)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping)
-    for batch in loader:
+    for batch in progress(loader, f"analyze: {len(union)} images"):
         if batch.get("empty"):
             continue
         outputs = features(as_unit_float(batch["image"]))
@@ -304,8 +306,9 @@ def analyze(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
              for kind, stats in results.items() if stats]
     files += write_statistics(results, out_dir, title=f"{cfg.data.name}: noise-residual statistics")
     files.append(save_profiles(results, out_dir / "spectral_profiles.npz"))
-    log_to_mlflow(cfg, results, [Path(f) for f in files], splits)
+    run_id = log_to_mlflow(cfg, results, [Path(f) for f in files], splits)
     print_statistics(results, f"{cfg.data.name}: noise-residual statistics")
+    tracking.announce_outputs(out_dir, run_id, cfg.logger.tracking_uri)
     return results
 
 
@@ -348,10 +351,10 @@ def save_profiles(results, path: Path) -> Path:
 
 
 def log_to_mlflow(cfg: DictConfig, results, files: Iterable[Path], splits: Sequence[str]) -> str:
-    """A new run of ``cfg.logger.experiment_name`` tagged ``task=analyze``: params, statistics, files. Returns its id."""
+    """A new run of ``analyze-<data>`` (``logger.task_experiment_name``) tagged ``task=analyze``: params, statistics, files. Returns its id."""
     from experiments import tracking
 
-    logger = tracking.mlflow_logger(cfg.logger.experiment_name, f"analyze-{cfg.data.name}", cfg.logger.tracking_uri,
+    logger = tracking.mlflow_logger(tracking.task_experiment_name(cfg), f"analyze-{cfg.data.name}", cfg.logger.tracking_uri,
                                     cfg.logger.get("artifact_location"),
                                     run_tags={"task": "analyze", "data": cfg.data.name}, tags=cfg.logger.get("tags"))
     params = {f"task/{k}": v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()}

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from experiments.data.audit import DataReport, add_metadata_probe, max_bad_fraction, scan_dataset, write_report
 from experiments.training.builders import build_datamodule
+from experiments.tracking import announce_outputs
 
 
 def check_data(cfg: DictConfig) -> DataReport:
@@ -26,4 +27,5 @@ def check_data(cfg: DictConfig) -> DataReport:
     print(report.format_table(limit))
     json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
     print(f"\nWrote {txt_path} and {json_path}")
+    announce_outputs(cfg.paths.output_dir, None, cfg.logger.tracking_uri)
     return report

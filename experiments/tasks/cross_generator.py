@@ -41,7 +41,9 @@ from rich.table import Table
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.evaluation.curves import plot_heatmap
 from experiments.runs import finished_training_runs, select_runs, tag
+from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
+from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
 
 #: The ``protocol`` tags each protocol's runs carry (``logo``: train_on_one runs made before its rename).
 PROTOCOL_TAGS = {"train_on_one": ("train_on_one", "logo"), "leave_one_out": ("leave_one_out",)}
@@ -158,7 +160,7 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     protocol = cfg.task.get("protocol", "train_on_one")
     records = fetch_records(client, experiment, metric_names, cfg.task.get("select", "latest"), protocol)
     if not records:
-        raise LookupError(f"no finished {protocol} runs (tag protocol={protocol}) in '{experiment}'; run "
+        raise NoRunsFound(f"no finished {protocol} runs (tag protocol={protocol}) in '{experiment}'; run "
                           f"python run.py -m experiment={protocol} model=... first")
 
     out_dir = Path(cfg.paths.report_dir) / "cross_generator"
@@ -188,16 +190,19 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
             writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"]])
     artifacts.append(summary_csv)
 
-    run_id = _log_run(client, experiment, summary, artifacts, protocol)
+    run_id = _log_run(client, experiment, summary, artifacts,
+                      experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location")), protocol)
     _print_summary(experiment, matrices, summary)
+    announce_outputs(out_dir, run_id, uri)
     return {"matrices": matrices, "summary": summary, "records": records, "run_id": run_id,
             "out_dir": out_dir, "artifacts": artifacts}
 
 
 def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tuple[str, str], Mapping[str, float]],
-             artifacts: Sequence[Path], protocol: str = "train_on_one") -> str:
-    exp_id = client.get_experiment_by_name(experiment).experiment_id
-    run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": protocol})
+             artifacts: Sequence[Path], exp_id: str, protocol: str = "train_on_one") -> str:
+    """Log the summary and files to a new run of ``exp_id`` (``cross_generator-<data>``, apart from training)."""
+    run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": protocol,
+                                                                      "reported_experiment": experiment})
     now = int(time.time() * 1000)
     metrics = [Metric(f"cross_generator/{sanitize_metric_component(model)}/{metric}/{name}", value, now, 0)
                for (model, metric), values in summary.items() for name, value in values.items()

@@ -2,12 +2,18 @@
 
 Usage::
 
-    python -m experiments.tasks.detect <run id | run folder | weights file> <image or folder> [more images or folders]
-        [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32]
+    spectral-detect <run id | run folder | weights file> <image or folder> [more images or folders]
+        [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32] [--tile]
         [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
 
 For every image it prints P(synthetic) and the label (``synthetic`` / ``real``)
-at the threshold, then a summary of the files it skipped, counted by reason.
+at the threshold, then a summary of the files it skipped, counted by reason; the CSV (``--out``) lists every
+file with a ``status``: ``scored`` or the reason it was skipped. (``python -m experiments.tasks.detect`` is the
+same command.)
+
+The training run records its images' sizes (``data_stats.json``); ``detect`` warns when an input's short side
+is more than twice (or less than half) the training median, and when the crop covers less than a quarter of
+the input: ``--tile`` then scores a grid of crops and averages them.
 
 Preprocessing is exactly the detector's own evaluation preprocessing, read from
 the run's resolved config: ``Preprocess(cfg.data.crop_size, cfg.data.resize_size)``
@@ -56,17 +62,25 @@ from typing import Iterable, Sequence
 
 import torch
 
+from experiments.errors import UserError
 from experiments.evaluation.calibration import CALIBRATION_FILE
 from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
 from experiments.data.images import UnreadableImage, is_image_file, load_rgb
 from experiments.data.transforms import ImageTooSmall, Preprocess
+from experiments.data.audit import DATA_STATS_FILE
 
 VAL_THRESHOLD_KEY = "threshold/val_calibrated"
 PROGRESS_MIN_IMAGES = 20
-CSV_COLUMNS = ("path", "p_synthetic", "label", "threshold")
+CSV_COLUMNS = ("path", "p_synthetic", "label", "threshold", "status")
+#: an input whose short side is this many times larger (or smaller) than the training median is out of domain
+DOMAIN_SIDE_RATIO = 2.0
+#: below this fraction of the (resized) input, the centre crop sees too little of the image
+MIN_CROP_FRACTION = 0.25
+#: ``--tile``: at most this many crop positions per axis (so at most 16 crops per image)
+MAX_TILES_PER_AXIS = 4
 
 
-class DetectError(Exception):
+class DetectError(UserError):
     """A problem with the command's arguments (reference, input path, threshold, output): exit status 2."""
 
 
@@ -77,6 +91,10 @@ class Detection:
     path: str
     p_synthetic: float
     label: str
+    width: int = 0
+    height: int = 0
+    crop_fraction: float = 1.0  # the share of the (resized) input the scored crops cover
+    tiles: int = 1
 
 
 @dataclass
@@ -103,6 +121,8 @@ class DetectionResult:
     #: what P(synthetic) is: "calibrated (...)" or "raw (...)"
     probability: str = ""
     notes: list[str] = field(default_factory=list)
+    data_stats: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skipped).most_common())
@@ -279,9 +299,48 @@ def build_preprocess(detector: LoadedDetector) -> Preprocess:
     return Preprocess(int(data.crop_size), data.get("resize_size"), random_crop=False, equalizer=equalizer)
 
 
-def _load_one(path: Path, preprocess: Preprocess) -> torch.Tensor | Skipped:
+def tile_crops(img, preprocess: Preprocess, max_per_axis: int = MAX_TILES_PER_AXIS) -> tuple[torch.Tensor, float]:
+    """``(n, 3, crop, crop)`` crops on an even grid over the equalised, resized image, and the share they cover.
+
+    Adjacent crops overlap when the side is not a multiple of the crop; at most ``max_per_axis`` per axis.
+    """
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    if preprocess.equalizer is not None:
+        img = preprocess.equalizer(img)
+    if preprocess.resize_size is not None and min(img.size) != preprocess.resize_size:
+        img = TF.resize(img, preprocess.resize_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    w, h, c = img.size[0], img.size[1], preprocess.crop_size
+    if min(w, h) < c:
+        raise ImageTooSmall(f"{w}x{h} is smaller than data.crop_size={c}")
+
+    def starts(side: int) -> list[int]:
+        n = min(max_per_axis, -(-side // c))
+        return sorted({round(i * (side - c) / max(n - 1, 1)) for i in range(n)})
+
+    xs, ys = starts(w), starts(h)
+    crops = [TF.pil_to_tensor(img.crop((x, y, x + c, y + c))) for y in ys for x in xs]
+    covered = min(1.0, (min(w, (len(xs)) * c) * min(h, len(ys) * c)) / (w * h))
+    return torch.stack(crops), covered
+
+
+def crop_fraction(width: int, height: int, preprocess: Preprocess) -> float:
+    """The share of an input of this size that the single centre crop sees (after the resize, if any)."""
+    if preprocess.resize_size is not None:
+        scale = preprocess.resize_size / max(min(width, height), 1)
+        width, height = width * scale, height * scale
+    return min(1.0, preprocess.crop_size ** 2 / max(width * height, 1))
+
+
+def _load_one(path: Path, preprocess: Preprocess, tile: bool = False) -> torch.Tensor | Skipped | tuple:
+    """The preprocessed image (one crop, or ``(crops, (w, h), covered)`` when ``tile``), or why it was skipped."""
     try:
-        return preprocess(load_rgb(path))
+        img = load_rgb(path)
+        if tile:
+            crops, covered = tile_crops(img, preprocess)
+            return crops, img.size, covered
+        return preprocess(img)
     except UnreadableImage as err:
         return Skipped(str(path), err.reason, err.detail)
     except ImageTooSmall as err:
@@ -291,10 +350,11 @@ def _load_one(path: Path, preprocess: Preprocess) -> torch.Tensor | Skipped:
 
 
 def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Preprocess, threshold: float,
-                batch_size: int = 32, progress: bool | None = None, calibrated: bool = False,
+                batch_size: int = 32, progress: bool | None = None, tile: bool = False, calibrated: bool = False,
                 ) -> tuple[list[Detection], list[Skipped]]:
-    """Decode, preprocess and score ``files`` in batches of ``batch_size`` (calibrated P(synthetic) when
-    ``calibrated``, see :meth:`LoadedDetector.predict_calibrated_proba`)."""
+    """Decode, preprocess and score ``files`` in batches of ``batch_size`` crops; with ``tile``, each image's
+    score is the mean P(synthetic) of a grid of crops (:func:`tile_crops`). P(synthetic) is calibrated when
+    ``calibrated`` (see :meth:`LoadedDetector.predict_calibrated_proba`)."""
     from tqdm import tqdm
 
     if progress is None:
@@ -302,7 +362,8 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
     rows: list[Detection] = []
     skipped: list[Skipped] = []
     batch: list[torch.Tensor] = []
-    names: list[Path] = []
+    owners: list[int] = []  # the image (index into pending) of each crop in batch
+    pending: list[dict] = []  # images whose crops are (partly) batched: path, size, covered, scores
 
     def flush() -> None:
         if not batch:
@@ -310,19 +371,30 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
         images = torch.stack(batch)
         probs = (detector.predict_calibrated_proba(images) if calibrated
                  else detector.predict_proba(images)).reshape(-1).tolist()
-        for name, p in zip(names, probs):
-            rows.append(Detection(str(name), float(p), "synthetic" if p >= threshold else "real"))
+        for owner, p in zip(owners, probs):
+            pending[owner]["scores"].append(float(p))
         batch.clear()
-        names.clear()
+        owners.clear()
+        for item in pending:
+            p = sum(item["scores"]) / len(item["scores"])
+            rows.append(Detection(str(item["path"]), p, "synthetic" if p >= threshold else "real",
+                                  item["size"][0], item["size"][1], item["covered"], len(item["scores"])))
+        pending.clear()
 
     with tqdm(total=len(files), unit="img", disable=not progress, desc="scoring") as bar:
         for path in files:
-            item = _load_one(path, preprocess)
+            item = _load_one(path, preprocess, tile)
             if isinstance(item, Skipped):
                 skipped.append(item)
             else:
-                batch.append(item)
-                names.append(path)
+                crops, size, covered = item if tile else (item[None], _image_size(path), None)
+                if covered is None:
+                    covered = crop_fraction(*size, preprocess) if size[0] else 1.0
+                if len(batch) + len(crops) > batch_size:
+                    flush()
+                pending.append({"path": path, "size": size, "covered": covered, "scores": []})
+                batch.extend(crops)
+                owners.extend([len(pending) - 1] * len(crops))
                 if len(batch) >= batch_size:
                     flush()
             bar.update(1)
@@ -330,15 +402,28 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
     return rows, skipped
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header (0, 0 when unknown)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - the image decoded once already; the size only feeds a warning
+        return 0, 0
+
+
 def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold: float | str = "auto",
            batch_size: int = 32, device: str = "cpu", recursive: bool = True, follow_symlinks: bool = False,
            tracking_uri: str | None = None, progress: bool | None = None, calibrated: bool = True,
-           ) -> DetectionResult:
+           tile: bool = False) -> DetectionResult:
     """Score every image in ``inputs`` with the detector ``ref`` (run id, run folder or weights file).
 
     ``threshold`` is a probability, ``"val"`` (the run's validation-calibrated threshold; an error when there is
     none) or ``"auto"`` (that threshold when there is one, else 0.5). ``calibrated``: apply the run's val-fitted
-    calibrator to P(synthetic) when it has one.
+    calibrator to P(synthetic) when it has one. ``tile`` scores a grid of crops per image and averages them.
+    ``result.warnings`` says when the inputs are far from the training images' sizes (the run's
+    ``data_stats.json``) or when the crop sees little of them.
     Raises :class:`DetectError` for a bad reference, input path or threshold; unreadable
     images never raise, they end up in ``result.skipped``.
     """
@@ -370,26 +455,83 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
         preprocess = build_preprocess(detector)
     except Exception as err:  # noqa: BLE001 - a config this command cannot reproduce
         raise DetectError(f"cannot rebuild the preprocessing of {ref} from its config: {err}") from None
-    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, use_calibration)
+    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, tile,
+                                   use_calibration)
+    stats = load_data_stats(ref, detector, tracking_uri)
     return DetectionResult(
         rows=rows, skipped=skipped + unreadable, threshold=float(wanted), val_threshold=val_threshold,
         val_threshold_source=val_source, ignored=ignored, source=str(detector.source), probability=probability,
-        preprocess=f"crop {preprocess.crop_size}, resize {preprocess.resize_size or 'none (native resolution)'}",
+        preprocess=f"crop {preprocess.crop_size}, resize {preprocess.resize_size or 'none (native resolution)'}"
+                   + (", mean of a grid of crops (--tile)" if tile else ""),
+        data_stats=stats, warnings=domain_warnings(rows, stats, tile),
     )
+
+
+# -- the detector's domain ------------------------------------------------------------------------
+
+
+def load_data_stats(ref: str | Path, detector: LoadedDetector, tracking_uri: str | None = None) -> dict | None:
+    """The run's ``data_stats.json`` (train image sizes), beside the weights or as an MLflow artifact; None if absent."""
+    beside = Path(detector.source).parent / DATA_STATS_FILE
+    if beside.is_file():
+        path = beside
+    elif RUN_ID.match(str(ref)) and not Path(str(ref)).exists():
+        import mlflow
+
+        from experiments.tracking import resolve_tracking_uri
+
+        try:
+            client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db"))
+            path = Path(client.download_artifacts(str(ref), DATA_STATS_FILE))
+        except Exception:  # noqa: BLE001 - older runs have none
+            return None
+    else:
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stats if isinstance(stats, dict) and stats.get("n_images") else None
+
+
+def domain_warnings(rows: Sequence[Detection], stats: dict | None, tile: bool = False) -> list[str]:
+    """Warnings for inputs whose short side is more than :data:`DOMAIN_SIDE_RATIO` times off the training
+    median, and for crops that cover less than :data:`MIN_CROP_FRACTION` of the input."""
+    out: list[str] = []
+    sized = [r for r in rows if r.width and r.height]
+    if stats and sized:
+        train_side = min(float(stats["width_median"]), float(stats["height_median"]))
+        far = [r for r in sized if max(min(r.width, r.height) / train_side,
+                                       train_side / min(r.width, r.height)) > DOMAIN_SIDE_RATIO]
+        if far:
+            example = far[0]
+            out.append(
+                f"{len(far)} of {len(sized)} image(s) are far from the training images' sizes (train median "
+                f"{stats['width_median']:.0f}x{stats['height_median']:.0f} px, e.g. {example.width}x{example.height} "
+                f"px: {example.path}); scores outside the training domain are unreliable")
+    small = [r for r in sized if r.crop_fraction < MIN_CROP_FRACTION]
+    if small:
+        advice = "" if tile else "; pass --tile to score a grid of crops and average them"
+        out.append(f"the scored crop covers less than {MIN_CROP_FRACTION:.0%} of {len(small)} image(s) "
+                   f"(e.g. {small[0].crop_fraction:.0%} of {small[0].path}){advice}")
+    return out
 
 
 # -- reporting ------------------------------------------------------------------------------------
 
 
 def write_csv(result: DetectionResult, out: str | Path) -> Path:
-    """Write ``path, p_synthetic, label, threshold`` for every scored image."""
+    """Write ``path, p_synthetic, label, threshold, status`` for every file: ``status`` is ``scored``, or the
+    reason it was skipped (then ``p_synthetic`` and ``label`` are empty)."""
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for row in result.rows:
-            writer.writerow([row.path, f"{row.p_synthetic:.6f}", row.label, f"{result.threshold:.6g}"])
+            writer.writerow([row.path, f"{row.p_synthetic:.6f}", row.label, f"{result.threshold:.6g}", "scored"])
+        for skip in result.skipped:
+            writer.writerow([skip.path, "", "", f"{result.threshold:.6g}", skip.reason])
     return out
 
 
@@ -405,6 +547,10 @@ def format_header(result: DetectionResult) -> str:
             val += "; pass --threshold val to use it"
     lines.append(val)
     lines.append(f"threshold: {result.threshold:.4g} (label 'synthetic' when P(synthetic) >= threshold)")
+    if result.data_stats:
+        st = result.data_stats
+        lines.append(f"trained on: {st['n_images']} images, median {st['width_median']:.0f}x{st['height_median']:.0f}"
+                     f" px (min {st['width_min']}x{st['height_min']}, max {st['width_max']}x{st['height_max']})")
     return "\n".join(lines)
 
 
@@ -431,15 +577,28 @@ def format_summary(result: DetectionResult) -> str:
 # -- command line ---------------------------------------------------------------------------------
 
 
+def detector_line(ref: str, tracking_uri: str | None) -> str:
+    """The detector reference, with the MLflow UI link when it is a run id."""
+    if not RUN_ID.match(str(ref)) or Path(str(ref)).exists():
+        return str(Path(ref).resolve())
+    from experiments.tracking import resolve_tracking_uri, run_link
+
+    return f"MLflow run {ref} ({run_link(str(ref), resolve_tracking_uri(tracking_uri or 'sqlite:///mlruns.db'))})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.tasks.detect",
+        prog="spectral-detect",
         description="Score images with a trained detector: P(synthetic) and a real/synthetic label for each file.",
         epilog="Exit status: 0 when at least one image was scored, 1 when none was, 2 for bad arguments.",
     )
     parser.add_argument("ref", help="MLflow run id, run folder (config.yaml + weights) or weights file")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
-    parser.add_argument("--out", help="write a CSV with columns path, p_synthetic, label, threshold")
+    parser.add_argument("--out", help="write a CSV with columns path, p_synthetic, label, threshold, status "
+                                      "(every file: 'scored' or the reason it was skipped)")
+    parser.add_argument("--tile", action="store_true",
+                        help="score a grid of crops of each image (up to 4x4) and average them, for inputs much "
+                             "larger than the training crop")
     parser.add_argument("--threshold", default="auto",
                         help="decision threshold on the printed P(synthetic), or 'val' for the run's "
                              "validation-calibrated threshold (default auto: 'val' when the run has one, else 0.5)")
@@ -461,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = detect(args.ref, args.inputs, threshold=args.threshold, batch_size=args.batch_size,
                         device=args.device, recursive=args.recursive, follow_symlinks=args.follow_symlinks,
-                        tracking_uri=args.tracking_uri, calibrated=not args.raw)
+                        tracking_uri=args.tracking_uri, calibrated=not args.raw, tile=args.tile)
     except DetectError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -476,6 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"wrote {path}")
     print(format_summary(result))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"outputs: {Path(args.out).resolve() if args.out else 'printed only (pass --out results.csv)'}")
+    print(f"detector: {detector_line(args.ref, args.tracking_uri)}")
     if not result.rows:
         print("no image could be scored", file=sys.stderr)
         return 1

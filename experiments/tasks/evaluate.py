@@ -24,7 +24,7 @@ them again on the target's val split is an explicit choice, ``task.recalibrate_o
 those figures are added under their own names: ``threshold/val_target_calibrated``,
 ``test/<m>_at_val_threshold_target_calibrated``, ``test/ece_target_calibrated``,
 ``test/brier_target_calibrated`` and ``plots/calibration_target_calibrated.png``.
-Everything is logged to a new MLflow run of ``cfg.logger.experiment_name`` tagged
+Everything is logged to a new MLflow run of ``evaluate-<data>`` (``logger.task_experiment_name``) tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
 
@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
+from experiments.errors import UserError
 from experiments.training.builders import build_datamodule
 from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
@@ -58,12 +59,13 @@ from experiments.evaluation.predictions import (
     print_metrics_table,
     score,
 )
+from experiments.process import progress
 
 log = logging.getLogger(__name__)
 
 
 
-class MissingCheckpoint(ValueError):
+class MissingCheckpoint(ValueError, UserError):
     """``task=evaluate`` was started without ``ckpt=``."""
 
 
@@ -115,6 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
+    tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
 
 
@@ -181,6 +184,7 @@ def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
         eval_cfg.logger.tags = tags
         eval_cfg.logger.run_name = f"evaluate-{trained.model.name}"
         eval_cfg.logger.run_id = None
+        eval_cfg.logger.experiment_name = tracking.task_experiment_name(cfg)  # not the training experiment
     return eval_cfg
 
 
@@ -189,7 +193,7 @@ def predict(detector: LoadedDetector, loader, generator_names: list[str]) -> Pre
     batches = [
         {"prob": detector.predict_proba(b["image"]), "label": b["label"], "generator": b["generator"],
          "index": b["index"]}
-        for b in loader if not b.get("empty")
+        for b in progress(loader, "evaluate: scoring") if not b.get("empty")
     ]
     if not batches:
         raise ValueError("no readable image in this split")

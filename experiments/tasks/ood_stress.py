@@ -23,8 +23,8 @@ scores are kept in memory, so large test sets stream.
 Outputs:
 
 * MLflow: one new run per detector, tagged ``task=ood_stress``,
-  ``evaluated_run=<source run id or path>`` and ``model``, in the source run's
-  experiment (``cfg.logger.experiment_name`` for folder checkpoints), with the
+  ``evaluated_run=<source run id or path>`` and ``model``, in the experiment
+  ``ood_stress-<data>`` (``logger.task_experiment_name``), with the
   metrics ``ood/<perturbation>/<strength>/{auc,ap,accuracy}``;
 * ``<paths.report_dir>/ood_stress/``: ``robustness_<perturbation>.png`` (AUROC
   versus strength, one line per detector), ``ood_auroc.md`` / ``ood_auroc.csv``
@@ -85,7 +85,11 @@ from experiments.data.perturbations import (
 )
 from experiments.evaluation.curves import plot_robustness_curves
 from experiments.runs import ExperimentNotFound, finished_training_runs, newest_per_key
+from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
+from experiments.tracking import announce_outputs, task_experiment_name
+from experiments.tracking import experiment_id as tracking_experiment_id
+from experiments.process import progress
 from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
@@ -160,13 +164,13 @@ def train_missing_models(cfg: DictConfig, models: Sequence[str]) -> None:
     command = training_command(cfg, models)
     printable = " ".join(command[1:])
     if cfg.data.name != "demo":
-        raise LookupError(
+        raise NoRunsFound(
             f"no finished training runs of {list(models)} in MLflow experiment '{cfg.logger.experiment_name}'. "
             f"Train them first, e.g. `python run.py -m data={cfg.data.name} data.root=... model={','.join(models)}`, "
             f"or pass ckpt=<run id | run folder>"
         )
     if not cfg.task.get("train_if_missing", True):
-        raise LookupError(
+        raise NoRunsFound(
             f"no finished training runs in MLflow experiment '{cfg.logger.experiment_name}'; run `make demo` or "
             f"`python {printable}` first, or pass ckpt=<run id | run folder>"
         )
@@ -187,7 +191,7 @@ def resolve_detectors(cfg: DictConfig, client: mlflow.MlflowClient, tracking_uri
             train_missing_models(cfg, models or [cfg.model.name])
             runs = latest_train_runs(client, cfg.logger.experiment_name, models)
             if not runs:
-                raise LookupError(f"training left no finished runs in '{cfg.logger.experiment_name}'")
+                raise NoRunsFound(f"training left no finished runs in '{cfg.logger.experiment_name}'")
         found = [(r.info.run_id, r.info.experiment_id) for r in runs]
     detectors = []
     for ref, experiment_id in found:
@@ -277,7 +281,7 @@ def score_group(detectors: Sequence[Detector], loader: DataLoader, grid: Sequenc
     """
     probs: dict[str, dict[str, list[torch.Tensor]]] = {d.label: {p.key: [] for p in grid} for d in detectors}
     labels: list[torch.Tensor] = []
-    for batch in loader:
+    for batch in progress(loader, f"OOD stress: {len(detectors)} detector(s) x {len(grid)} settings"):
         if batch.get("empty"):
             continue
         images, ids = as_unit_float(batch["image"]), batch["index"]
@@ -428,7 +432,8 @@ def ood_metric_items(result: dict[str, dict[str, float]], grid: Sequence[Perturb
 def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: Detector, result: dict, grid: Sequence[Perturbation],
             artifacts: Sequence[Path], seconds: float) -> str:
     """Create the detector's ``task=ood_stress`` run, log its ``ood/...`` metrics and the shared artifacts."""
-    experiment_id = det.experiment_id or _experiment_id(client, cfg.logger.experiment_name)
+    experiment_id = tracking_experiment_id(client, task_experiment_name(cfg),  # ood_stress-<data>, not training's
+                                           cfg.logger.get("artifact_location"))
     tags = {"task": "ood_stress", "evaluated_run": det.ref, "model": det.loaded.cfg.model.name,
             "detector": det.label, "data": cfg.data.name, "seed": str(cfg.seed)}
     run = client.create_run(experiment_id, run_name=f"ood_stress-{det.label}", tags=tags)
@@ -478,6 +483,7 @@ def ood_stress(cfg: DictConfig) -> dict[str, Any]:
     print_tables(results, grid)
     Console().print(f"OOD stress of {len(detectors)} detectors x {len(grid)} settings in {seconds:.1f} s; "
                     f"written to {out_dir}")
+    announce_outputs(out_dir, list(run_ids.values()), uri)
     return {"results": results, "run_ids": run_ids, "seconds": seconds, "curves": curves,
             "markdown": md, "csv": wide, "metrics_csv": long,
             "detectors": {d.label: d.ref for d in detectors}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -24,10 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
+from experiments.evaluation.plotting import with_subject
 from experiments.evaluation.statistics import format_ci, t_interval
 from experiments.runs import finished_training_runs, select_runs, tag
+from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
+from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,15 @@ class RunRow:
     seed: str
     start_time: int
     metrics: dict[str, float]
+    folder: str = "-"
 
 
 def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = "latest") -> list[RunRow]:
     """Finished ``task=train`` runs; ``select="latest"`` keeps the newest per (model, seed)."""
     runs = select_runs(finished_training_runs(client, experiment_name),
                        lambda r: (tag(r, "model"), tag(r, "seed")), select)
-    rows = [RunRow(r.info.run_id, tag(r, "model"), tag(r, "seed"), r.info.start_time, dict(r.data.metrics))
+    rows = [RunRow(r.info.run_id, tag(r, "model"), tag(r, "seed"), r.info.start_time, dict(r.data.metrics),
+                   tag(r, "output_dir", "-"))
             for r in runs]
     return sorted(rows, key=lambda r: (r.model, r.seed))
 
@@ -123,7 +129,7 @@ def report(cfg: DictConfig) -> dict:
     experiment = cfg.task.experiment_name
     rows = fetch_runs(client, experiment, cfg.task.select)
     if not rows:
-        raise LookupError(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
+        raise NoRunsFound(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
     split = cfg.task.split
     metric_cols = [f"{split}/{m}" for m in cfg.task.metrics]
     extra_cols = ["time/fit_seconds", "model/params"]
@@ -160,13 +166,14 @@ def report(cfg: DictConfig) -> dict:
             writer.writerow([model, n_runs[model]] + [v for c in metric_cols + extra_cols for v in cols[c][:2]]
                             + [v for c in metric_cols for v in bounds[model][c]]
                             + ["bootstrap" if n_runs[model] == 1 else "t over seeds"])
-    bars = plot_bar_comparison(
+    bars = with_subject(f"{experiment}, {split} split", plot_bar_comparison,
         {model: {m: cols[f"{split}/{m}"][0] for m in cfg.task.metrics} for model, cols in table.items()},
         list(cfg.task.metrics), out_dir / "comparison.png",
     )
 
-    run = client.create_run(client.get_experiment_by_name(experiment).experiment_id, run_name="report",
-                            tags={"task": "report"})
+    run = client.create_run(report_experiment_id(client, cfg), run_name=f"report-{experiment}",
+                            tags={"task": "report", "reported_experiment": experiment, "data": str(cfg.data.name)})
+    client.log_batch(run.info.run_id, metrics=report_metrics(table, metric_cols, n_runs))
     for path in (md, csv_path, bars):
         client.log_artifact(run.info.run_id, str(path), "report")
     client.log_param(run.info.run_id, "runs", ",".join(r.run_id for r in rows)[:6000])
@@ -180,7 +187,9 @@ def report(cfg: DictConfig) -> dict:
         rich_table.add_row(*row)
     console.print(rich_table)
     console.print(interval_note(confidence))
+    console.print(runs_table(rows))
     console.print(f"report written to {md}, {csv_path}, {bars}")
+    announce_outputs(out_dir, run.info.run_id, uri)
     return {"table": table, "intervals": bounds, "rows": rows, "body": body, "markdown": md, "csv": csv_path,
             "plot": bars}
 
@@ -190,3 +199,34 @@ def interval_note(confidence: float) -> str:
     return (f"[low, high]: {confidence:.0%} interval. One run: stratified bootstrap over the test images. "
             f"Several seeds: mean ± std and the Student-t interval over the seeds. Accuracy is at 0.5; "
             f"AUROC and AP do not depend on a threshold. Paired tests: task=compare.")
+
+
+def report_experiment_id(client: mlflow.MlflowClient, cfg: DictConfig) -> str:
+    """The experiment of the report run, ``report-<data>``: never the training experiment it compares."""
+    return experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location"))
+
+
+def report_metrics(table: dict[str, dict[str, tuple[float, float, int]]], columns: list[str],
+                   n_runs: dict[str, int]):
+    """The report's numbers as MLflow metrics: ``report/<model>/<metric>`` (the mean) and ``report/<model>/runs``."""
+    from mlflow.entities import Metric
+
+    from experiments.evaluation.metrics import sanitize_metric_component
+
+    now = int(time.time() * 1000)
+    out = []
+    for model, cols in table.items():
+        prefix = f"report/{sanitize_metric_component(model)}"
+        out.append(Metric(f"{prefix}/runs", float(n_runs[model]), now, 0))
+        out += [Metric(f"{prefix}/{c}", cols[c][0], now, 0) for c in columns if not math.isnan(cols[c][0])]
+    return out
+
+
+def runs_table(rows: list[RunRow]) -> Table:
+    """The runs behind the report: id, model, seed and run folder (pass either on to evaluate or detect)."""
+    table = Table(title="runs compared")
+    for header in ("run id", "model", "seed", "folder"):
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(row.run_id, row.model, row.seed, row.folder)
+    return table

@@ -21,6 +21,7 @@ from experiments.evaluation.calibration import (
     fit_val_calibration,
     write_calibration,
 )
+from experiments.data.audit import write_data_stats
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
@@ -77,6 +78,7 @@ def train(cfg: DictConfig) -> float | None:
                           calibration_label=f"{kind.calibrator} scaling fitted on val")
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
+    tracking.announce_outputs(out_dir, logger.run_id, cfg.logger.tracking_uri)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
@@ -102,10 +104,17 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
         logger.experiment.update_run(logger.run_id, status="RUNNING")
         logger.experiment.set_tag(logger.run_id, "resumed_from", str(resume.ckpt))
     try:
-        preflight(cfg, datamodule, logger if resume is None else None)
+        report = preflight(cfg, datamodule, logger if resume is None else None)
     except BadDataError:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
+    _record_data_stats(cfg, report, logger, out_dir)
+
+
+def _record_data_stats(cfg: DictConfig, report, logger, out_dir: Path) -> None:
+    """Save the train images' sizes (``data_stats.json``) in the run folder and MLflow, for ``detect``'s checks."""
+    sizes = {"crop_size": cfg.data.get("crop_size"), "resize_size": cfg.data.get("resize_size")}
+    tracking.log_artifact(logger, write_data_stats(report, out_dir, sizes))
 
 
 def _resume_point(cfg: DictConfig) -> ResumePoint | None:

@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from experiments.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class CheckpointOnInterrupt(L.Callback):
                     type(exception).__name__, self.path, self.path)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeError, UserError):
     """The training loss became NaN or infinite."""
 
 

@@ -20,12 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
+from experiments.errors import UserError
 from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector, detector_kind
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class CheckpointNotFound(FileNotFoundError):
+class CheckpointNotFound(FileNotFoundError, UserError):
     """The reference names no usable trained detector."""
 
 
