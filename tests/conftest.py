@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+
+# No test touches the network: a Hugging Face download that a test forgets to switch off fails at once, here and
+# in the subprocesses the tests start (they inherit the environment).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 

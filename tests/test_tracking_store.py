@@ -61,7 +61,7 @@ def test_local_parallel_sweep_on_a_fresh_store(tmp_path):
     overrides = ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
                  "model=resnet34_localfft", "seed=1,2", "data=genimage_tiny", f"data.root={tree}",
                  "data.crop_size=32", "data.resize_size=null", "data.batch_size=8", "data.num_workers=1",
-                 "data.persistent_workers=false", "model.backbone.name=resnet10t", "model.net.head_hidden=16",
+                 "data.persistent_workers=false", "model.backbone.name=resnet10t", "model.backbone.pretrained=false", "model.net.head_hidden=16",
                  "debug=cpu", "trainer.max_epochs=1", "diagnostics=false", "callbacks.progress_bar=null"]
     done = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", *overrides], cwd=tmp_path, text=True,
                           capture_output=True, timeout=600, env={**os.environ, "SUITE_ROOT": str(tmp_path)})

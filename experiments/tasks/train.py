@@ -38,8 +38,8 @@ def train(cfg: DictConfig) -> float | None:
     plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
     L.seed_everything(cfg.seed, workers=True)
     resume = _resume_point(cfg)
+    datamodule = build_datamodule(cfg)  # config errors (a missing data.root) first: they cost nothing
     check_pretrained_weights(cfg.model)  # download or find ImageNet/CLIP weights before the data scan
-    datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
     out_dir = Path(cfg.paths.output_dir)
