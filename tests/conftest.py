@@ -95,3 +95,15 @@ def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool =
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def small_datamodule(root: Path, **kw):
+    """A set-up ``DetectorDataModule`` of a tiny tree: 24 px crops, batch 8, no workers, caches beside ``root``."""
+    from experiments.data.datamodule import DetectorDataModule
+
+    args = dict(name="t", root=str(root), crop_size=24, resize_size=None, batch_size=8, num_workers=0,
+                val_fraction=0.25, split_seed=0, cache_dir=str(root.parent / "cache"))
+    args.update(kw)
+    dm = DetectorDataModule(**args)
+    dm.setup()
+    return dm

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 from experiments.data import cache as cache_mod
 from experiments.data.cache import CachedImageDataset
 from experiments.data.dataset import ImageDataset
-from experiments.data.datamodule import DetectorDataModule
-from tests.conftest import make_genimage_tree
-
-
-def _dm(root: Path, **kw) -> DetectorDataModule:
-    args = dict(name="t", root=str(root), crop_size=24, resize_size=None, batch_size=8, num_workers=0,
-                val_fraction=0.25, split_seed=0, cache_dir=str(root.parent / "cache"))
-    args.update(kw)
-    dm = DetectorDataModule(**args)
-    dm.setup()
-    return dm
+from tests.conftest import make_genimage_tree, small_datamodule as _dm
 
 
 def _all(loader) -> dict:

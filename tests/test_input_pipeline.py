@@ -26,16 +26,7 @@ from experiments.data.device_decode import (
 from experiments.data.layouts import Sample
 from experiments.data.transforms import Preprocess
 from omegaconf import OmegaConf
-from tests.conftest import make_genimage_tree, toy_image
-
-
-def _dm(root: Path, **kw) -> DetectorDataModule:
-    args = dict(name="t", root=str(root), crop_size=24, resize_size=None, batch_size=8, num_workers=0,
-                val_fraction=0.25, split_seed=0, cache_dir=str(root.parent / "cache"))
-    args.update(kw)
-    dm = DetectorDataModule(**args)
-    dm.setup()
-    return dm
+from tests.conftest import make_genimage_tree, small_datamodule as _dm, toy_image
 
 
 def test_cache_reads_whole_batches_equal_to_item_by_item(tmp_path):

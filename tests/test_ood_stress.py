@@ -99,10 +99,9 @@ def test_clean_strength_equals_plain_test_auroc(stressed):
             assert res[clean]["auc"] == pytest.approx(plain, abs=1e-6), (label, clean)
 
 
-def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monkeypatch):
-    """With ``ood.order=after_preprocessing``, spy on the detectors' input: both get the same tensors, and those
-    are ``apply(clean, p, seed, ids)`` of the preprocessed batch."""
-    seen = defaultdict(list)
+def spy_on_detector_inputs(monkeypatch) -> dict[str, list[torch.Tensor]]:
+    """Record every batch each detector scores, by model name."""
+    seen: dict[str, list[torch.Tensor]] = defaultdict(list)
     original = LoadedDetector.predict_proba
 
     def spy(self, images):
@@ -110,6 +109,13 @@ def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monke
         return original(self, images)
 
     monkeypatch.setattr(LoadedDetector, "predict_proba", spy)
+    return seen
+
+
+def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monkeypatch):
+    """With ``ood.order=after_preprocessing``, spy on the detectors' input: both get the same tensors, and those
+    are ``apply(clean, p, seed, ids)`` of the preprocessed batch."""
+    seen = spy_on_detector_inputs(monkeypatch)
     ids = [stressed["result"]["detectors"][m] for m in MODELS]
     cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
                                  "ood.order=after_preprocessing",
@@ -132,14 +138,7 @@ def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monke
 
 def test_default_order_perturbs_the_file_before_preprocessing(stressed, tmp_path, monkeypatch):
     """The default (deployment) order: each detector gets preprocess(perturb_image(file)), the same for both."""
-    seen = defaultdict(list)
-    original = LoadedDetector.predict_proba
-
-    def spy(self, images):
-        seen[self.cfg.model.name].append(images.clone())
-        return original(self, images)
-
-    monkeypatch.setattr(LoadedDetector, "predict_proba", spy)
+    seen = spy_on_detector_inputs(monkeypatch)
     ids = [stressed["result"]["detectors"][m] for m in MODELS]
     cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
                                  f"data.root={stressed['tree']}", f"ckpt=[{ids[0]},{ids[1]}]",
