@@ -201,7 +201,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.splits = self.scan()
         self.generator_names = sorted({s.generator for split in self.splits.values() for s in split})
         for split, samples in self.splits.items():
-            prep = self.train_preprocess if split == "train" else self.preprocess
+            prep = self.preprocess_of(split)
             if self.cache and is_cacheable(prep):
                 folder = cached_split(samples, prep, self.cache_dir)
                 self.datasets[split] = CachedImageDataset(samples, folder, self.generator_names)
@@ -328,6 +328,10 @@ class DetectorDataModule(L.LightningDataModule):
         return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=trainer.world_size,
                                             rank=trainer.global_rank, shuffle=False)
 
+    def preprocess_of(self, split: str) -> Preprocess:
+        """The preprocessing of ``split``: the training one (random crop, augmentation) for train, else the plain one."""
+        return self.train_preprocess if split == "train" else self.preprocess
+
     def _decodes_on_device(self, split: str) -> bool:
         """Whether ``split`` is read as JPEG bytes for :func:`~experiments.data.device_decode.decode_on_device`:
         with ``data.decode=device``, for a trainer on a CUDA device, when the split is not cached and its
@@ -335,7 +339,7 @@ class DetectorDataModule(L.LightningDataModule):
         if self.decode != "device" or isinstance(self.datasets[split], CachedImageDataset):
             return False
         trainer = getattr(self, "trainer", None)
-        prep = self.train_preprocess if split == "train" else self.preprocess
+        prep = self.preprocess_of(split)
         reason = None
         if trainer is None or trainer.strategy.root_device.type != "cuda":
             reason = "the model is not on a CUDA device"
@@ -353,7 +357,7 @@ class DetectorDataModule(L.LightningDataModule):
         workers = self.num_workers
         dataset, collate = self.datasets[split], collate_skipping
         if self._decodes_on_device(split):
-            prep = self.train_preprocess if split == "train" else self.preprocess
+            prep = self.preprocess_of(split)
             dataset = EncodedImageDataset(dataset.samples, prep, self.generator_names)
             collate = functools.partial(collate_encoded, preprocess=prep)
         return DataLoader(
