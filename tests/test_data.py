@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -55,9 +56,26 @@ def test_split_is_deterministic_and_disjoint(genimage_tree):
     assert [s.path for s in a.splits["val"]] != [s.path for s in c.splits["val"]]
 
 
+def test_split_does_not_depend_on_where_the_dataset_lives(tmp_path):
+    """The same files under two different roots (two clones, two machines) get the same val and capped splits."""
+    def relative_splits(root):
+        dm = make_dm(root, max_per_class=4)
+        return {split: [os.path.relpath(s.path, root) for s in samples] for split, samples in dm.splits.items()}
+
+    near = make_genimage_tree(tmp_path / "a", n=12)
+    far = tmp_path / "some" / "much" / "longer" / "location"
+    far.parent.mkdir(parents=True)
+    shutil.copytree(near, far)
+    assert relative_splits(near) == relative_splits(far)
+    # and the val choice really is seeded by the relative path (it changes with the seed, not with the location)
+    assert relative_splits(near)["val"] != {
+        split: [os.path.relpath(s.path, near) for s in samples]
+        for split, samples in make_dm(near, max_per_class=4, split_seed=1).splits.items()}["val"]
+
+
 def test_holdout_rejects_bad_fraction(genimage_tree):
     with pytest.raises(ValueError, match="val_fraction"):
-        holdout_split(scan_genimage(genimage_tree)["train"], 1.5, 0)
+        holdout_split(scan_genimage(genimage_tree)["train"], 1.5, 0, genimage_tree)
 
 
 def test_missing_root_from_config_names_key(tmp_path):

@@ -215,9 +215,9 @@ class DetectorDataModule(L.LightningDataModule):
         """Scan the tree into the suite's train / val / test splits (deterministic)."""
         train, val, test = self._scan_layout()
         splits = {
-            "train": limit_per_class(train, self.max_per_class, self.split_seed),
-            "val": limit_per_class(val, self.max_per_class, self.split_seed),
-            "test": limit_per_class(test, self.max_per_class, self.split_seed),
+            "train": limit_per_class(train, self.max_per_class, self.split_seed, self.root),
+            "val": limit_per_class(val, self.max_per_class, self.split_seed, self.root),
+            "test": limit_per_class(test, self.max_per_class, self.split_seed, self.root),
         }
         for split, samples in splits.items():
             labels = {s.label for s in samples}
@@ -263,7 +263,7 @@ class DetectorDataModule(L.LightningDataModule):
         val = [s for s in folders["val"] if self._trains_on(s)]
         test = [s for s in folders["test"] if self._in(s, self.test_generators or self.generators)]
         if not folders["val"]:
-            train, val = holdout_split(train, self.val_fraction, self.split_seed)
+            train, val = holdout_split(train, self.val_fraction, self.split_seed, self.root)
         return train, val, test
 
     def _trains_on(self, sample: Sample) -> bool:

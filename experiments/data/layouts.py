@@ -21,6 +21,7 @@ Labels: real/nature = 0, synthetic/ai = 1.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,13 +330,24 @@ def scan_derm(
     return out
 
 
-def _stable_key(seed: int, path: str) -> str:
-    return hashlib.sha1(f"{seed}:{Path(path).as_posix()}".encode()).hexdigest()
+def _stable_key(seed: int, path: str, root: str | Path | None) -> str:
+    """The seeded hash that orders a file in :func:`holdout_split` and :func:`limit_per_class`. It hashes the
+    path relative to ``root`` (the dataset root), so the split is the same wherever the dataset or the clone
+    lives; a file outside ``root`` (a manifest may name any path) is hashed by its own path."""
+    name = Path(os.path.abspath(path))
+    if root is not None:
+        try:
+            name = name.relative_to(os.path.abspath(root))
+        except ValueError:
+            pass
+    return hashlib.sha1(f"{seed}:{name.as_posix()}".encode()).hexdigest()
 
 
-def holdout_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def holdout_split(samples: list[Sample], fraction: float, seed: int,
+                  root: str | Path | None) -> tuple[list[Sample], list[Sample]]:
     """Deterministic stratified hold-out: per (generator, label), the ``fraction`` of files with the smallest
-    seeded hash go to the second list. Independent of file order and of the other strata."""
+    seeded hash of their path relative to ``root`` go to the second list. Independent of file order, of the
+    other strata and of where the dataset lives (``root=None`` hashes the absolute paths: location-dependent)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
     strata: dict[tuple[str, int], list[Sample]] = defaultdict(list)
@@ -343,15 +355,17 @@ def holdout_split(samples: list[Sample], fraction: float, seed: int) -> tuple[li
         strata[(s.generator, s.label)].append(s)
     keep, held = [], []
     for key in sorted(strata):
-        group = sorted(strata[key], key=lambda s: _stable_key(seed, s.path))
+        group = sorted(strata[key], key=lambda s: _stable_key(seed, s.path, root))
         n_held = max(1, round(len(group) * fraction)) if len(group) > 1 else 0
         held += group[:n_held]
         keep += group[n_held:]
     return sorted(keep, key=lambda s: s.path), sorted(held, key=lambda s: s.path)
 
 
-def limit_per_class(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
-    """Keep at most ``limit`` samples per (generator, label), chosen deterministically."""
+def limit_per_class(samples: list[Sample], limit: int | None, seed: int,
+                    root: str | Path | None) -> list[Sample]:
+    """Keep at most ``limit`` samples per (generator, label), chosen by the seeded hash of their path relative to
+    ``root`` (the same choice wherever the dataset lives)."""
     if not limit:
         return samples
     strata: dict[tuple[str, int], list[Sample]] = defaultdict(list)
@@ -359,5 +373,5 @@ def limit_per_class(samples: list[Sample], limit: int | None, seed: int) -> list
         strata[(s.generator, s.label)].append(s)
     out = []
     for key in sorted(strata):
-        out += sorted(strata[key], key=lambda s: _stable_key(seed, s.path))[:limit]
+        out += sorted(strata[key], key=lambda s: _stable_key(seed, s.path, root))[:limit]
     return sorted(out, key=lambda s: s.path)
