@@ -44,9 +44,11 @@ ood-stress: demo-data ## OOD stress test (noise, JPEG, blur, down-scaling) of th
 	$(RUN) task=ood_stress experiment=demo
 
 # the detectors of the cross-generator protocols on the demo data, and their CPU-sized training, from random
-# initialisation as the demo (no download; ++ because the scikit-learn and NPR detectors have no backbone)
+# initialisation as the demo, every stage trained (no download; ++ because the scikit-learn and NPR detectors have
+# no backbone)
 PROTOCOL_MODELS ?= resnet34_localfft,radial_angular_logreg,npr
-PROTOCOL_CPU := trainer=cpu trainer.max_epochs=6 callbacks.early_stopping.patience=3 ++model.backbone.pretrained=false
+PROTOCOL_CPU := trainer=cpu trainer.max_epochs=6 callbacks.early_stopping.patience=3 ++model.backbone.pretrained=false \
+	++model.backbone.freeze_stages=-1
 
 train-on-one: demo-data ## GenImage's train-on-one on the demo data (train on each generator, test on all), then the matrices
 	$(RUN) -m experiment=train_on_one model=$(PROTOCOL_MODELS) $(PROTOCOL_CPU)

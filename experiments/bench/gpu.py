@@ -38,10 +38,11 @@ import torch
 from PIL import Image
 
 from experiments.bench.throughput import Row, compose_model, machine, peak_rss_mb, print_table, write_reports
-from experiments.training.kinds import Throughput, detector_kind, synchronize
+from experiments.training.kinds import AUTOCAST_DTYPES, Throughput, detector_kind, synchronize
 
 CNN_DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "resnet50_fft")
-PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
+#: every precision the training step supports, as Lightning names them
+PRECISIONS = tuple(AUTOCAST_DTYPES)
 
 
 class NeedsCuda(SystemExit):
