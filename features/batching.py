@@ -19,6 +19,16 @@ CPU_CHUNK_ELEMENTS = 1 << 20
 Out = TypeVar("Out", torch.Tensor, tuple[torch.Tensor, ...])
 
 
+def check_image_batch(x: torch.Tensor, feature: str, in_chans: int | None = None) -> None:
+    """The input check every feature runs: ``x`` is a ``(B, C, H, W)`` batch, with ``in_chans`` channels when
+    given; a ValueError names the feature and what to set otherwise."""
+    if x.ndim != 4:
+        raise ValueError(f"{feature} expects (B, C, H, W) images, got shape {tuple(x.shape)}")
+    if in_chans is not None and x.shape[1] != in_chans:
+        raise ValueError(f"{feature} was built for in_chans={in_chans} but got {x.shape[1]} channels; "
+                         f"set in_chans to match the input")
+
+
 def records_grad(x: torch.Tensor) -> bool:
     """Whether autograd records operations on ``x``: if not, a feature may update its temporaries in place."""
     return torch.is_grad_enabled() and x.requires_grad

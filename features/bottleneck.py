@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.batching import fill_cpu_chunks
+from features.batching import check_image_batch, fill_cpu_chunks
 from features.precision import autocast_immune
 
 
@@ -63,11 +63,7 @@ class GaussianBottleneck(nn.Module):
 
     @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"GaussianBottleneck expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}; "
-                f"set in_chans to match the input"
-            )
+        check_image_batch(x, "GaussianBottleneck", self.in_chans)
         if self.sigma == 0:
             return x
         r = self.radius

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks, records_grad
+from features.batching import check_image_batch, fill_cpu_chunks, records_grad
 from features.precision import autocast_immune
 from features.spectrum import hermitian_full, rfft_log_magnitude, to_grayscale
 
@@ -44,11 +44,7 @@ class FFTMagnitude(nn.Module):
 
     @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"FFTMagnitude expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}; "
-                f"set in_chans to match the input"
-            )
+        check_image_batch(x, "FFTMagnitude", self.in_chans)
         out = x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:])
         fill_cpu_chunks(self._maps_into, x, out)
         return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks
+from features.batching import check_image_batch, fill_cpu_chunks
 from features.precision import autocast_immune
 from features.spectrum import hermitian_full, rfft_log_magnitude
 
@@ -44,6 +44,7 @@ class LocalPatchFFT(nn.Module):
 
     @autocast_immune
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, "LocalPatchFFT")
         b, c, h, w = x.shape
         p = self.patch_size
         if h < p or w < p:

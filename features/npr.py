@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.batching import fill_cpu_chunks
+from features.batching import check_image_batch, fill_cpu_chunks
 from features.precision import autocast_immune
 
 
@@ -56,13 +56,7 @@ class NPRResidual(nn.Module):
         return out
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"NPRResidual expects (B, C, H, W) images, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"NPRResidual was built for in_chans={self.in_chans} but got {x.shape[1]} channels; "
-                f"set in_chans to match the input"
-            )
+        check_image_batch(x, "NPRResidual", self.in_chans)
         h, w = x.shape[-2:]
         f = self.factor
         if h % f or w % f:

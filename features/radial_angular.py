@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from features.batching import map_cpu_chunks
+from features.batching import check_image_batch, map_cpu_chunks
 from features.precision import autocast_immune
 from features.residual import LaplacianResidual
 from features.spectrum import hermitian_full, normalized_frequency_grid, rfft_power, to_grayscale
@@ -142,8 +142,7 @@ class RadialAngularHistogram(nn.Module):
         return self._bin_cache[key]
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"RadialAngularHistogram expects (B, C, H, W) images, got shape {tuple(x.shape)}")
+        check_image_batch(x, "RadialAngularHistogram")
 
     def _half_spectrum(self, x: torch.Tensor) -> torch.Tensor:
         gray = self.residual(x) if self.residual is not None else to_grayscale(x)

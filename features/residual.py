@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.batching import fill_cpu_chunks
+from features.batching import check_image_batch, fill_cpu_chunks
 from features.precision import autocast_immune
 from features.spectrum import autocorrelation, power_and_autocorrelation, power_spectrum, to_grayscale
 
@@ -63,13 +63,7 @@ class LaplacianResidual(nn.Module):
         return x.new_empty(x.shape[0], self.out_chans, *x.shape[-2:])
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"LaplacianResidual expects (B, C, H, W) images, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"LaplacianResidual was built for in_chans={self.in_chans} but got {x.shape[1]} channels; "
-                f"set in_chans to match the input"
-            )
+        check_image_batch(x, "LaplacianResidual", self.in_chans)
         if x.shape[-2] < 2 or x.shape[-1] < 2:
             raise ValueError(f"LaplacianResidual needs images of at least 2x2 pixels, got {tuple(x.shape[-2:])}")
 

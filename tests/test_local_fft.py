@@ -71,3 +71,8 @@ def test_throughput_224px_batch64(capsys):
     with capsys.disabled():
         print(f"\nLocalPatchFFT 224px batch64 CPU: {ips:.0f} images/s (torch threads={torch.get_num_threads()})")
     assert ips > 0
+
+
+def test_local_fft_rejects_a_single_image_without_batch_dimension():
+    with pytest.raises(ValueError, match=r"LocalPatchFFT expects \(B, C, H, W\) images, got shape \(3, 32, 32\)"):
+        LocalPatchFFT(patch_size=16)(torch.rand(3, 32, 32))

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import optimize, special
 
 from experiments.evaluation.metrics import as_scores_and_labels, expected_calibration_error
+from experiments.evaluation.statistics import as_flat_numpy, finite_scores_and_labels
 
 #: Temperatures are searched in ``[1 / TEMPERATURE_BOUND, TEMPERATURE_BOUND]``.
 TEMPERATURE_BOUND = 1e3
@@ -42,28 +43,16 @@ def logit(p: Any, eps: float = 1e-6) -> np.ndarray:
     return np.log(clipped) - np.log1p(-clipped)
 
 
-def _to_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):  # torch tensor
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64).reshape(-1)
-
-
 def _fit_inputs(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Finite float64 scores and 0/1 float64 labels of equal length, both classes present."""
-    s, y = _to_numpy(scores), _to_numpy(labels)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
-    if not np.isfinite(s).all():
-        raise ValueError("scores must be finite (no NaN or inf)")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("labels must be 0 (real) or 1 (synthetic)")
+    s, y = finite_scores_and_labels(scores, labels)
     if not 0 < y.sum() < y.size:
         raise ValueError("fitting a calibrator needs both real and synthetic validation samples")
-    return s, y
+    return s, y.astype(np.float64)
 
 
 def _transform_input(scores: Any) -> np.ndarray:
-    s = _to_numpy(scores)
+    s = as_flat_numpy(scores).astype(np.float64)
     if np.isnan(s).any():
         raise ValueError("scores must not contain NaN")
     return s

@@ -46,18 +46,19 @@ _NAN = float("nan")
 # ---------------------------------------------------------------------------
 # input handling
 # ---------------------------------------------------------------------------
-def _to_numpy(values: Any) -> np.ndarray:
+def as_flat_numpy(values: Any) -> np.ndarray:
+    """A tensor, array or sequence as a flat NumPy array (tensors detached and moved to the CPU)."""
     if hasattr(values, "detach"):  # torch tensor
         values = values.detach().cpu().numpy()
     return np.asarray(values).reshape(-1)
 
 
-def _scores_and_labels(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 scores (any finite real) and int64 0/1 labels of equal length."""
-    scores = _to_numpy(probs).astype(np.float64)
-    targets = _to_numpy(labels).astype(np.float64)
+def finite_scores_and_labels(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 scores (any finite real) and int64 0/1 labels of equal length; ValueError otherwise."""
+    scores = as_flat_numpy(probs).astype(np.float64)
+    targets = as_flat_numpy(labels).astype(np.float64)
     if scores.shape != targets.shape:
-        raise ValueError(f"probs and labels differ in length: {scores.size} vs {targets.size}")
+        raise ValueError(f"scores and labels differ in length: {scores.size} vs {targets.size}")
     if not np.isfinite(scores).all():
         raise ValueError("scores must be finite (no NaN or inf)")
     if not np.isin(targets, (0.0, 1.0)).all():
@@ -98,7 +99,7 @@ class ScoreCounts:
     @classmethod
     def from_scores(cls, probs: Any, labels: Any) -> ScoreCounts:
         """Counts of one sample (R = 1)."""
-        scores, targets = _scores_and_labels(probs, labels)
+        scores, targets = finite_scores_and_labels(probs, labels)
         values, codes = np.unique(scores, return_inverse=True)
         k = values.size
         neg = np.bincount(codes[targets == 0], minlength=k).astype(np.float64)
@@ -355,7 +356,7 @@ def stratified_bootstrap_ci(
     :func:`standard_metrics`). A replicate that is NaN is ignored; a metric that is NaN
     on every resample gets ``(nan, nan)``. Returns ``{name: (low, high)}``.
     """
-    scores, targets = _scores_and_labels(probs, labels)
+    scores, targets = finite_scores_and_labels(probs, labels)
     confidence = _check_confidence(confidence)
     n_resamples = int(n_resamples)
     if n_resamples < 1:
@@ -464,8 +465,8 @@ def delong_test(probs_a: Any, probs_b: Any, labels: Any, confidence: float = 0.9
     reals and two fakes. Scores may be probabilities or any monotone score (logits).
     """
     confidence = _check_confidence(confidence)
-    scores_a, targets = _scores_and_labels(probs_a, labels)
-    scores_b, _ = _scores_and_labels(probs_b, labels)
+    scores_a, targets = finite_scores_and_labels(probs_a, labels)
+    scores_b, _ = finite_scores_and_labels(probs_b, labels)
     n_pos = int(targets.sum())
     if n_pos < 2 or targets.size - n_pos < 2:
         raise ValueError("delong_test needs at least two real and two synthetic samples")
@@ -517,8 +518,8 @@ def mcnemar_test(correct_a: Any, correct_b: Any, exact: bool | None = None) -> M
 
     With no discordant pair the p-value is 1.
     """
-    a = _to_numpy(correct_a).astype(bool)
-    b_correct = _to_numpy(correct_b).astype(bool)
+    a = as_flat_numpy(correct_a).astype(bool)
+    b_correct = as_flat_numpy(correct_b).astype(bool)
     if a.shape != b_correct.shape:
         raise ValueError(f"correct_a and correct_b differ in length: {a.size} vs {b_correct.size}")
     b = int(np.sum(a & ~b_correct))
@@ -571,7 +572,7 @@ def t_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, flo
     deviation ``s`` (ddof = 1). One value gives ``(value, nan, nan)``; no value raises.
     """
     confidence = _check_confidence(confidence)
-    x = _to_numpy(values).astype(np.float64)
+    x = as_flat_numpy(values).astype(np.float64)
     if x.size == 0:
         raise ValueError("t_interval needs at least one value")
     mean = float(np.mean(x))
