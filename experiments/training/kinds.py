@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from experiments.errors import instantiate
 from omegaconf import DictConfig
 
 from detectors.backbones import count_parameters
 from experiments import tracking
+from experiments.errors import instantiate
 from experiments.evaluation.metrics import binary_metrics
 from experiments.evaluation.predictions import Predictions, predict_split
 from experiments.safe_paths import inside, plain_name
@@ -113,7 +114,10 @@ class LightningDetector(DetectorKind):
         trainer = build_trainer(cfg, build_callbacks(cfg), logger)
         if trainer.is_global_zero:
             logger.experiment.set_tag(logger.run_id, "precision", str(trainer.precision))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"), weights_only=True)
+        with warnings.catch_warnings():
+            # the module's uint8 -> float step is meant to run with our datamodule; Lightning says so on every fit
+            warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"), weights_only=True)
         if not trainer.is_global_zero:
             return None
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -213,7 +217,7 @@ class SklearnPipeline(DetectorKind):
     calibrator = "platt"
 
     def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult:
-        from experiments.training.sklearn_io import collect_features, count_estimator_parameters
+        from experiments.training.sklearn_io import count_estimator_parameters
 
         pipeline = instantiate(cfg.model.estimator)
         features, head = pipeline[:1], pipeline[1:]
