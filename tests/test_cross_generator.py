@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from experiments.tasks.cross_generator import build_matrix, cross_generator, records_from_run, summarize
+from experiments.tasks.cross_generator import build_matrix, cell_intervals, cross_generator, records_from_run, summarize
 from tests.conftest import compose_config
 
 GENS = ("a", "b", "c")
@@ -37,6 +37,7 @@ def test_build_matrix_places_each_record_at_train_row_test_column():
     summary = summarize(matrix, rows, cols)
     assert summary["diagonal_mean"] == pytest.approx(0.9)
     assert summary["off_diagonal_mean"] == pytest.approx(np.mean(off))
+    assert summary["off_diagonal_min"] == pytest.approx(min(off))  # the worst unseen generator: trained a, tested b
     acc, _, _ = build_matrix(records, "accuracy")
     np.testing.assert_allclose(acc, matrix - 0.1)
 
@@ -58,12 +59,28 @@ def test_build_matrix_averages_seeds_and_leaves_missing_cells_nan():
 
 def test_records_from_run_reads_per_generator_test_metrics():
     metrics = {"test/auc": 0.8, "test/a/auc": 0.9, "test/b/auc": 0.7, "test/b/accuracy": 0.6,
-               "test/accuracy_at_val_threshold": 0.5, "best_val/auc": 1.0, "test/b/f1": 0.3}
+               "test/accuracy_at_val_threshold": 0.5, "best_val/auc": 1.0, "test/b/f1": 0.3,
+               "test/b/auc_ci_low": 0.6, "test/b/auc_ci_high": 0.8, "test/b/f1_ci_low": 0.1}
     records = sorted(records_from_run("m", "a", "0", metrics, ["auc", "accuracy"]), key=lambda r: r["test"])
     assert records == [
         {"model": "m", "seed": "0", "train": "a", "test": "a", "auc": 0.9},
-        {"model": "m", "seed": "0", "train": "a", "test": "b", "auc": 0.7, "accuracy": 0.6},
+        {"model": "m", "seed": "0", "train": "a", "test": "b", "auc": 0.7, "accuracy": 0.6,
+         "auc_ci_low": 0.6, "auc_ci_high": 0.8},
     ]
+
+
+def test_cell_intervals_come_from_a_single_run_only():
+    records = [
+        {"train": "a", "test": "a", "auc": 0.9, "auc_ci_low": 0.85, "auc_ci_high": 0.95},
+        {"train": "a", "test": "b", "auc": 0.6, "auc_ci_low": 0.5, "auc_ci_high": 0.7},
+        {"train": "a", "test": "b", "auc": 0.8, "auc_ci_low": 0.7, "auc_ci_high": 0.9},  # a second seed
+        {"train": "b", "test": "a", "auc": 0.7},  # no bounds logged
+    ]
+    matrix, rows, cols = build_matrix(records, "auc")
+    low, high = cell_intervals(records, "auc", rows, cols)
+    assert (low[0, 0], high[0, 0]) == (0.85, 0.95)
+    assert math.isnan(low[0, 1]) and math.isnan(high[0, 1])  # two seeds averaged: no single interval
+    assert math.isnan(low[1, 0]) and math.isnan(low[1, 1])
 
 
 @pytest.mark.parametrize("preset", ["train_on_one", "leave_one_generator_out"])  # the old name: an alias
@@ -136,6 +153,8 @@ def test_task_reads_logo_runs_from_mlflow(tmp_path):
                 auc = (0.9 if i == j else 0.5 + 0.1 * i + 0.01 * j) + shift
                 client.log_metric(run.info.run_id, f"test/{test}/auc", auc)
                 client.log_metric(run.info.run_id, f"test/{test}/accuracy", auc - 0.1)
+                client.log_metric(run.info.run_id, f"test/{test}/auc_ci_low", auc - 0.05)
+                client.log_metric(run.info.run_id, f"test/{test}/auc_ci_high", auc + 0.05)
             client.set_terminated(run.info.run_id, "FINISHED")
     # an unfinished run and a run of another protocol are ignored
     stray = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": "m1", "train_generator": "a",
@@ -149,12 +168,18 @@ def test_task_reads_logo_runs_from_mlflow(tmp_path):
     matrix, rows, cols = result["matrices"][("m1", "auc")]
     assert rows == list(GENS) and matrix[0, 1] == pytest.approx(0.51)
     off = np.mean([0.5 + 0.1 * i + 0.01 * j for i in range(3) for j in range(3) if i != j])
-    assert result["summary"][("m1", "auc")] == pytest.approx({"diagonal_mean": 0.9, "off_diagonal_mean": off})
+    assert result["summary"][("m1", "auc")] == pytest.approx({"diagonal_mean": 0.9, "off_diagonal_mean": off,
+                                                              "off_diagonal_min": 0.51})
     assert result["summary"][("m2", "accuracy")]["diagonal_mean"] == pytest.approx(0.6)
     out = tmp_path / "reports" / "cross_generator"
     for stem in ("m1_auc", "m1_accuracy", "m2_auc", "m2_accuracy"):
         assert (out / f"{stem}.png").stat().st_size > 1000
         assert (out / f"{stem}.csv").read_text().startswith("train \\ test,a,b,c")
+    cells = (out / "cells.csv").read_text().splitlines()
+    assert cells[0] == "model,metric,train,test,value,ci_low,ci_high" and len(cells) == 1 + 4 * 9
+    row = next(line.split(",") for line in cells if line.startswith("m1,auc,a,b,"))
+    assert [float(v) for v in row[4:]] == pytest.approx([0.51, 0.46, 0.56])
+    assert next(line for line in cells if line.startswith("m1,accuracy,a,b,")).endswith(",nan,nan")
     logged = client.get_run(result["run_id"])
     assert logged.data.tags["task"] == "cross_generator"
     assert logged.data.metrics["cross_generator/m1/auc/off_diagonal_mean"] == pytest.approx(off)

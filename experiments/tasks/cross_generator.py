@@ -89,7 +89,8 @@ def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> t
 
 
 def summarize(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str]) -> dict[str, float]:
-    """``diagonal_mean`` (train == test) and ``off_diagonal_mean`` (unseen generators) over finite cells; NaN if none."""
+    """``diagonal_mean`` (train == test), ``off_diagonal_mean`` and ``off_diagonal_min`` (unseen generators: on
+    average, and the worst one) over finite cells; NaN if none."""
     same = np.array([[r == c for c in col_names] for r in row_names], dtype=bool).reshape(matrix.shape)
     finite = np.isfinite(matrix)
     diagonal = matrix[same & finite]
@@ -97,16 +98,42 @@ def summarize(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[
     return {
         "diagonal_mean": float(diagonal.mean()) if diagonal.size else math.nan,
         "off_diagonal_mean": float(off.mean()) if off.size else math.nan,
+        "off_diagonal_min": float(off.min()) if off.size else math.nan,
     }
+
+
+def cell_intervals(records: Iterable[Mapping[str, Any]], metric: str, row_names: Sequence[str],
+                   col_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap interval (``<metric>_ci_low``, ``<metric>_ci_high``, as training logs them per test generator)
+    of each cell of :func:`build_matrix`'s matrix. A cell averaged over several seeds has no single interval
+    (the seeds' spread is another quantity), so it, and a cell without bounds, is NaN."""
+    bounds: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for record in records:
+        low, high = record.get(f"{metric}_ci_low"), record.get(f"{metric}_ci_high")
+        value = record.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        bounds[(str(record["train"]), str(record["test"]))].append(
+            (math.nan if low is None else float(low), math.nan if high is None else float(high)))
+    low = np.full((len(row_names), len(col_names)), np.nan)
+    high = np.full_like(low, np.nan)
+    for i, train in enumerate(row_names):
+        for j, test in enumerate(col_names):
+            cell = bounds.get((train, test), [])
+            if len(cell) == 1:
+                low[i, j], high[i, j] = cell[0]
+    return low, high
 
 
 def records_from_run(model: str, train_generator: str, seed: str, metrics: Mapping[str, float],
                      metric_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One record per test generator from a run's ``test/<generator>/<metric>`` values."""
+    """One record per test generator from a run's ``test/<generator>/<metric>`` values and their bootstrap
+    bounds ``test/<generator>/<metric>_ci_low`` / ``_ci_high``."""
+    wanted = {f"{m}{suffix}" for m in metric_names for suffix in ("", "_ci_low", "_ci_high")}
     by_generator: dict[str, dict[str, Any]] = {}
     for key, value in metrics.items():
         match = _PER_GENERATOR.match(key)
-        if match and match.group(2) in metric_names:
+        if match and match.group(2) in wanted:
             generator = match.group(1)
             record = by_generator.setdefault(
                 generator, {"model": model, "seed": seed, "train": train_generator, "test": generator})
@@ -151,6 +178,20 @@ def _write_matrix_csv(path: Path, matrix: np.ndarray, rows: Sequence[str], cols:
     return path
 
 
+def _write_cells_csv(path: Path, matrices: Mapping, intervals: Mapping) -> Path:
+    """Every cell of every matrix in long format: model, metric, train, test, value and its bootstrap interval."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "metric", "train", "test", "value", "ci_low", "ci_high"])
+        for (model, metric), (matrix, rows, cols) in matrices.items():
+            low, high = intervals[(model, metric)]
+            for i, train in enumerate(rows):
+                for j, test in enumerate(cols):
+                    if not math.isnan(matrix[i, j]):
+                        writer.writerow([model, metric, train, test, matrix[i, j], low[i, j], high[i, j]])
+    return path
+
+
 def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     """Build, write, print and log the LOGO matrices of every model in ``cfg.task.experiment_name``."""
     uri = resolve_tracking_uri(cfg.logger.tracking_uri)
@@ -170,12 +211,14 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
         by_model[record["model"]].append(record)
 
     matrices: dict[tuple[str, str], tuple[np.ndarray, list[str], list[str]]] = {}
+    intervals: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     summary: dict[tuple[str, str], dict[str, float]] = {}
     artifacts: list[Path] = []
     for model in sorted(by_model):
         for metric in metric_names:
             matrix, rows, cols = build_matrix(by_model[model], metric)
             matrices[(model, metric)] = (matrix, rows, cols)
+            intervals[(model, metric)] = cell_intervals(by_model[model], metric, rows, cols)
             summary[(model, metric)] = summarize(matrix, rows, cols)
             stem = f"{model}_{metric}"
             artifacts.append(plot_heatmap(matrix, rows, cols, out_dir / f"{stem}.png",
@@ -185,16 +228,17 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     summary_csv = out_dir / "summary.csv"
     with summary_csv.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["model", "metric", "diagonal_mean", "off_diagonal_mean"])
+        writer.writerow(["model", "metric", "diagonal_mean", "off_diagonal_mean", "off_diagonal_min"])
         for (model, metric), values in summary.items():
-            writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"]])
-    artifacts.append(summary_csv)
+            writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"],
+                             values["off_diagonal_min"]])
+    artifacts += [summary_csv, _write_cells_csv(out_dir / "cells.csv", matrices, intervals)]
 
     run_id = _log_run(client, experiment, summary, artifacts,
                       experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location")), protocol)
-    _print_summary(experiment, matrices, summary)
+    _print_summary(experiment, matrices, intervals, summary, float(cfg.stats.confidence))
     announce_outputs(out_dir, run_id, uri)
-    return {"matrices": matrices, "summary": summary, "records": records, "run_id": run_id,
+    return {"matrices": matrices, "intervals": intervals, "summary": summary, "records": records, "run_id": run_id,
             "out_dir": out_dir, "artifacts": artifacts}
 
 
@@ -215,20 +259,31 @@ def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tupl
     return run.info.run_id
 
 
-def _print_summary(experiment: str, matrices: Mapping, summary: Mapping) -> None:
+def _cell_text(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return f"{value:.4f}"
+    return f"{value:.4f} [{low:.3f}, {high:.3f}]"
+
+
+def _print_summary(experiment: str, matrices: Mapping, intervals: Mapping, summary: Mapping,
+                   confidence: float = 0.95) -> None:
     console = Console(width=max(100, Console().width))
     for (model, metric), (matrix, rows, cols) in matrices.items():
-        table = Table(title=f"{experiment}: {model} {metric} (rows: trained on, columns: tested on)")
+        low, high = intervals[(model, metric)]
+        table = Table(title=f"{experiment}: {model} {metric} (rows: trained on, columns: tested on; "
+                            f"[{confidence:.0%} bootstrap interval over that generator's test images])")
         table.add_column("train \\ test")
         for col in cols:
             table.add_column(col, justify="right")
-        for name, values in zip(rows, matrix):
-            table.add_row(name, *("n/a" if math.isnan(v) else f"{v:.4f}" for v in values))
+        for i, name in enumerate(rows):
+            table.add_row(name, *(_cell_text(matrix[i, j], low[i, j], high[i, j]) for j in range(len(cols))))
         console.print(table)
     table = Table(title=f"{experiment}: cross-generator summary")
-    for header in ("model", "metric", "diagonal mean", "off-diagonal mean"):
+    for header in ("model", "metric", "diagonal mean", "off-diagonal mean", "worst unseen"):
         table.add_column(header, justify="left" if header in ("model", "metric") else "right")
     for (model, metric), values in summary.items():
         table.add_row(model, metric, *(f"{values[k]:.4f}" if not math.isnan(values[k]) else "n/a"
-                                       for k in ("diagonal_mean", "off_diagonal_mean")))
+                                       for k in ("diagonal_mean", "off_diagonal_mean", "off_diagonal_min")))
     console.print(table)
