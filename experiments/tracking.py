@@ -297,6 +297,20 @@ def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
         client.log_artifact(run_id, str(path))
 
 
+def download_run_artifact(client: Any, run_id: str, path: str) -> Path:
+    """Download one artifact of an MLflow run into ``<cache>/mlflow-artifacts/<run_id>/`` and return its local path.
+
+    MLflow's default destination is a new temporary folder per call, never removed: every ``task=evaluate``,
+    ``ood_stress`` or ``spectral-detect`` by run id left a copy of the weights in the system's temp folder. One
+    folder per run, overwritten on each download, keeps a single copy.
+    """
+    from experiments.data.cache import default_cache_dir
+
+    destination = default_cache_dir() / "mlflow-artifacts" / run_id
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(destination)))
+
+
 def log_artifact(logger: MLFlowLogger, path: str | Path, artifact_path: str | None = None) -> None:
     logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
 

@@ -71,6 +71,19 @@ def make_genimage_tree(root: Path, generators=("gen_a", "gen_b"), n: int = 6, si
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_in_a_temporary_folder(tmp_path_factory):
+    """Caches that default to the user's ``$XDG_CACHE_HOME`` (downloaded run artifacts, data checks without a
+    ``paths.cache_dir``) go to pytest's temporary folder, here and in the subprocesses the tests start."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture
 def genimage_tree(tmp_path: Path) -> Path:
     return make_genimage_tree(tmp_path / "genimage")

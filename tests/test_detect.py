@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -162,6 +163,20 @@ def test_val_threshold_from_mlflow_run_id(trained, messy_folder, capsys):
     # by default the run's own threshold travels with it (calibration.json, downloaded from the MLflow run)
     default = detect(trained["run_id"], messy_folder, tracking_uri=trained["uri"], progress=False)
     assert default.threshold == pytest.approx(default.val_threshold) and default.probability.startswith("calibrated")
+
+
+def test_loading_by_run_id_keeps_one_copy_of_the_artifacts(trained, monkeypatch, tmp_path):
+    """Artifacts of a run go to one folder per run under the user cache, not to a new temporary folder per load."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(real_mkdtemp(*a, **k)) or made[-1])
+    first = load_detector(trained["run_id"], trained["uri"])
+    second = load_detector(trained["run_id"], trained["uri"])
+    folder = tmp_path / "xdg" / "spectral-detector-suite" / "mlflow-artifacts" / trained["run_id"]
+    assert first.source.parent == second.source.parent == folder
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["config.yaml", first.source.name, "calibration.json"])
+    assert made == []  # no temporary download folders left behind
 
 
 def test_val_threshold_from_metrics_json_beside_weights(trained, messy_folder, tmp_path, capsys):

@@ -478,11 +478,11 @@ def load_data_stats(ref: str | Path, detector: LoadedDetector, tracking_uri: str
     elif RUN_ID.match(str(ref)) and not Path(str(ref)).exists():
         import mlflow
 
-        from experiments.tracking import resolve_tracking_uri
+        from experiments.tracking import download_run_artifact, resolve_tracking_uri
 
         try:
             client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db"))
-            path = Path(client.download_artifacts(str(ref), DATA_STATS_FILE))
+            path = download_run_artifact(client, str(ref), DATA_STATS_FILE)
         except Exception:  # noqa: BLE001 - older runs have none
             return None
     else:

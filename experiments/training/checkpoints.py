@@ -98,7 +98,7 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None) -> tupl
 def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
     import mlflow
 
-    from experiments.tracking import resolve_tracking_uri
+    from experiments.tracking import download_run_artifact, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db")
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -109,9 +109,7 @@ def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
     weight_names = [n for n in names if n.endswith(WEIGHTS_SUFFIXES)]
     if not weight_names or "config.yaml" not in names:
         raise CheckpointNotFound(f"MLflow run {run_id} has no weights/config artifacts (has: {names})")
-    config = Path(client.download_artifacts(run_id, "config.yaml"))
-    weights = Path(client.download_artifacts(run_id, weight_names[0]))
-    return config, weights
+    return download_run_artifact(client, run_id, "config.yaml"), download_run_artifact(client, run_id, weight_names[0])
 
 
 def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> LoadedDetector:
@@ -140,9 +138,9 @@ def find_calibration(ref: str | Path, weights: Path, tracking_uri: str | None = 
         return None
     import mlflow
 
-    from experiments.tracking import resolve_tracking_uri
+    from experiments.tracking import download_run_artifact, resolve_tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db"))
     if CALIBRATION_FILE not in {a.path for a in client.list_artifacts(ref_str)}:
         return None
-    return Path(client.download_artifacts(ref_str, CALIBRATION_FILE))
+    return download_run_artifact(client, ref_str, CALIBRATION_FILE)
