@@ -330,17 +330,27 @@ def scan_derm(
     return out
 
 
-def _stable_key(seed: int, path: str, root: str | Path | None) -> str:
-    """The seeded hash that orders a file in :func:`holdout_split` and :func:`limit_per_class`. It hashes the
-    path relative to ``root`` (the dataset root), so the split is the same wherever the dataset or the clone
-    lives; a file outside ``root`` (a manifest may name any path) is hashed by its own path."""
-    name = Path(os.path.abspath(path))
-    if root is not None:
-        try:
-            name = name.relative_to(os.path.abspath(root))
-        except ValueError:
-            pass
-    return hashlib.sha1(f"{seed}:{name.as_posix()}".encode()).hexdigest()
+def _seeded_order(seed: int, root: str | Path | None):
+    """The sort key of :func:`holdout_split` and :func:`limit_per_class`: the seeded hash of a sample's path relative
+    to ``root`` (the dataset root), so the split is the same wherever the dataset or the clone lives; a file outside
+    ``root`` (a manifest may name any path) is hashed by its own path."""
+    base = Path(os.path.abspath(root)) if root is not None else None
+
+    def key(sample: Sample) -> str:
+        name = Path(os.path.abspath(sample.path))
+        if base is not None and name.is_relative_to(base):
+            name = name.relative_to(base)
+        return hashlib.sha1(f"{seed}:{name.as_posix()}".encode()).hexdigest()
+
+    return key
+
+
+def _strata(samples: list[Sample]) -> dict[tuple[str, int], list[Sample]]:
+    """``samples`` grouped by (generator, label), the strata of every seeded choice."""
+    strata: dict[tuple[str, int], list[Sample]] = defaultdict(list)
+    for s in samples:
+        strata[(s.generator, s.label)].append(s)
+    return strata
 
 
 def holdout_split(samples: list[Sample], fraction: float, seed: int,
@@ -350,12 +360,10 @@ def holdout_split(samples: list[Sample], fraction: float, seed: int,
     other strata and of where the dataset lives (``root=None`` hashes the absolute paths: location-dependent)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
-    strata: dict[tuple[str, int], list[Sample]] = defaultdict(list)
-    for s in samples:
-        strata[(s.generator, s.label)].append(s)
+    strata, order = _strata(samples), _seeded_order(seed, root)
     keep, held = [], []
     for key in sorted(strata):
-        group = sorted(strata[key], key=lambda s: _stable_key(seed, s.path, root))
+        group = sorted(strata[key], key=order)
         n_held = max(1, round(len(group) * fraction)) if len(group) > 1 else 0
         held += group[:n_held]
         keep += group[n_held:]
@@ -368,10 +376,8 @@ def limit_per_class(samples: list[Sample], limit: int | None, seed: int,
     ``root`` (the same choice wherever the dataset lives)."""
     if not limit:
         return samples
-    strata: dict[tuple[str, int], list[Sample]] = defaultdict(list)
-    for s in samples:
-        strata[(s.generator, s.label)].append(s)
+    strata, order = _strata(samples), _seeded_order(seed, root)
     out = []
     for key in sorted(strata):
-        out += sorted(strata[key], key=lambda s: _stable_key(seed, s.path, root))[:limit]
+        out += sorted(strata[key], key=order)[:limit]
     return sorted(out, key=lambda s: s.path)
