@@ -68,24 +68,28 @@ def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> t
     Returns ``(matrix, row_names, col_names)`` with ``matrix[i, j]`` the score
     of the detector trained on ``row_names[i]`` tested on ``col_names[j]``.
     """
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
-    rows: set[str] = set()
-    tests: set[str] = set()
-    for record in records:
-        train, test = str(record["train"]), str(record["test"])
-        rows.add(train)
-        tests.add(test)
-        value = record.get(metric)
-        if value is not None and math.isfinite(float(value)):
-            cells[(train, test)].append(float(value))
+    records = list(records)
+    rows = {str(record["train"]) for record in records}
+    tests = {str(record["test"]) for record in records}
+    cells = _finite_cells(records, metric)
     row_names = sorted(rows)
     col_names = [name for name in row_names if name in tests] + sorted(tests - rows)
     matrix = np.full((len(row_names), len(col_names)), np.nan)
     for i, train in enumerate(row_names):
         for j, test in enumerate(col_names):
             if cells.get((train, test)):
-                matrix[i, j] = float(np.mean(cells[(train, test)]))
+                matrix[i, j] = float(np.mean([float(r[metric]) for r in cells[(train, test)]]))
     return matrix, row_names, col_names
+
+
+def _finite_cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """The records with a finite ``metric``, grouped by cell: (train generator, test generator)."""
+    cells: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        value = record.get(metric)
+        if value is not None and math.isfinite(float(value)):
+            cells[(str(record["train"]), str(record["test"]))].append(record)
+    return cells
 
 
 def summarize(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str]) -> dict[str, float]:
@@ -107,21 +111,15 @@ def cell_intervals(records: Iterable[Mapping[str, Any]], metric: str, row_names:
     """The bootstrap interval (``<metric>_ci_low``, ``<metric>_ci_high``, as training logs them per test generator)
     of each cell of :func:`build_matrix`'s matrix. A cell averaged over several seeds has no single interval
     (the seeds' spread is another quantity), so it, and a cell without bounds, is NaN."""
-    bounds: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for record in records:
-        low, high = record.get(f"{metric}_ci_low"), record.get(f"{metric}_ci_high")
-        value = record.get(metric)
-        if value is None or not math.isfinite(float(value)):
-            continue
-        bounds[(str(record["train"]), str(record["test"]))].append(
-            (math.nan if low is None else float(low), math.nan if high is None else float(high)))
+    cells = _finite_cells(records, metric)
     low = np.full((len(row_names), len(col_names)), np.nan)
     high = np.full_like(low, np.nan)
     for i, train in enumerate(row_names):
         for j, test in enumerate(col_names):
-            cell = bounds.get((train, test), [])
+            cell = cells.get((train, test), [])
             if len(cell) == 1:
-                low[i, j], high[i, j] = cell[0]
+                low[i, j] = cell[0].get(f"{metric}_ci_low", math.nan)
+                high[i, j] = cell[0].get(f"{metric}_ci_high", math.nan)
     return low, high
 
 
