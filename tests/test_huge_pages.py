@@ -56,4 +56,14 @@ def test_importing_the_library_sets_nothing():
 
 def test_run_py_sets_it_before_torch():
     text = (ROOT / "run.py").read_text()
-    assert text.index("use_huge_pages()") < text.index("import hydra")
+    assert text.index("use_huge_pages()") < text.index("from experiments.tasks.cli import main")
+    # the command's module (the one @hydra.main) imports no torch of its own: the setting is read in time
+    code = "import sys, experiments.tasks.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False"
+
+
+def test_there_is_one_hydra_main():
+    mains = [p.relative_to(ROOT).as_posix() for p in [ROOT / "run.py", *(ROOT / "experiments").rglob("*.py")]
+             if "@hydra.main" in p.read_text()]
+    assert mains == ["experiments/tasks/cli.py"], mains

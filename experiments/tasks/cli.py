@@ -1,6 +1,6 @@
-"""The ``spectral-suite`` command (``run.py`` as an installed console script), and the task call both share.
+"""The suite's one command: ``python run.py ...`` and ``spectral-suite ...`` (its installed console script).
 
-:func:`run_task` calls the function that ``cfg.task.fn`` names. A :class:`experiments.errors.UserError`
+:func:`main` is the one ``@hydra.main`` (configs: the project's ``conf/``); :func:`run_task` calls the function that ``cfg.task.fn`` names. A :class:`experiments.errors.UserError`
 (a missing ``data.root``, a wrong folder layout, an unknown run, ...) ends the command with its message alone
 and exit status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. A run folder that the failed launch
 left holding nothing but Hydra's own files is removed.
@@ -22,11 +22,12 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from experiments.errors import USER_ERROR_EXIT, is_user_error
-from experiments.process import project_root, use_huge_pages, use_project_root
+from experiments.process import use_huge_pages, use_project_root
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = str(project_root() / "conf")
+#: the project's config groups, beside this package (``SUITE_ROOT`` moves outputs and the store, not the configs)
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 #: what Hydra writes into every run folder before the task starts
 HYDRA_BOOKKEEPING = {".hydra"}
 
@@ -86,7 +87,11 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
-    """``spectral-suite [task=...] [overrides]``: the same command line as ``python run.py``."""
+    """``python run.py [task=...] [overrides]`` and ``spectral-suite [task=...] [overrides]``: one command line.
+
+    Process settings come first: huge pages before torch is imported (``run.py`` sets them before importing
+    this module), and the project root (``SUITE_ROOT``) that ``paths.root_dir`` and the MLflow store read.
+    """
     use_huge_pages()
     use_project_root()
     _hydra_main()
