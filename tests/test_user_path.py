@@ -18,7 +18,7 @@ from PIL import Image
 
 from experiments.tasks.detect import detect, main as detect_main
 from experiments.tasks.report import report
-from experiments.tasks.runs import runs
+from experiments.tasks.list_runs import list_runs
 from experiments.tasks.train import train
 from experiments.tracking import resolve_tracking_uri
 from tests.conftest import compose_config, make_genimage_tree
@@ -93,7 +93,7 @@ def _fake_runs(tmp_path: Path) -> tuple[mlflow.MlflowClient, dict[str, str]]:
 
 def test_task_runs_lists_id_model_status_metric_and_folder(tmp_path, capsys):
     client, ids = _fake_runs(tmp_path)
-    rows = runs(compose_config(["task=runs"], tmp_path))
+    rows = list_runs(compose_config(["task=runs"], tmp_path))
     assert {r.run_id for r in rows} == set(ids.values())
     by_id = {r.run_id: r for r in rows}
     trained = by_id[ids["resnet34_localfft"]]

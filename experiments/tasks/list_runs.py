@@ -35,8 +35,8 @@ class RunListing:
     folder: str
 
 
-def list_runs(client: mlflow.MlflowClient, experiment_name: str, metric: str = "test/auc",
-              limit: int = 50) -> list[RunListing]:
+def recent_runs(client: mlflow.MlflowClient, experiment_name: str, metric: str = "test/auc",
+                limit: int = 50) -> list[RunListing]:
     """The newest ``limit`` runs of ``experiment_name``; raises :class:`ExperimentNotFound` naming the store."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -65,13 +65,13 @@ def format_listing(rows: list[RunListing], title: str, metric: str) -> Table:
     return table
 
 
-def runs(cfg: DictConfig) -> list[RunListing]:
+def list_runs(cfg: DictConfig) -> list[RunListing]:
     """Print the runs of ``cfg.task.experiment_name`` and return them."""
     uri = resolve_tracking_uri(cfg.logger.tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = str(cfg.task.experiment_name)
     metric = str(cfg.task.get("metric", "test/auc"))
-    rows = list_runs(client, experiment, metric, int(cfg.task.get("limit", 50)))
+    rows = recent_runs(client, experiment, metric, int(cfg.task.get("limit", 50)))
     Console(width=250).print(format_listing(rows, f"{experiment}: {len(rows)} run(s), newest first", metric))
     print("pass a run id or folder on: task=evaluate ckpt=<id | folder>, task=ood_stress ckpt=<id | folder>, "
           "spectral-detect <id | folder> <images>")
