@@ -54,8 +54,6 @@ train-on-one: demo-data ## GenImage's train-on-one on the demo data (train on ea
 	$(RUN) -m experiment=train_on_one model=$(PROTOCOL_MODELS) $(PROTOCOL_CPU)
 	$(RUN) task=cross_generator experiment=train_on_one
 
-logo: train-on-one ## Former name of train-on-one (kept for one release)
-
 leave-one-out: demo-data ## Leave-one-out on the demo data (train on all generators but one, test on it), then the table
 	$(RUN) -m experiment=leave_one_out model=$(PROTOCOL_MODELS) $(PROTOCOL_CPU)
 	$(RUN) task=cross_generator experiment=leave_one_out
@@ -87,4 +85,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo report search ood-stress logo train-on-one leave-one-out bench bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv demo-data demo report search ood-stress train-on-one leave-one-out bench bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean

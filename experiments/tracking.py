@@ -32,11 +32,6 @@ class TrackingUnavailable(RuntimeError, UserError):
 UI_URL = "http://127.0.0.1:5000"
 
 
-def default_tracking_uri() -> str:
-    """The project's own store, ``sqlite:///<project root>/mlruns.db``, whatever the working directory."""
-    return f"sqlite:///{project_root() / 'mlruns.db'}"
-
-
 def resolve_tracking_uri(uri: str) -> str:
     """Make relative ``sqlite:///`` and plain-path stores absolute (relative to :func:`project_root`)."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

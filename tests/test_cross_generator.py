@@ -83,7 +83,7 @@ def test_cell_intervals_come_from_a_single_run_only():
     assert math.isnan(low[1, 0]) and math.isnan(low[1, 1])
 
 
-@pytest.mark.parametrize("preset", ["train_on_one", "leave_one_generator_out"])  # the old name: an alias
+@pytest.mark.parametrize("preset", ["train_on_one"])
 def test_preset_composes_one_train_generator_and_all_test_generators(preset, tmp_path):
     cfg = compose_config([f"experiment={preset}", "train_generator=nearest_conv"], tmp_path)
     assert list(cfg.data.generators) == ["nearest_conv"]
