@@ -6,7 +6,9 @@ Dermatology Detection"), results table, row "Random Forest, Flattened 2D-FFT"
 The centred log-magnitude spectrum of :class:`features.fft_magnitude.FFTMagnitude`
 (the same map the CNN frequency stream sees) is average-pooled to a
 ``grid x grid`` map and flattened, and a random forest (Breiman, 2001,
-"Random Forests", Machine Learning 45) classifies the vectors.
+"Random Forests", Machine Learning 45) classifies the vectors. The detector is
+``conf/model/fft_random_forest.yaml``: ``feature_pipeline(FFTGridFeatures, RandomForestClassifier)``,
+no scaler (trees are invariant to monotone rescaling of each feature), the forest seeded by the run's ``seed``.
 
 Average pooling keeps every frequency: each cell is the mean log-magnitude of a
 band of ``(H / grid) x (W / grid)`` frequencies, so the Nyquist corners where
@@ -19,10 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.pipeline import Pipeline
 
-from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor, feature_pipeline
+from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
 from features.fft_magnitude import FFTMagnitude
 
 
@@ -71,30 +71,3 @@ class FFTGridFeatures(StatelessImageTransformer):
         channels = ["gray"] if self.grayscale else ["r", "g", "b"]
         names = [f"fft_{c}_{i:02d}_{j:02d}" for c in channels for i in range(self.grid) for j in range(self.grid)]
         return np.asarray(names, dtype=object)
-
-
-
-def make_fft_random_forest(
-    grid: int = 16,
-    n_estimators: int = 200,
-    max_depth: int | None = None,
-    n_jobs: int = 1,
-    random_state: int | None = 0,
-    batch_size: int = 256,
-    grayscale: bool = True,
-    standardize: bool = True,
-    max_features: str | float | int = "sqrt",
-) -> Pipeline:
-    """``FFTGridFeatures -> RandomForestClassifier``, SPECTRAFORGE's flattened 2D-FFT baseline.
-
-    The ``features`` step is stateless (the trainer runs it batch by batch and fits
-    only ``pipeline[1:]`` on the stacked vectors). No scaler: trees are invariant to
-    monotone rescaling of each feature. Labels: real = 0, synthetic = 1;
-    ``predict_proba(X)[:, 1]`` is P(synthetic). ``random_state`` makes the forest
-    reproducible (the config wires it to the run's ``seed``).
-    """
-    return feature_pipeline(
-        FFTGridFeatures(grid=grid, grayscale=grayscale, standardize=standardize, batch_size=batch_size),
-        RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, max_features=max_features,
-                               n_jobs=n_jobs, random_state=random_state),
-    )

@@ -5,7 +5,8 @@ diffusion models": the radial and angular distributions of spectral power
 (and the spectrum of the Laplacian noise residual) separate synthetic from
 real images well enough for a simple linear classifier. This module wraps the
 batched torch features of :mod:`features.radial_angular` in a scikit-learn
-transformer so the classifier is an ordinary ``Pipeline`` with ``predict_proba``.
+transformer so the classifier is an ordinary ``Pipeline`` with ``predict_proba``: the detector is
+``conf/model/radial_angular_logreg.yaml``, ``SpectralHistogramFeatures -> StandardScaler -> LogisticRegression``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ import math
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
-from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor, feature_pipeline
+from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
 from features.radial_angular import RadialAngularHistogram
 
 
@@ -94,28 +92,3 @@ class SpectralHistogramFeatures(StatelessImageTransformer):
         if self.use_residual:
             names += [f"residual_radial_{i:03d}" for i in range(self.n_radial)]
         return np.asarray(names, dtype=object)
-
-
-
-def make_radial_angular_logreg(
-    n_radial: int = 64,
-    n_angular: int = 64,
-    use_residual: bool = True,
-    C: float = 1.0,  # noqa: N803 - sklearn naming
-    max_iter: int = 2000,
-    batch_size: int = 256,
-    max_radius: float = math.sqrt(2.0),
-) -> Pipeline:
-    """``SpectralHistogramFeatures -> StandardScaler -> LogisticRegression``, Corvi et al. (2023).
-
-    ``fit(X, y)`` takes images as described in :class:`SpectralHistogramFeatures`
-    and labels (real = 0, synthetic = 1); ``predict_proba(X)[:, 1]`` is P(synthetic).
-    ``max_radius=sqrt(2)`` (default) keeps the spectrum's corners, where the diagonal
-    peaks of checkerboard up-sampling artefacts lie; ``1.0`` is the Nyquist disc only.
-    """
-    return feature_pipeline(
-        SpectralHistogramFeatures(n_radial=n_radial, n_angular=n_angular, use_residual=use_residual,
-                                  batch_size=batch_size, max_radius=max_radius),
-        LogisticRegression(C=C, max_iter=max_iter),
-        scaler=StandardScaler(),
-    )

@@ -18,7 +18,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import estimator_checks
 
-from detectors.fft_forest import FFTGridFeatures, make_fft_random_forest
+from detectors.fft_forest import FFTGridFeatures
 from detectors.streams import FrequencyCNN
 from experiments.training.sklearn_io import load_estimator, save_estimator
 from experiments.tasks.train import train
@@ -91,7 +91,9 @@ def test_feature_transformer_follows_the_estimator_rules():
 def test_forest_is_seeded_and_round_trips_through_skops(tmp_path):
     x, y = toy_set(32, 32, seed=1)
     xt, _ = toy_set(16, 32, seed=2)
-    pipe = make_fft_random_forest(grid=8, n_estimators=20, random_state=7)
+    cfg = compose_config(["model=fft_random_forest", "model.estimator.features.grid=8",
+                          "model.estimator.classifier.n_estimators=20", "seed=7"], tmp_path)
+    pipe = instantiate(cfg.model.estimator)
     assert isinstance(pipe, Pipeline) and [n for n, _ in pipe.steps] == ["features", "classifier"]
     proba = pipe.fit(x, y.numpy()).predict_proba(xt)
     assert proba.shape == (16, 2)

@@ -13,9 +13,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils import estimator_checks
 
-from detectors.spectral_logreg import SpectralHistogramFeatures, make_radial_angular_logreg
+from detectors.spectral_logreg import SpectralHistogramFeatures
+from experiments.errors import instantiate
 from features.bottleneck import GaussianBottleneck
 from features.radial_angular import RadialAngularHistogram
+from tests.conftest import compose_config
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -122,10 +124,12 @@ def test_sklearn_estimator_contract():
     assert not hasattr(estimator, "n_features_in_")
 
 
-def test_pipeline_learns_upsampling_fingerprint_and_pickles():
+def test_pipeline_learns_upsampling_fingerprint_and_pickles(tmp_path):
     X_train, y_train = upsampling_toy_set(40, 32, seed=0)
     X_test, y_test = upsampling_toy_set(40, 32, seed=100)
-    pipeline = make_radial_angular_logreg(n_radial=32, n_angular=32)
+    cfg = compose_config(["model=radial_angular_logreg", "model.estimator.features.n_radial=32",
+                          "model.estimator.features.n_angular=32"], tmp_path)
+    pipeline = instantiate(cfg.model.estimator)
     assert isinstance(pipeline, Pipeline)
     assert [name for name, _ in pipeline.steps] == ["features", "scale", "classifier"]
     assert pipeline.fit(X_train, y_train) is pipeline
