@@ -103,7 +103,8 @@ def test_clip_probe_default_encoder_has_its_readme_params():
 def test_the_readme_parser_and_the_rounding_can_fail():
     assert written(21_350_465) == "21.4 M" and written(193) == "193" and written(48_065_153) == "48.1 M"
     assert written(999_999) == "999,999" and written(1_000_000) == "1.0 M"
-    table = "| `model=` | what | params |\n|---|---|---:|\n| `a` | x | 1.5 M |\n\n| `model=` | what |\n|---|---|\n| `b` | y |\n"
+    table = ("| `model=` | what | params |\n|---|---|---:|\n| `a` | x | 1.5 M |\n\n"
+             "| `model=` | what |\n|---|---|\n| `b` | y |\n")
     assert readme_params(table) == {"a": "1.5 M"}
 
 

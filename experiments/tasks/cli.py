@@ -1,9 +1,10 @@
 """The suite's one command: ``python run.py ...`` and ``spectral-suite ...`` (its installed console script).
 
-:func:`main` is the one ``@hydra.main`` (configs: the project's ``conf/``); :func:`run_task` calls the function that ``cfg.task.fn`` names. A :class:`experiments.errors.UserError`
-(a missing ``data.root``, a wrong folder layout, an unknown run, ...) ends the command with its message alone
-and exit status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. A run folder that the failed launch
-left holding nothing but Hydra's own files is removed.
+:func:`main` is the one ``@hydra.main`` (configs: the project's ``conf/``); :func:`run_task` calls the
+function that ``cfg.task.fn`` names. A :class:`experiments.errors.UserError` (a missing ``data.root``, a wrong
+folder layout, an unknown run, ...) ends the command with its message alone and exit status 2;
+``HYDRA_FULL_ERROR=1`` shows the traceback instead. A run folder that the failed launch left holding nothing
+but Hydra's own files is removed.
 """
 
 from __future__ import annotations
