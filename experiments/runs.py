@@ -2,7 +2,7 @@
 
 Report, OOD stress and the cross-generator matrices all compare "the latest run of each detector" (per
 seed, per training generator, ...). They ask this module, so "latest" and "finished" mean the same
-everywhere.
+everywhere. (``task=runs``, ``experiments/tasks/list_runs.py``, lists every run of an experiment instead.)
 """
 
 from __future__ import annotations
