@@ -14,7 +14,8 @@ from PIL import Image
 
 from experiments.data.audit import BadDataError, preflight, scan_dataset, wait_for_scan
 from experiments.data import datamodule as datamodule_mod
-from experiments.data.cache import CachedImageDataset, default_cache_dir
+from experiments.data.cache import CachedImageDataset
+from experiments.process import default_cache_dir
 from experiments.data.dataset import ImageDataset, collate_skipping
 from experiments.data.datamodule import DetectorDataModule
 from experiments.data.device_decode import (

@@ -16,7 +16,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
-from experiments.data.cache import CachedImageDataset, cached_split, default_cache_dir, is_cacheable
+from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import (
@@ -31,6 +31,7 @@ from experiments.data.layouts import (
 )
 from experiments.data.manifest import scan_manifest
 from experiments.data.transforms import Preprocess
+from experiments.process import default_cache_dir
 
 log = logging.getLogger(__name__)
 
