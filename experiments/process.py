@@ -10,6 +10,8 @@ the kernel's ``transparent_hugepage`` mode is ``never``.
 :func:`use_project_root` sets ``SUITE_ROOT`` to the project root (unless already set), so the config's paths and the
 MLflow store (``paths.root_dir``) are the project's own whatever the working directory.
 
+:func:`default_cache_dir` is the user's cache folder, where caches go when the config names none.
+
 Library modules never call these on import: ``run.py`` and the ``python -m`` mains do.
 """
 
@@ -47,3 +49,10 @@ def progress(iterable: Iterable[Any], desc: str, total: int | None = None, unit:
     forced = os.environ.get("SUITE_PROGRESS")
     show = sys.stderr.isatty() if forced is None else forced == "1"
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not show, leave=False)
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/spectral-detector-suite`` (``~/.cache/...`` when unset): where caches go when no
+    ``paths.cache_dir`` is given. Never inside a dataset, which may be read-only or shared."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spectral-detector-suite"

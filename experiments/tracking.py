@@ -299,7 +299,7 @@ def download_run_artifact(client: Any, run_id: str, path: str) -> Path:
     ``ood_stress`` or ``spectral-detect`` by run id left a copy of the weights in the system's temp folder. One
     folder per run, overwritten on each download, keeps a single copy.
     """
-    from experiments.data.cache import default_cache_dir
+    from experiments.process import default_cache_dir
 
     destination = default_cache_dir() / "mlflow-artifacts" / run_id
     destination.mkdir(parents=True, exist_ok=True)

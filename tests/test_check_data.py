@@ -20,6 +20,7 @@ from experiments.data.audit import (
     check_bad_fraction,
     estimate_jpeg_quality,
     leakage_warnings,
+    PreflightSettings,
     preflight,
     scan_dataset,
     short_side_bin,
@@ -29,6 +30,7 @@ from experiments.data import images as images_module
 from experiments.data.datamodule import DetectorDataModule
 from experiments.data.images import UnreadableImage, decode_image, load_rgb
 from experiments.data.layouts import Sample
+from experiments.tasks.train import log_data_report
 from features.equalizer import ExtremeEqualizer
 from tests.bad_files import DECODABLE, LEFT_RGB, RIGHT_RGB, TOO_SMALL, UNREADABLE, write_bad_files, write_decodable
 from tests.conftest import compose_config, make_genimage_tree
@@ -305,15 +307,17 @@ def test_preflight_logs_counts_then_stops_on_bad_data(bad_tree, tmp_path):
     root, _ = bad_tree
     cfg = compose_config(["data=genimage_tiny", f"data.root={root}"], tmp_path)
     logger = RecordingLogger()
+    dm = make_dm(root)
+    settings = PreflightSettings(max_bad_fraction=dm.max_bad_fraction, progress=False)
     with pytest.raises(BadDataError, match="data.max_bad_fraction=0.01"):
-        preflight(cfg, make_dm(root), logger=logger, progress=False)
+        preflight(dm, settings, on_report=lambda report: log_data_report(report, logger, tmp_path / "out", 0.01))
     assert logger.metrics["data/unreadable"] == len(UNREADABLE)
     assert logger.metrics["data/too_small"] == 1
     assert logger.metrics["data/duplicates_across_splits"] == 0
     assert sorted(logger.artifacts) == [("data_report.json", "data"), ("data_report.txt", "data")]
 
     cfg = compose_config(["data=genimage_tiny", f"data.root={root}", "++data.max_bad_fraction=0.2"], tmp_path)
-    report = preflight(cfg, make_dm(root), progress=False)
+    report = preflight(make_dm(root), PreflightSettings(max_bad_fraction=cfg.data.max_bad_fraction, progress=False))
     assert len(report.bad_files) == N_BAD
 
 
@@ -322,7 +326,7 @@ def test_preflight_warns_about_leakage(tmp_path):
     reencode(root, "ai", "JPEG")
     cfg = compose_config(["data=genimage_tiny", f"data.root={root}"], tmp_path)
     with pytest.warns(DataLeakageWarning, match="file format"):
-        preflight(cfg, make_dm(root), progress=False)
+        preflight(make_dm(root), PreflightSettings(max_bad_fraction=cfg.data.max_bad_fraction, progress=False))
 
 
 def test_check_data_task_prints_and_writes_the_report(bad_tree, tmp_path, capsys):

@@ -114,7 +114,7 @@ def test_leave_one_out_splits_hold_the_generator_out_of_train_and_val(tmp_path, 
                           "all_generators=[gen_a,gen_b]", "held_out_generator=gen_b", "data.crop_size=32",
                           "data.resize_size=null"], tmp_path)
     datamodule = build_datamodule(cfg)
-    train, val, test = datamodule._scan_layout()
+    train, val, test = datamodule.layout.splits(datamodule.root, datamodule.selection)
     assert {s.generator for s in train + val} == {"gen_a"} and {s.generator for s in test} == {"gen_b"}
 
 

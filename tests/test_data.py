@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from experiments.data.datamodule import DetectorDataModule
-from experiments.data.layouts import DatasetLayoutError, holdout_split, scan_derm, scan_genimage
+from experiments.data.layouts import DatasetLayoutError, Derm, GenImageFlat, Sample, holdout_split, limit_per_class
 from experiments.training.builders import build_datamodule
 from tests.conftest import compose_config, make_genimage_tree
 
@@ -73,9 +73,32 @@ def test_split_does_not_depend_on_where_the_dataset_lives(tmp_path):
         for split, samples in make_dm(near, max_per_class=4, split_seed=1).splits.items()}["val"]
 
 
+def test_samples_carry_their_path_relative_to_the_root(genimage_tree):
+    """A scanned sample knows its path relative to the dataset root, whatever root it was scanned from."""
+    for root in (genimage_tree, Path(os.path.relpath(genimage_tree))):
+        for sample in GenImageFlat().folders(root)["train"]:
+            assert sample.relpath == Path(sample.path).relative_to(root).as_posix()
+            assert sample.relpath.startswith(f"{sample.generator}/train/")
+
+
+def test_split_hashes_the_relative_path_and_nothing_else():
+    """Two samples lists that differ only in where the files are have the same seeded hold-out and cap; a change of
+    the relative paths changes them."""
+    def samples(base: str, names: list[str]) -> list[Sample]:
+        return [Sample(f"{base}/{n}", int("ai" in n), "g", n) for n in names]
+
+    names = [f"g/train/{cls}/{i:03d}.png" for cls in ("ai", "nature") for i in range(20)]
+    here, there = samples("/one/place", names), samples("/another/much/longer/place", names)
+    relative = [[s.relpath for s in part] for part in holdout_split(here, 0.25, 0)]
+    assert relative == [[s.relpath for s in part] for part in holdout_split(there, 0.25, 0)]
+    assert [s.relpath for s in limit_per_class(here, 5, 0)] == [s.relpath for s in limit_per_class(there, 5, 0)]
+    renamed = samples("/one/place", [n.replace("g/", "h/") for n in names])
+    assert [[s.relpath.replace("h/", "g/") for s in part] for part in holdout_split(renamed, 0.25, 0)] != relative
+
+
 def test_holdout_rejects_bad_fraction(genimage_tree):
     with pytest.raises(ValueError, match="val_fraction"):
-        holdout_split(scan_genimage(genimage_tree)["train"], 1.5, 0, genimage_tree)
+        holdout_split(GenImageFlat().folders(genimage_tree)["train"], 1.5, 0)
 
 
 def test_missing_root_from_config_names_key(tmp_path):
@@ -92,13 +115,13 @@ def test_nonexistent_root_names_path_and_layout(tmp_path):
 def test_swapped_class_names_are_reported(genimage_tree):
     (genimage_tree / "gen_a" / "train" / "ai").rename(genimage_tree / "gen_a" / "train" / "fake")
     with pytest.raises(DatasetLayoutError, match=r"(?s)gen_a/train/ai is missing \(found: \['fake', 'nature'\]\)"):
-        scan_genimage(genimage_tree)
+        GenImageFlat().folders(genimage_tree)
 
 
 def test_generator_without_val_folder(genimage_tree):
     shutil.rmtree(genimage_tree / "gen_b" / "val")
     with pytest.raises(DatasetLayoutError, match="generator 'gen_b' has no 'val' folder"):
-        scan_genimage(genimage_tree)
+        GenImageFlat().folders(genimage_tree)
 
 
 def test_images_at_wrong_depth(tmp_path):
@@ -106,19 +129,19 @@ def test_images_at_wrong_depth(tmp_path):
     root.mkdir()
     Image.new("RGB", (32, 32)).save(root / "x.png")
     with pytest.raises(DatasetLayoutError, match="wrong depth"):
-        scan_genimage(root)
+        GenImageFlat().folders(root)
 
 
 def test_empty_class_folder(genimage_tree):
     for f in (genimage_tree / "gen_a" / "val" / "nature").iterdir():
         f.unlink()
     with pytest.raises(DatasetLayoutError, match="holds no images"):
-        scan_genimage(genimage_tree)
+        GenImageFlat().folders(genimage_tree)
 
 
 def test_unknown_generator(genimage_tree):
     with pytest.raises(DatasetLayoutError, match=r"available generators: \['gen_a', 'gen_b'\]"):
-        scan_genimage(genimage_tree, generators=["midjourney"])
+        GenImageFlat().folders(genimage_tree, generators=["midjourney"])
 
 
 def test_derm_layout_with_custom_class_names(tmp_path):
@@ -129,12 +152,12 @@ def test_derm_layout_with_custom_class_names(tmp_path):
             d.mkdir(parents=True)
             for i in range(3):
                 Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
-    splits = scan_derm(tmp_path / "derm", real_dir="benign_real", fake_dir="synth")
+    splits = Derm(real_dir="benign_real", fake_dir="synth").folders(tmp_path / "derm")
     assert {k: len(v) for k, v in splits.items()} == {"train": 6, "val": 6, "test": 6}
-    dm = make_dm(tmp_path / "derm", layout="derm", real_dir="benign_real", fake_dir="synth")
+    dm = make_dm(tmp_path / "derm", layout=Derm(real_dir="benign_real", fake_dir="synth"))
     assert dm.generator_names == ["derm"]
-    with pytest.raises(DatasetLayoutError, match="set data.real_dir / data.fake_dir"):
-        scan_derm(tmp_path / "derm")
+    with pytest.raises(DatasetLayoutError, match="set data.layout.real_dir / data.layout.fake_dir"):
+        Derm().folders(tmp_path / "derm")
 
 
 def test_unreadable_file_is_skipped_and_counted(genimage_tree):

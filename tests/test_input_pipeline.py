@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.data.audit import BadDataError, preflight, scan_dataset, wait_for_scan
+from experiments.data.audit import BadDataError, PreflightSettings, preflight, scan_dataset, wait_for_scan
 from experiments.data import datamodule as datamodule_mod
-from experiments.data.cache import CachedImageDataset, default_cache_dir
+from experiments.data.cache import CachedImageDataset
+from experiments.process import default_cache_dir
 from experiments.data.dataset import ImageDataset, collate_skipping
 from experiments.data.datamodule import DetectorDataModule
 from experiments.data.device_decode import (
@@ -25,7 +27,6 @@ from experiments.data.device_decode import (
 )
 from experiments.data.layouts import Sample
 from experiments.data.transforms import Preprocess
-from omegaconf import OmegaConf
 from tests.conftest import make_genimage_tree, small_datamodule as _dm, toy_image
 
 
@@ -104,9 +105,9 @@ def test_loader_settings(tmp_path):
 def test_data_check_is_decoded_once_and_read_back(tmp_path, monkeypatch):
     dm = _dm(make_genimage_tree(tmp_path / "g", n=3, size=32))
     first = scan_dataset(dm, progress=False, cache_dir=tmp_path / "checks")
-    from experiments.data import audit as check_data
+    from experiments.data.audit import inspection
 
-    monkeypatch.setattr(check_data, "inspect_file", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(inspection, "inspect_file", lambda *a: pytest.fail("decoded again"))
     again = scan_dataset(dm, progress=False, cache_dir=tmp_path / "checks")
     assert again.records == first.records and again.duplicates == first.duplicates
 
@@ -126,12 +127,11 @@ def test_every_rank_gets_the_same_bad_data_verdict(tmp_path):
     dm = _dm(root)
     for sample in dm.splits["train"][:4]:
         Path(sample.path).write_bytes(b"broken")
-    cfg = OmegaConf.create({"data": {"max_bad_fraction": 0.0}, "paths": {"cache_dir": str(tmp_path / "c"),
-                                                                         "output_dir": str(tmp_path / "out")}})
+    settings = PreflightSettings(max_bad_fraction=0.0, cache_dir=tmp_path / "c" / "data_checks", progress=False)
     with pytest.raises(BadDataError) as rank0:
-        preflight(cfg, dm, progress=False)
+        preflight(dm, settings)
     with pytest.raises(BadDataError) as rank1:
-        preflight(cfg, dm, progress=False, rank=1)
+        preflight(dm, replace(settings, rank=1))
     assert str(rank1.value) == str(rank0.value)
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.data.layout_trees import expected_tree
+from experiments.data.layouts import CNNDetection, Derm, GenImageFlat, GenImageNested, Manifest
 from tests.conftest import compose_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -62,15 +62,15 @@ def test_synapse7_selects_on_f1_and_uses_torchvision_weights(tmp_path):
     assert cfg.model.backbone.name == "resnet34.tv_in1k" and cfg.model.net.backbone.name == "resnet34.tv_in1k"
 
 
-@pytest.mark.parametrize("data, layout", [("genimage_tiny", "genimage"), ("genimage", "genimage_full"),
-                                          ("cnndetection", "cnndetection"), ("manifest", "manifest"),
-                                          ("derm", "derm")])
+@pytest.mark.parametrize("data, layout", [("genimage_tiny", GenImageFlat()), ("genimage", GenImageNested()),
+                                          ("cnndetection", CNNDetection()), ("manifest", Manifest()),
+                                          ("derm", Derm())])
 def test_your_own_data_shows_each_tree_and_its_command(data, layout):
     text = README.read_text()
     section = text[text.index("## Your own data"):]
     section = section[:section.index("\n## ", 3)]
-    part = section[section.index(f"### `data={data}` (`layout={layout}`)"):]
+    part = section[section.index(f"### `data={data}` (`layout={layout.name}`)"):]
     part = part[:part.find("\n### ", 3)] if "\n### " in part[3:] else part
-    assert f"```\n{expected_tree(layout)}\n```" in part, f"README tree of {layout} differs from layout_trees"
+    assert f"```\n{layout.expected_tree()}\n```" in part, f"README tree of {layout.name} differs from layout_trees"
     assert f"python run.py data={data} data.root=" in part
-    assert text.count(expected_tree(layout)) == 1, f"the {layout} tree is in the README more than once"
+    assert text.count(layout.expected_tree()) == 1, f"the {layout.name} tree is in the README more than once"

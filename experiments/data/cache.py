@@ -54,13 +54,6 @@ def is_cacheable(preprocess: Preprocess) -> bool:
     return not preprocess.random_crop and preprocess.augment is None
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/spectral-detector-suite`` (``~/.cache/...`` when unset): where caches go when no
-    ``paths.cache_dir`` is given. Never inside a dataset, which may be read-only or shared."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "spectral-detector-suite"
-
-
 def file_list_key(header: str, samples: Iterable[Sample], extra: Iterable[str] = ()) -> str:
     """Hash of ``header`` and of every sample's path, size, mtime, label and generator (plus one ``extra``
     string per sample, e.g. its split): adding, removing or rewriting a file changes the key."""

@@ -16,25 +16,15 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
-from experiments.data.cache import CachedImageDataset, cached_split, default_cache_dir, is_cacheable
+from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
-from experiments.data.layouts import (
-    DatasetLayoutError,
-    Sample,
-    holdout_split,
-    limit_per_class,
-    scan_cnndetection,
-    scan_derm,
-    scan_genimage,
-    scan_genimage_full,
-)
-from experiments.data.manifest import scan_manifest
+from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
 from experiments.data.transforms import Preprocess
+from experiments.process import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("genimage", "genimage_full", "cnndetection", "manifest", "derm")
 DECODE_MODES = ("cpu", "device")
 #: the most loader workers :func:`default_num_workers` picks per device.
 MAX_AUTO_WORKERS = 16
@@ -61,26 +51,21 @@ def missing_root_error(name: str) -> DatasetLayoutError:
 class DetectorDataModule(L.LightningDataModule):
     """Train / val / test loaders of ``{"image", "label", "generator"}`` batches.
 
-    Splits: for ``layout="genimage"`` / ``"genimage_full"`` the suite's test split is GenImage's ``val``
-    folder and the suite's val split is a seeded hold-out of ``train`` (``val_fraction``); for
-    ``layout="manifest"`` the CSV's split column, with the same hold-out when it has no val rows; for
-    ``layout="cnndetection"`` and ``"derm"`` the three folders are used as they are.
+    Splits: the layout's (``conf/data/<name>.yaml`` chooses it by ``_target_``): for the GenImage layouts the
+    suite's test split is GenImage's ``val`` folder and the suite's val split is a seeded hold-out of ``train``
+    (``val_fraction``); for the manifest the CSV's split column, with the same hold-out when it has no val rows;
+    for CNNDetection and derm the three folders are used as they are.
 
     Args:
         name: dataset name, used in experiment names and reports.
-        root: dataset root (``python -m experiments.data.layout_trees`` prints the expected trees).
-        layout: one of ``LAYOUTS``: ``"genimage"`` (flat, Tiny GenImage), ``"genimage_full"`` (the original
-            GenImage download), ``"cnndetection"``, ``"manifest"`` or ``"derm"``.
-        generators: generators of the train and val splits (None = all); for ``cnndetection`` they must
-            include ``train_generator``.
+        root: dataset root, set (the builder checks ``data.root`` before it builds the datamodule); ``python -m
+            experiments.data.layout_trees`` prints the expected trees.
+        layout: the folder layout (:mod:`experiments.data.layouts`); None = :class:`GenImageFlat` (Tiny GenImage).
+        generators: generators of the train and val splits (None = all); for CNNDetection they must
+            include its ``train_generator``.
         test_generators: generators of the test split (None = ``generators``), for cross-generator protocols.
         exclude_generators: generators left out of the train and val splits (the held-out generator of
             ``experiment=leave_one_out``).
-        train_generator: ``cnndetection`` only: the generator name of the train/val images (ProGAN).
-        classes: ``cnndetection`` only: object classes of train/val to keep (None = all), e.g. the 4-class
-            setting ``[car, cat, chair, horse]`` of Wang et al. (2020).
-        manifest: ``manifest`` only: the CSV (None = ``<root>/manifest.csv``).
-        real_dir, fake_dir: class folder names.
         crop_size, resize_size: preprocessing sizes (Synapse-7: 224, 256).
         batch_size: images per batch (Synapse-7: 96).
         num_workers: loader processes; None (``auto``) = the CPU cores this process may use, shared among the
@@ -115,16 +100,11 @@ class DetectorDataModule(L.LightningDataModule):
     def __init__(
         self,
         name: str,
-        root: str | None,
-        layout: str = "genimage",
+        root: str | Path,
+        layout: Layout | None = None,
         generators: Sequence[str] | None = None,
         test_generators: Sequence[str] | None = None,
         exclude_generators: Sequence[str] | None = None,
-        train_generator: str = "progan",
-        classes: Sequence[str] | None = None,
-        manifest: str | None = None,
-        real_dir: str = "nature",
-        fake_dir: str = "ai",
         crop_size: int = 224,
         resize_size: int | None = 256,
         batch_size: int = 96,
@@ -145,37 +125,28 @@ class DetectorDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if root in (None, "", "???"):
-            raise missing_root_error(name)
-        if layout not in LAYOUTS:
-            raise ValueError(f"data.layout='{layout}' is not one of {LAYOUTS}")
         if decode not in DECODE_MODES:
             raise ValueError(f"data.decode='{decode}' is not one of {DECODE_MODES}")
         if num_workers not in (None, "auto") and (not isinstance(num_workers, int) or num_workers < 0):
             raise ValueError(f"data.num_workers must be a number >= 0 or auto, got {num_workers!r}")
-        if classes and layout != "cnndetection":
-            raise ValueError(f"data.classes is used by data.layout=cnndetection only, not by '{layout}'; "
-                             f"set data.classes=null")
         self.name = name
         self.root = Path(root)
-        self.layout = layout
-        self.generators = list(generators) if generators else None
-        self.test_generators = list(test_generators) if test_generators else None
-        self.exclude_generators = set(exclude_generators or ())
-        self.train_generator = train_generator
-        self.classes = list(classes) if classes else None
-        self.manifest = Path(manifest) if manifest else self.root / "manifest.csv"
-        self.real_dir, self.fake_dir = real_dir, fake_dir
+        self.layout = layout if layout is not None else GenImageFlat()
+        self.selection = Selection(
+            generators=list(generators) if generators else None,
+            test_generators=list(test_generators) if test_generators else None,
+            exclude_generators=frozenset(exclude_generators or ()),
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+        )
         self.batch_size = batch_size
         self.num_workers_setting = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.prefetch_factor = int(prefetch_factor)
         self.decode = decode
-        self.val_fraction = val_fraction
         self.max_per_class = max_per_class
         self.demo = dict(demo) if demo else None
-        self.split_seed = split_seed
         self.max_bad_fraction = max_bad_fraction
         self.cache = bool(cache)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -213,66 +184,22 @@ class DetectorDataModule(L.LightningDataModule):
 
     def scan(self) -> dict[str, list[Sample]]:
         """Scan the tree into the suite's train / val / test splits (deterministic)."""
-        train, val, test = self._scan_layout()
+        train, val, test = self.layout.splits(self.root, self.selection)
+        seed = self.selection.split_seed
         splits = {
-            "train": limit_per_class(train, self.max_per_class, self.split_seed, self.root),
-            "val": limit_per_class(val, self.max_per_class, self.split_seed, self.root),
-            "test": limit_per_class(test, self.max_per_class, self.split_seed, self.root),
+            "train": limit_per_class(train, self.max_per_class, seed),
+            "val": limit_per_class(val, self.max_per_class, seed),
+            "test": limit_per_class(test, self.max_per_class, seed),
         }
+        real, fake = self.layout.class_names
         for split, samples in splits.items():
             labels = {s.label for s in samples}
             if labels != {0, 1}:
                 raise DatasetLayoutError(
                     f"the {split} split of {self.root} has {len(samples)} images and classes {sorted(labels)}; "
-                    f"both real ({self._class_names[0]}) and synthetic ({self._class_names[1]}) images are needed"
+                    f"both real ({real}) and synthetic ({fake}) images are needed"
                 )
         return splits
-
-    @property
-    def _class_names(self) -> tuple[str, str]:
-        if self.layout == "manifest":
-            return "label 0", "label 1"
-        return self.real_dir, self.fake_dir
-
-    def _scan_layout(self) -> tuple[list[Sample], list[Sample], list[Sample]]:
-        """The layout's train / val / test samples, before ``max_per_class``."""
-        wanted = sorted(set(self.generators or []) | set(self.test_generators or [])) or None
-        if self.layout in ("genimage", "genimage_full"):
-            scanner = scan_genimage if self.layout == "genimage" else scan_genimage_full
-            folders = scanner(self.root, wanted, self.real_dir, self.fake_dir)
-            return self._select({"train": folders["train"], "val": [], "test": folders["val"]})
-        if self.layout == "manifest":
-            return self._select(scan_manifest(self.manifest, self.root, wanted))
-        if self.layout == "cnndetection":
-            if self.generators and self.train_generator not in self.generators:
-                raise DatasetLayoutError(
-                    f"data.generators={self.generators} leaves no train images: every train/val image of "
-                    f"layout=cnndetection is data.train_generator='{self.train_generator}'. Set data.generators=null "
-                    f"and pick the test folders with data.test_generators."
-                )
-            folders = scan_cnndetection(self.root, self.train_generator, self.classes,
-                                        self.test_generators or self.generators, self.real_dir, self.fake_dir)
-        else:
-            folders = scan_derm(self.root, self.real_dir, self.fake_dir)
-        return folders["train"], folders["val"], folders["test"]
-
-    def _select(self, folders: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample], list[Sample]]:
-        """Keep ``generators`` in train/val and ``test_generators`` in test; without val samples, val is the
-        seeded hold-out of train (``val_fraction``, ``split_seed``)."""
-        train = [s for s in folders["train"] if self._trains_on(s)]
-        val = [s for s in folders["val"] if self._trains_on(s)]
-        test = [s for s in folders["test"] if self._in(s, self.test_generators or self.generators)]
-        if not folders["val"]:
-            train, val = holdout_split(train, self.val_fraction, self.split_seed, self.root)
-        return train, val, test
-
-    def _trains_on(self, sample: Sample) -> bool:
-        """Whether ``sample`` belongs in train/val: among ``generators`` and not in ``exclude_generators``."""
-        return self._in(sample, self.generators) and sample.generator not in self.exclude_generators
-
-    @staticmethod
-    def _in(sample: Sample, generators: Sequence[str] | None) -> bool:
-        return generators is None or sample.generator in generators
 
     def summary(self) -> str:
         lines = [f"{'split':<6} {'generator':<24} {'real':>7} {'fake':>7}"]

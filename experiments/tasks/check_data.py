@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from experiments.data.audit import DataReport, add_metadata_probe, max_bad_fraction, scan_dataset, write_report
+from experiments.data.audit import DataReport, add_metadata_probe, scan_dataset, write_report
 from experiments.training.builders import build_datamodule
 from experiments.tracking import announce_outputs
 
@@ -23,7 +23,7 @@ def check_data(cfg: DictConfig) -> DataReport:
     datamodule.prepare_data()
     report = scan_dataset(datamodule)
     add_metadata_probe(report, datamodule.preprocess.equalizer, seed=int(cfg.get("seed", 0) or 0))
-    limit = max_bad_fraction(cfg, datamodule)
+    limit = float(datamodule.max_bad_fraction)
     print(report.format_table(limit))
     json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
     print(f"\nWrote {txt_path} and {json_path}")

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning.pytorch.utilities import rank_zero_only
 
 from experiments import tracking
-from experiments.data.audit import BadDataError, preflight
+from experiments.data.audit import BadDataError, DataReport, PreflightSettings, data_check_cache_dir, preflight
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,
     Calibrator,
@@ -21,7 +21,7 @@ from experiments.evaluation.calibration import (
     fit_val_calibration,
     write_calibration,
 )
-from experiments.data.audit import write_data_stats
+from experiments.data.audit import write_data_stats, write_report
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     if rank_zero_only.rank == 0:  # under DDP, the other ranks only train
         _open_run(cfg, logger, datamodule, out_dir, resume)
     else:  # the same verdict on bad data as rank 0, from rank 0's cached data check
-        preflight(cfg, datamodule, rank=rank_zero_only.rank)
+        preflight(datamodule, _preflight_settings(cfg, datamodule, rank=rank_zero_only.rank))
 
     start = time.perf_counter()
     kind = detector_kind(cfg)
@@ -103,12 +103,31 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
     else:  # the same MLflow run goes on: params and step-0 records are already there
         logger.experiment.update_run(logger.run_id, status="RUNNING")
         logger.experiment.set_tag(logger.run_id, "resumed_from", str(resume.ckpt))
+
+    def log_report(report: DataReport) -> None:  # before the verdict: a run that stops records why
+        log_data_report(report, logger, out_dir, datamodule.max_bad_fraction)
+
     try:
-        report = preflight(cfg, datamodule, logger if resume is None else None)
+        report = preflight(datamodule, _preflight_settings(cfg, datamodule), log_report if resume is None else None)
     except BadDataError:
         logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     _record_data_stats(cfg, report, logger, out_dir)
+
+
+def log_data_report(report: DataReport, logger, out_dir: Path, max_bad_fraction: float) -> None:
+    """Log the data check's counts (``data/images``, ``data/unreadable``, ..., the probe AUROCs) at step 0 and its
+    ``data_report.{json,txt}`` (written to ``out_dir``) under the run's ``data/`` artifacts."""
+    tracking.log_metrics(logger, report.summary_metrics(), step=0)
+    for path in write_report(report, out_dir, max_bad_fraction):
+        tracking.log_artifact(logger, path, "data")
+
+
+def _preflight_settings(cfg: DictConfig, datamodule, rank: int = 0) -> PreflightSettings:
+    """The data gate's settings: ``data.max_bad_fraction``, the scan cache under ``paths.cache_dir``, the seed."""
+    return PreflightSettings(max_bad_fraction=float(datamodule.max_bad_fraction),
+                             cache_dir=data_check_cache_dir(cfg.get("paths", {}).get("cache_dir")),
+                             seed=int(cfg.get("seed", 0) or 0), rank=rank)
 
 
 def _record_data_stats(cfg: DictConfig, report, logger, out_dir: Path) -> None:

@@ -1,0 +1,187 @@
+"""The data gate before training: scan the splits once (:func:`scan_dataset`), then stop a run whose data is too
+broken (:func:`check_bad_fraction`) and warn about leakage. Under DDP, rank 0 scans and the other ranks read its
+results (:func:`wait_for_scan`): one decode of the dataset, one verdict on every rank.
+
+:func:`preflight` returns the report; the task that calls it logs it (``on_report`` is called before the verdict,
+so a run that stops still records what it found). ``task=check_data`` runs the scan alone::
+
+    python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from experiments.errors import UserError
+from experiments.data.audit.inspection import inspect_all, read_cached_scan, scan_cache_path, write_cached_scan
+from experiments.data.audit.leakage import DataLeakageWarning, add_metadata_probe, find_duplicates, leakage_warnings
+from experiments.data.audit.report import DEFAULT_MAX_BAD_FRACTION, DataReport, reason_counts
+from experiments.data.layouts import Sample
+
+log = logging.getLogger(__name__)
+
+
+class BadDataError(ValueError, UserError):
+    """Too many files cannot be used, or a split/class has no usable image at all."""
+
+
+
+def loader_min_size(datamodule) -> int:
+    """The shortest side the datamodule's loader accepts: its crop size when images are cropped at native
+    resolution, 0 when they are resized first (``resize_size`` or an equaliser ``size``), so never too small."""
+    prep = datamodule.preprocess
+    if prep.resize_size is not None or getattr(prep.equalizer, "size", None) is not None:
+        return 0
+    return int(prep.crop_size)
+
+
+def _as_splits(source) -> tuple[dict[str, list[Sample]], str | None, int]:
+    if isinstance(source, Mapping):
+        return {str(k): list(v) for k, v in source.items()}, None, 0
+    if hasattr(source, "scan") and hasattr(source, "preprocess"):
+        splits = getattr(source, "splits", None) or source.scan()
+        return splits, str(source.root), loader_min_size(source)
+    raise TypeError(
+        f"scan_dataset expects a DetectorDataModule or a dict of split name -> samples, got {type(source).__name__}"
+    )
+
+
+def scan_dataset(
+    datamodule_or_splits,
+    min_size: int | None = None,
+    num_threads: int | None = None,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> DataReport:
+    """Read, hash and fully decode every file of every split once, in a thread pool, into a :class:`DataReport`.
+
+    Args:
+        datamodule_or_splits: a ``DetectorDataModule`` (its splits, scanning the tree if ``setup`` has not run)
+            or a dict ``{split: [Sample, ...]}``.
+        min_size: shortest usable side in pixels; None = the datamodule's loader limit (:func:`loader_min_size`),
+            or 0 for a dict of splits.
+        num_threads: decoding threads (PIL and hashlib release the GIL); None = ``min(16, 2 * cpu count)``.
+        progress: show a tqdm bar.
+        cache_dir: keep the per-file results in ``<cache_dir>/<key>.json``, keyed by every file's path, size,
+            mtime, label, generator and split, so the jobs of a sweep decode the dataset once (None = no cache).
+    """
+    splits, root, default_min = _as_splits(datamodule_or_splits)
+    min_size = default_min if min_size is None else int(min_size)
+    jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
+    start = time.perf_counter()
+    cached = scan_cache_path(jobs, cache_dir)
+    records = read_cached_scan(cached) if cached is not None else None
+    if records is None:
+        records = inspect_all(jobs, num_threads, progress)
+        if cached is not None:
+            write_cached_scan(cached, records)
+    else:
+        log.info("data check: per-file results from the cache %s", cached)
+    return DataReport(records, min_size, root, time.perf_counter() - start, find_duplicates(records))
+
+
+def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
+    """Raise :class:`BadDataError` when more than ``max_bad_fraction`` of the files are unreadable or too
+    small, or when a split / class is left without any usable image."""
+    if not 0.0 <= float(max_bad_fraction) <= 1.0:
+        raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    bad, empty = report.bad_files, report.empty_classes()
+    if report.bad_fraction <= max_bad_fraction and not empty:
+        return
+    unreadable, small = report.unreadable, report.too_small
+    lines = []
+    if empty:
+        lines += ["A split or class has no usable image left:"] + [f"  - {p}" for p in empty]
+    if report.bad_fraction > max_bad_fraction:
+        lines.append(
+            f"{len(bad)} of {report.n_images} images ({100 * report.bad_fraction:.2f}%) cannot be used, "
+            f"more than data.max_bad_fraction={max_bad_fraction}:"
+        )
+    else:
+        lines.append(f"{len(bad)} of {report.n_images} images ({100 * report.bad_fraction:.2f}%) cannot be used:")
+    lines.append(f"  unreadable: {len(unreadable)}" + (f" ({reason_counts(unreadable)})" if unreadable else ""))
+    lines.append(f"  smaller than {report.min_size} px (data.crop_size): {len(small)}")
+    lines.append("First files:")
+    for r in bad[:10]:
+        why = (f"{r.reason}" + (f" ({r.detail})" if r.detail else "") if not r.readable
+               else f"too small, {r.width}x{r.height} < {report.min_size} px")
+        lines.append(f"  {r.path}: {why}")
+    lines.append(
+        "Fix or remove these files (`python run.py task=check_data data=... data.root=...` lists them all), "
+        "or allow more with data.max_bad_fraction=<fraction>, e.g. data.max_bad_fraction=0.05."
+    )
+    raise BadDataError("\n".join(lines))
+
+
+def wait_for_scan(datamodule, cache_dir: Path | None, timeout_s: float = 3600.0, poll_s: float = 2.0) -> DataReport:
+    """The data check of a non-zero DDP rank: the report rank 0 computed, read from the scan cache.
+
+    Every rank then judges the same report, so bad data stops them all with the same message instead of
+    leaving the other ranks waiting inside ``fit`` for a rank 0 that has raised.
+    """
+    splits, root, min_size = _as_splits(datamodule)
+    jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
+    path = scan_cache_path(jobs, cache_dir)
+    if path is None:  # no shared cache: each rank scans for itself
+        return scan_dataset(datamodule, progress=False)
+    deadline = time.monotonic() + timeout_s
+    while (records := read_cached_scan(path)) is None:
+        if time.monotonic() > deadline:
+            raise BadDataError(f"rank 0 wrote no data check to {path} within {timeout_s:.0f} s; see rank 0's log")
+        time.sleep(poll_s)
+    return DataReport(records, min_size, root, 0.0, find_duplicates(records))
+
+
+@dataclass(frozen=True)
+class PreflightSettings:
+    """What the data gate needs besides the datamodule.
+
+    ``max_bad_fraction``: the share of unusable files tolerated (``data.max_bad_fraction``); ``cache_dir``: where
+    the per-file results are kept (None = no cache; rank > 0 then scans for itself); ``seed``: the folds of the
+    metadata probe; ``progress``: show a progress bar; ``rank``: the DDP rank of this process.
+    """
+
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    cache_dir: Path | None = None
+    seed: int = 0
+    progress: bool = True
+    rank: int = 0
+
+
+def data_check_cache_dir(cache_dir: str | Path | None) -> Path | None:
+    """``<cache_dir>/data_checks`` (the configs pass ``paths.cache_dir``), or None without a cache folder."""
+    return Path(cache_dir) / "data_checks" if cache_dir else None
+
+
+def preflight(datamodule, settings: PreflightSettings = PreflightSettings(),
+              on_report: Callable[[DataReport], None] | None = None) -> DataReport:
+    """Scan the datamodule's splits before fitting, warn about format leakage, and raise :class:`BadDataError`
+    when more than ``settings.max_bad_fraction`` of the files are unusable or a split/class has no usable image.
+
+    The report includes the metadata probe AUROC, raw and after the datamodule's equalizer
+    (:func:`~experiments.data.audit.leakage.add_metadata_probe`). ``on_report`` (e.g. the task's logging of the
+    counts and the report files) gets the report before the verdict, so a run that stops has recorded why.
+    Under DDP, ranks > 0 read rank 0's cached results (:func:`wait_for_scan`) and give the same verdict."""
+    if settings.rank > 0:
+        report = wait_for_scan(datamodule, settings.cache_dir)
+        check_bad_fraction(report, settings.max_bad_fraction)
+        return report
+    report = scan_dataset(datamodule, progress=settings.progress, cache_dir=settings.cache_dir)
+    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=settings.seed)
+    log.info(
+        "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s); "
+        "metadata probe AUROC %s",
+        report.n_images, len(report.unreadable), len(report.too_small), report.cross_split_duplicate_pairs,
+        report.seconds, ", ".join(f"{k} {v:.3f}" for k, v in report.probe.items()),
+    )
+    if on_report is not None:
+        on_report(report)
+    for message in leakage_warnings(report):
+        warnings.warn(message, DataLeakageWarning, stacklevel=2)
+    check_bad_fraction(report, settings.max_bad_fraction)
+    return report

@@ -1,0 +1,304 @@
+"""The data report: what one scan of a dataset found (:class:`DataReport`), as a table, JSON, and the MLflow
+counts a training run logs; and ``data_stats.json``, the train images' sizes that ``detect`` compares with.
+
+One pass over every file of the suite's train / val / test splits (each file is read once, hashed and fully
+decoded once, since truncation only shows on a full decode) gives the report:
+
+* image counts per split, generator and class;
+* format (from the content, not the extension), size and JPEG-quality histograms;
+* unreadable files with their reason, and images smaller than the crop;
+* identical files (SHA-1 of the bytes) shared by two splits;
+* the leakage warnings and the metadata probe (:mod:`experiments.data.audit.leakage`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from experiments.data.audit.histograms import Histograms, shares
+from experiments.data.audit.inspection import FileRecord
+from experiments.data.audit.leakage import PROBE_FEATURES, PROBE_FOLDS, DuplicateGroup, leakage_warnings
+from experiments.data.layouts import CLASS_NAMES
+
+DEFAULT_MAX_BAD_FRACTION = 0.01
+#: how many files each list in the text report shows (the JSON report has all of them).
+LIST_LIMIT = 20
+
+@dataclass
+class DataReport:
+    """Everything :func:`scan_dataset` found; ``records`` holds one :class:`FileRecord` per file, in split order.
+
+    ``min_size``: images with a shorter side below it are "too small" (0 = no check).
+    """
+
+    records: list[FileRecord]
+    min_size: int = 0
+    root: str | None = None
+    seconds: float = 0.0
+    duplicates: list[DuplicateGroup] = field(default_factory=list)
+    #: the usable files as the configured equalizer outputs them (:func:`add_metadata_probe`); None without one
+    equalized: list[FileRecord] | None = None
+    #: ``{"raw": AUROC, "equalized": AUROC}`` of the metadata probe (:func:`metadata_probe_auroc`)
+    probe: dict[str, float] = field(default_factory=dict)
+    equalizer: str = ""
+
+    def leakage_view(self) -> "DataReport":
+        """The report the leakage warnings judge: the equalized files when an equalizer is configured."""
+        if self.equalized is None:
+            return self
+        return DataReport(self.equalized, 0, self.root)
+
+    # counts
+    @property
+    def n_images(self) -> int:
+        return len(self.records)
+
+    @property
+    def unreadable(self) -> list[FileRecord]:
+        return [r for r in self.records if not r.readable]
+
+    @property
+    def too_small(self) -> list[FileRecord]:
+        return [r for r in self.records if r.readable and r.short_side < self.min_size]
+
+    def usable(self, record: FileRecord) -> bool:
+        return record.readable and record.short_side >= self.min_size
+
+    @property
+    def bad_files(self) -> list[FileRecord]:
+        """Files a loader would drop: unreadable, or smaller than ``min_size``."""
+        return [r for r in self.records if not self.usable(r)]
+
+    @property
+    def bad_fraction(self) -> float:
+        return len(self.bad_files) / self.n_images if self.records else 0.0
+
+    @property
+    def cross_split_duplicate_pairs(self) -> int:
+        return sum(len(g.cross_split_pairs()) for g in self.duplicates)
+
+    @property
+    def within_split_duplicates(self) -> int:
+        """Files that repeat another file of the same split (each extra copy counts once)."""
+        return sum(n - 1 for g in self.duplicates for n in Counter(s for s, _, _ in g.files).values())
+
+    def groups(self) -> dict[tuple[str, str, int], list[FileRecord]]:
+        """Records per ``(split, generator, label)``, in a stable order."""
+        out: dict[tuple[str, str, int], list[FileRecord]] = defaultdict(list)
+        for r in self.records:
+            out[(r.split, r.generator, r.label)].append(r)
+        order = {s: i for i, s in enumerate(dict.fromkeys(r.split for r in self.records))}
+        return dict(sorted(out.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])))
+
+    def group_counts(self, records: list[FileRecord]) -> dict[str, int]:
+        return {
+            "images": len(records),
+            "usable": sum(self.usable(r) for r in records),
+            "unreadable": sum(not r.readable for r in records),
+            "too_small": sum(r.readable and r.short_side < self.min_size for r in records),
+        }
+
+    def histograms(
+        self, split: str | None = None, generator: str | None = None, label: int | None = None
+    ) -> Histograms:
+        """Histograms over the usable images matching the given split / generator / label (None = any)."""
+        return Histograms.of(
+            r for r in self.records
+            if self.usable(r)
+            and (split is None or r.split == split)
+            and (generator is None or r.generator == generator)
+            and (label is None or r.label == label)
+        )
+
+    def empty_classes(self) -> list[str]:
+        """Problems of splits in which a class, or a generator's class, has no usable image."""
+        problems, flagged = [], set()
+        for split in dict.fromkeys(r.split for r in self.records):
+            for label, name in enumerate(CLASS_NAMES):
+                recs = [r for r in self.records if r.split == split and r.label == label]
+                if not any(self.usable(r) for r in recs):
+                    flagged.add((split, label))
+                    problems.append(f"the {split} split has no usable {name} image ({_unusable(recs)})")
+        for (split, gen, label), recs in self.groups().items():
+            if (split, label) not in flagged and not any(self.usable(r) for r in recs):
+                problems.append(
+                    f"the {split} split has no usable {CLASS_NAMES[label]} image of generator '{gen}' "
+                    f"({_unusable(recs)})"
+                )
+        return problems
+
+    # output
+    def summary_metrics(self) -> dict[str, float]:
+        """The counts logged to MLflow by :func:`preflight`."""
+        return {
+            "data/images": float(self.n_images),
+            "data/unreadable": float(len(self.unreadable)),
+            "data/too_small": float(len(self.too_small)),
+            "data/bad_fraction": float(self.bad_fraction),
+            "data/duplicates_across_splits": float(self.cross_split_duplicate_pairs),
+            "data/scan_seconds": float(self.seconds),
+            **{f"data/probe_auroc_{state}": float(value) for state, value in self.probe.items()},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: totals, per-group counts and histograms, every bad file, every duplicate group, warnings."""
+        return {
+            "root": self.root,
+            "min_size": self.min_size,
+            "seconds": round(self.seconds, 3),
+            "images": self.n_images,
+            "unreadable_count": len(self.unreadable),
+            "too_small_count": len(self.too_small),
+            "bad_fraction": self.bad_fraction,
+            "unreadable_reasons": dict(Counter(r.reason for r in self.unreadable)),
+            "groups": [
+                {"split": split, "generator": gen, "class": CLASS_NAMES[label], "label": label,
+                 **self.group_counts(recs), **Histograms.of(r for r in recs if self.usable(r)).to_dict()}
+                for (split, gen, label), recs in self.groups().items()
+            ],
+            "unreadable": [
+                {"path": r.path, "split": r.split, "generator": r.generator, "label": r.label,
+                 "reason": r.reason, "detail": r.detail}
+                for r in self.unreadable
+            ],
+            "too_small": [
+                {"path": r.path, "split": r.split, "generator": r.generator, "label": r.label,
+                 "width": r.width, "height": r.height}
+                for r in self.too_small
+            ],
+            "duplicates": {
+                "across_splits_pairs": self.cross_split_duplicate_pairs,
+                "within_split_copies": self.within_split_duplicates,
+                "groups": [
+                    {"sha1": g.sha1, "labels_differ": g.labels_differ,
+                     "files": [{"split": s, "label": lab, "path": p} for s, lab, p in g.files]}
+                    for g in self.duplicates
+                ],
+            },
+            "leakage_warnings": leakage_warnings(self),
+            "metadata_probe": {"auroc": dict(self.probe), "equalizer": self.equalizer or None,
+                               "features": list(PROBE_FEATURES), "folds": PROBE_FOLDS},
+        }
+
+    def format_table(self, max_bad_fraction: float | None = None) -> str:
+        """A readable text report: per-group table, common sizes, bad files, duplicates and leakage warnings."""
+        lines = [
+            f"Data report: {self.root or '(splits)'}: {self.n_images} images, scanned in {self.seconds:.1f} s",
+            "",
+        ]
+        header = ("split", "generator", "class", "images", "usable", "unreadable", "too_small",
+                  "formats", "short side (px)", "JPEG quality")
+        rows = []
+        for (split, gen, label), recs in self.groups().items():
+            c = self.group_counts(recs)
+            h = Histograms.of(r for r in recs if self.usable(r))
+            rows.append((split, gen, CLASS_NAMES[label], c["images"], c["usable"], c["unreadable"], c["too_small"],
+                         shares(h.formats, 2), shares(h.short_side, 2), _quality_summary(h.jpeg_quality)))
+        lines += _columns(header, rows)
+        lines += ["", "Most common sizes (usable images, all splits):"]
+        for label, name in enumerate(CLASS_NAMES):
+            lines.append(f"  {name}: {shares(self.histograms(label=label).sizes, 3)}")
+
+        unreadable, small = self.unreadable, self.too_small
+        lines += ["", f"Unreadable files: {len(unreadable)}"
+                  + (f" ({reason_counts(unreadable)})" if unreadable else "")]
+        lines += [f"  {r.reason:<20} {r.path}" + (f"  ({r.detail})" if r.detail else "")
+                  for r in unreadable[:LIST_LIMIT]]
+        lines += _more(len(unreadable))
+        lines += [f"Smaller than {self.min_size} px: {len(small)}" if self.min_size
+                  else "Smaller than the crop: not checked (images are resized before cropping)"]
+        lines += [f"  {r.width}x{r.height:<12} {r.path}" for r in small[:LIST_LIMIT]]
+        lines += _more(len(small))
+
+        cross = [g for g in self.duplicates if len(g.splits) > 1]
+        lines += ["", f"Duplicates across splits: {self.cross_split_duplicate_pairs} pair(s) in {len(cross)} group(s)"
+                  f" (copies within a split: {self.within_split_duplicates})"]
+        for g in cross[:LIST_LIMIT]:
+            files = " | ".join(f"{s}/{CLASS_NAMES[lab]}: {p}" for s, lab, p in g.files)
+            lines.append(f"  {g.sha1[:10]}  {files}" + ("  [LABELS DIFFER]" if g.labels_differ else ""))
+        lines += _more(len(cross))
+
+        warns = leakage_warnings(self)
+        after = f" (after the equalizer {self.equalizer})" if self.equalized is not None else ""
+        lines += ["", f"Leakage warnings{after}: {len(warns) or 'none'}"] + [f"  - {w}" for w in warns]
+        if self.probe:
+            probe = ", ".join(f"{state} {value:.3f}" for state, value in self.probe.items())
+            lines += [f"Metadata probe AUROC ({', '.join(PROBE_FEATURES)}; logistic regression, stratified "
+                      f"{PROBE_FOLDS}-fold; 0.5 = no leak, 1.0 = the metadata alone give the label): {probe}"]
+        limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
+        empty = self.empty_classes()
+        verdict = "OK" if self.bad_fraction <= limit and not empty else "TOO MANY: training stops"
+        lines += ["", f"Unusable files: {len(self.bad_files)} of {self.n_images} ({100 * self.bad_fraction:.2f}%), "
+                      f"limit data.max_bad_fraction={limit}: {verdict}"]
+        lines += [f"  - {p}" for p in empty]
+        return "\n".join(lines)
+
+
+def _quality_summary(counter: Counter) -> str:
+    if not counter:
+        return "-"
+    values = np.repeat(list(counter.keys()), list(counter.values()))
+    lo, hi = int(values.min()), int(values.max())
+    return f"{int(np.median(values))} (median)" + (f", {lo}-{hi}" if lo != hi else "")
+
+
+def _unusable(records: list[FileRecord]) -> str:
+    return f"all {len(records)} files are unreadable or too small" if records else "no files"
+
+
+def reason_counts(records: list[FileRecord]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in Counter(r.reason for r in records).most_common())
+
+
+def _more(n: int) -> list[str]:
+    return [f"  ... and {n - LIST_LIMIT} more (all listed in data_report.json)"] if n > LIST_LIMIT else []
+
+
+def _columns(header: Sequence[str], rows: list[Sequence[Any]]) -> list[str]:
+    cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [bool(rows) and all(isinstance(r[i], int) for r in rows) for i in range(len(header))]
+    return ["  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+            for row in cells]
+
+
+def write_report(report: DataReport, out_dir: str | Path, max_bad_fraction: float | None = None) -> tuple[Path, Path]:
+    """Write ``data_report.json`` and ``data_report.txt`` into ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, txt_path = out_dir / "data_report.json", out_dir / "data_report.txt"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2))
+    txt_path.write_text(report.format_table(max_bad_fraction) + "\n")
+    return json_path, txt_path
+
+
+DATA_STATS_FILE = "data_stats.json"
+
+
+def size_statistics(report: DataReport, split: str = "train") -> dict[str, Any]:
+    """Median, min and max width and height of the readable images of ``split``: the detector's input domain."""
+    records = [r for r in report.records if r.split == split and r.readable]
+    if not records:
+        return {"split": split, "n_images": 0}
+    widths = np.array([r.width for r in records], dtype=float)
+    heights = np.array([r.height for r in records], dtype=float)
+    stats: dict[str, Any] = {"split": split, "n_images": len(records)}
+    for name, values in (("width", widths), ("height", heights)):
+        stats.update({f"{name}_median": float(np.median(values)), f"{name}_min": int(values.min()),
+                      f"{name}_max": int(values.max())})
+    return stats
+
+
+def write_data_stats(report: DataReport, out_dir: str | Path, preprocessing: Mapping[str, Any] | None = None) -> Path:
+    """``data_stats.json`` in ``out_dir``: :func:`size_statistics` of the train split and the preprocessing
+    sizes; ``detect`` compares its inputs with it."""
+    path = Path(out_dir) / DATA_STATS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**size_statistics(report), **dict(preprocessing or {})}, indent=2))
+    return path

@@ -1,0 +1,190 @@
+"""What every dataset layout shares: the labelled :class:`Sample`, the layout errors and the scan helpers.
+
+A layout is a :class:`Layout` subclass chosen in ``conf/data/<name>.yaml`` by ``_target_``. It owns its scan
+(``splits``: the suite's train / val / test samples of a root), its expected tree (what ``python -m
+experiments.data.layout_trees`` prints and what its :class:`DatasetLayoutError` shows), the ``data=<name>``
+command its errors suggest, and its class folder names.
+
+Labels: real/nature = 0, synthetic/ai = 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Iterable, Sequence
+
+from experiments.errors import UserError
+from experiments.data.images import IMAGE_EXTENSIONS, is_image_file
+from experiments.data.layouts.tree import Node, render_tree
+
+if TYPE_CHECKING:
+    from experiments.data.layouts.splits import Selection
+
+REAL, FAKE = 0, 1
+#: how many found entries an error message shows.
+FOUND_LIMIT = 8
+
+
+class DatasetLayoutError(ValueError, UserError):
+    """The dataset folder does not have the documented layout."""
+
+
+#: Names of the two labels, everywhere in code and reports: real = 0, synthetic = 1. A dataset's own folder
+#: names (nature/ai, 0_real/1_fake, real/synthetic) stay at the layout boundary (``real_dir`` / ``fake_dir``).
+CLASS_NAMES: tuple[str, str] = ("real", "synthetic")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file.
+
+    ``path`` is the file as found (under the root the layout scanned); ``relpath`` is its path relative to
+    that root (POSIX separators; the absolute path for a file outside it, which a manifest may name). The seeded
+    splits hash ``relpath``, so they are the same wherever the dataset or the clone lives.
+    """
+
+    path: str
+    label: int
+    generator: str
+    relpath: str = ""
+
+    @property
+    def split_name(self) -> str:
+        """The name the seeded splits hash: ``relpath``, or the absolute path when the sample has none."""
+        return self.relpath or Path(os.path.abspath(self.path)).as_posix()
+
+
+def relative_name(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string, or its absolute path when it is not under ``root``."""
+    name, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    return (name.relative_to(base) if name.is_relative_to(base) else name).as_posix()
+
+
+def few(names: Iterable[object], limit: int = FOUND_LIMIT) -> str:
+    """``names`` as a list literal, cut after ``limit`` entries with the number left out."""
+    names = [str(n) for n in names]
+    if len(names) <= limit:
+        return repr(names)
+    return repr(names[:limit])[:-1] + f", ... (+{len(names) - limit} more)]"
+
+
+def subfolders(folder: Path) -> list[str]:
+    """Names of the visible sub-folders of ``folder`` (none when it is not a folder)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_known(requested: Sequence[str] | None, available: Sequence[str], key: str, where: object) -> list[str]:
+    """``requested`` if every name is in ``available`` (all of ``available`` when None), else an error."""
+    if not requested:
+        return list(available)
+    unknown = [g for g in requested if g not in available]
+    if unknown:
+        raise DatasetLayoutError(f"{key} lists {unknown}, not found under {where}; available: {list(available)}")
+    return list(requested)
+
+
+class Layout:
+    """A dataset folder layout: how the files under a root become labelled train / val / test samples.
+
+    Subclasses set :attr:`name` (the layout's name in messages and in ``layout_trees``) and :attr:`data_config`
+    (the ``data=<name>`` that reads it), and implement :meth:`splits` and :meth:`tree_nodes`.
+    """
+
+    name: ClassVar[str]
+    data_config: ClassVar[str]
+
+    def __init__(self, real_dir: str = "", fake_dir: str = "") -> None:
+        self.real_dir, self.fake_dir = real_dir, fake_dir
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(real_dir={self.real_dir!r}, fake_dir={self.fake_dir!r})"
+
+    @property
+    def class_names(self) -> tuple[str, str]:
+        """How the two classes are called in this layout's messages."""
+        return self.real_dir, self.fake_dir
+
+    def splits(self, root: Path, selection: "Selection") -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """The suite's train / val / test samples under ``root`` for ``selection`` (before ``max_per_class``)."""
+        raise NotImplementedError
+
+    def tree_nodes(self) -> list[Node]:
+        """The folders below the root, with this layout's class folder names."""
+        raise NotImplementedError
+
+    def expected_tree(self, root: str | Path = "<root>") -> str:
+        """The expected tree under ``root``, as the errors and ``python -m experiments.data.layout_trees`` show it."""
+        return render_tree(f"{str(root).rstrip('/')}/", self.tree_nodes())
+
+    def check_command(self, root: str | Path) -> str:
+        """The command that checks the data of ``root`` once it is fixed."""
+        return f"python run.py task=check_data data={self.data_config} data.root={root}"
+
+    def error(self, root: Path, problem: str, hint: str = "") -> DatasetLayoutError:
+        """``problem`` (what was found), the expected tree, an optional hint and the command to re-check."""
+        return DatasetLayoutError(
+            f"{problem}\nExpected layout (data.layout={self.name}):\n{self.expected_tree(root)}\n"
+            + (f"{hint}\n" if hint else "")
+            + f"Once fixed, check the data with: {self.check_command(root)}"
+        )
+
+
+@dataclass(frozen=True)
+class ScanContext:
+    """One scan of ``layout`` under ``root``: the class folder names, and the errors, which name ``root``."""
+
+    layout: Layout
+    root: Path
+
+    @property
+    def real_dir(self) -> str:
+        return self.layout.real_dir
+
+    @property
+    def fake_dir(self) -> str:
+        return self.layout.fake_dir
+
+    def error(self, problem: str, hint: str = "") -> DatasetLayoutError:
+        return self.layout.error(self.root, problem, hint)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def require_dir(path: Path, what: str, ctx: ScanContext) -> None:
+    if not path.exists():
+        parent = subfolders(path.parent)
+        raise ctx.error(f"{what} {path} does not exist"
+                        + (f" (found in {path.parent}: {few(parent)})." if parent else "."))
+    if not path.is_dir():
+        raise ctx.error(f"{what} {path} is not a directory.")
+
+
+def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[Path]:
+    folder = split_dir / class_name
+    if not folder.is_dir():
+        found = subfolders(split_dir)
+        raise ctx.error(
+            f"class folder {folder} is missing (found: {few(found) if found else 'no sub-folders'}).",
+            "If your class folders have other names, set data.layout.real_dir / data.layout.fake_dir.",
+        )
+    images = list_images(folder)
+    if not images:
+        stray = sorted(p.name for p in folder.iterdir())
+        raise ctx.error(
+            f"class folder {folder} holds no images with extensions {IMAGE_EXTENSIONS}"
+            + (f" (found e.g. {few(stray, 5)})." if stray else " (it is empty).")
+        )
+    return images
+
+
+def labelled(folder: Path, generator: str, ctx: ScanContext) -> list[Sample]:
+    """The samples of ``folder/<real_dir>`` (label 0) and ``folder/<fake_dir>`` (label 1)."""
+    return [Sample(str(p), label, generator, relative_name(p, ctx.root))
+            for label, cls in ((REAL, ctx.real_dir), (FAKE, ctx.fake_dir))
+            for p in class_images(folder, cls, ctx)]
