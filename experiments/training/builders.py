@@ -1,16 +1,21 @@
-"""Turn the composed Hydra config into the objects of a run."""
+"""Turn the composed Hydra config into the objects of a run: the one training module that reads ``cfg``."""
 
 from __future__ import annotations
 
+import copy
 import logging
+from functools import partial
 
 import torch
-from experiments.errors import instantiate
 from lightning.pytorch import Callback, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.data.datamodule import DetectorDataModule, missing_root_error
+from experiments.errors import instantiate
+from experiments.evaluation.diagnostics import DiagnosticsSettings, plot_subject
+from experiments.training.kinds import DetectorKind
 from experiments.training.lit_module import DetectorModule
+from experiments.training.weights import without_pretrained_weights
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,24 @@ def build_datamodule(cfg: DictConfig) -> DetectorDataModule:
 
 def build_net(cfg: DictConfig) -> torch.nn.Module:
     return instantiate(cfg.model.net)
+
+
+def build_kind(cfg: DictConfig, pretrained: bool = True) -> DetectorKind:
+    """The kind of ``cfg.model`` (``model.kind._target_``), built once per run with what it fits, scores and
+    loads with: the model's name and the factory of its untrained detector (``model.estimator`` for a
+    scikit-learn pipeline; else ``model.net`` and ``model.module``, with the run's trainer and resume point).
+
+    ``pretrained=False`` turns every pretrained weight of the model off (:func:`without_pretrained_weights`, on a
+    copy of ``cfg``): for loading a trained run, whose own weights replace ImageNet's, without a download.
+    """
+    if not pretrained:
+        cfg = without_pretrained_weights(copy.deepcopy(cfg))
+    kind = instantiate(cfg.model.kind, _partial_=True)
+    if "estimator" in cfg.model:
+        return kind(name=cfg.model.name, estimator_factory=partial(instantiate, cfg.model.estimator))
+    return kind(name=cfg.model.name, net_factory=partial(build_net, cfg),
+                module_factory=partial(build_module, cfg), trainer_factory=partial(_run_trainer, cfg),
+                scorer_factory=partial(single_device_trainer, cfg), resume=cfg.get("resume"))
 
 
 def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> DetectorModule:
@@ -63,9 +86,29 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], logger) -> Trainer
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision)
 
 
+def _run_trainer(cfg: DictConfig, logger) -> Trainer:
+    """The run's trainer with its callbacks, logging to ``logger``."""
+    return build_trainer(cfg, build_callbacks(cfg), logger)
+
+
 def single_device_trainer(cfg: DictConfig) -> Trainer:
     """A one-device, logger-free Trainer for scoring after (distributed) training."""
     accelerator = "cpu" if cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available() else "gpu"
     return Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                    enable_model_summary=False, precision=trainer_precision(cfg),
                    default_root_dir=cfg.paths.output_dir)
+
+
+def diagnostics_settings(cfg: DictConfig) -> DiagnosticsSettings:
+    """The diagnostics of a run: ``seed``, ``diagnostics_max_samples``, ``gradcam_images``, ``diagnostics_strict``
+    (each optional) and the model and data names for the plot titles."""
+    def get(key: str, default):
+        value = cfg.get(key, default)
+        return default if value is None else value
+
+    defaults = DiagnosticsSettings()
+    return DiagnosticsSettings(
+        subject=plot_subject((cfg.get("model") or {}).get("name"), (cfg.get("data") or {}).get("name")),
+        max_samples=int(get("diagnostics_max_samples", defaults.max_samples)),
+        gradcam_images=int(get("gradcam_images", defaults.gradcam_images)),
+        seed=int(get("seed", 0) or 0), strict=bool(get("diagnostics_strict", False)))
