@@ -82,7 +82,7 @@ def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None
     """Make sure the weights :func:`create_backbone` will load are at hand; return their local file.
 
     :func:`create_backbone`'s own weights check (``create_backbone.ensure_weights``), called before training
-    (``experiments.training.weights.check_pretrained_weights``) so a missing file
+    (``experiments.training.builders.check_pretrained_weights``) so a missing file
     stops the run before the data are scanned. Online, a hub file not yet cached is downloaded now (timm's
     own source, with a progress bar); offline (``HF_HUB_OFFLINE=1``) only the cache is read. Returns None when
     no weights are needed (``pretrained=False`` and no ``weights_path``).
@@ -173,7 +173,7 @@ def create_backbone(
 
 
 #: the factory's own weights check, and the keys that turn its pretrained weights off (random initialisation);
-#: ``experiments.training.weights`` finds both through the ``_target_`` of a config node.
+#: ``experiments.training.builders`` finds both through the ``_target_`` of a config node.
 create_backbone.ensure_weights = ensure_weights
 create_backbone.without_weights = {"pretrained": False, "weights_path": None}
 

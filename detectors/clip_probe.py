@@ -138,7 +138,7 @@ class CLIPImageFeatures(StatelessImageTransformer):
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
 
-    #: its weights check (before training, ``experiments.training.weights``) and the keys that turn the
+    #: its weights check (before training, ``experiments.training.builders``) and the keys that turn the
     #: pretrained weights off (a randomly initialised encoder)
     ensure_weights = staticmethod(ensure_weights)
     without_weights = {"pretrained": None, "weights_path": None}

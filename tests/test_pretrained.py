@@ -12,7 +12,7 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from detectors.backbones import PretrainedWeightsUnavailable, create_backbone, ensure_weights, weights_source
-from experiments.training.weights import check_pretrained_weights, without_pretrained_weights
+from experiments.training.builders import check_pretrained_weights, without_pretrained_weights
 from tests.conftest import compose_config
 
 TINY = "resnet10t"  # timm's default tag: resnet10t.c3_in1k, hub id timm/resnet10t.c3_in1k

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from experiments.bench import reference_numpy as ref
-from experiments.training.builders import build_kind
+from experiments.training.builders import build_kind, without_pretrained_weights
 from features import FFTMagnitude, GaussianBottleneck, LaplacianResidual, LocalPatchFFT, RadialAngularHistogram
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -262,8 +262,6 @@ def compose_model(model: str, overrides: list[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    from experiments.training.weights import without_pretrained_weights
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={model}", *overrides])
     return without_pretrained_weights(cfg)  # speed does not depend on the weights: never download them here

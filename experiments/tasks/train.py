@@ -25,9 +25,8 @@ from experiments.data.audit import write_data_stats
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
-from experiments.training.builders import build_datamodule, build_kind, diagnostics_settings
+from experiments.training.builders import build_datamodule, build_kind, check_pretrained_weights, diagnostics_settings
 from experiments.training.resume import RUN_ID_FILE, ResumePoint
-from experiments.training.weights import check_pretrained_weights
 
 log = logging.getLogger(__name__)
 
