@@ -81,7 +81,8 @@ def hub_offline() -> bool:
 def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None = None, **_: object) -> Path | None:
     """Make sure the weights :func:`create_backbone` will load are at hand; return their local file.
 
-    Called before training (``experiments.training.weights.check_pretrained_weights``) so a missing file
+    :func:`create_backbone`'s own weights check (``create_backbone.ensure_weights``), called before training
+    (``experiments.training.builders.check_pretrained_weights``) so a missing file
     stops the run before the data are scanned. Online, a hub file not yet cached is downloaded now (timm's
     own source, with a progress bar); offline (``HF_HUB_OFFLINE=1``) only the cache is read. Returns None when
     no weights are needed (``pretrained=False`` and no ``weights_path``).
@@ -171,6 +172,12 @@ def create_backbone(
     return model
 
 
+#: the factory's own weights check, and the keys that turn its pretrained weights off (random initialisation);
+#: ``experiments.training.builders`` finds both through the ``_target_`` of a config node.
+create_backbone.ensure_weights = ensure_weights
+create_backbone.without_weights = {"pretrained": False, "weights_path": None}
+
+
 def freeze_leading_stages(model: nn.Module, stages: int) -> list[str]:
     """Freeze the stem and the first ``stages`` stages of a timm model; return the frozen parameter names."""
     groups = group_parameters(model, model.group_matcher(coarse=True))
@@ -197,7 +204,3 @@ def keep_frozen_in_eval(model: nn.Module) -> None:
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a plain state dict safely (``weights_only=True``: no pickled code is executed)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)

@@ -138,6 +138,11 @@ class CLIPImageFeatures(StatelessImageTransformer):
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
 
+    #: its weights check (before training, ``experiments.training.builders``) and the keys that turn the
+    #: pretrained weights off (a randomly initialised encoder)
+    ensure_weights = staticmethod(ensure_weights)
+    without_weights = {"pretrained": None, "weights_path": None}
+
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
                  weights_path: str | None = None, model_cfg: Any = None, batch_size: int = 64,
                  device: str = "auto") -> None:

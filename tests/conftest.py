@@ -94,7 +94,7 @@ def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool =
 
     Tests never download: pretrained weights are switched off unless ``keep_pretrained`` (config checks only).
     """
-    from experiments.training.weights import without_pretrained_weights
+    from experiments.training.builders import without_pretrained_weights
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -15,8 +15,6 @@ from experiments.evaluation.calibration import (
     TemperatureScaling,
     brier_score,
     calibration_report,
-    calibrator_from_dict,
-    fit_calibrator,
     logit,
 )
 from experiments.evaluation.metrics import expected_calibration_error
@@ -51,7 +49,7 @@ def test_temperature_is_fitted_on_validation_only_and_transform_never_refits():
     t_test = TemperatureScaling().fit(test_logits, test_labels).temperature
     assert abs(t_val - 5.0) < 0.4 and abs(t_test - 2.0) < 0.2  # the two sets really differ
 
-    scaler = fit_calibrator("temperature", val_logits, val_labels)
+    scaler = TemperatureScaling().fit(val_logits, val_labels)
     assert scaler.temperature == t_val
     out = scaler.transform(test_logits)
     assert scaler.temperature == t_val
@@ -64,7 +62,7 @@ def test_temperature_is_fitted_on_validation_only_and_transform_never_refits():
 def test_platt_is_fitted_on_validation_only_and_transform_never_refits():
     val_scores, val_labels = _overconfident(10_000, 5.0, seed=5)
     test_scores, test_labels = _overconfident(10_000, 2.0, seed=6)
-    platt = fit_calibrator("platt", val_scores, val_labels)
+    platt = PlattScaling().fit(val_scores, val_labels)
     assert platt.a == pytest.approx(1 / 5.0, abs=0.02) and abs(platt.b) < 0.1
     a, b = platt.a, platt.b
     out = platt.transform(test_scores)
@@ -92,23 +90,21 @@ def test_platt_targets_keep_separable_data_finite():
     assert probs[0] > 0.01 and probs[-1] < 0.99
 
 
-@pytest.mark.parametrize("kind", ["temperature", "platt"])
-def test_state_round_trips_through_json(kind):
+@pytest.mark.parametrize("calibrator, kind", [(TemperatureScaling, "temperature"), (PlattScaling, "platt")])
+def test_state_round_trips_through_json(calibrator, kind):
     scores, labels = _overconfident(2000, 4.0, seed=8)
-    fitted = fit_calibrator(kind, scores, labels)
+    fitted = calibrator().fit(scores, labels)
     state = json.loads(json.dumps(fitted.state_dict()))
     assert state["kind"] == kind
-    restored = calibrator_from_dict(state)
+    restored = calibrator.from_dict(state)
     assert type(restored) is type(fitted)
     np.testing.assert_array_equal(restored.transform(scores), fitted.transform(scores))
     assert type(fitted).from_dict(state).state_dict() == fitted.state_dict()
 
 
-def test_fit_calibrator_names_the_allowed_kinds():
-    with pytest.raises(ValueError, match=r"unknown calibrator kind 'isotonic'.*'temperature', 'platt'"):
-        fit_calibrator("isotonic", [0.0, 1.0], [0, 1])
-    with pytest.raises(ValueError, match="unknown calibrator kind"):
-        calibrator_from_dict({"temperature": 2.0})
+def test_a_calibrator_reads_back_only_its_own_state():
+    with pytest.raises(ValueError, match="not 'temperature'"):
+        TemperatureScaling.from_dict({"kind": "platt", "a": 1.0, "b": 0.0})
     with pytest.raises(ValueError, match="not 'platt'"):
         PlattScaling.from_dict({"kind": "temperature", "temperature": 2.0})
 
@@ -188,7 +184,7 @@ def test_train_fits_temperature_on_val_and_applies_it_to_test(tmp_path, monkeypa
     rng = np.random.default_rng(0)
     val = _predictions(*_split(rng, 3.0))
     test = _predictions(*_split(rng, 0.5))
-    monkeypatch.setattr(LightningDetector, "fit", lambda self, cfg, dm, out, logger: FitResult(None, val, test, 1))
+    monkeypatch.setattr(LightningDetector, "fit", lambda self, dm, out, logger: FitResult(None, val, test, 1))
     from pathlib import Path
 
     # the simulated predictions index no real images: the per-image CSVs have nothing to name
@@ -222,14 +218,16 @@ def test_calibration_file_round_trip(tmp_path):
 
     fitted = PlattScaling(a=2.0, b=-1.0)
     path = write_calibration(tmp_path / "calibration.json", fitted, threshold=0.3)
-    restored, record = read_calibration(path)
+    restored, record = read_calibration(path, PlattScaling)
     assert record["threshold"] == 0.3 and record["fitted_on"] == "val"
     assert record["threshold_calibrated"] == pytest.approx(float(calibrated_probs(fitted, [0.3])[0]))
     probs = np.array([0.1, 0.5, 0.9])
     assert np.allclose(calibrated_probs(restored, probs), calibrated_probs(fitted, probs))
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a calibration file"):
-        read_calibration(tmp_path / "bad.json")
+        read_calibration(tmp_path / "bad.json", PlattScaling)
+    with pytest.raises(ValueError, match="not 'temperature'"):  # the kind's class reads only its own calibrator
+        read_calibration(path, TemperatureScaling)
 
 
 def test_evaluate_keeps_the_training_threshold_unless_recalibration_is_asked():

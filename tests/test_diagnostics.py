@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -12,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from experiments.training.builders import build_datamodule
+from experiments.training.builders import build_datamodule, diagnostics_settings
 from experiments.training.checkpoints import LoadedDetector
 from experiments.evaluation.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
 from experiments.tasks.evaluate import MissingCheckpoint, evaluate, predict
@@ -94,12 +95,14 @@ def test_a_failing_plot_warns_and_the_others_are_still_written(trained, tree, tm
     loaded = LoadedDetector(_localfft(cfg), cfg, Path("unused"))
     test = predict(loaded, datamodule.test_dataloader(), datamodule.generator_names)
     with caplog.at_level("WARNING"):
-        written = write_diagnostics(cfg, loaded.model, datamodule, test, test, tmp_path / "diag", None)
+        written = write_diagnostics(loaded.kind, loaded.model, datamodule, test, tmp_path / "diag", None,
+                                    diagnostics_settings(cfg))
     names = {p.name for p in written}
     assert "calibration.png" not in names and {"roc.png", "tsne.png", "gradcam.png"} <= names
     assert "calibration failed" in caplog.text and "no display" in caplog.text
     with pytest.raises(RuntimeError, match="no display"):
-        write_diagnostics(cfg, loaded.model, datamodule, test, test, tmp_path / "strict", None, strict=True)
+        write_diagnostics(loaded.kind, loaded.model, datamodule, test, tmp_path / "strict", None,
+                          replace(diagnostics_settings(cfg), strict=True))
 
 
 def _localfft(cfg) -> torch.nn.Module:
@@ -134,7 +137,8 @@ def test_spectraforge_gradcam_has_both_streams(tree, tmp_path):
     shown, cams, titles = gradcam_for_rows(model, datamodule.datasets["test"], test, rows)
     assert shown.shape == (4, 3, 64, 64) and set(cams) == {"spatial", "frequency"}
     assert [t.split(" | ")[0] for t in titles] == ["real", "real", "synthetic", "synthetic"]
-    written = write_diagnostics(cfg, model, datamodule, test, test, tmp_path / "run", None, strict=True)
+    written = write_diagnostics(loaded.kind, model, datamodule, test, tmp_path / "run", None,
+                                replace(diagnostics_settings(cfg), strict=True))
     _assert_real_png(tmp_path / "run" / "plots" / "gradcam.png")
     assert {p.stem for p in written if p.suffix == ".png"} == PLOTS
 

@@ -12,7 +12,7 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from detectors.backbones import PretrainedWeightsUnavailable, create_backbone, ensure_weights, weights_source
-from experiments.training.weights import check_pretrained_weights, without_pretrained_weights
+from experiments.training.builders import check_pretrained_weights, without_pretrained_weights
 from tests.conftest import compose_config
 
 TINY = "resnet10t"  # timm's default tag: resnet10t.c3_in1k, hub id timm/resnet10t.c3_in1k
@@ -96,3 +96,48 @@ def test_the_check_before_training_fails_offline_and_passes_without_weights(tmp_
         check_pretrained_weights(cfg.model)
     assert check_pretrained_weights(without_pretrained_weights(cfg).model) == []
     assert ensure_weights(TINY) is None
+
+
+class RecordingFactory:
+    """A factory with its own weights check, as ``create_backbone`` and ``CLIPImageFeatures`` have."""
+
+    calls: list[dict] = []
+    without_weights = {"pretrained": False, "weights_path": None}
+
+    @staticmethod
+    def ensure_weights(**keys) -> Path | None:
+        RecordingFactory.calls.append(keys)
+        return Path(keys["weights_path"]) if keys.get("weights_path") else None
+
+
+def test_each_factory_node_is_checked_by_its_own_target_and_switched_off_by_its_own_keys():
+    from omegaconf import OmegaConf
+
+    RecordingFactory.calls.clear()
+    target = f"{__name__}.RecordingFactory"
+    model = OmegaConf.create({
+        "net": {"_target_": "torch.nn.Identity", "backbone": "${backbone}"},  # a wired copy is visited once
+        "backbone": {"_target_": target, "pretrained": True, "weights_path": "/w.safetensors"},
+        "clip": {"_target_": "detectors.clip_probe.CLIPImageFeatures", "pretrained": None, "weights_path": None},
+    })
+    assert check_pretrained_weights(model) == [Path("/w.safetensors")]
+    assert RecordingFactory.calls == [{"pretrained": True, "weights_path": "/w.safetensors"}]
+    without_pretrained_weights(model)
+    assert (model.backbone.pretrained, model.backbone.weights_path) == (False, None)
+    assert model.net.backbone.pretrained is False
+
+
+def test_a_kind_built_without_pretrained_weights_loads_without_a_download(tmp_path, offline_hub):
+    from experiments.training.builders import build_kind
+
+    cfg = compose_config(["model=resnet34_localfft", "model.net.head_hidden=8"], tmp_path, keep_pretrained=True)
+    with pytest.raises(PretrainedWeightsUnavailable):
+        check_pretrained_weights(cfg.model)
+    kind = build_kind(cfg, pretrained=False)
+    assert cfg.model.backbone.pretrained is True  # the run's config is left as it is
+    torch.manual_seed(0)
+    trained = kind.net_factory()
+    path = kind.save(trained, tmp_path / "w.pth")
+    loaded = kind.load(path)
+    assert not loaded.training and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                                          trained.state_dict().values()))

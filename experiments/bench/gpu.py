@@ -38,7 +38,8 @@ import torch
 from PIL import Image
 
 from experiments.bench.throughput import Row, compose_model, machine, peak_rss_mb, print_table, write_reports
-from experiments.training.kinds import AUTOCAST_DTYPES, Throughput, detector_kind, synchronize
+from experiments.training.builders import build_kind
+from experiments.training.kinds import AUTOCAST_DTYPES, Throughput, synchronize
 
 CNN_DETECTORS = ("resnet34_localfft", "spectraforge_dual", "efficientnet_spatial", "resnet50_fft")
 #: every precision the training step supports, as Lightning names them
@@ -84,8 +85,8 @@ def bare_step(model: str, setup: Setup, precision: str | None = None) -> Through
     """images/s, peak GPU MiB, and whether every loss was finite, of ``setup.steps`` training steps on
     device-resident tensors (``precision`` default: ``setup.precision``)."""
     cfg = _cfg(model, setup)
-    return detector_kind(cfg).throughput(cfg, setup.size, setup.batch, setup.steps, setup.device,
-                                         precision or setup.precision, warmup=2)
+    return build_kind(cfg).throughput(setup.size, setup.batch, setup.steps, setup.device,
+                                      precision or setup.precision, warmup=2)
 
 
 class _EpochTimer(L.Callback):

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from experiments.bench import reference_numpy as ref
-from experiments.training.kinds import detector_kind
+from experiments.training.builders import build_kind, without_pretrained_weights
 from features import FFTMagnitude, GaussianBottleneck, LaplacianResidual, LocalPatchFFT, RadialAngularHistogram
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -262,8 +262,6 @@ def compose_model(model: str, overrides: list[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    from experiments.training.weights import without_pretrained_weights
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={model}", *overrides])
     return without_pretrained_weights(cfg)  # speed does not depend on the weights: never download them here
@@ -274,7 +272,7 @@ def bench_training(steps: int, batch: int, models=DETECTORS) -> list[Row]:
     for model in models:
         cfg = compose_model(model, ["experiment=demo"])
         size = int(cfg.data.crop_size)
-        speed = detector_kind(cfg).throughput(cfg, size, batch, steps, "cpu")
+        speed = build_kind(cfg).throughput(size, batch, steps, "cpu")
         rows.append(Row("train", model, speed.description, speed.images_per_s, size, batch,
                         peak_rss_mb=peak_rss_mb(), note=f"demo preset, {steps} steps"))
     return rows

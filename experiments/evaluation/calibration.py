@@ -3,7 +3,8 @@
 A calibrator is fitted once, on validation scores and labels, and then applied
 unchanged to any other split: ``transform`` never refits. Its state is a few plain
 floats (``state_dict``), so it can be stored as JSON next to a run and rebuilt with
-``from_dict`` (or :func:`calibrator_from_dict`).
+the class's own ``from_dict``. A detector's kind (``experiments.training.kinds``) holds the class it is
+calibrated with: fitting and reading ``calibration.json`` back both go through that class.
 
 * :class:`TemperatureScaling` divides a detector's logit by one temperature
   (Guo et al., 2017), for the neural detectors.
@@ -30,8 +31,6 @@ from experiments.evaluation.statistics import as_flat_numpy, finite_scores_and_l
 
 #: Temperatures are searched in ``[1 / TEMPERATURE_BOUND, TEMPERATURE_BOUND]``.
 TEMPERATURE_BOUND = 1e3
-
-CALIBRATOR_KINDS = ("temperature", "platt")
 
 
 # ---------------------------------------------------------------------------
@@ -71,11 +70,17 @@ def _check_kind(state: Mapping[str, Any], kind: str) -> None:
 class Calibrator(Protocol):
     """What every calibrator offers."""
 
+    #: the name stored in its state (``"kind"`` of ``calibration.json``) and shown in figure legends.
+    kind: str
+
     def fit(self, val_scores: Any, val_labels: Any) -> Calibrator: ...
 
     def transform(self, scores: Any) -> np.ndarray: ...
 
     def state_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> Calibrator: ...
 
 
 # ---------------------------------------------------------------------------
@@ -216,31 +221,8 @@ class PlattScaling:
 
 
 # ---------------------------------------------------------------------------
-# choosing, restoring and judging a calibrator
+# judging a calibrator
 # ---------------------------------------------------------------------------
-_CALIBRATORS: dict[str, type] = {"temperature": TemperatureScaling, "platt": PlattScaling}
-
-
-def _check_calibrator_kind(kind: str) -> type:
-    if kind not in _CALIBRATORS:
-        raise ValueError(f"unknown calibrator kind {kind!r}; choose one of {CALIBRATOR_KINDS}")
-    return _CALIBRATORS[kind]
-
-
-def fit_calibrator(kind: str, val_scores: Any, val_labels: Any, **options: Any) -> Calibrator:
-    """A calibrator of ``kind`` ("temperature" or "platt") fitted on validation scores and labels.
-
-    ``val_scores`` are logits for "temperature" and any real score for "platt";
-    ``options`` go to the calibrator's constructor (e.g. ``smooth_targets=False``).
-    """
-    return _check_calibrator_kind(kind)(**options).fit(val_scores, val_labels)
-
-
-def calibrator_from_dict(state: Mapping[str, Any]) -> Calibrator:
-    """Rebuild a calibrator from its ``state_dict()`` (its ``"kind"`` says which)."""
-    return _check_calibrator_kind(state.get("kind", "")).from_dict(state)
-
-
 def brier_score(probs: Any, labels: Any) -> float:
     """Mean squared error of P(synthetic) against the 0/1 labels (Brier, 1950); NaN for empty input."""
     scores, targets = as_scores_and_labels(probs, labels)
@@ -274,12 +256,12 @@ def calibrated_probs(calibrator: Calibrator, probs: Any) -> np.ndarray:
     return calibrator.transform(logit(probs))
 
 
-def fit_val_calibration(kind: str, val_probs: Any, val_labels: Any) -> Calibrator:
-    """A calibrator of ``kind`` fitted on the validation split's P(synthetic) and labels only (never on test).
+def fit_val_calibration(calibrator: type[Calibrator], val_probs: Any, val_labels: Any) -> Calibrator:
+    """A ``calibrator`` (the class) fitted on the validation split's P(synthetic) and labels only (never on test).
 
     Temperature scaling (Guo et al., 2017) and Platt scaling (Platt, 1999) both fit ``logit(p)``.
     """
-    return fit_calibrator(kind, logit(val_probs), val_labels)
+    return calibrator().fit(logit(val_probs), val_labels)
 
 
 def calibration_metrics(calibrator: Calibrator, test_probs: Any, test_labels: Any,
@@ -312,10 +294,11 @@ def write_calibration(path: Any, calibrator: Calibrator, threshold: float, split
     return path
 
 
-def read_calibration(path: Any) -> tuple[Calibrator, dict[str, Any]]:
-    """``(calibrator, record)`` of a ``calibration.json`` written by :func:`write_calibration`."""
+def read_calibration(path: Any, calibrator: type[Calibrator]) -> tuple[Calibrator, dict[str, Any]]:
+    """``(calibrator, record)`` of a ``calibration.json`` written by :func:`write_calibration`, rebuilt by the
+    ``calibrator`` class of the detector's kind (a ``ValueError`` when the file holds another calibrator)."""
     record = json.loads(Path(path).read_text())
     if not isinstance(record, dict) or "calibrator" not in record:
         raise ValueError(f"{path} is not a calibration file (no 'calibrator' entry); "
                          "re-run task=train to write one")
-    return calibrator_from_dict(record["calibrator"]), record
+    return calibrator.from_dict(record["calibrator"]), record

@@ -10,9 +10,9 @@ For the test split of a trained detector, :func:`write_diagnostics` writes into
 * ``per_generator_accuracy.png``: accuracy per generator, pooled value dashed;
 * ``tsne.png``: t-SNE (van der Maaten & Hinton, 2008) of the penultimate features
   (``forward_features``; for a scikit-learn pipeline, the scaled feature vectors) of
-  up to ``cfg.diagnostics_max_samples`` test images (default 512), coloured by label
+  up to ``settings.max_samples`` test images (default 512), coloured by label
   and by generator, as SPECTRAFORGE's latent-space figure;
-* ``gradcam.png``: Grad-CAM overlays (Selvaraju et al., 2017) of ``cfg.gradcam_images``
+* ``gradcam.png``: Grad-CAM overlays (Selvaraju et al., 2017) of ``settings.gradcam_images``
   real and as many synthetic test images (default 4), one column per stream of
   ``model.cam_layers()`` (spatial and frequency side by side for SPECTRAFORGE).
   Not drawn for scikit-learn pipelines, which have no convolutional layer.
@@ -23,7 +23,7 @@ metric per generator, each generator's fakes against *its own* reals, plus the p
 image); the CSV column ``compared_with`` says which.
 
 A plot that fails is reported with a warning and the others are still written,
-unless ``cfg.diagnostics_strict`` is true (tests use it), in which case it raises.
+unless ``settings.strict`` is true (tests use it), in which case it raises.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +42,6 @@ from torch.utils.data import DataLoader, Subset
 from experiments.data.dataset import collate_skipping
 from experiments.evaluation.metrics import ALL_GROUPS, metrics_by_group, metrics_vs_all_reals
 from experiments.data.layouts import CLASS_NAMES
-from experiments.training.kinds import detector_kind
 from experiments.evaluation.curves import plot_calibration, plot_confusion_matrix, plot_per_group_accuracy, plot_roc
 from experiments.evaluation.embeddings import plot_gradcam_grid, plot_tsne
 from experiments.evaluation.plotting import with_subject
@@ -59,36 +59,55 @@ OWN_REALS_STEM = "metrics_by_generator"
 ALL_REALS_STEM = "metrics_by_generator_vs_all_reals"
 
 
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    """What the diagnostics of a run are drawn with.
+
+    Args:
+        subject: what every plot shows, for its title (:func:`plot_subject`).
+        max_samples: test images in the t-SNE.
+        gradcam_images: real (and as many synthetic) test images in the Grad-CAM figure.
+        seed: seed of the t-SNE subset, the Grad-CAM rows and the t-SNE itself.
+        strict: raise on the first failing plot instead of warning (tests).
+    """
+
+    subject: str = "detector on data, test split"
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    gradcam_images: int = DEFAULT_GRADCAM_IMAGES
+    seed: int = 0
+    strict: bool = False
+
+
 # ---------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------
-def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, strict: bool | None = None,
+def write_diagnostics(kind, model, datamodule, test, out_dir: Path, logger,
+                      settings: DiagnosticsSettings = DiagnosticsSettings(),
                       calibrated_prob: np.ndarray | None = None, calibration_label: str = "calibrated",
                       ) -> list[Path]:
     """Write (and log to MLflow, when ``logger`` is given) every diagnostic of ``test``; return the files written.
 
     Args:
-        cfg: the run's config (``seed``, ``diagnostics_max_samples``, ``gradcam_images``, ``diagnostics_strict``).
+        kind: the detector's kind (``experiments.training.kinds.DetectorKind``): it embeds images for the t-SNE
+            and says whether Grad-CAM can explain ``model``.
         model: the trained detector in eval mode (``nn.Module``) or a fitted scikit-learn pipeline.
         datamodule: its ``datasets["test"]`` holds the images ``test.index`` points to.
-        val, test: :class:`experiments.evaluation.predictions.Predictions` (``val`` is unused today; kept for symmetry).
+        test: :class:`experiments.evaluation.predictions.Predictions` of the test split.
         out_dir: the run folder; plots go to ``out_dir/plots``.
         logger: an ``MLFlowLogger`` or None.
-        strict: raise on the first failing plot instead of warning (default ``cfg.diagnostics_strict``).
+        settings: :class:`DiagnosticsSettings`.
         calibrated_prob: ``test.prob`` after the run's val-fitted calibrator, drawn beside the raw scores in the
             reliability diagram (None: raw scores only); ``calibration_label`` names it there.
     """
     out_dir = Path(out_dir)
     plot_dir = out_dir / PLOTS_DIR
     plot_dir.mkdir(parents=True, exist_ok=True)
-    if strict is None:
-        strict = bool(_cfg_get(cfg, "diagnostics_strict", False))
+    strict = settings.strict
     names = list(test.generator_names)
     by_generator = metrics_by_group(test.prob, test.label, test.generator, dict(enumerate(names)))
     vs_all_reals = metrics_vs_all_reals(test.prob, test.label, test.generator, dict(enumerate(names)))
     dataset = datamodule.datasets["test"] if datamodule is not None else None
-    seed = int(_cfg_get(cfg, "seed", 0) or 0)
-    kind = detector_kind(cfg)
+    seed = settings.seed
 
     plots: list[tuple[str, Callable[[Path], Any]]] = [
         ("confusion_matrix", lambda p: plot_confusion_matrix(test.prob, test.label, p, threshold=0.5)),
@@ -96,18 +115,15 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
                                                    calibrated_label=calibration_label)),
         ("roc", lambda p: plot_roc(roc_curves(test), p)),
         ("per_generator_accuracy", lambda p: plot_per_group_accuracy(by_generator, p, metric="accuracy")),
-        ("tsne", lambda p: _tsne(kind, model, dataset, test, p,
-                                 int(_cfg_get(cfg, "diagnostics_max_samples", DEFAULT_MAX_SAMPLES)), seed)),
+        ("tsne", lambda p: _tsne(kind, model, dataset, test, p, settings.max_samples, seed)),
     ]
     if kind.supports_cam(model):
-        plots.append(("gradcam", lambda p: _gradcam(model, dataset, test, p,
-                                                    int(_cfg_get(cfg, "gradcam_images", DEFAULT_GRADCAM_IMAGES)),
-                                                    seed)))
+        plots.append(("gradcam", lambda p: _gradcam(model, dataset, test, p, settings.gradcam_images, seed)))
     else:
         log.info("diagnostics: no Grad-CAM for %s (no cam_layers)", type(model).__name__)
 
     written: list[Path] = []
-    subject = plot_subject(cfg)
+    subject = settings.subject
     for name, draw in plots:
         path = plot_dir / f"{name}.png"
         if _attempt(name, lambda: with_subject(subject, draw, path), strict):
@@ -120,11 +136,9 @@ def write_diagnostics(cfg, model, datamodule, val, test, out_dir: Path, logger, 
     return written
 
 
-def plot_subject(cfg, split: str = "test") -> str:
+def plot_subject(model: str | None, data: str | None, split: str = "test") -> str:
     """What every diagnostic plot shows, for its title: ``<model> on <data>, <split> split``."""
-    model = _cfg_get(_cfg_get(cfg, "model", {}), "name", "detector")
-    data = _cfg_get(_cfg_get(cfg, "data", {}), "name", "data")
-    return f"{model} on {data}, {split} split"
+    return f"{model or 'detector'} on {data or 'data'}, {split} split"
 
 
 def _attempt(name: str, action: Callable[[], Any], strict: bool) -> bool:
@@ -145,13 +159,6 @@ def _log(logger, path: Path, artifact_path: str | None, strict: bool) -> None:
     from experiments.tracking import log_artifact
 
     _attempt(f"logging {path.name}", lambda: log_artifact(logger, path, artifact_path), strict)
-
-
-def _cfg_get(cfg, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
 
 
 # ---------------------------------------------------------------------------

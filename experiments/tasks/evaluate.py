@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
 from experiments.errors import UserError
-from experiments.training.builders import build_datamodule
+from experiments.training.builders import build_datamodule, diagnostics_settings
 from experiments.training.checkpoints import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.calibration import (
@@ -104,13 +104,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         tracking.log_artifact(logger, metrics_path)
         if eval_cfg.get("diagnostics", True):
-            write_diagnostics(eval_cfg, detector.model, datamodule, val, test, out_dir, logger,
+            write_diagnostics(detector.kind, detector.model, datamodule, test, out_dir, logger,
+                              diagnostics_settings(eval_cfg),
                               calibrated_prob=None if detector.calibrator is None else detector.calibrate(test.prob),
-                              calibration_label=f"{detector.kind.calibrator} scaling of the training run's val")
+                              calibration_label=f"{detector.kind.calibrator.kind} scaling of the training run's val")
             if recalibrated is not None:
                 path = out_dir / "plots" / "calibration_target_calibrated.png"
                 plot_calibration(test.prob, test.label, path, probs_calibrated=recalibrated,
-                                 calibrated_label=f"{detector.kind.calibrator} scaling fitted on the target's val")
+                                 calibrated_label=f"{detector.kind.calibrator.kind} scaling fitted on the target's val")
                 tracking.log_artifact(logger, path, "plots")
     except BaseException:
         logger.experiment.set_terminated(logger.run_id, "FAILED")

@@ -25,10 +25,8 @@ from experiments.data.audit import write_data_stats, write_report
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
-from experiments.training.builders import build_datamodule
-from experiments.training.kinds import detector_kind
+from experiments.training.builders import build_datamodule, build_kind, check_pretrained_weights, diagnostics_settings
 from experiments.training.resume import RUN_ID_FILE, ResumePoint
-from experiments.training.weights import check_pretrained_weights
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +49,8 @@ def train(cfg: DictConfig) -> float | None:
         preflight(datamodule, _preflight_settings(cfg, datamodule, rank=rank_zero_only.rank))
 
     start = time.perf_counter()
-    kind = detector_kind(cfg)
-    result = kind.fit(cfg, datamodule, out_dir, logger)
+    kind = build_kind(cfg)
+    result = kind.fit(datamodule, out_dir, logger)
     if result is None:  # a non-zero DDP rank: rank 0 evaluates and logs
         return None
     model, val, test, n_params = result.model, result.val, result.test, result.n_params
@@ -73,20 +71,20 @@ def train(cfg: DictConfig) -> float | None:
         tracking.log_artifact(logger, write_calibration(out_dir / CALIBRATION_FILE, calibrator,
                                                         metrics["threshold/val_calibrated"]))
     if cfg.get("diagnostics", True):
-        write_diagnostics(cfg, model, datamodule, val, test, out_dir, logger,
+        write_diagnostics(kind, model, datamodule, test, out_dir, logger, diagnostics_settings(cfg),
                           calibrated_prob=None if calibrator is None else calibrated_probs(calibrator, test.prob),
-                          calibration_label=f"{kind.calibrator} scaling fitted on val")
+                          calibration_label=f"{kind.calibrator.kind} scaling fitted on val")
     logger.experiment.set_terminated(logger.run_id, "FINISHED")
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
     tracking.announce_outputs(out_dir, logger.run_id, cfg.logger.tracking_uri)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 
 
-def _fit_calibrator(kind: str, val) -> Calibrator | None:
-    """The post-hoc calibrator of the detector's kind, fitted on the val split only (Guo et al., 2017 temperature
+def _fit_calibrator(calibrator: type[Calibrator], val) -> Calibrator | None:
+    """The post-hoc calibrator (class) of the detector's kind, fitted on the val split only (Guo et al., 2017 temperature
     scaling for CNNs; Platt, 1999 scaling for scikit-learn pipelines); None, with a warning, when val lacks a class."""
     try:
-        return fit_val_calibration(kind, val.prob, val.label)
+        return fit_val_calibration(calibrator, val.prob, val.label)
     except ValueError as err:
         log.warning("no post-hoc calibration for this run (%s); the run keeps its raw P(synthetic)", err)
         return None

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
 from experiments.errors import UserError
-from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector, detector_kind
+from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -120,12 +120,14 @@ def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str 
         with open_dict(cfg):
             cfg.model.backbone.pretrained = False
             cfg.model.backbone.weights_path = None
-    kind = detector_kind(cfg)
+    from experiments.training.builders import build_kind
+
+    kind = build_kind(cfg, pretrained=False)
     calibrator, record = None, None
     calibration_file = find_calibration(ref, weights, tracking_uri)
     if calibration_file is not None:
-        calibrator, record = read_calibration(calibration_file)
-    return LoadedDetector(kind.load(cfg, weights, device), cfg, weights, kind, calibrator, record)
+        calibrator, record = read_calibration(calibration_file, kind.calibrator)
+    return LoadedDetector(kind.load(weights, device), cfg, weights, kind, calibrator, record)
 
 
 def find_calibration(ref: str | Path, weights: Path, tracking_uri: str | None = None) -> Path | None:

@@ -8,27 +8,30 @@ config names its kind by ``_target_``::
     kind:
       _target_: experiments.training.kinds.LightningDetector
 
-so no code asks which kind it holds. A third kind (say, a frozen foundation-model probe) is one subclass
-here and one config.
+so no code asks which kind it holds. A kind is built once per run, with what it needs
+(``experiments.training.builders.build_kind``): the factories of the untrained detector (a net and its
+LightningModule, or a scikit-learn estimator), of the trainer, the resume checkpoint and the weights file
+name. ``fit``, ``load`` and ``throughput`` then need no config. A kind also holds the class of its post-hoc
+calibrator (:mod:`experiments.evaluation.calibration`). A third kind (say, a frozen foundation-model probe)
+is one subclass here and one config.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from detectors.backbones import count_parameters
 from experiments import tracking
-from experiments.errors import instantiate
+from experiments.evaluation.calibration import Calibrator, PlattScaling, TemperatureScaling
 from experiments.evaluation.metrics import binary_metrics
 from experiments.evaluation.predictions import Predictions, predict_split
 from experiments.safe_paths import inside, plain_name
@@ -58,16 +61,30 @@ class Throughput:
     finite: bool = True
 
 
+def _missing(kind: str, part: str) -> Callable[..., Any]:
+    def fail(*_: Any, **__: Any) -> Any:
+        raise ValueError(f"this {kind} was built without its {part}; build it with "
+                         "experiments.training.builders.build_kind(cfg)")
+    return fail
+
+
 class DetectorKind(ABC):
-    """The interface of every kind of detector."""
+    """The interface of every kind of detector.
+
+    Args:
+        name: the model's name (``model.name``): the saved weights are ``<name><weights_suffix>``.
+    """
 
     #: suffix of the saved weights (``<model.name><suffix>`` in the run folder).
-    weights_suffix: str
-    #: post-hoc calibrator fitted on the val split after fitting (``experiments.evaluation.calibration``).
-    calibrator: str
+    weights_suffix: ClassVar[str]
+    #: class of the post-hoc calibrator fitted on the val split after fitting (``experiments.evaluation.calibration``).
+    calibrator: ClassVar[type[Calibrator]]
+
+    def __init__(self, name: str = "detector") -> None:
+        self.name = name
 
     @abstractmethod
-    def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult | None:
+    def fit(self, datamodule, out_dir: Path, logger) -> FitResult | None:
         """Fit on the datamodule's train split; predictions on val and test (None on a non-zero DDP rank)."""
 
     @abstractmethod
@@ -83,11 +100,11 @@ class DetectorKind(ABC):
         """Save the fitted detector to ``path`` (safe formats only)."""
 
     @abstractmethod
-    def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu") -> Any:
-        """The detector of ``cfg`` with the weights at ``path``, ready to score."""
+    def load(self, path: Path, device: str | torch.device = "cpu") -> Any:
+        """The detector with the weights at ``path``, ready to score."""
 
     @abstractmethod
-    def throughput(self, cfg: DictConfig, size: int, batch: int, steps: int, device: str = "cpu",
+    def throughput(self, size: int, batch: int, steps: int, device: str = "cpu",
                    precision: str = "32-true", warmup: int = 1) -> Throughput:
         """Training speed on synthetic images of ``size`` px (``make bench``, ``make bench-gpu``)."""
 
@@ -95,39 +112,57 @@ class DetectorKind(ABC):
         """Whether Grad-CAM can explain ``model`` (it names its target layers)."""
         return callable(getattr(model, "cam_layers", None))
 
-    def weights_path(self, out_dir: Path, cfg: DictConfig) -> Path:
-        return inside(out_dir, f"{plain_name(cfg.model.name, 'model.name')}{self.weights_suffix}")
+    def weights_path(self, out_dir: Path) -> Path:
+        return inside(out_dir, f"{plain_name(self.name, 'model.name')}{self.weights_suffix}")
 
 
 # -- torch / Lightning ---------------------------------------------------------------------------------------
 class LightningDetector(DetectorKind):
-    """A ``detectors`` module (``forward(x) -> (B,) logits``) trained by :class:`DetectorModule` under Lightning."""
+    """A ``detectors`` module (``forward(x) -> (B,) logits``) trained by :class:`DetectorModule` under Lightning.
+
+    Args:
+        name: see :class:`DetectorKind`.
+        net_factory: builds the untrained net (``model.net``).
+        module_factory: wraps a net in its LightningModule (``model.module``, a :class:`DetectorModule`).
+        trainer_factory: the Lightning ``Trainer`` of the run, given its MLflow logger (callbacks included).
+        scorer_factory: a one-device, logger-free ``Trainer`` that scores val and test after distributed training.
+        resume: the Lightning checkpoint an interrupted run resumes from (None: a new run).
+    """
 
     weights_suffix = ".pth"
     #: temperature scaling of the logit (Guo et al., 2017): one parameter, the ranking is unchanged.
-    calibrator = "temperature"
+    calibrator = TemperatureScaling
 
-    def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult | None:
-        from experiments.training.builders import build_callbacks, build_module, build_trainer, single_device_trainer
+    def __init__(self, name: str = "detector", net_factory: Callable[[], torch.nn.Module] | None = None,
+                 module_factory: Callable[[torch.nn.Module], Any] | None = None,
+                 trainer_factory: Callable[[Any], Any] | None = None, scorer_factory: Callable[[], Any] | None = None,
+                 resume: str | None = None) -> None:
+        super().__init__(name)
+        self.net_factory = net_factory or _missing("LightningDetector", "net factory")
+        self.module_factory = module_factory or _missing("LightningDetector", "LightningModule factory")
+        self.trainer_factory = trainer_factory or _missing("LightningDetector", "trainer factory")
+        self.scorer_factory = scorer_factory or _missing("LightningDetector", "scoring trainer factory")
+        self.resume = resume
 
-        module = build_module(cfg)
-        trainer = build_trainer(cfg, build_callbacks(cfg), logger)
+    def fit(self, datamodule, out_dir: Path, logger) -> FitResult | None:
+        module = self.module_factory(self.net_factory())
+        trainer = self.trainer_factory(logger)
         if trainer.is_global_zero:
             logger.experiment.set_tag(logger.run_id, "precision", str(trainer.precision))
         with warnings.catch_warnings():
             # the module's uint8 -> float step is meant to run with our datamodule; Lightning says so on every fit
             warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"), weights_only=True)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=self.resume, weights_only=True)
         if not trainer.is_global_zero:
             return None
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
             tracking.log_artifact(logger, best, "checkpoints")
-        tracking.log_artifact(logger, self.save(module.net, self.weights_path(out_dir, cfg)))
+        tracking.log_artifact(logger, self.save(module.net, self.weights_path(out_dir)))
         tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
         names = datamodule.generator_names
-        scorer = trainer if trainer.world_size == 1 else single_device_trainer(cfg)  # every image scored once
+        scorer = trainer if trainer.world_size == 1 else self.scorer_factory()  # every image scored once
         val = predict_split(scorer, module, datamodule.val_dataloader(), names)
         test = predict_split(scorer, module, datamodule.test_dataloader(), names)
         return FitResult(module.net.eval(), val, test, count_parameters(module.net))
@@ -147,21 +182,18 @@ class LightningDetector(DetectorKind):
         torch.save(model.state_dict(), path)
         return path
 
-    def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-        from experiments.training.weights import without_pretrained_weights
-
-        cfg = without_pretrained_weights(copy.deepcopy(cfg))  # the trained weights replace ImageNet's: no download
-        net = instantiate(cfg.model.net)
+    def load(self, path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """A new net from the net factory (built without pretrained weights, ``build_kind(cfg, pretrained=False)``:
+        the trained weights replace ImageNet's) with the state dict at ``path``."""
+        net = self.net_factory()
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.to(device).eval()
 
-    def throughput(self, cfg: DictConfig, size: int, batch: int, steps: int, device: str = "cpu",
+    def throughput(self, size: int, batch: int, steps: int, device: str = "cpu",
                    precision: str = "32-true", warmup: int = 1) -> Throughput:
         """``steps`` optimisation steps on device-resident tensors under ``precision`` (``channels_last`` on
         CUDA, as runs use it)."""
-        from experiments.training.builders import build_module
-
-        module = build_module(cfg).to(device).train()
+        module = self.module_factory(self.net_factory()).to(device).train()
         memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
         module.net.to(memory_format=memory_format)
         opt = module.configure_optimizers()
@@ -210,33 +242,41 @@ class SklearnPipeline(DetectorKind):
 
     Fitting runs the stateless feature step batch by batch over the loaders (torch, batched), then fits the
     rest of the pipeline on the stacked feature vectors: no Lightning loop.
+
+    Args:
+        name: see :class:`DetectorKind`.
+        estimator_factory: builds the unfitted pipeline (``model.estimator``).
     """
 
     weights_suffix = ".skops"
     #: Platt scaling (Platt, 1999) of the classifier's log-odds: a slope and an offset.
-    calibrator = "platt"
+    calibrator = PlattScaling
 
-    def fit(self, cfg: DictConfig, datamodule, out_dir: Path, logger) -> FitResult:
+    def __init__(self, name: str = "detector", estimator_factory: Callable[[], Any] | None = None) -> None:
+        super().__init__(name)
+        self.estimator_factory = estimator_factory or _missing(type(self).__name__, "estimator factory")
+
+    def fit(self, datamodule, out_dir: Path, logger) -> FitResult:
         from experiments.training.sklearn_io import count_estimator_parameters
 
-        pipeline = instantiate(cfg.model.estimator)
+        pipeline = self.estimator_factory()
         features, head = pipeline[:1], pipeline[1:]
-        x_train, y_train, _, _ = self.features_of(cfg, datamodule, "train", features)
+        x_train, y_train, _, _ = self.features_of(datamodule, "train", features)
         head.fit(x_train, y_train)
         names = datamodule.generator_names
         preds = []
         for split in ("val", "test"):
-            x, y, g, index = self.features_of(cfg, datamodule, split, features)
+            x, y, g, index = self.features_of(datamodule, split, features)
             preds.append(Predictions(head.predict_proba(x)[:, 1], y, g, index, names))
         val = preds[0]
         step_metrics = {f"val/{k}": v for k, v in binary_metrics(val.prob, val.label).items()
                         if k in ("accuracy", "f1", "precision", "recall", "auc", "ap")}
         tracking.log_metrics(logger, step_metrics, step=0)
-        tracking.log_artifact(logger, self.save(pipeline, self.weights_path(out_dir, cfg)))
+        tracking.log_artifact(logger, self.save(pipeline, self.weights_path(out_dir)))
         tracking.log_artifact(logger, out_dir / "config.yaml", "checkpoints")
         return FitResult(pipeline, val, preds[1], count_estimator_parameters(head[-1]))
 
-    def features_of(self, cfg: DictConfig, datamodule, split: str, features):
+    def features_of(self, datamodule, split: str, features):
         """``(features, labels, generator ids, indices)`` of a split: the feature step over its loader."""
         from experiments.training.sklearn_io import collect_features
 
@@ -254,15 +294,15 @@ class SklearnPipeline(DetectorKind):
 
         return save_estimator(model, path)
 
-    def load(self, cfg: DictConfig, path: Path, device: str | torch.device = "cpu"):
+    def load(self, path: Path, device: str | torch.device = "cpu"):
         from experiments.training.sklearn_io import load_estimator
 
         return load_estimator(path)
 
-    def throughput(self, cfg: DictConfig, size: int, batch: int, steps: int, device: str = "cpu",
+    def throughput(self, size: int, batch: int, steps: int, device: str = "cpu",
                    precision: str = "32-true", warmup: int = 1) -> Throughput:
         """``fit`` of the whole pipeline (features + classifier) on ``8 * batch`` random images."""
-        pipeline = instantiate(cfg.model.estimator)
+        pipeline = self.estimator_factory()
         n = 8 * batch
         x = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
         start = time.perf_counter()
@@ -275,33 +315,31 @@ class FrozenEncoderProbe(SklearnPipeline):
     feature step is a frozen network, its features cached per image.
 
     The feature step names what its output depends on (``cache_id()``); with the split's file list and
-    preprocessing it keys an ``.npz`` under ``paths.cache_dir/features`` (as ``experiments.data.cache`` keys
-    decoded images), so the runs of a sweep over heads encode every image once. Splits with random
-    preprocessing (``random_crop``, augmentation) are encoded afresh.
+    preprocessing it keys an ``.npz`` under ``feature_cache`` (``${paths.cache_dir}/features``; as
+    ``experiments.data.cache`` keys decoded images), so the runs of a sweep over heads encode every image once.
+    Splits with random preprocessing (``random_crop``, augmentation) are encoded afresh.
+
+    Args:
+        name, estimator_factory: see :class:`SklearnPipeline`.
+        feature_cache: the folder of the cached features.
     """
 
-    def features_of(self, cfg: DictConfig, datamodule, split: str, features):
+    def __init__(self, name: str = "detector", estimator_factory: Callable[[], Any] | None = None,
+                 feature_cache: str | Path | None = None) -> None:
+        super().__init__(name, estimator_factory)
+        self.feature_cache = None if feature_cache is None else Path(str(feature_cache))
+
+    def features_of(self, datamodule, split: str, features):
         from experiments.training.sklearn_io import cached_features
 
+        if self.feature_cache is None:
+            raise ValueError("FrozenEncoderProbe was built without its feature_cache folder "
+                             "(model.kind.feature_cache)")
         step = features[0] if hasattr(features, "steps") else features
         prep = datamodule.train_preprocess if split == "train" else datamodule.preprocess
         loader = getattr(datamodule, f"{split}_dataloader")()
-        root = Path(str(cfg.paths.cache_dir)) / "features"
-        return cached_features(loader, features, root, f"{step.cache_id()}|{prep!r}", prep)
+        return cached_features(loader, features, self.feature_cache, f"{step.cache_id()}|{prep!r}", prep)
 
 
-#: Kinds of run folders saved before ``model.kind`` existed, by their ``model.family``.
-LEGACY_FAMILIES = {"lightning": LightningDetector, "sklearn": SklearnPipeline}
 #: Every kind's weights suffix, to find a run folder's weights.
 WEIGHTS_SUFFIXES = tuple(kind.weights_suffix for kind in (LightningDetector, SklearnPipeline))
-
-
-def detector_kind(cfg: DictConfig) -> DetectorKind:
-    """The kind of ``cfg.model``: ``model.kind`` (``_target_``), or a legacy run folder's ``model.family``."""
-    if "kind" in cfg.model:
-        return instantiate(cfg.model.kind)
-    family = cfg.model.get("family")
-    if family in LEGACY_FAMILIES:
-        return LEGACY_FAMILIES[family]()
-    raise ValueError(f"model={cfg.model.get('name', '?')} has no model.kind; add e.g. "
-                     f"kind: {{_target_: experiments.training.kinds.LightningDetector}} to its config")
