@@ -29,7 +29,7 @@ from experiments.evaluation.metrics import (
     metrics_by_group,
     metrics_vs_all_reals,
 )
-from experiments.evaluation.statistics import bootstrap_metric_cis
+from experiments.evaluation.bootstrap import bootstrap_metric_cis
 
 
 @dataclass

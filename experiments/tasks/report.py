@@ -26,7 +26,7 @@ from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
 from experiments.evaluation.plotting import with_subject
-from experiments.evaluation.statistics import format_ci, t_interval
+from experiments.evaluation.intervals import format_ci, t_interval
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
@@ -85,7 +85,7 @@ def intervals(rows: list[RunRow], columns: list[str], confidence: float = 0.95) 
 
     One run: the stratified bootstrap interval it logged (``<column>_ci_low`` / ``_ci_high``; Efron &
     Tibshirani, 1993), NaN when it logged none. Several runs (seeds): the Student-t interval of the mean
-    over the seeds' point estimates (:func:`experiments.evaluation.statistics.t_interval`), which reflects
+    over the seeds' point estimates (:func:`experiments.evaluation.intervals.t_interval`), which reflects
     the variation between trainings rather than between test images.
     """
     out: dict[str, dict[str, tuple[float, float]]] = {}
