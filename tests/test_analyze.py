@@ -12,7 +12,8 @@ import scipy.stats
 import torch
 from PIL import Image
 
-from experiments.tasks.analyze import MomentAccumulator, analyze, make_groups, peak_to_median
+from experiments.evaluation.residual_statistics import MomentAccumulator, make_groups, peak_to_median
+from experiments.tasks.analyze import analyze
 from experiments.data.layouts import Sample
 from features.spectrum import power_spectrum
 from tests.conftest import compose_config, make_genimage_tree
@@ -108,7 +109,7 @@ def test_moments_match_scipy_on_a_fixed_array():
 def test_groups_are_seeded_and_capped():
     samples = [Sample(f"{g}_{c}_{i}.png", c, g) for g in ("x", "y") for c in (0, 1) for i in range(7)]
     groups = make_groups(samples, max_images=3, seed=0)
-    assert [(g.kind, g.key, len(g.members)) for g in groups][:4] == [
+    assert [(g.grouping, g.key, len(g.members)) for g in groups][:4] == [
         ("class", "real", 3), ("class", "synthetic", 3), ("generator", "x", 3), ("generator", "y", 3)]
     for g in groups:
         assert all((g.label is None or samples[i].label == g.label)

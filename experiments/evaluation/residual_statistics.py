@@ -1,4 +1,4 @@
-"""``task=analyze``: spectral fingerprints of a dataset, after Corvi et al. (2023).
+"""Noise-residual statistics of groups of images, after Corvi et al. (2023).
 
 Corvi, Cozzolino, Poggi, Nagano and Verdoliva (2023), "Intriguing properties of
 synthetic images: from generative adversarial networks to diffusion models":
@@ -6,30 +6,24 @@ suppress the image content with a high-pass filter, then average over many image
 the power spectrum and the autocorrelation of the noise residual; generator
 up-sampling shows as peaks in the mean spectrum and a grid in the autocorrelation,
 and the radial and angular spectral power distributions show the missing
-mid/high-frequency content. No detector is needed::
+mid/high-frequency content.
 
-    python run.py task=analyze data=genimage_tiny data.root=/path/to/genimage_tiny
-
-For every group (each class, each generator, each generator x class) a seeded
-random subset of at most ``task.max_images`` images of ``task.splits`` is read at
-the data config's evaluation preprocessing (``crop_size``/``resize_size``, no
-augmentation) and processed in batches of ``task.batch_size``:
+For every group (each class, each generator, each generator x class: :data:`GROUPINGS`)
+a seeded random subset of at most ``max_images`` images is read and processed in batches:
 
 * the grayscale Laplacian residual ``r`` (:class:`features.residual.LaplacianResidual`);
 * its centred periodogram ``|F(r)|^2 / (H W)`` and its autocorrelation
   (:mod:`features.spectrum`), averaged over the group;
 * the radial and angular power distributions (:class:`features.radial_angular.RadialAngularHistogram`,
-  Nyquist disc) of the image spectrum (``task.profile_source=image``) or of the residual's;
+  Nyquist disc) of the image spectrum (``profile_source="image"``) or of the residual's;
 * the "statistics" step: mean, variance, skewness and (excess) kurtosis of the
   residual's pixel values, pooled over the group (population moments, as
   ``scipy.stats.skew``/``kurtosis`` with their defaults), and the peak-to-median ratio of
   the power spectrum with the DC term left out, for the group's mean spectrum and
   averaged over its images.
 
-Written to ``cfg.paths.output_dir``: ``spectral_by_{class,generator,generator_class}.png``
-(:func:`experiments.evaluation.curves.plot_spectral_analysis`), ``spectral_statistics.{md,csv}`` and
-``spectral_profiles.npz``; all logged to MLflow under ``analysis/`` in a run tagged
-``task=analyze``, with the statistics as metrics ``analyze/<kind>/<group>/<statistic>``.
+:func:`residual_statistics` returns ``{grouping: {group: stats}}``; :func:`write_statistics` and
+:func:`save_profiles` write ``spectral_statistics.{md,csv}`` and ``spectral_profiles.npz``.
 """
 
 from __future__ import annotations
@@ -39,32 +33,28 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 from torch.utils.data import DataLoader
 
-from experiments import tracking
-from experiments.process import progress
 from experiments.data.dataset import ImageDataset, collate_skipping
-from experiments.data.layouts import Sample
-from experiments.evaluation.metrics import sanitize_metric_component
-from experiments.data.layouts import CLASS_NAMES
-from experiments.evaluation.spectra import plot_spectral_analysis
+from experiments.data.layouts import CLASS_NAMES, Sample
+from experiments.process import progress
+from features.precision import as_unit_float
 from features.radial_angular import RadialAngularHistogram
 from features.residual import LaplacianResidual
 from features.spectrum import power_and_autocorrelation
-from features.precision import as_unit_float
 
 log = logging.getLogger(__name__)
 
-KINDS = ("class", "generator", "generator_class")
+#: How the images are grouped: by class, by generator, and by generator x class.
+GROUPINGS = ("class", "generator", "generator_class")
 STATISTICS = ("mean", "variance", "skewness", "kurtosis", "peak_to_median", "peak_to_median_per_image")
-ARTIFACT_DIR = "analysis"
+
+#: Results of :func:`residual_statistics`: ``{grouping: {group key: arrays and statistics}}``.
+Results = dict[str, dict[str, dict[str, Any]]]
 
 
 # ---------------------------------------------------------------------------
@@ -159,9 +149,9 @@ def peak_to_median(power: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 @dataclass
 class Group:
-    """One analysed group: its kind (``class``, ``generator``, ``generator_class``), key and picked samples."""
+    """One analysed group: its grouping (one of :data:`GROUPINGS`), key and picked samples."""
 
-    kind: str
+    grouping: str
     key: str
     generator: str | None
     label: int | None
@@ -219,14 +209,14 @@ def make_groups(samples: Sequence[Sample], max_images: int, seed: int = 0) -> li
     specs += [("generator_class", f"{g}/{CLASS_NAMES[c]}", g, c) for g in generators for c in labels]
     rng = np.random.default_rng(seed)
     groups = []
-    for kind, key, gen, label in specs:
+    for grouping, key, gen, label in specs:
         pool = [i for i, s in enumerate(samples)
                 if (gen is None or s.generator == gen) and (label is None or s.label == label)]
         if not pool:
             continue
         if len(pool) > max_images:
             pool = sorted(rng.choice(pool, size=max_images, replace=False).tolist())
-        groups.append(Group(kind, key, gen, label, pool))
+        groups.append(Group(grouping, key, gen, label, pool))
     return groups
 
 
@@ -271,55 +261,36 @@ def accumulate(groups: list[Group], samples: Sequence[Sample], preprocess, gener
                 group.add(*(o[mask] for o in outputs))
 
 
-# ---------------------------------------------------------------------------
-# the task
-# ---------------------------------------------------------------------------
-def analyze(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
-    """Run ``task=analyze``; return ``{kind: {group: stats}}`` (arrays and statistics)."""
-    from experiments.training.builders import build_datamodule
-
-    task = cfg.task
-    datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
-    datamodule.setup()
-    splits = list(task.get("splits") or ["train", "val", "test"])
-    unknown = sorted(set(splits) - set(datamodule.splits))
-    if unknown:
-        raise ValueError(f"task.splits names unknown splits {unknown}; choose from {sorted(datamodule.splits)}")
-    samples = [s for split in splits for s in datamodule.splits[split]]
-    groups = make_groups(samples, int(task.max_images), int(task.get("seed", cfg.get("seed", 0)) or 0))
-    n_radial, n_angular = int(task.get("n_radial", 64)), int(task.get("n_angular", 64))
-    features = SpectralFeatures(n_radial, n_angular, str(task.get("profile_source", "image")))
-    accumulate(groups, samples, datamodule.preprocess, datamodule.generator_names, features,
-               int(task.batch_size), int(cfg.data.get("num_workers", 0) or 0))
-    results: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS}
+def residual_statistics(samples: Sequence[Sample], preprocess, generator_names: Sequence[str], *,
+                        max_images: int, seed: int = 0, n_radial: int = 64, n_angular: int = 64,
+                        profile_source: str = "image", batch_size: int = 64, num_workers: int = 0) -> Results:
+    """Group ``samples`` (:func:`make_groups`), read the picked images once and return every group's means and
+    statistics, ``{grouping: {group: stats}}``. A group without a readable image is left out with a warning."""
+    groups = make_groups(samples, max_images, seed)
+    features = SpectralFeatures(n_radial, n_angular, profile_source)
+    accumulate(groups, samples, preprocess, generator_names, features, batch_size, num_workers)
+    results: Results = {grouping: {} for grouping in GROUPINGS}
     for group in groups:
         if group.n == 0:
             log.warning("analyze: no readable image in group %s; left out", group.key)
             continue
-        results[group.kind][group.key] = {**group.result(n_radial), "generator": group.generator,
-                                          "class": None if group.label is None else CLASS_NAMES[group.label]}
-
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [plot_spectral_analysis(stats, out_dir / f"spectral_by_{kind}.png")
-             for kind, stats in results.items() if stats]
-    files += write_statistics(results, out_dir, title=f"{cfg.data.name}: noise-residual statistics")
-    files.append(save_profiles(results, out_dir / "spectral_profiles.npz"))
-    run_id = log_to_mlflow(cfg, results, [Path(f) for f in files], splits)
-    print_statistics(results, f"{cfg.data.name}: noise-residual statistics")
-    tracking.announce_outputs(out_dir, run_id, cfg.logger.tracking_uri)
+        results[group.grouping][group.key] = {**group.result(n_radial), "generator": group.generator,
+                                              "class": None if group.label is None else CLASS_NAMES[group.label]}
     return results
 
 
-def statistics_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One flat row per group: kind, group, generator, class, n_images and :data:`STATISTICS`."""
-    return [{"kind": kind, "group": key, "generator": stats["generator"] or "", "class": stats["class"] or "",
+# ---------------------------------------------------------------------------
+# tables and arrays
+# ---------------------------------------------------------------------------
+def statistics_rows(results: Results) -> list[dict[str, Any]]:
+    """One flat row per group: its grouping (column ``kind``), group, generator, class, n_images and
+    :data:`STATISTICS`."""
+    return [{"kind": grouping, "group": key, "generator": stats["generator"] or "", "class": stats["class"] or "",
              "n_images": stats["n_images"], **{name: stats[name] for name in STATISTICS}}
-            for kind, groups in results.items() for key, stats in groups.items()]
+            for grouping, groups in results.items() for key, stats in groups.items()]
 
 
-def write_statistics(results, out_dir: Path, title: str = "Noise-residual statistics") -> list[Path]:
+def write_statistics(results: Results, out_dir: Path, title: str = "Noise-residual statistics") -> list[Path]:
     """``spectral_statistics.csv`` (full precision) and ``spectral_statistics.md`` (4 significant digits)."""
     rows = statistics_rows(results)
     columns = ["kind", "group", "generator", "class", "n_images", *STATISTICS]
@@ -341,42 +312,10 @@ def write_statistics(results, out_dir: Path, title: str = "Noise-residual statis
     return [md_path, csv_path]
 
 
-def save_profiles(results, path: Path) -> Path:
-    """Every group's mean spectrum, autocorrelation and profiles, keyed ``<kind>__<group>__<field>``."""
-    arrays = {f"{kind}__{key.replace('/', '_')}__{name}": np.asarray(stats[name])
-              for kind, groups in results.items() for key, stats in groups.items()
+def save_profiles(results: Results, path: Path) -> Path:
+    """Every group's mean spectrum, autocorrelation and profiles, keyed ``<grouping>__<group>__<field>``."""
+    arrays = {f"{grouping}__{key.replace('/', '_')}__{name}": np.asarray(stats[name])
+              for grouping, groups in results.items() for key, stats in groups.items()
               for name in ("power_spectrum", "autocorrelation", "radial", "angular")}
     np.savez_compressed(path, **arrays)
     return path
-
-
-def log_to_mlflow(cfg: DictConfig, results, files: Iterable[Path], splits: Sequence[str]) -> str:
-    """A new run of ``analyze-<data>`` (``logger.task_experiment_name``) tagged ``task=analyze``: params, statistics, files. Returns its id."""
-    from experiments import tracking
-
-    logger = tracking.mlflow_logger(tracking.task_experiment_name(cfg), f"analyze-{cfg.data.name}", cfg.logger.tracking_uri,
-                                    cfg.logger.get("artifact_location"),
-                                    run_tags={"task": "analyze", "data": cfg.data.name}, tags=cfg.logger.get("tags"))
-    params = {f"task/{k}": v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()}
-    params.update({f"data/{k}": cfg.data.get(k) for k in ("name", "root", "crop_size", "resize_size")})
-    params["task/splits"] = ",".join(splits)
-    logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()})
-    metrics = {}
-    for row in statistics_rows(results):
-        prefix = f"analyze/{row['kind']}/{sanitize_metric_component(row['group'])}"
-        metrics[f"{prefix}/n_images"] = float(row["n_images"])
-        metrics.update({f"{prefix}/{name}": float(row[name]) for name in STATISTICS})
-    tracking.log_metrics(logger, metrics)
-    for path in files:
-        tracking.log_artifact(logger, path, ARTIFACT_DIR)
-    logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    return logger.run_id
-
-
-def print_statistics(results, title: str) -> None:
-    table = Table(title=title)
-    for column in ("kind", "group", "n", *STATISTICS):
-        table.add_column(column, justify="left" if column in ("kind", "group") else "right")
-    for row in statistics_rows(results):
-        table.add_row(row["kind"], row["group"], str(row["n_images"]), *(f"{row[s]:.4g}" for s in STATISTICS))
-    Console(width=200).print(table)
