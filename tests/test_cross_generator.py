@@ -8,7 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from experiments.tasks.cross_generator import build_matrix, cell_intervals, cross_generator, records_from_run, summarize
+from experiments.evaluation.generator_matrix import build_matrix, cell_intervals, records_from_run, summarize
+from experiments.tasks.cross_generator import cross_generator
 from tests.conftest import compose_config
 
 GENS = ("a", "b", "c")
@@ -139,15 +140,13 @@ def test_task_reads_leave_one_out_runs(tmp_path):
     assert client.get_run(result["run_id"]).data.tags["protocol"] == "leave_one_out"
 
 
-def test_task_reads_logo_runs_from_mlflow(tmp_path):
-    # runs made under the old name (tag protocol=logo, experiment logo-demo) are still read
-    cfg = compose_config(["task=cross_generator", "experiment=train_on_one", "task.experiment_name=logo-demo"],
-                         tmp_path)
+def test_task_reads_train_on_one_runs_from_mlflow(tmp_path):
+    cfg = compose_config(["task=cross_generator", "experiment=train_on_one"], tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp_id = client.create_experiment("logo-demo")
+    exp_id = client.create_experiment(cfg.task.experiment_name)
     for i, train in enumerate(GENS):
         for model, shift in (("m1", 0.0), ("m2", -0.2)):
-            run = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": model,
+            run = client.create_run(exp_id, tags={"task": "train", "protocol": "train_on_one", "model": model,
                                                   "train_generator": train, "seed": "42"})
             for j, test in enumerate(GENS):
                 auc = (0.9 if i == j else 0.5 + 0.1 * i + 0.01 * j) + shift
@@ -156,8 +155,12 @@ def test_task_reads_logo_runs_from_mlflow(tmp_path):
                 client.log_metric(run.info.run_id, f"test/{test}/auc_ci_low", auc - 0.05)
                 client.log_metric(run.info.run_id, f"test/{test}/auc_ci_high", auc + 0.05)
             client.set_terminated(run.info.run_id, "FINISHED")
-    # an unfinished run and a run of another protocol are ignored
-    stray = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": "m1", "train_generator": "a",
+    # an unfinished run, a run of another protocol and a run tagged with a former protocol name are ignored
+    legacy = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": "m1",
+                                             "train_generator": "a", "seed": "7"})
+    client.log_metric(legacy.info.run_id, "test/a/auc", 0.0)
+    client.set_terminated(legacy.info.run_id, "FINISHED")
+    stray = client.create_run(exp_id, tags={"task": "train", "protocol": "train_on_one", "model": "m1", "train_generator": "a",
                                             "seed": "42"})
     client.log_metric(stray.info.run_id, "test/a/auc", 0.0)
     other = client.create_run(exp_id, tags={"task": "train", "model": "m1", "seed": "42"})
