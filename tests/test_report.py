@@ -9,7 +9,8 @@ import mlflow
 import pytest
 from scipy import stats
 
-from experiments.tasks.report import interval_cell, report
+from experiments.evaluation.seed_summary import interval_cell
+from experiments.tasks.report import report
 from tests.conftest import compose_config
 
 
