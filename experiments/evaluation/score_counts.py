@@ -6,13 +6,15 @@ convention of a ROC operating point, as in scikit-learn's ``roc_curve``).
 
 A set of scores is fully described, for every metric reported here, by how many reals and fakes sit at
 each distinct score (:class:`ScoreCounts`). AUROC, average precision, the ROC curve and the thresholded
-metrics are cumulative sums of these counts. This is the one engine of the suite: the per-run metrics of
-:mod:`experiments.evaluation.metrics` read it for one sample (R = 1), and the stratified bootstrap of
-:mod:`experiments.evaluation.bootstrap` for a block of R resamples at once. A bootstrap resample is a
-multiset of the original scores, so it is one row of counts over the original score grid: 1000 resamples
-per metric and group cost a few cumulative sums, where a per-call computation (sorting each resample, as
-torchmetrics or scikit-learn do) could not be batched. Everything is float64, and the counts are integers,
-so the rates are exact ratios of counts.
+metrics are cumulative sums of these counts, as in the ROC construction of Fawcett (2006), "An
+introduction to ROC analysis", Pattern Recognition Letters 27(8):861-874 (one point per distinct score).
+
+This is the one engine of the suite: the per-run metrics of :mod:`experiments.evaluation.metrics` read
+it for one sample (R = 1), and the stratified bootstrap of :mod:`experiments.evaluation.bootstrap` for a
+block of R resamples at once. A bootstrap resample is a multiset of the original scores, so it is one row
+of counts over the original score grid: 1000 resamples per metric and group cost a few cumulative sums,
+where a per-call computation (sorting each resample, as torchmetrics or scikit-learn do) could not be
+batched. Everything is float64, and the counts are integers, so the rates are exact ratios of counts.
 """
 
 from __future__ import annotations
