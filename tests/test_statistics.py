@@ -68,7 +68,7 @@ def test_fast_metrics_agree_with_metrics_module(seed, ties, threshold, pos_frac)
         assert fast[name] == pytest.approx(ref[name], abs=EXACT), name
     for name in ("auc", "ap", "accuracy"):
         assert fast[name] == pytest.approx(ref[name], abs=FLOAT32), name
-    # the float64 references of the three metrics torchmetrics computes in float32
+    # float64 references from scikit-learn
     assert fast["auc"] == pytest.approx(skm.roc_auc_score(labels, probs), abs=EXACT)
     assert fast["ap"] == pytest.approx(skm.average_precision_score(labels, probs), abs=EXACT)
     assert fast["accuracy"] == pytest.approx(np.mean((probs >= threshold) == labels), abs=EXACT)
