@@ -1,86 +1,15 @@
-"""The cross-generator protocols (train_on_one, leave_one_out): the presets, the matrix, and task=cross_generator."""
+"""The cross-generator protocols (train_on_one, leave_one_out): the presets and task=cross_generator."""
 
 from __future__ import annotations
-
-import math
 
 import mlflow
 import numpy as np
 import pytest
 
-from experiments.tasks.cross_generator import build_matrix, cell_intervals, cross_generator, records_from_run, summarize
+from experiments.tasks.cross_generator import cross_generator
 from tests.conftest import compose_config
 
 GENS = ("a", "b", "c")
-
-
-def toy_records() -> list[dict]:
-    """auc = 0.9 on the diagonal; off the diagonal 0.5 + 0.1 * row + 0.01 * column (row/column = position in GENS)."""
-    records = []
-    for i, train in enumerate(GENS):
-        for j, test in enumerate(GENS):
-            auc = 0.9 if i == j else 0.5 + 0.1 * i + 0.01 * j
-            records.append({"train": train, "test": test, "auc": auc, "accuracy": auc - 0.1})
-    return records
-
-
-def test_build_matrix_places_each_record_at_train_row_test_column():
-    records = toy_records()[::-1]  # order must not matter
-    matrix, rows, cols = build_matrix(records, "auc")
-    assert rows == list(GENS) and cols == list(GENS)
-    assert matrix.shape == (3, 3)
-    np.testing.assert_allclose(np.diag(matrix), 0.9)
-    assert matrix[0, 1] == pytest.approx(0.51)  # trained on a, tested on b
-    assert matrix[1, 0] == pytest.approx(0.60)  # trained on b, tested on a
-    assert matrix[2, 1] == pytest.approx(0.71)  # trained on c, tested on b
-    off = [0.5 + 0.1 * i + 0.01 * j for i in range(3) for j in range(3) if i != j]
-    summary = summarize(matrix, rows, cols)
-    assert summary["diagonal_mean"] == pytest.approx(0.9)
-    assert summary["off_diagonal_mean"] == pytest.approx(np.mean(off))
-    assert summary["off_diagonal_min"] == pytest.approx(min(off))  # the worst unseen generator: trained a, tested b
-    acc, _, _ = build_matrix(records, "accuracy")
-    np.testing.assert_allclose(acc, matrix - 0.1)
-
-
-def test_build_matrix_averages_seeds_and_leaves_missing_cells_nan():
-    records = [
-        {"train": "b", "test": "a", "auc": 0.6}, {"train": "b", "test": "a", "auc": 0.8},  # two seeds
-        {"train": "b", "test": "b", "auc": 1.0}, {"train": "a", "test": "a", "auc": 0.9},
-        {"train": "a", "test": "z_only_tested", "auc": 0.4}, {"train": "a", "test": "b", "auc": float("nan")},
-    ]
-    matrix, rows, cols = build_matrix(records, "auc")
-    assert rows == ["a", "b"] and cols == ["a", "b", "z_only_tested"]  # diagonal first, test-only columns last
-    assert matrix[1, 0] == pytest.approx(0.7)
-    assert math.isnan(matrix[0, 1]) and math.isnan(matrix[1, 2])
-    summary = summarize(matrix, rows, cols)
-    assert summary["diagonal_mean"] == pytest.approx(0.95)
-    assert summary["off_diagonal_mean"] == pytest.approx((0.7 + 0.4) / 2)
-
-
-def test_records_from_run_reads_per_generator_test_metrics():
-    metrics = {"test/auc": 0.8, "test/a/auc": 0.9, "test/b/auc": 0.7, "test/b/accuracy": 0.6,
-               "test/accuracy_at_val_threshold": 0.5, "best_val/auc": 1.0, "test/b/f1": 0.3,
-               "test/b/auc_ci_low": 0.6, "test/b/auc_ci_high": 0.8, "test/b/f1_ci_low": 0.1}
-    records = sorted(records_from_run("m", "a", "0", metrics, ["auc", "accuracy"]), key=lambda r: r["test"])
-    assert records == [
-        {"model": "m", "seed": "0", "train": "a", "test": "a", "auc": 0.9},
-        {"model": "m", "seed": "0", "train": "a", "test": "b", "auc": 0.7, "accuracy": 0.6,
-         "auc_ci_low": 0.6, "auc_ci_high": 0.8},
-    ]
-
-
-def test_cell_intervals_come_from_a_single_run_only():
-    records = [
-        {"train": "a", "test": "a", "auc": 0.9, "auc_ci_low": 0.85, "auc_ci_high": 0.95},
-        {"train": "a", "test": "b", "auc": 0.6, "auc_ci_low": 0.5, "auc_ci_high": 0.7},
-        {"train": "a", "test": "b", "auc": 0.8, "auc_ci_low": 0.7, "auc_ci_high": 0.9},  # a second seed
-        {"train": "b", "test": "a", "auc": 0.7},  # no bounds logged
-    ]
-    matrix, rows, cols = build_matrix(records, "auc")
-    low, high = cell_intervals(records, "auc", rows, cols)
-    assert (low[0, 0], high[0, 0]) == (0.85, 0.95)
-    assert math.isnan(low[0, 1]) and math.isnan(high[0, 1])  # two seeds averaged: no single interval
-    assert math.isnan(low[1, 0]) and math.isnan(low[1, 1])
 
 
 @pytest.mark.parametrize("preset", ["train_on_one"])
@@ -139,15 +68,13 @@ def test_task_reads_leave_one_out_runs(tmp_path):
     assert client.get_run(result["run_id"]).data.tags["protocol"] == "leave_one_out"
 
 
-def test_task_reads_logo_runs_from_mlflow(tmp_path):
-    # runs made under the old name (tag protocol=logo, experiment logo-demo) are still read
-    cfg = compose_config(["task=cross_generator", "experiment=train_on_one", "task.experiment_name=logo-demo"],
-                         tmp_path)
+def test_task_reads_train_on_one_runs_from_mlflow(tmp_path):
+    cfg = compose_config(["task=cross_generator", "experiment=train_on_one"], tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp_id = client.create_experiment("logo-demo")
+    exp_id = client.create_experiment(cfg.task.experiment_name)
     for i, train in enumerate(GENS):
         for model, shift in (("m1", 0.0), ("m2", -0.2)):
-            run = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": model,
+            run = client.create_run(exp_id, tags={"task": "train", "protocol": "train_on_one", "model": model,
                                                   "train_generator": train, "seed": "42"})
             for j, test in enumerate(GENS):
                 auc = (0.9 if i == j else 0.5 + 0.1 * i + 0.01 * j) + shift
@@ -156,8 +83,12 @@ def test_task_reads_logo_runs_from_mlflow(tmp_path):
                 client.log_metric(run.info.run_id, f"test/{test}/auc_ci_low", auc - 0.05)
                 client.log_metric(run.info.run_id, f"test/{test}/auc_ci_high", auc + 0.05)
             client.set_terminated(run.info.run_id, "FINISHED")
-    # an unfinished run and a run of another protocol are ignored
-    stray = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": "m1", "train_generator": "a",
+    # an unfinished run, a run of another protocol and a run tagged with a former protocol name are ignored
+    legacy = client.create_run(exp_id, tags={"task": "train", "protocol": "logo", "model": "m1",
+                                             "train_generator": "a", "seed": "7"})
+    client.log_metric(legacy.info.run_id, "test/a/auc", 0.0)
+    client.set_terminated(legacy.info.run_id, "FINISHED")
+    stray = client.create_run(exp_id, tags={"task": "train", "protocol": "train_on_one", "model": "m1", "train_generator": "a",
                                             "seed": "42"})
     client.log_metric(stray.info.run_id, "test/a/auc", 0.0)
     other = client.create_run(exp_id, tags={"task": "train", "model": "m1", "seed": "42"})

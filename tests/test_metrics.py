@@ -13,13 +13,12 @@ from sklearn import metrics as skm
 from experiments.evaluation.metrics import (
     binary_metrics,
     calibrated_threshold,
-    equal_error_rate,
     expected_calibration_error,
     flatten_metrics,
     metrics_by_group,
     reliability_bins,
-    tpr_at_fpr,
 )
+from experiments.evaluation.score_counts import ScoreCounts, tpr_at_fpr_from_counts
 
 TOL = 1e-6
 
@@ -100,11 +99,12 @@ def test_tpr_at_fpr_counts_boundary_exactly():
     labels = np.array([0] * 20 + [1] * 10)
     probs = np.concatenate([np.linspace(0.0, 0.5, 19), [0.95], np.linspace(0.6, 1.0, 10)])
     fpr, tpr, _ = skm.roc_curve(labels, probs)
-    assert tpr_at_fpr(probs, labels, 0.05) == pytest.approx(tpr[fpr <= 0.05].max())
-    assert tpr_at_fpr(probs, labels, 0.05) == pytest.approx(1.0)
+    m = binary_metrics(probs, labels)
+    assert m["tpr_at_5fpr"] == pytest.approx(tpr[fpr <= 0.05].max())
+    assert m["tpr_at_5fpr"] == pytest.approx(1.0)
     # Positives above the negative at 0.95 are 1.0 and 0.9556: TPR 2/10 with no false positive.
-    assert tpr_at_fpr(probs, labels, 0.0) == pytest.approx(0.2)
-    assert equal_error_rate(probs, labels) == pytest.approx(_reference_eer(probs, labels))
+    assert tpr_at_fpr_from_counts(ScoreCounts.from_scores(probs, labels), 0.0)[0] == pytest.approx(0.2)
+    assert m["eer"] == pytest.approx(_reference_eer(probs, labels))
 
 
 def test_torch_inputs_give_the_same_numbers():

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from scipy import stats
 
-from experiments.tasks.report import interval_cell, report
+from experiments.tasks.report import report
 from tests.conftest import compose_config
 
 
@@ -18,13 +18,6 @@ def log_run(client: mlflow.MlflowClient, exp_id: str, model: str, seed: int, met
     for key, value in metrics.items():
         client.log_metric(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id, "FINISHED")
-
-
-def test_interval_cell_formats():
-    assert interval_cell(0.9421, 0.0, 1, 0.9183, 0.9634) == "0.942 [0.918, 0.963]"
-    assert interval_cell(0.9421, 0.0, 1, float("nan"), float("nan")) == "0.942"
-    assert interval_cell(0.85, 0.05, 3, 0.726, 0.974) == "0.850 ± 0.050 [0.726, 0.974] (n=3)"
-    assert interval_cell(float("nan"), float("nan"), 0, float("nan"), float("nan")) == "n/a"
 
 
 def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp_path):

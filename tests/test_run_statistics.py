@@ -49,12 +49,19 @@ def test_score_adds_intervals_around_the_unchanged_metrics():
     assert score(val, test, bootstrap=BootstrapSettings(resamples=0)) == plain
 
 
+def settings_of(cfg) -> BootstrapSettings:
+    """The settings ``task=train`` and ``task=evaluate`` build from their config."""
+    return BootstrapSettings(int(cfg.stats.bootstrap_resamples), float(cfg.stats.confidence), int(cfg.seed or 0))
+
+
 def test_bootstrap_settings_come_from_the_config_and_name_bad_keys(tmp_path):
     cfg = compose_config(["seed=3", "stats.bootstrap_resamples=50"], tmp_path)
-    assert BootstrapSettings.from_config(cfg) == BootstrapSettings(50, 0.95, 3)
+    assert settings_of(cfg) == BootstrapSettings(50, 0.95, 3)
     cfg.stats.confidence = 95
     with pytest.raises(ValueError, match="stats.confidence"):
-        BootstrapSettings.from_config(cfg)
+        settings_of(cfg)
+    with pytest.raises(ValueError, match="stats.bootstrap_resamples"):
+        BootstrapSettings(resamples=-1)
 
 
 def test_seeds_preset_sweeps_three_seeds(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import optimize, special
 
 from experiments.evaluation.metrics import as_scores_and_labels, expected_calibration_error
-from experiments.evaluation.statistics import as_flat_numpy, finite_scores_and_labels
+from experiments.evaluation.score_counts import as_flat_numpy, finite_scores_and_labels
 
 #: Temperatures are searched in ``[1 / TEMPERATURE_BOUND, TEMPERATURE_BOUND]``.
 TEMPERATURE_BOUND = 1e3

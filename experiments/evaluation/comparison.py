@@ -9,7 +9,7 @@ when the sets differ. :func:`pairwise_tests` then runs, for every pair,
 * McNemar's test (McNemar, 1947) of the errors, each detector thresholded at its own val-chosen threshold,
 
 and Holm-adjusts each family of p-values (Holm, 1979). The statistics live in
-:mod:`experiments.evaluation.statistics`; this module arranges them.
+:mod:`experiments.evaluation.paired_tests`; this module arranges them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.evaluation.statistics import delong_test, holm_adjust, mcnemar_test
+from experiments.evaluation.paired_tests import delong_test, holm_adjust, mcnemar_test
 
 
 class MismatchedImages(ValueError):

@@ -20,6 +20,7 @@ from experiments.evaluation.metrics import (
     roc_points,
 )
 from experiments.evaluation.plotting import is_finite, saved_figure, to_numpy
+from experiments.evaluation.score_counts import ScoreCounts, confusion_from_counts
 
 # ---------------------------------------------------------------------------
 # classification diagnostics
@@ -27,9 +28,8 @@ from experiments.evaluation.plotting import is_finite, saved_figure, to_numpy
 def plot_confusion_matrix(probs: Any, labels: Any, path: str | Path, threshold: float = 0.5) -> str | Path:
     """2x2 confusion matrix at ``prob >= threshold``; each cell shows its count and its row-normalised rate."""
     scores, targets = as_scores_and_labels(probs, labels)
-    y_true = targets.numpy()
-    y_pred = (scores.numpy() >= threshold).astype(int)
-    counts = np.array([[np.sum((y_true == t) & (y_pred == p)) for p in (0, 1)] for t in (0, 1)], dtype=float)
+    tp, fp, tn, fn = (float(c[0]) for c in confusion_from_counts(ScoreCounts.from_scores(scores, targets), threshold))
+    counts = np.array([[tn, fp], [fn, tp]])  # rows: true class, columns: predicted class
     row_totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         rates = np.where(row_totals > 0, counts / row_totals, np.nan)
@@ -47,7 +47,7 @@ def plot_confusion_matrix(probs: Any, labels: Any, path: str | Path, threshold: 
         ax.set_yticks([0, 1], labels=CLASS_NAMES)
         ax.set_xlabel("Predicted class")
         ax.set_ylabel("True class")
-        ax.set_title(f"Confusion matrix (threshold {threshold:.3g}, n={len(y_true)})")
+        ax.set_title(f"Confusion matrix (threshold {threshold:.3g}, n={len(targets)})")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="Row-normalised rate")
     return path
 

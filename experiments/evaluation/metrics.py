@@ -9,8 +9,10 @@ Conventions
   operating point, as in scikit-learn's ``roc_curve``).
 * Threshold-free metrics (``auc``, ``ap``, ``eer``, ``tpr_at_5fpr``) are undefined
   when only one class is present; they are reported as NaN, silently.
-* Metrics come from ``torchmetrics.functional`` where it offers them. The equal error
-  rate and the TPR at a fixed FPR are read off ``binary_roc``.
+* Every count-based metric comes from the one engine of :mod:`experiments.evaluation.score_counts`
+  (per-class counts of distinct scores), the engine the stratified bootstrap uses too, so a point
+  estimate and its interval share one definition. The calibration error and the Brier score are
+  means over the scores.
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_average_precision,
-    binary_calibration_error,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    binary_roc,
+
+from experiments.evaluation.score_counts import (
+    LOW_FPR,
+    ScoreCounts,
+    accuracy_from_counts,
+    as_flat_numpy,
+    auroc_from_counts,
+    average_precision_from_counts,
+    balanced_accuracy_from_counts,
+    eer_from_counts,
+    f1_from_counts,
+    precision_from_counts,
+    probabilities_and_labels,
+    recall_from_counts,
+    tpr_at_fpr_from_counts,
 )
 
 #: Number of equal-width bins of the expected calibration error.
 ECE_BINS = 15
-
-#: False-positive rate at which ``tpr_at_5fpr`` is read.
-LOW_FPR = 0.05
 
 #: Key of the pooled entry in :func:`metrics_by_group`.
 ALL_GROUPS = "all"
@@ -51,98 +56,39 @@ _NAN = float("nan")
 # ---------------------------------------------------------------------------
 # input handling
 # ---------------------------------------------------------------------------
-def _as_1d_tensor(values: Any, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        tensor = values.detach().cpu()
-    else:
-        tensor = torch.as_tensor(np.asarray(values))
-    return tensor.reshape(-1).to(dtype)
-
-
 def as_scores_and_labels(probs: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate and convert to a float64 score tensor and an int64 0/1 label tensor (both 1-D, CPU).
 
     Raises ``ValueError`` for mismatched lengths, scores outside ``[0, 1]`` (logits are
-    not accepted: torchmetrics would silently pass them through a sigmoid) or labels
-    other than 0/1.
+    not accepted) or labels other than 0/1
+    (:func:`experiments.evaluation.score_counts.probabilities_and_labels`).
     """
-    scores = _as_1d_tensor(probs, torch.float64)
-    targets = _as_1d_tensor(labels, torch.float64)
-    if scores.numel() != targets.numel():
-        raise ValueError(f"probs and labels differ in length: {scores.numel()} vs {targets.numel()}")
-    if scores.numel() and (torch.isnan(scores).any() or scores.min() < 0 or scores.max() > 1):
-        raise ValueError("probs must be probabilities P(synthetic) in [0, 1] without NaN (got logits?)")
-    if targets.numel() and not torch.isin(targets, torch.tensor([0.0, 1.0], dtype=torch.float64)).all():
-        raise ValueError("labels must be 0 (real) or 1 (synthetic)")
-    return scores, targets.long()
+    scores, targets = probabilities_and_labels(probs, labels)
+    return torch.from_numpy(scores), torch.from_numpy(targets)
 
 
-def _has_both_classes(targets: torch.Tensor) -> bool:
+def _has_both_classes(targets: np.ndarray) -> bool:
     n_pos = int(targets.sum())
-    return 0 < n_pos < targets.numel()
+    return 0 < n_pos < targets.size
 
 
 # ---------------------------------------------------------------------------
-# ROC-derived metrics
+# ROC curve
 # ---------------------------------------------------------------------------
 def roc_points(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve ``(fpr, tpr, thresholds)`` as float64 numpy arrays, from torchmetrics' ``binary_roc``.
+    """ROC curve ``(fpr, tpr, thresholds)`` as float64 numpy arrays, one point per distinct score.
 
     The curve runs from ``(0, 0)`` to ``(1, 1)``; point ``i`` predicts synthetic for
-    ``prob >= thresholds[i]``, and ``thresholds[0]`` is a sentinel above every score
-    (all predicted real). Raises ``ValueError`` when only one class is present.
+    ``prob >= thresholds[i]``, and ``thresholds[0]`` is the sentinel 1.0, at or above every
+    score (all predicted real). The rates are exact ratios of integer counts. Raises
+    ``ValueError`` when only one class is present.
     """
-    scores, targets = as_scores_and_labels(probs, labels)
+    scores, targets = probabilities_and_labels(probs, labels)
     if not _has_both_classes(targets):
         raise ValueError("a ROC curve needs both classes in labels")
-    fpr, tpr, thresholds = binary_roc(scores, targets)
-    # Rebuild the rates from integer counts so that they are exact in float64
-    # (torchmetrics divides in float32, e.g. 1/20 -> 0.0500000007 > 0.05).
-    n_pos = int(targets.sum())
-    n_neg = targets.numel() - n_pos
-    fp = np.rint(fpr.double().numpy() * n_neg)
-    tp = np.rint(tpr.double().numpy() * n_pos)
-    return fp / n_neg, tp / n_pos, thresholds.double().numpy()
-
-
-def equal_error_rate_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Equal error rate: the FPR where FPR = FNR (= 1 - TPR) on the piecewise-linear ROC.
-
-    ``fpr - fnr`` grows monotonically from -1 to +1 along the curve; the crossing is
-    found between the two points that bracket it and interpolated linearly.
-    """
-    gap = fpr - (1.0 - tpr)
-    i = int(np.argmax(gap >= 0))
-    if gap[i] == 0 or i == 0:
-        return float(fpr[i])
-    t = -gap[i - 1] / (gap[i] - gap[i - 1])
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
-
-
-def tpr_at_fpr_from_roc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float = LOW_FPR) -> float:
-    """Highest TPR among ROC operating points with FPR <= ``max_fpr`` (no interpolation).
-
-    This is the TPR of a threshold one could actually set; it is never optimistic.
-    """
-    return float(tpr[fpr <= max_fpr + 1e-12].max())
-
-
-def equal_error_rate(probs: Any, labels: Any) -> float:
-    """Equal error rate (see :func:`equal_error_rate_from_roc`); NaN with one class only."""
-    scores, targets = as_scores_and_labels(probs, labels)
-    if not _has_both_classes(targets):
-        return _NAN
-    fpr, tpr, _ = roc_points(scores, targets)
-    return equal_error_rate_from_roc(fpr, tpr)
-
-
-def tpr_at_fpr(probs: Any, labels: Any, max_fpr: float = LOW_FPR) -> float:
-    """TPR at FPR <= ``max_fpr`` (see :func:`tpr_at_fpr_from_roc`); NaN with one class only."""
-    scores, targets = as_scores_and_labels(probs, labels)
-    if not _has_both_classes(targets):
-        return _NAN
-    fpr, tpr, _ = roc_points(scores, targets)
-    return tpr_at_fpr_from_roc(fpr, tpr, max_fpr)
+    counts = ScoreCounts.from_scores(scores, targets)
+    fpr, tpr = counts.roc
+    return fpr[0], tpr[0], counts.roc_thresholds
 
 
 # ---------------------------------------------------------------------------
@@ -156,9 +102,8 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> dict[st
     ``mean_prob`` (mean score) and ``frac_pos`` (fraction labelled synthetic); the
     last two are NaN for empty bins.
     """
-    scores, targets = as_scores_and_labels(probs, labels)
-    p = scores.numpy()
-    y = targets.numpy().astype(np.float64)
+    p, targets = probabilities_and_labels(probs, labels)
+    y = targets.astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
@@ -174,26 +119,22 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = ECE_BINS) 
     ``ECE = sum_b (n_b / n) * |mean(y in b) - mean(p in b)|``: the L1 gap between the
     predicted probability of the *synthetic* class and the observed frequency of
     synthetic labels (Naeini et al., 2015; Guo et al., 2017, applied to the positive
-    class). Computed with torchmetrics' ``binary_calibration_error(norm="l1")``.
-    NaN for empty input.
+    class), over the bins of :func:`reliability_bins`. NaN for empty input.
     """
-    scores, targets = as_scores_and_labels(probs, labels)
-    if scores.numel() == 0:
+    bins = reliability_bins(probs, labels, n_bins)
+    n = bins["count"].sum()
+    if n == 0:
         return _NAN
-    return float(binary_calibration_error(scores, targets, n_bins=n_bins, norm="l1"))
+    filled = bins["count"] > 0
+    gaps = np.abs(bins["frac_pos"][filled] - bins["mean_prob"][filled])
+    return float(np.sum(bins["count"][filled] / n * gaps))
 
 
 # ---------------------------------------------------------------------------
 # the metric bundle
 # ---------------------------------------------------------------------------
-def _balanced_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean per-class recall over the classes present in ``targets`` (as scikit-learn does)."""
-    recalls = []
-    for cls in (0, 1):
-        mask = targets == cls
-        if mask.any():
-            recalls.append(float((preds[mask] == cls).double().mean()))
-    return float(np.mean(recalls))
+_METRIC_NAMES = ("accuracy", "f1", "precision", "recall", "balanced_accuracy", "auc", "ap", "eer",
+                 "tpr_at_5fpr", "brier", "ece")
 
 
 def binary_metrics(probs: Any, labels: Any, threshold: float = 0.5) -> dict[str, float]:
@@ -210,36 +151,28 @@ def binary_metrics(probs: Any, labels: Any, threshold: float = 0.5) -> dict[str,
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    scores, targets = as_scores_and_labels(probs, labels)
-    n = targets.numel()
+    scores, targets = probabilities_and_labels(probs, labels)
+    n = targets.size
     n_pos = int(targets.sum())
     result = {"n": float(n), "n_pos": float(n_pos), "n_neg": float(n - n_pos), "threshold": threshold}
-    names = ("accuracy", "f1", "precision", "recall", "balanced_accuracy", "auc", "ap", "eer",
-             "tpr_at_5fpr", "brier", "ece")
     if n == 0:
-        return {**dict.fromkeys(names, _NAN), **result}
+        return {**dict.fromkeys(_METRIC_NAMES, _NAN), **result}
 
-    preds = (scores >= threshold).long()  # integer predictions are not re-thresholded
+    counts = ScoreCounts.from_scores(scores, targets)
     metrics = {
-        "accuracy": float(binary_accuracy(preds, targets)),
-        "f1": float(binary_f1_score(preds, targets)),
-        "precision": float(binary_precision(preds, targets)),
-        "recall": float(binary_recall(preds, targets)),
-        "balanced_accuracy": _balanced_accuracy(preds, targets),
-        "brier": float(torch.mean((scores - targets.double()) ** 2)),
+        "accuracy": accuracy_from_counts(counts, threshold)[0],
+        "f1": f1_from_counts(counts, threshold)[0],
+        "precision": precision_from_counts(counts, threshold)[0],
+        "recall": recall_from_counts(counts, threshold)[0],
+        "balanced_accuracy": balanced_accuracy_from_counts(counts, threshold)[0],
+        "auc": auroc_from_counts(counts)[0],
+        "ap": average_precision_from_counts(counts)[0],
+        "eer": eer_from_counts(counts)[0],
+        "tpr_at_5fpr": tpr_at_fpr_from_counts(counts, LOW_FPR)[0],
+        "brier": np.mean((scores - targets) ** 2),
         "ece": expected_calibration_error(scores, targets),
     }
-    if _has_both_classes(targets):
-        fpr, tpr, _ = roc_points(scores, targets)
-        metrics.update(
-            auc=float(binary_auroc(scores, targets)),
-            ap=float(binary_average_precision(scores, targets)),
-            eer=equal_error_rate_from_roc(fpr, tpr),
-            tpr_at_5fpr=tpr_at_fpr_from_roc(fpr, tpr, LOW_FPR),
-        )
-    else:
-        metrics.update(auc=_NAN, ap=_NAN, eer=_NAN, tpr_at_5fpr=_NAN)
-    return {**{name: metrics[name] for name in names}, **result}
+    return {**{name: float(metrics[name]) for name in _METRIC_NAMES}, **result}
 
 
 def _group_name(group_id: int, group_names: Mapping[int, str] | Sequence[str] | None) -> str:
@@ -248,6 +181,14 @@ def _group_name(group_id: int, group_names: Mapping[int, str] | Sequence[str] | 
     if isinstance(group_names, Mapping):
         return str(group_names.get(group_id, group_id))
     return str(group_names[group_id]) if 0 <= group_id < len(group_names) else str(group_id)
+
+
+def _scores_labels_groups(probs: Any, labels: Any, groups: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scores, targets = probabilities_and_labels(probs, labels)
+    group_ids = as_flat_numpy(groups).astype(np.int64)
+    if group_ids.size != scores.size:
+        raise ValueError(f"groups and probs differ in length: {group_ids.size} vs {scores.size}")
+    return scores, targets, group_ids
 
 
 def metrics_by_group(
@@ -263,12 +204,9 @@ def metrics_by_group(
     an id to its name (a mapping, or a sequence indexed by id); unnamed ids use ``str(id)``.
     Groups appear in ascending id order after ``"all"``.
     """
-    scores, targets = as_scores_and_labels(probs, labels)
-    group_ids = _as_1d_tensor(groups, torch.int64)
-    if group_ids.numel() != scores.numel():
-        raise ValueError(f"groups and probs differ in length: {group_ids.numel()} vs {scores.numel()}")
+    scores, targets, group_ids = _scores_labels_groups(probs, labels, groups)
     result = {ALL_GROUPS: binary_metrics(scores, targets, threshold)}
-    for group_id in torch.unique(group_ids).tolist():
+    for group_id in np.unique(group_ids).tolist():
         name = _group_name(int(group_id), group_names)
         if name in result:
             raise ValueError(f"group name {name!r} is used twice (or clashes with {ALL_GROUPS!r})")
@@ -291,13 +229,10 @@ def metrics_vs_all_reals(
     deployed detector meets them. Only groups with synthetic images get an entry; no ``"all"`` entry (the
     pooled metrics are the same in both views).
     """
-    scores, targets = as_scores_and_labels(probs, labels)
-    group_ids = _as_1d_tensor(groups, torch.int64)
-    if group_ids.numel() != scores.numel():
-        raise ValueError(f"groups and probs differ in length: {group_ids.numel()} vs {scores.numel()}")
+    scores, targets, group_ids = _scores_labels_groups(probs, labels, groups)
     reals = targets == 0
     result: dict[str, dict[str, float]] = {}
-    for group_id in torch.unique(group_ids[targets == 1]).tolist():
+    for group_id in np.unique(group_ids[targets == 1]).tolist():
         name = _group_name(int(group_id), group_names)
         mask = reals | ((group_ids == group_id) & (targets == 1))
         result[name] = binary_metrics(scores[mask], targets[mask], threshold)
@@ -324,7 +259,7 @@ def calibrated_threshold(val_probs: Any, val_labels: Any, criterion: str = "youd
     """
     if criterion not in THRESHOLD_CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {THRESHOLD_CRITERIA}")
-    scores, targets = as_scores_and_labels(val_probs, val_labels)
+    scores, targets = probabilities_and_labels(val_probs, val_labels)
     if not _has_both_classes(targets):
         warnings.warn("calibrated_threshold needs both classes in the validation labels; using 0.5",
                       UserWarning, stacklevel=2)

@@ -29,7 +29,7 @@ from experiments.evaluation.metrics import (
     metrics_by_group,
     metrics_vs_all_reals,
 )
-from experiments.evaluation.statistics import bootstrap_metric_cis
+from experiments.evaluation.bootstrap import bootstrap_metric_cis
 
 
 @dataclass
@@ -65,23 +65,22 @@ VS_ALL_REALS = "vs_all_reals"
 @dataclass(frozen=True)
 class BootstrapSettings:
     """How the test metrics get their intervals: ``resamples`` stratified bootstrap resamples (0 = none) at
-    ``confidence``, drawn from ``seed`` (the run's seed, so a rerun logs the same intervals)."""
+    ``confidence``, drawn from ``seed`` (the run's seed, so a rerun logs the same intervals).
+
+    A task builds it from ``stats.bootstrap_resamples``, ``stats.confidence`` and ``seed`` of its config;
+    a bad value raises ``ValueError`` naming that key.
+    """
 
     resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> BootstrapSettings:
-        """``stats.bootstrap_resamples``, ``stats.confidence`` and ``seed`` of a composed config."""
-        stats = cfg.get("stats") or {}
-        resamples = int(stats.get("bootstrap_resamples", cls.resamples))
-        confidence = float(stats.get("confidence", cls.confidence))
-        if resamples < 0:
-            raise ValueError(f"stats.bootstrap_resamples must be >= 0 (0 turns the intervals off), got {resamples}")
-        if not 0.0 < confidence < 1.0:
-            raise ValueError(f"stats.confidence must be in (0, 1), e.g. stats.confidence=0.95; got {confidence}")
-        return cls(resamples, confidence, int(cfg.get("seed") or 0))
+    def __post_init__(self) -> None:
+        if self.resamples < 0:
+            raise ValueError(
+                f"stats.bootstrap_resamples must be >= 0 (0 turns the intervals off), got {self.resamples}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"stats.confidence must be in (0, 1), e.g. stats.confidence=0.95; got {self.confidence}")
 
 
 def score(val: Predictions, test: Predictions, threshold_criterion: str = "youden",

@@ -1,7 +1,7 @@
 """``task=cross_generator``: the cross-generator matrices of two protocols, read by their ``protocol`` tag.
 
 ``protocol=train_on_one`` (GenImage's: train on one generator, test on all;
-``experiment=train_on_one``, tagged ``protocol=logo`` before its rename) and
+``experiment=train_on_one``) and
 ``protocol=leave_one_out`` (train on all generators but one, test on the
 held-out one; ``experiment=leave_one_out``, one row ``all_but_<generator>`` per
 held-out generator, whose only cell is off the diagonal).
@@ -16,7 +16,7 @@ the diagonal mean (in-distribution) and the off-diagonal mean (unseen
 generators), prints them and logs everything to MLflow in a run tagged
 ``task=cross_generator``.
 
-:func:`build_matrix` and :func:`summarize` are pure; the MLflow and file I/O
+The matrices come from :mod:`experiments.evaluation.generator_matrix`; the MLflow and file I/O
 live in :func:`fetch_records` and :func:`cross_generator`.
 """
 
@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,106 +37,16 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.evaluation.curves import plot_heatmap
+from experiments.evaluation.generator_matrix import build_matrix, cell_intervals, records_from_run, summarize
+from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
 from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
 
-#: The ``protocol`` tags each protocol's runs carry (``logo``: train_on_one runs made before its rename).
-PROTOCOL_TAGS = {"train_on_one": ("train_on_one", "logo"), "leave_one_out": ("leave_one_out",)}
-
-#: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
-_PER_GENERATOR = re.compile(r"^test/([^/]+)/([^/]+)$")
-
-
-# -- pure part -------------------------------------------------------------------------------------------
-def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> tuple[np.ndarray, list[str], list[str]]:
-    """The train x test generator matrix of ``metric`` from flat records.
-
-    Each record is a mapping with ``train`` (train generator), ``test`` (test
-    generator) and the value under ``metric``; records without a finite value are
-    ignored. Several records for one cell (seeds) are averaged. Rows are the
-    sorted train generators; columns are the same names first (those tested, so
-    the diagonal is train == test) followed by the sorted test-only generators
-    (leave_one_out's rows ``all_but_<g>`` are never tested: its columns are the
-    held-out generators). Cells without
-    a record are NaN.
-
-    Returns ``(matrix, row_names, col_names)`` with ``matrix[i, j]`` the score
-    of the detector trained on ``row_names[i]`` tested on ``col_names[j]``.
-    """
-    records = list(records)
-    rows = {str(record["train"]) for record in records}
-    tests = {str(record["test"]) for record in records}
-    cells = _finite_cells(records, metric)
-    row_names = sorted(rows)
-    col_names = [name for name in row_names if name in tests] + sorted(tests - rows)
-    matrix = np.full((len(row_names), len(col_names)), np.nan)
-    for i, train in enumerate(row_names):
-        for j, test in enumerate(col_names):
-            if cells.get((train, test)):
-                matrix[i, j] = float(np.mean([float(r[metric]) for r in cells[(train, test)]]))
-    return matrix, row_names, col_names
-
-
-def _finite_cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
-    """The records with a finite ``metric``, grouped by cell: (train generator, test generator)."""
-    cells: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for record in records:
-        value = record.get(metric)
-        if value is not None and math.isfinite(float(value)):
-            cells[(str(record["train"]), str(record["test"]))].append(record)
-    return cells
-
-
-def summarize(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str]) -> dict[str, float]:
-    """``diagonal_mean`` (train == test), ``off_diagonal_mean`` and ``off_diagonal_min`` (unseen generators: on
-    average, and the worst one) over finite cells; NaN if none."""
-    same = np.array([[r == c for c in col_names] for r in row_names], dtype=bool).reshape(matrix.shape)
-    finite = np.isfinite(matrix)
-    diagonal = matrix[same & finite]
-    off = matrix[~same & finite]
-    return {
-        "diagonal_mean": float(diagonal.mean()) if diagonal.size else math.nan,
-        "off_diagonal_mean": float(off.mean()) if off.size else math.nan,
-        "off_diagonal_min": float(off.min()) if off.size else math.nan,
-    }
-
-
-def cell_intervals(records: Iterable[Mapping[str, Any]], metric: str, row_names: Sequence[str],
-                   col_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The bootstrap interval (``<metric>_ci_low``, ``<metric>_ci_high``, as training logs them per test generator)
-    of each cell of :func:`build_matrix`'s matrix. A cell averaged over several seeds has no single interval
-    (the seeds' spread is another quantity), so it, and a cell without bounds, is NaN."""
-    cells = _finite_cells(records, metric)
-    low = np.full((len(row_names), len(col_names)), np.nan)
-    high = np.full_like(low, np.nan)
-    for i, train in enumerate(row_names):
-        for j, test in enumerate(col_names):
-            cell = cells.get((train, test), [])
-            if len(cell) == 1:
-                low[i, j] = cell[0].get(f"{metric}_ci_low", math.nan)
-                high[i, j] = cell[0].get(f"{metric}_ci_high", math.nan)
-    return low, high
-
-
-def records_from_run(model: str, train_generator: str, seed: str, metrics: Mapping[str, float],
-                     metric_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One record per test generator from a run's ``test/<generator>/<metric>`` values and their bootstrap
-    bounds ``test/<generator>/<metric>_ci_low`` / ``_ci_high``."""
-    wanted = {f"{m}{suffix}" for m in metric_names for suffix in ("", "_ci_low", "_ci_high")}
-    by_generator: dict[str, dict[str, Any]] = {}
-    for key, value in metrics.items():
-        match = _PER_GENERATOR.match(key)
-        if match and match.group(2) in wanted:
-            generator = match.group(1)
-            record = by_generator.setdefault(
-                generator, {"model": model, "seed": seed, "train": train_generator, "test": generator})
-            record[match.group(2)] = float(value)
-    return list(by_generator.values())
-
+#: The protocols, as the ``protocol`` tag of their training runs spells them.
+PROTOCOLS = ("train_on_one", "leave_one_out")
 
 # -- MLflow ---------------------------------------------------------------------------------------------------
 def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_names: Sequence[str],
@@ -146,12 +55,12 @@ def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_name
 
     ``select="latest"`` keeps the newest run per (model, train generator, seed).
     """
-    if protocol not in PROTOCOL_TAGS:
-        raise ValueError(f"task.protocol={protocol!r} is not one of {sorted(PROTOCOL_TAGS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"task.protocol={protocol!r} is not one of {sorted(PROTOCOLS)}")
     runs = finished_training_runs(client, experiment_name,
                                   hint=f"Run the protocol first: python run.py -m experiment={protocol} "
                                        f"model=..., then python run.py task=cross_generator experiment={protocol}")
-    runs = [run for run in runs if run.data.tags.get("protocol") in PROTOCOL_TAGS[protocol]]
+    runs = [run for run in runs if run.data.tags.get("protocol") == protocol]
 
     def key(run) -> tuple[str, str, str] | None:
         if "train_generator" not in run.data.tags:
@@ -191,7 +100,7 @@ def _write_cells_csv(path: Path, matrices: Mapping, intervals: Mapping) -> Path:
 
 
 def cross_generator(cfg: DictConfig) -> dict[str, Any]:
-    """Build, write, print and log the LOGO matrices of every model in ``cfg.task.experiment_name``."""
+    """Build, write, print and log the cross-generator matrices of every model in ``cfg.task.experiment_name``."""
     uri = resolve_tracking_uri(cfg.logger.tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = cfg.task.experiment_name

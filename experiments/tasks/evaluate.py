@@ -94,7 +94,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         names = datamodule.generator_names
         val = predict(detector, datamodule.val_dataloader(), names)
         test = predict(detector, datamodule.test_dataloader(), names)
-        metrics = trained_threshold_metrics(detector, val, test, BootstrapSettings.from_config(eval_cfg))
+        bootstrap = BootstrapSettings(int(eval_cfg.stats.bootstrap_resamples), float(eval_cfg.stats.confidence),
+                                      int(eval_cfg.seed or 0))
+        metrics = trained_threshold_metrics(detector, val, test, bootstrap)
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
             target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)

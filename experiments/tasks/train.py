@@ -56,7 +56,9 @@ def train(cfg: DictConfig) -> float | None:
     model, val, test, n_params = result.model, result.val, result.test, result.n_params
     fit_seconds = time.perf_counter() - start
 
-    metrics = score(val, test, bootstrap=BootstrapSettings.from_config(cfg))
+    bootstrap = BootstrapSettings(int(cfg.stats.bootstrap_resamples), float(cfg.stats.confidence),
+                                  int(cfg.seed or 0))
+    metrics = score(val, test, bootstrap=bootstrap)
     calibrator = _fit_calibrator(kind.calibrator, val)
     if calibrator is not None:
         metrics.update(calibration_metrics(calibrator, test.prob, test.label))

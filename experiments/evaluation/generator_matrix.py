@@ -1,0 +1,107 @@
+"""Cross-generator matrices: how a detector trained on one generator scores on each test generator.
+
+The protocols are those of GenImage (Zhu et al., 2023, "GenImage: a million-scale benchmark for detecting
+AI-generated image"): train on one generator and test on all (rows = train generator, columns = test
+generator), and its leave-one-out variant (train on all generators but one, test on the held-out one).
+A record is one (run, test generator) pair: ``model``, ``seed``, ``train``, ``test`` and the metric values
+``test/<generator>/<metric>`` (with their bootstrap bounds) a training run logs. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Per-generator test metric written by ``train.py``: ``test/<generator>/<metric>``.
+_PER_GENERATOR = re.compile(r"^test/([^/]+)/([^/]+)$")
+
+
+def build_matrix(records: Iterable[Mapping[str, Any]], metric: str = "auc") -> tuple[np.ndarray, list[str], list[str]]:
+    """The train x test generator matrix of ``metric`` from flat records.
+
+    Each record is a mapping with ``train`` (train generator), ``test`` (test
+    generator) and the value under ``metric``; records without a finite value are
+    ignored. Several records for one cell (seeds) are averaged. Rows are the
+    sorted train generators; columns are the same names first (those tested, so
+    the diagonal is train == test) followed by the sorted test-only generators
+    (leave_one_out's rows ``all_but_<g>`` are never tested: its columns are the
+    held-out generators). Cells without
+    a record are NaN.
+
+    Returns ``(matrix, row_names, col_names)`` with ``matrix[i, j]`` the score
+    of the detector trained on ``row_names[i]`` tested on ``col_names[j]``.
+    """
+    records = list(records)
+    rows = {str(record["train"]) for record in records}
+    tests = {str(record["test"]) for record in records}
+    cells = _finite_cells(records, metric)
+    row_names = sorted(rows)
+    col_names = [name for name in row_names if name in tests] + sorted(tests - rows)
+    matrix = np.full((len(row_names), len(col_names)), np.nan)
+    for i, train in enumerate(row_names):
+        for j, test in enumerate(col_names):
+            if cells.get((train, test)):
+                matrix[i, j] = float(np.mean([float(r[metric]) for r in cells[(train, test)]]))
+    return matrix, row_names, col_names
+
+
+def _finite_cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """The records with a finite ``metric``, grouped by cell: (train generator, test generator)."""
+    cells: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        value = record.get(metric)
+        if value is not None and math.isfinite(float(value)):
+            cells[(str(record["train"]), str(record["test"]))].append(record)
+    return cells
+
+
+def summarize(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str]) -> dict[str, float]:
+    """``diagonal_mean`` (train == test), ``off_diagonal_mean`` and ``off_diagonal_min`` (unseen generators: on
+    average, and the worst one) over finite cells; NaN if none."""
+    same = np.array([[r == c for c in col_names] for r in row_names], dtype=bool).reshape(matrix.shape)
+    finite = np.isfinite(matrix)
+    diagonal = matrix[same & finite]
+    off = matrix[~same & finite]
+    return {
+        "diagonal_mean": float(diagonal.mean()) if diagonal.size else math.nan,
+        "off_diagonal_mean": float(off.mean()) if off.size else math.nan,
+        "off_diagonal_min": float(off.min()) if off.size else math.nan,
+    }
+
+
+def cell_intervals(records: Iterable[Mapping[str, Any]], metric: str, row_names: Sequence[str],
+                   col_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap interval (``<metric>_ci_low``, ``<metric>_ci_high``, as training logs them per test generator)
+    of each cell of :func:`build_matrix`'s matrix. A cell averaged over several seeds has no single interval
+    (the seeds' spread is another quantity), so it, and a cell without bounds, is NaN."""
+    cells = _finite_cells(records, metric)
+    low = np.full((len(row_names), len(col_names)), np.nan)
+    high = np.full_like(low, np.nan)
+    for i, train in enumerate(row_names):
+        for j, test in enumerate(col_names):
+            cell = cells.get((train, test), [])
+            if len(cell) == 1:
+                low[i, j] = cell[0].get(f"{metric}_ci_low", math.nan)
+                high[i, j] = cell[0].get(f"{metric}_ci_high", math.nan)
+    return low, high
+
+
+def records_from_run(model: str, train_generator: str, seed: str, metrics: Mapping[str, float],
+                     metric_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per test generator from a run's ``test/<generator>/<metric>`` values and their bootstrap
+    bounds ``test/<generator>/<metric>_ci_low`` / ``_ci_high``."""
+    wanted = {f"{m}{suffix}" for m in metric_names for suffix in ("", "_ci_low", "_ci_high")}
+    by_generator: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        match = _PER_GENERATOR.match(key)
+        if match and match.group(2) in wanted:
+            generator = match.group(1)
+            record = by_generator.setdefault(
+                generator, {"model": model, "seed": seed, "train": train_generator, "test": generator})
+            record[match.group(2)] = float(value)
+    return list(by_generator.values())
