@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from experiments.tasks import detect as detect_mod
-from experiments.training.checkpoints import LoadedDetector, load_detector
+from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.data.images import load_rgb
 from experiments.data.transforms import Preprocess
 from experiments.tasks.detect import CSV_COLUMNS, DetectError, detect, main
@@ -236,7 +236,7 @@ def test_weights_are_loaded_with_weights_only(trained, messy_folder, monkeypatch
     monkeypatch.setattr(torch, "load", spy)
     detect(trained["run_dir"], messy_folder / "photo.jpg", progress=False)
     assert seen == [True]
-    for source in ("experiments/training/checkpoints.py", "experiments/training/kinds.py", "experiments/tasks/detect.py"):
+    for source in ("experiments/inference/loading.py", "experiments/training/kinds.py", "experiments/tasks/detect.py"):
         text = (ROOT / source).read_text()
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call, f"{source}: torch.load({call})"

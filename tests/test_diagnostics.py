@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from experiments.training.builders import build_datamodule
-from experiments.training.checkpoints import LoadedDetector
+from experiments.inference.loading import LoadedDetector
 from experiments.evaluation.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
 from experiments.tasks.evaluate import MissingCheckpoint, evaluate, predict
 from experiments.evaluation.gradcam import stream_cams

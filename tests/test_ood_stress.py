@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from experiments.training.checkpoints import LoadedDetector
+from experiments.inference.loading import LoadedDetector
 from experiments.tasks.ood_stress import as_ref_list, ood_stress, training_command
 from experiments.data.images import load_rgb
 from experiments.data.perturbations import apply, metric_prefix, perturb_image, perturbation_grid, perturbation_order

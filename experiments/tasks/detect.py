@@ -64,7 +64,7 @@ import torch
 
 from experiments.errors import UserError
 from experiments.evaluation.calibration import CALIBRATION_FILE
-from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
+from experiments.inference.loading import RUN_ID, LoadedDetector, load_detector
 from experiments.data.images import UnreadableImage, is_image_file, load_rgb
 from experiments.data.transforms import ImageTooSmall, Preprocess
 from experiments.data.audit import DATA_STATS_FILE

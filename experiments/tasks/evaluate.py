@@ -5,7 +5,7 @@ Usage::
     python run.py task=evaluate ckpt=<MLflow run id | run folder | weights file> [data=... data.root=...]
 
 The detector is rebuilt from its own saved config and weights
-(:func:`experiments.training.checkpoints.load_detector`). The data come from the *current*
+(:func:`experiments.inference.loading.load_detector`). The data come from the *current*
 ``cfg.data``, so a detector trained on one dataset (or generator) can be scored on
 another, but the images are preprocessed at the detector's own sizes
 (``crop_size``/``resize_size`` of the training run) unless
@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiments import tracking
 from experiments.errors import UserError
 from experiments.training.builders import build_datamodule
-from experiments.training.checkpoints import LoadedDetector, load_detector
+from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,

@@ -72,7 +72,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from experiments.training.checkpoints import RUN_ID, LoadedDetector, load_detector
+from experiments.inference.loading import RUN_ID, LoadedDetector, load_detector
 from experiments.evaluation.metrics import binary_metrics
 from experiments.data.dataset import PerturbedImageDataset, collate_skipping
 from experiments.data.perturbations import (
