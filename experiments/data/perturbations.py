@@ -21,6 +21,9 @@ The grid follows the robustness protocols of the field:
 - down-scaling and up-scaling back, which wipes out the high-frequency
   up-sampling traces that spectral detectors rely on.
 
+The pixel operations themselves are :mod:`experiments.data.degradations`; this module turns them into the grid
+(one :class:`PerturbationKind` class per kind, its points, their metric names) and applies it deterministically.
+
 Determinism: :func:`apply` draws the randomness of a stochastic perturbation
 (noise) from a fresh ``torch.Generator`` per image, seeded by a SHA-256 hash of
 ``(seed, perturbation name, strength label, sample id)`` (or ``(seed, name,
