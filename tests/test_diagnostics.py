@@ -15,7 +15,7 @@ from PIL import Image
 from experiments.training.builders import build_datamodule
 from experiments.inference.loading import LoadedDetector
 from experiments.evaluation.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
-from experiments.inference.scoring import predict_split
+from experiments.inference.scoring import score_split
 from experiments.tasks.evaluate import MissingCheckpoint, evaluate
 from experiments.evaluation.gradcam import stream_cams
 from experiments.tasks.train import train
@@ -93,7 +93,7 @@ def test_a_failing_plot_warns_and_the_others_are_still_written(trained, tree, tm
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     loaded = LoadedDetector(_localfft(cfg), cfg, Path("unused"))
-    test = predict_split(loaded, datamodule.test_dataloader(), datamodule.generator_names)
+    test = score_split(loaded, datamodule.test_dataloader(), datamodule.generator_names)
     with caplog.at_level("WARNING"):
         written = write_diagnostics(cfg, loaded.model, datamodule, test, test, tmp_path / "diag", None)
     names = {p.name for p in written}
@@ -129,7 +129,7 @@ def test_spectraforge_gradcam_has_both_streams(tree, tmp_path):
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     loaded = LoadedDetector(model, cfg, Path("unused"))
-    test = predict_split(loaded, datamodule.test_dataloader(), datamodule.generator_names)
+    test = score_split(loaded, datamodule.test_dataloader(), datamodule.generator_names)
     rows = gradcam_rows(test, per_class=2)
     assert test.label[rows].tolist() == [0, 0, 1, 1]
     shown, cams, titles = gradcam_for_rows(model, datamodule.datasets["test"], test, rows)

@@ -1,6 +1,6 @@
 """The scoring loop: batches of images -> raw P(synthetic) per image for a trained detector.
 
-``task=evaluate`` scores a split (:func:`predict_split`), ``task=ood_stress`` scores groups of detectors that
+``task=evaluate`` scores a split (:func:`score_split`), ``task=ood_stress`` scores groups of detectors that
 share a preprocessing on the same perturbed batches (:class:`SharedScores`), and ``detect`` scores batches of
 crops (:func:`score_images`); all three call :func:`score_images`.
 """
@@ -30,7 +30,7 @@ def readable_batches(loader: Iterable[Mapping], desc: str | None = None) -> Iter
     return (batch for batch in batches if not batch.get("empty"))
 
 
-def predict_split(detector: LoadedDetector, loader: Iterable[Mapping], generator_names: list[str],
+def score_split(detector: LoadedDetector, loader: Iterable[Mapping], generator_names: list[str],
                   desc: str = "evaluate: scoring") -> Predictions:
     """P(synthetic) of every readable image of ``loader``, batch by batch, without gradients."""
     batches = [

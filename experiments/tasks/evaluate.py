@@ -11,7 +11,8 @@ another, but the images are preprocessed at the detector's own sizes
 (``crop_size``/``resize_size`` of the training run) unless
 ``task.keep_data_sizes=false``; its leakage equaliser is kept too when the current
 config names none (``task.keep_equalizer``). Val and test are predicted in batches
-without gradients (:func:`experiments.inference.scoring.predict_split`), scored by :func:`experiments.evaluation.predictions.score` (so the metric
+without gradients (:func:`experiments.inference.scoring.score_split`), scored by
+:func:`experiments.evaluation.predictions.score` (so the metric
 names are the training run's: ``test/auc``, ``test/<generator>/auc``, ...), and written to
 ``metrics.json`` with the diagnostics of :mod:`experiments.evaluation.diagnostics` in
 ``cfg.paths.output_dir``.
@@ -43,7 +44,7 @@ from experiments.errors import UserError
 from experiments.training.builders import build_datamodule
 from experiments.inference.device import resolve_device
 from experiments.inference.loading import LoadedDetector, load_detector
-from experiments.inference.scoring import predict_split
+from experiments.inference.scoring import score_split
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,
@@ -91,8 +92,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tracking.log_config(logger, eval_cfg)
         tracking.log_metrics(logger, datamodule.counts(), step=0)
         names = datamodule.generator_names
-        val = predict_split(detector, datamodule.val_dataloader(), names)
-        test = predict_split(detector, datamodule.test_dataloader(), names)
+        val = score_split(detector, datamodule.val_dataloader(), names)
+        test = score_split(detector, datamodule.test_dataloader(), names)
         metrics = trained_threshold_metrics(detector, val, test, BootstrapSettings.from_config(eval_cfg))
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
