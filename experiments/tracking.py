@@ -10,6 +10,7 @@ metrics of every epoch.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -314,3 +315,15 @@ def log_metrics(logger: MLFlowLogger, metrics: dict[str, float], step: int | Non
     clean = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN
     if clean:
         logger.log_metrics(clean, step=step)
+
+
+#: an MLflow run id: 32 lowercase hex characters
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def mlflow_client(tracking_uri: str | None = None):
+    """An ``mlflow.MlflowClient`` on ``tracking_uri`` (default the project's ``sqlite:///mlruns.db``), made
+    absolute by :func:`resolve_tracking_uri`."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db"))

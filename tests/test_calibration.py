@@ -237,7 +237,7 @@ def test_evaluate_keeps_the_training_threshold_unless_recalibration_is_asked():
 
     from experiments.evaluation.metrics import calibrated_threshold
     from experiments.tasks.evaluate import target_calibrated_metrics, trained_threshold_metrics
-    from experiments.training.checkpoints import LoadedDetector
+    from experiments.inference.loading import LoadedDetector
 
     rng = np.random.default_rng(1)
     val, test = _predictions(*_split(rng, 1.0)), _predictions(*_split(rng, 1.0))

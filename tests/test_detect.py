@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from experiments.tasks import detect as detect_mod
-from experiments.training.checkpoints import LoadedDetector, load_detector
+from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.data.images import load_rgb
 from experiments.data.transforms import Preprocess
 from experiments.tasks.detect import CSV_COLUMNS, DetectError, detect, main
@@ -179,17 +179,18 @@ def test_loading_by_run_id_keeps_one_copy_of_the_artifacts(trained, monkeypatch,
     assert made == []  # no temporary download folders left behind
 
 
-def test_val_threshold_from_metrics_json_beside_weights(trained, messy_folder, tmp_path, capsys):
+def test_a_run_without_calibration_json_gets_0_5_and_says_so(trained, messy_folder, tmp_path, capsys):
     run_dir = shutil.copytree(trained["run_dir"], tmp_path / "run")
-    (run_dir / "metrics.json").unlink()
-    (run_dir / "calibration.json").unlink()  # a run saved before calibration was stored
+    (run_dir / "calibration.json").unlink()  # a run saved without its calibration
+    (run_dir / "metrics.json").write_text(json.dumps({"threshold/val_calibrated": 0.42}))  # not read: no fallback
     weights = next(run_dir.glob("*.pth"))
     assert main([str(weights), str(messy_folder / "photo.jpg"), "--threshold", "val"]) == 2
     assert "no validation-calibrated threshold" in capsys.readouterr().err
-    (run_dir / "metrics.json").write_text(json.dumps({"threshold/val_calibrated": 0.42}))
-    result = detect(weights, messy_folder / "photo.jpg", threshold="val", progress=False)
-    assert result.threshold == pytest.approx(0.42) and len(result.rows) == 1
+    result = detect(weights, messy_folder / "photo.jpg", progress=False)
+    assert result.threshold == 0.5 and result.val_threshold is None and len(result.rows) == 1
     assert result.probability.startswith("raw (no calibration.json")
+    assert main([str(weights), str(messy_folder / "photo.jpg")]) == 0
+    assert "val-calibrated threshold: not available" in capsys.readouterr().out
 
 
 def test_bad_reference_and_paths_exit_2_without_traceback(trained, messy_folder, tmp_path, capsys):
@@ -236,7 +237,7 @@ def test_weights_are_loaded_with_weights_only(trained, messy_folder, monkeypatch
     monkeypatch.setattr(torch, "load", spy)
     detect(trained["run_dir"], messy_folder / "photo.jpg", progress=False)
     assert seen == [True]
-    for source in ("experiments/training/checkpoints.py", "experiments/training/kinds.py", "experiments/tasks/detect.py"):
+    for source in ("experiments/inference/loading.py", "experiments/training/kinds.py", "experiments/tasks/detect.py"):
         text = (ROOT / source).read_text()
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call, f"{source}: torch.load({call})"

@@ -14,9 +14,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from experiments.training.builders import build_datamodule, diagnostics_settings
-from experiments.training.checkpoints import LoadedDetector
+from experiments.inference.loading import LoadedDetector
 from experiments.evaluation.diagnostics import gradcam_for_rows, gradcam_rows, write_diagnostics
-from experiments.tasks.evaluate import MissingCheckpoint, evaluate, predict
+from experiments.inference.scoring import score_split
+from experiments.tasks.evaluate import MissingCheckpoint, evaluate
 from experiments.evaluation.gradcam import stream_cams
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
@@ -93,7 +94,7 @@ def test_a_failing_plot_warns_and_the_others_are_still_written(trained, tree, tm
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     loaded = LoadedDetector(_localfft(cfg), cfg, Path("unused"))
-    test = predict(loaded, datamodule.test_dataloader(), datamodule.generator_names)
+    test = score_split(loaded, datamodule.test_dataloader(), datamodule.generator_names)
     with caplog.at_level("WARNING"):
         written = write_diagnostics(loaded.kind, loaded.model, datamodule, test, tmp_path / "diag", None,
                                     diagnostics_settings(cfg))
@@ -131,7 +132,7 @@ def test_spectraforge_gradcam_has_both_streams(tree, tmp_path):
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     loaded = LoadedDetector(model, cfg, Path("unused"))
-    test = predict(loaded, datamodule.test_dataloader(), datamodule.generator_names)
+    test = score_split(loaded, datamodule.test_dataloader(), datamodule.generator_names)
     rows = gradcam_rows(test, per_class=2)
     assert test.label[rows].tolist() == [0, 0, 1, 1]
     shown, cams, titles = gradcam_for_rows(model, datamodule.datasets["test"], test, rows)

@@ -10,10 +10,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from experiments.training.checkpoints import LoadedDetector
-from experiments.tasks.ood_stress import as_ref_list, ood_stress, training_command
+from experiments.inference.loading import LoadedDetector
+from experiments.runs import NoRunsFound
+from experiments.tasks.ood_stress import as_ref_list, ood_grid, ood_stress
 from experiments.data.images import load_rgb
-from experiments.data.perturbations import apply, metric_prefix, perturb_image, perturbation_grid, perturbation_order
+from experiments.data.perturbations import apply, metric_prefix, perturb_image, perturbation_order
 from experiments.training.builders import build_datamodule
 from features.precision import as_unit_float
 from experiments.tasks.train import train
@@ -60,7 +61,7 @@ def test_writes_curves_and_table(stressed):
     assert {p.name for p in stressed["result"]["curves"]} == {f"robustness_{n}.png" for n in names}
     for name in names:
         assert (out / f"robustness_{name}.png").stat().st_size > 1000
-    grid = perturbation_grid(stressed["cfg"].ood)
+    grid = ood_grid(stressed["cfg"].ood)
     header = (out / "ood_auroc.csv").read_text().splitlines()[0].split(",")
     assert header == ["detector", *(p.key for p in grid)]
     rows = (out / "ood_auroc.csv").read_text().splitlines()[1:]
@@ -72,7 +73,7 @@ def test_writes_curves_and_table(stressed):
 def test_logs_ood_metrics_per_detector(stressed):
     client, result = stressed["client"], stressed["result"]
     train_runs = _train_runs(client)
-    grid = perturbation_grid(stressed["cfg"].ood)
+    grid = ood_grid(stressed["cfg"].ood)
     assert set(result["run_ids"]) == set(MODELS)
     for label, run_id in result["run_ids"].items():
         run = client.get_run(run_id)
@@ -131,7 +132,7 @@ def test_every_detector_sees_the_same_perturbed_pixels(stressed, tmp_path, monke
     assert first == second and len(first) == 2  # one batch x two strengths, same pixels for both detectors
     clean, noisy = seen[MODELS[0]]
     assert not torch.equal(clean, noisy)
-    grid = perturbation_grid(cfg.ood)
+    grid = ood_grid(cfg.ood)
     expected = apply(clean, grid[1], cfg.seed, sample_ids=torch.arange(clean.shape[0]))
     assert torch.equal(noisy, expected)
 
@@ -143,14 +144,14 @@ def test_default_order_perturbs_the_file_before_preprocessing(stressed, tmp_path
     cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
                                  f"data.root={stressed['tree']}", f"ckpt=[{ids[0]},{ids[1]}]",
                                  f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
-    assert perturbation_order(cfg.ood) == "before_preprocessing"
+    assert perturbation_order(cfg.ood.order) == "before_preprocessing"
     ood_stress(cfg)
     first, second = seen[MODELS[0]], seen[MODELS[1]]
     assert len(first) == 2 and all(torch.equal(a, b) for a, b in zip(first, second))
     clean, noisy = first
     dm = build_datamodule(cfg)
     dm.setup()
-    noise = perturbation_grid(cfg.ood)[1]
+    noise = ood_grid(cfg.ood)[1]
     samples = dm.datasets["test"].samples
     expected = torch.stack([dm.preprocess(perturb_image(load_rgb(s.path), noise, cfg.seed, i))
                             for i, s in enumerate(samples)])
@@ -165,10 +166,11 @@ def test_missing_runs_outside_demo_raise_with_a_command(stressed):
         ood_stress(cfg)
 
 
-def test_training_command_and_ckpt_lists(tmp_path):
-    cfg = compose_config(["task=ood_stress"], tmp_path)
-    command = training_command(cfg, ["resnet34_localfft", "radial_angular_logreg"])
-    assert command[2:5] == ["-m", "experiment=demo", "model=resnet34_localfft,radial_angular_logreg"]
-    assert f"paths.root_dir='{tmp_path}'" in command
-    assert "logger.experiment_name='detectors-demo'" in command
+def test_missing_demo_runs_name_the_training_command_and_ckpt_lists(tmp_path):
+    cfg = compose_config(["task=ood_stress", "task.models=[resnet34_localfft,radial_angular_logreg]"], tmp_path)
+    with pytest.raises(NoRunsFound) as raised:
+        ood_stress(cfg)
+    assert "python run.py -m experiment=demo model=resnet34_localfft,radial_angular_logreg" in str(raised.value)
+    assert "'detectors-demo'" in str(raised.value)
+    assert "train_if_missing" not in cfg.task
     assert as_ref_list(None) == [] and as_ref_list("a, b") == ["a", "b"] and as_ref_list(["x"]) == ["x"]

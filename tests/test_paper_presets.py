@@ -23,7 +23,7 @@ REQUIRED = {
                  "trainer.max_epochs", "monitor", "callbacks.early_stopping.monitor",
                  "callbacks.early_stopping.patience", "callbacks.model_checkpoint.monitor"},
     "spectraforge": {"model.name", "model.backbone.name", "model.backbone.pretrained", "data.equalizer._target_",
-                     "data.name", "ood.perturbations.noise.kind"},
+                     "data.name", "ood.perturbations.noise._target_"},
     "corvi2023": {"model.estimator.features.n_radial", "model.estimator.features.n_angular",
                   "model.estimator.classifier._target_", "data.crop_size", "data.resize_size", "data.max_per_class"},
 }

@@ -17,6 +17,10 @@ from PIL import Image
 from experiments.data.augment import CNNDetectionAugment
 from experiments.data.transforms import Preprocess
 from experiments.data.perturbations import (
+    JPEG,
+    Compose,
+    GaussianBlur,
+    GaussianNoise,
     Perturbation,
     apply,
     downscale,
@@ -24,7 +28,6 @@ from experiments.data.perturbations import (
     gaussian_blur,
     gaussian_noise,
     jpeg,
-    make_perturbation,
     metric_prefix,
     perturbation_grid,
 )
@@ -81,7 +84,7 @@ def test_jpeg_rejects_bad_quality():
     with pytest.raises(ValueError, match="quality"):
         jpeg(smooth_images(), 0)
     with pytest.raises(ValueError, match="quality"):
-        make_perturbation("jpeg", "jpeg", 101)
+        JPEG().at("jpeg", 101)
 
 
 # -- noise -------------------------------------------------------------------------------------------
@@ -141,12 +144,12 @@ def test_downscale_identity_and_removes_upper_half_of_spectrum():
 # -- determinism -------------------------------------------------------------------------------------
 def test_apply_is_deterministic_given_the_seed():
     x = smooth_images(batch=3)
-    noise = make_perturbation("noise", "gaussian_noise", 10)
+    noise = GaussianNoise().at("noise", 10)
     a, b = apply(x, noise, seed=7), apply(x, noise, seed=7)
     assert torch.equal(a, b)
     assert not torch.equal(a, apply(x, noise, seed=8))
     # other strengths / names key different noise
-    other = make_perturbation("noise2", "gaussian_noise", 10)
+    other = GaussianNoise().at("noise2", 10)
     assert not torch.allclose(a - x, apply(x, other, seed=7) - x)
     # the global RNG is neither used nor advanced
     torch.manual_seed(0)
@@ -160,7 +163,7 @@ def test_apply_is_deterministic_given_the_seed():
 
 def test_apply_is_independent_of_batch_composition():
     x = smooth_images(batch=4)
-    noise = make_perturbation("noise", "gaussian_noise", 5)
+    noise = GaussianNoise().at("noise", 5)
     whole = apply(x, noise, seed=3, sample_ids=[10, 11, 12, 13])
     split = torch.cat(
         [apply(x[:1], noise, seed=3, sample_ids=[10]), apply(x[1:], noise, seed=3, sample_ids=[11, 12, 13])]
@@ -179,18 +182,23 @@ def test_apply_is_independent_of_batch_composition():
 
 def test_compose_jpeg_then_blur():
     x = smooth_images()
-    combo = make_perturbation("jpeg_blur", "compose", [50, 2], steps=["jpeg", "gaussian_blur"])
+    combo = Compose([JPEG(), GaussianBlur()]).at("jpeg_blur", [50, 2])
     assert combo.label == "q50_s2" and combo.strength == (50, 2) and not combo.stochastic
     torch.testing.assert_close(apply(x, combo, seed=0), gaussian_blur(jpeg(x, 50), 2))
     with pytest.raises(ValueError, match="one value per step"):
-        make_perturbation("jpeg_blur", "compose", [50], steps=["jpeg", "gaussian_blur"])
+        Compose([JPEG(), GaussianBlur()]).at("jpeg_blur", [50])
 
 
 # -- config grid -------------------------------------------------------------------------------------
+def grid_of(name: str) -> list[Perturbation]:
+    """The grid of ``conf/ood/<name>.yaml``, each entry built by its ``_target_``."""
+    cfg = OmegaConf.load(CONF_DIR / "ood" / f"{name}.yaml")
+    return perturbation_grid({k: instantiate(v, _convert_="all") for k, v in cfg.perturbations.items()})
+
+
 @pytest.mark.parametrize("name", ["default", "noise", "quick"])
 def test_grid_builds_from_each_ood_config(name):
-    cfg = OmegaConf.load(CONF_DIR / "ood" / f"{name}.yaml")
-    grid = perturbation_grid(cfg)
+    grid = grid_of(name)
     assert grid and all(isinstance(p, Perturbation) for p in grid)
     prefixes = [metric_prefix(p) for p in grid]
     assert len(set(prefixes)) == len(prefixes)
@@ -204,7 +212,7 @@ def test_grid_builds_from_each_ood_config(name):
 
 
 def test_default_grid_is_the_literature_grid():
-    grid = perturbation_grid(OmegaConf.load(CONF_DIR / "ood" / "default.yaml"))
+    grid = grid_of("default")
     prefixes = [metric_prefix(p) for p in grid]
     assert prefixes == [
         "ood/noise/s0", "ood/noise/s2", "ood/noise/s5", "ood/noise/s10", "ood/noise/s20",
@@ -213,7 +221,7 @@ def test_default_grid_is_the_literature_grid():
         "ood/downscale/x1", "ood/downscale/x0.75", "ood/downscale/x0.5",
         "ood/jpeg_blur/q50_s2",
     ]  # fmt: skip
-    noise_only = perturbation_grid(OmegaConf.load(CONF_DIR / "ood" / "noise.yaml"))
+    noise_only = grid_of("noise")
     assert [p.strength for p in noise_only] == [0, 2, 5, 10, 20]
     assert all(p.stochastic for p in noise_only)
 
@@ -222,11 +230,17 @@ def test_grid_rejects_bad_configs():
     with pytest.raises(ValueError, match="perturbations"):
         perturbation_grid({})
     with pytest.raises(ValueError, match="unknown kind"):
-        perturbation_grid({"perturbations": {"x": {"kind": "rotate", "strengths": [1]}}})
+        perturbation_grid({"x": {"kind": "rotate", "strengths": [1]}})
     with pytest.raises(ValueError, match="duplicate"):
-        perturbation_grid({"perturbations": {"jpeg": {"kind": "jpeg", "strengths": [50, 50.0]}}})
+        perturbation_grid({"jpeg": JPEG(strengths=[50, 50.0])})
     with pytest.raises(ValueError, match="name"):
-        perturbation_grid({"perturbations": {"bad/name": {"kind": "jpeg", "strengths": [50]}}})
+        perturbation_grid({"bad/name": JPEG(strengths=[50])})
+    with pytest.raises(ValueError, match="strengths"):
+        perturbation_grid({"jpeg": JPEG()})
+    with pytest.raises(ImportError):  # a kind is chosen by _target_: an unknown class fails to instantiate
+        from experiments.errors import instantiate as instantiate_or_raise
+
+        instantiate_or_raise({"_target_": "experiments.data.perturbations.Rotate", "strengths": [1]})
 
 
 # -- CNNDetection augmentation -----------------------------------------------------------------------
@@ -294,30 +308,30 @@ def test_a_perturbation_before_the_equalizer_differs_from_after():
     (equalizer, then JPEG q30 on the preprocessed tensor), and the OOD default is the deployment order."""
     from PIL import Image
 
-    from experiments.data.perturbations import ORDERS, make_perturbation, perturb_image, perturbation_order
+    from experiments.data.perturbations import ORDERS, perturb_image, perturbation_order
     from features.equalizer import ExtremeEqualizer
 
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((80, 96, 3)) * 255).astype(np.uint8))
-    jpeg30 = make_perturbation("jpeg", "jpeg", 30)
+    jpeg30 = JPEG().at("jpeg", 30)
     equalizer = ExtremeEqualizer(size=64, jpeg_quality=90)
     before = np.asarray(equalizer(perturb_image(image, jpeg30, 0, 0)), dtype=np.float64)
     equalized = torch.from_numpy(np.asarray(equalizer(image)).copy()).permute(2, 0, 1)[None].float() / 255
     after = apply(equalized, jpeg30, 0, sample_ids=[0])[0].permute(1, 2, 0).numpy() * 255
     assert np.abs(before - after).mean() > 2.0
-    assert perturbation_order({}) == "before_preprocessing" == ORDERS[0]
-    assert perturbation_order({"order": "after_preprocessing"}) == "after_preprocessing"
+    assert perturbation_order(None) == "before_preprocessing" == ORDERS[0]
+    assert perturbation_order("after_preprocessing") == "after_preprocessing"
     with pytest.raises(ValueError, match="ood.order"):
-        perturbation_order({"order": "sideways"})
+        perturbation_order("sideways")
 
 
 def test_perturb_image_is_seeded_per_image():
     from PIL import Image
 
-    from experiments.data.perturbations import make_perturbation, perturb_image
+    from experiments.data.perturbations import perturb_image
 
     image = Image.fromarray(np.full((40, 40, 3), 128, np.uint8))
-    noise = make_perturbation("noise", "gaussian_noise", 10)
+    noise = GaussianNoise().at("noise", 10)
     one, again, other = (np.asarray(perturb_image(image, noise, 7, i)) for i in (3, 3, 4))
     assert np.array_equal(one, again) and not np.array_equal(one, other)
     assert one.shape == (40, 40, 3) and one.dtype == np.uint8

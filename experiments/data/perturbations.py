@@ -21,6 +21,9 @@ The grid follows the robustness protocols of the field:
 - down-scaling and up-scaling back, which wipes out the high-frequency
   up-sampling traces that spectral detectors rely on.
 
+The pixel operations themselves are :mod:`experiments.data.degradations`; this module turns them into the grid
+(one :class:`PerturbationKind` class per kind, its points, their metric names) and applies it deterministically.
+
 Determinism: :func:`apply` draws the randomness of a stochastic perturbation
 (noise) from a fresh ``torch.Generator`` per image, seeded by a SHA-256 hash of
 ``(seed, perturbation name, strength label, sample id)`` (or ``(seed, name,
@@ -30,15 +33,18 @@ device. The noise an image receives therefore does not depend on the batch it
 sits in, on the order of batches, on the device, or on which detector was
 evaluated first.
 
-Config shape (``conf/ood/*.yaml``), one entry per perturbation name::
+Config shape (``conf/ood/*.yaml``), one entry per perturbation name, each a :class:`PerturbationKind` chosen
+by ``_target_`` with its strengths::
 
     perturbations:
       noise:                      # name used in metric keys: ood/noise/s5/auc
-        kind: gaussian_noise      # gaussian_noise | jpeg | gaussian_blur | downscale | compose
+        _target_: experiments.data.perturbations.GaussianNoise   # | JPEG | GaussianBlur | Downscale | Compose
         strengths: [0, 2, 5, 10]
       jpeg_blur:
-        kind: compose
-        steps: [jpeg, gaussian_blur]   # applied left to right
+        _target_: experiments.data.perturbations.Compose
+        steps:                         # applied left to right
+          - _target_: experiments.data.perturbations.JPEG
+          - _target_: experiments.data.perturbations.GaussianBlur
         strengths: [[50, 2]]           # one value per step
 
 See :func:`perturbation_grid` and :func:`metric_prefix`.
@@ -47,204 +53,193 @@ See :func:`perturbation_grid` and :func:`metric_prefix`.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from features.bottleneck import GaussianBottleneck
-from features.equalizer import JPEG_SUBSAMPLING
+from experiments.data.degradations import (
+    PerturbationFn,
+    check_images,
+    check_quality,
+    to_uint8_hwc,
+    compose,
+    downscale,
+    encode_jpeg,
+    gaussian_blur,
+    gaussian_noise,
+    jpeg,
+    jpeg_roundtrip_pil,
+)
 
-#: ``fn(x, generator) -> x``: a perturbation step; ``generator`` is ignored by deterministic steps.
-PerturbationFn = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+__all__ = ["Compose", "Downscale", "GaussianBlur", "GaussianNoise", "JPEG", "ORDERS", "Perturbation",
+           "PerturbationFn", "PerturbationKind", "apply", "compose", "downscale", "encode_jpeg", "gaussian_blur",
+           "gaussian_noise", "jpeg", "jpeg_roundtrip_pil", "metric_prefix", "perturb_image", "perturbation_generator",
+           "perturbation_grid", "perturbation_order"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-# -- single perturbations ---------------------------------------------------------------------------
-def _check_images(x: torch.Tensor, what: str) -> None:
-    if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"{what} expects a float (B, C, H, W) batch in [0, 1], got {x.dtype} {tuple(x.shape)}")
-
-
-def gaussian_noise(x: torch.Tensor, sigma255: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Add ``N(0, (sigma255 / 255)^2)`` noise to every pixel and clamp to [0, 1].
-
-    The kind of OOD stress test SPECTRAFORGE reports (noise injection; the
-    levels are the suite's, SPECTRAFORGE states none). ``sigma255`` is on the 8-bit scale
-    (``sigma255=5`` means 5 grey levels). The noise is drawn in float32 on the
-    generator's device (CPU when ``generator`` is None, from the global RNG) and
-    then moved to ``x``'s device and dtype. Clamping to [0, 1] makes the
-    effective noise std slightly lower than ``sigma255 / 255`` for pixels near
-    0 or 1 (half-normal folding); on mid-grey it is exact to within sampling
-    error. ``sigma255=0`` returns ``x`` unchanged.
-    """
-    _check_images(x, "gaussian_noise")
-    if sigma255 < 0:
-        raise ValueError(f"gaussian_noise: sigma255 must be >= 0, got {sigma255}")
-    if sigma255 == 0:
-        return x
-    device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32)
-    return (x + noise.to(device=x.device, dtype=x.dtype) * (sigma255 / 255.0)).clamp_(0.0, 1.0)
-
-
-def _to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
-    return (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def encode_jpeg(image: torch.Tensor, quality: int) -> bytes:
-    """One ``(3, H, W)`` float image in [0, 1] -> JPEG bytes (PIL/libjpeg, 4:2:0 chroma subsampling).
-
-    The image is first rounded to 8 bits. Uses the same encoder settings as
-    ``features.equalizer.ExtremeEqualizer`` so the suite has one JPEG path.
-    """
-    _check_quality(quality)
-    buffer = io.BytesIO()
-    pil = Image.fromarray(_to_uint8_hwc(image))
-    pil.save(buffer, format="JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING)
-    return buffer.getvalue()
-
-
-def jpeg_roundtrip_pil(image: Image.Image, quality: int) -> Image.Image:
-    """PIL image -> JPEG at ``quality`` in memory -> decoded PIL RGB image."""
-    _check_quality(quality)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
-
-
-def _check_quality(quality: int) -> None:
-    if int(quality) != quality or not 1 <= quality <= 100:
-        raise ValueError(f"jpeg quality must be an int in [1, 100], got {quality!r}")
-
-
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """Encode every image of the batch as JPEG at ``quality`` and decode it again.
-
-    A real libjpeg round trip (see :func:`encode_jpeg`), so 8x8 block artefacts
-    and chroma subsampling are those of real files; ``quality=100`` still
-    re-encodes (4:2:0 subsampling and rounding make it slightly lossy). The
-    output lies on the 8-bit grid, on ``x``'s device and dtype.
-    """
-    _check_images(x, "jpeg")
-    _check_quality(quality)
-    if x.shape[1] != 3:
-        raise ValueError(f"jpeg expects RGB images (B, 3, H, W), got {tuple(x.shape)}")
-    decoded = []
-    for image in x:
-        with Image.open(io.BytesIO(encode_jpeg(image, quality))) as img:
-            decoded.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()))
-    out = torch.stack(decoded).permute(0, 3, 1, 2).float().div_(255.0)
-    return out.to(device=x.device, dtype=x.dtype)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur with standard deviation ``sigma`` pixels; ``sigma=0`` returns ``x`` unchanged.
-
-    Uses ``features.bottleneck.GaussianBottleneck`` (separable kernel of
-    ``2 * ceil(3 sigma) + 1`` taps, reflect padding), the suite's one blur.
-    """
-    _check_images(x, "gaussian_blur")
-    if sigma < 0:
-        raise ValueError(f"gaussian_blur: sigma must be >= 0, got {sigma}")
-    if sigma == 0:
-        return x
-    return GaussianBottleneck(sigma=float(sigma), in_chans=x.shape[1]).to(x.device)(x)
-
-
-def downscale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Resize by ``scale`` (bilinear, antialiased) and back up to the input size (bilinear).
-
-    Frequencies above ``scale`` times the Nyquist frequency are removed, which
-    erases high-frequency generator traces while keeping the image size the
-    detector expects. ``scale=1.0`` returns ``x`` unchanged; ``scale`` must lie
-    in (0, 1].
-    """
-    _check_images(x, "downscale")
-    if not 0 < scale <= 1:
-        raise ValueError(f"downscale: scale must be in (0, 1], got {scale}")
-    if scale == 1:
-        return x
-    height, width = x.shape[-2:]
-    small_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    small = F.interpolate(x, size=small_size, mode="bilinear", align_corners=False, antialias=True)
-    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-
-
-def compose(*steps: PerturbationFn) -> PerturbationFn:
-    """Chain perturbation steps ``fn(x, generator)`` left to right (e.g. JPEG 50, then blur sigma 2).
-
-    All steps share the one generator, in order, so the result is deterministic.
-    """
-
-    def composed(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        for step in steps:
-            x = step(x, generator)
-        return x
-
-    return composed
-
-
-# -- kinds: how a config entry becomes a step --------------------------------------------------------
+# -- kinds: each a class, chosen in conf/ood by _target_ ---------------------------------------------
 def _format_number(value: float) -> str:
     """2.0 -> '2', 0.75 -> '0.75' (MLflow-safe: digits, '.', '-', 'e')."""
     value = float(value)
     return str(int(value)) if value.is_integer() else format(value, "g")
 
 
-@dataclass(frozen=True)
-class _Kind:
-    step: Callable[[float], PerturbationFn]
-    label: Callable[[float], str]
-    stochastic: bool
-
-
-_KINDS: dict[str, _Kind] = {
-    "gaussian_noise": _Kind(
-        step=lambda s: (lambda x, g: gaussian_noise(x, s, g)),
-        label=lambda s: f"s{_format_number(s)}",
-        stochastic=True,
-    ),
-    "jpeg": _Kind(
-        step=lambda q: (lambda x, g: jpeg(x, int(q))),
-        label=lambda q: f"q{_format_number(q)}",
-        stochastic=False,
-    ),
-    "gaussian_blur": _Kind(
-        step=lambda s: (lambda x, g: gaussian_blur(x, s)),
-        label=lambda s: f"s{_format_number(s)}",
-        stochastic=False,
-    ),
-    "downscale": _Kind(
-        step=lambda s: (lambda x, g: downscale(x, s)),
-        label=lambda s: f"x{_format_number(s)}",
-        stochastic=False,
-    ),
-}
-#: Perturbation kinds accepted in ``conf/ood`` (plus ``compose``, which chains these).
-KINDS: tuple[str, ...] = tuple(_KINDS)
-
-
-def _validate_strength(kind: str, strength: float) -> float:
+def _check_number(what: str, strength: Any) -> None:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-        raise ValueError(f"{kind}: strength must be a number, got {strength!r}")
-    if kind == "jpeg":
-        _check_quality(strength)
-    elif kind == "downscale" and not 0 < strength <= 1:
-        raise ValueError(f"downscale: scale must be in (0, 1], got {strength}")
-    elif kind in ("gaussian_noise", "gaussian_blur") and strength < 0:
-        raise ValueError(f"{kind}: sigma must be >= 0, got {strength}")
-    return strength
+        raise ValueError(f"{what}: strength must be a number, got {strength!r}")
+
+
+class PerturbationKind:
+    """A kind of perturbation and the strengths of the grid it is evaluated at (one entry of ``conf/ood``).
+
+    A subclass says how one strength becomes a step (:meth:`step`), how that strength is written in metric
+    names (``prefix`` + the number: ``s5``, ``q50``, ``x0.75``), whether the step draws noise
+    (``stochastic``) and what the robustness curve's x axis shows (``axis``).
+    """
+
+    prefix: str = ""
+    stochastic: bool = False
+    axis: str = "strength"
+
+    def __init__(self, strengths: Sequence[Any] = ()) -> None:
+        self.strengths = list(strengths)
+
+    def validate(self, strength: Any) -> Any:
+        """``strength``, checked: a number (subclasses check its range); raises ``ValueError``."""
+        _check_number(type(self).__name__, strength)
+        return strength
+
+    def step(self, strength: Any) -> PerturbationFn:
+        """``fn(x, generator) -> x`` at ``strength`` (already validated)."""
+        raise NotImplementedError
+
+    def label(self, strength: Any) -> str:
+        """The MLflow-safe name of ``strength``, e.g. ``"q50"``."""
+        return f"{self.prefix}{_format_number(strength)}"
+
+    def axis_label(self, points: Sequence["Perturbation"]) -> str:
+        """The x axis of this kind's robustness curve over ``points``."""
+        return self.axis
+
+    def at(self, name: str, strength: Any) -> "Perturbation":
+        """The grid point ``name`` at ``strength``."""
+        if not _SAFE_NAME.match(name):
+            raise ValueError(
+                f"perturbation name {name!r} must match {_SAFE_NAME.pattern} (it becomes part of metric names)"
+            )
+        value = self.validate(strength)
+        return Perturbation(name=name, strength=value, fn=self.step(value), label=self.label(value),
+                            stochastic=self.stochastic, kind=self)
+
+    def points(self, name: str) -> list["Perturbation"]:
+        """One :class:`Perturbation` per strength, in order; raises on none or on duplicates."""
+        if not self.strengths:
+            raise ValueError(f"ood.perturbations.{name} needs a non-empty `strengths` list")
+        points = [self.at(name, s) for s in self.strengths]
+        labels = [p.label for p in points]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"ood.perturbations.{name} has duplicate strengths: {labels}")
+        return points
+
+
+class GaussianNoise(PerturbationKind):
+    """Additive Gaussian noise, sigma on the 0-255 scale (label ``s<sigma>``); the noise injection of
+    SPECTRAFORGE's OOD stress test (:func:`gaussian_noise`)."""
+
+    prefix, stochastic, axis = "s", True, "noise sigma (0-255 scale)"
+
+    def validate(self, strength: Any) -> Any:
+        _check_number("gaussian_noise", strength)
+        if strength < 0:
+            raise ValueError(f"gaussian_noise: sigma must be >= 0, got {strength}")
+        return strength
+
+    def step(self, strength: Any) -> PerturbationFn:
+        return lambda x, g: gaussian_noise(x, strength, g)
+
+
+class JPEG(PerturbationKind):
+    """JPEG re-compression at a quality in [1, 100] (label ``q<quality>``), as in CNNDetection (Wang et al.
+    2020, Fig. 5) (:func:`jpeg`)."""
+
+    prefix, axis = "q", "JPEG quality"
+
+    def validate(self, strength: Any) -> Any:
+        _check_number("jpeg", strength)
+        check_quality(strength)
+        return strength
+
+    def step(self, strength: Any) -> PerturbationFn:
+        return lambda x, g: jpeg(x, int(strength))
+
+
+class GaussianBlur(PerturbationKind):
+    """Gaussian blur, sigma in pixels (label ``s<sigma>``), as in CNNDetection (Wang et al. 2020)
+    (:func:`gaussian_blur`)."""
+
+    prefix, axis = "s", "blur sigma (px)"
+
+    def validate(self, strength: Any) -> Any:
+        _check_number("gaussian_blur", strength)
+        if strength < 0:
+            raise ValueError(f"gaussian_blur: sigma must be >= 0, got {strength}")
+        return strength
+
+    def step(self, strength: Any) -> PerturbationFn:
+        return lambda x, g: gaussian_blur(x, strength)
+
+
+class Downscale(PerturbationKind):
+    """Down-scaling by a factor in (0, 1] and back up (label ``x<scale>``) (:func:`downscale`)."""
+
+    prefix, axis = "x", "scale factor"
+
+    def validate(self, strength: Any) -> Any:
+        _check_number("downscale", strength)
+        if not 0 < strength <= 1:
+            raise ValueError(f"downscale: scale must be in (0, 1], got {strength}")
+        return strength
+
+    def step(self, strength: Any) -> PerturbationFn:
+        return lambda x, g: downscale(x, strength)
+
+
+class Compose(PerturbationKind):
+    """``steps`` applied left to right (e.g. JPEG 50, then blur sigma 2: CNNDetection's combined setting);
+    each strength has one value per step, and its label joins the steps' labels (``q50_s2``)."""
+
+    def __init__(self, steps: Sequence[PerturbationKind] = (), strengths: Sequence[Any] = ()) -> None:
+        super().__init__(strengths)
+        self.steps = list(steps)
+        if not self.steps:
+            raise ValueError("Compose needs a non-empty `steps` list of perturbation kinds")
+        bad = [s for s in self.steps if not isinstance(s, PerturbationKind) or isinstance(s, Compose)]
+        if bad:
+            raise ValueError(f"Compose steps must be perturbation kinds (a _target_ each), got {bad}")
+        self.stochastic = any(s.stochastic for s in self.steps)
+
+    def validate(self, strength: Any) -> tuple:
+        if isinstance(strength, (str, bytes)) or not isinstance(strength, Sequence) \
+                or len(strength) != len(self.steps):
+            names = [type(s).__name__ for s in self.steps]
+            raise ValueError(f"each compose strength needs one value per step {names}, got {strength!r}")
+        return tuple(step.validate(s) for step, s in zip(self.steps, strength))
+
+    def step(self, strength: tuple) -> PerturbationFn:
+        return compose(*(step.step(s) for step, s in zip(self.steps, strength)))
+
+    def label(self, strength: tuple) -> str:
+        return "_".join(step.label(s) for step, s in zip(self.steps, strength))
+
+    def axis_label(self, points: Sequence["Perturbation"]) -> str:
+        return "setting: " + ", ".join(f"{i}={p.label}" for i, p in enumerate(points))
 
 
 @dataclass(frozen=True)
@@ -253,10 +248,11 @@ class Perturbation:
 
     Attributes:
         name: the config entry's name (e.g. ``"jpeg"``), the second part of the metric key.
-        strength: the raw strength (a tuple with one value per step for ``compose``).
+        strength: the raw strength (a tuple with one value per step for :class:`Compose`).
         fn: ``fn(x, generator) -> x`` on a float ``(B, 3, H, W)`` batch in [0, 1].
         label: MLflow-safe strength (``"q50"``, ``"s5"``, ``"x0.5"``, ``"q50_s2"``).
         stochastic: whether ``fn`` uses its generator (see :func:`apply`).
+        kind: the :class:`PerturbationKind` it is a point of.
     """
 
     name: str
@@ -264,6 +260,7 @@ class Perturbation:
     fn: PerturbationFn = field(compare=False, repr=False)
     label: str = ""
     stochastic: bool = False
+    kind: PerturbationKind | None = field(default=None, compare=False, repr=False)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.fn(x, generator)
@@ -274,61 +271,17 @@ class Perturbation:
         return f"{self.name}/{self.label}"
 
 
-def make_perturbation(name: str, kind: str, strength: Any, steps: Sequence[str] | None = None) -> Perturbation:
-    """Build one :class:`Perturbation` from a kind (or ``compose`` with ``steps``) and a strength."""
-    if not _SAFE_NAME.match(name):
-        raise ValueError(
-            f"perturbation name {name!r} must match {_SAFE_NAME.pattern} (it becomes part of metric names)"
-        )
-    if kind == "compose":
-        if not steps:
-            raise ValueError(f"perturbation {name!r}: kind 'compose' needs a non-empty `steps` list of kinds")
-        unknown = [s for s in steps if s not in _KINDS]
-        if unknown:
-            raise ValueError(f"perturbation {name!r}: unknown steps {unknown}; choose from {KINDS}")
-        if not isinstance(strength, (list, tuple)) or len(strength) != len(steps):
-            raise ValueError(
-                f"perturbation {name!r}: each compose strength needs one value per step {list(steps)}, got {strength!r}"
-            )
-        values = tuple(_validate_strength(k, s) for k, s in zip(steps, strength))
-        return Perturbation(
-            name=name,
-            strength=values,
-            fn=compose(*(_KINDS[k].step(s) for k, s in zip(steps, values))),
-            label="_".join(_KINDS[k].label(s) for k, s in zip(steps, values)),
-            stochastic=any(_KINDS[k].stochastic for k in steps),
-        )
-    if kind not in _KINDS:
-        raise ValueError(f"perturbation {name!r}: unknown kind {kind!r}; choose from {KINDS + ('compose',)}")
-    if steps:
-        raise ValueError(f"perturbation {name!r}: `steps` is only allowed with kind 'compose'")
-    value = _validate_strength(kind, strength)
-    spec = _KINDS[kind]
-    return Perturbation(
-        name=name, strength=value, fn=spec.step(value), label=spec.label(value), stochastic=spec.stochastic
-    )
-
-
-def perturbation_grid(cfg_ood: DictConfig | Mapping[str, Any]) -> list[Perturbation]:
-    """Every (perturbation, strength) pair of an ``ood`` config, in config order.
-
-    ``cfg_ood`` is the ``ood`` node (a ``DictConfig`` or plain mapping) with a
-    ``perturbations`` mapping ``name -> {kind, strengths[, steps]}``; see the
-    module docstring for the shape.
-    """
-    if isinstance(cfg_ood, DictConfig):
-        cfg_ood = OmegaConf.to_container(cfg_ood, resolve=True)
-    if not isinstance(cfg_ood, Mapping) or not isinstance(cfg_ood.get("perturbations"), Mapping):
-        raise ValueError("the ood config needs a `perturbations` mapping: {name: {kind: ..., strengths: [...]}}")
+def perturbation_grid(perturbations: Mapping[str, PerturbationKind]) -> list[Perturbation]:
+    """Every (perturbation, strength) pair, in order: ``perturbations`` maps a name to its kind, as
+    ``instantiate(cfg.ood.perturbations)`` gives them (see the module docstring for the config shape)."""
+    if not isinstance(perturbations, Mapping) or not perturbations:
+        raise ValueError("the ood config needs a `perturbations` mapping: {name: {_target_: ..., strengths: [...]}}")
     grid: list[Perturbation] = []
-    for name, entry in cfg_ood["perturbations"].items():
-        if not isinstance(entry, Mapping) or "kind" not in entry or not entry.get("strengths"):
-            raise ValueError(f"ood.perturbations.{name} needs `kind` and a non-empty `strengths` list, got {entry!r}")
-        points = [make_perturbation(str(name), entry["kind"], s, entry.get("steps")) for s in entry["strengths"]]
-        labels = [p.label for p in points]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"ood.perturbations.{name} has duplicate strengths: {labels}")
-        grid.extend(points)
+    for name, kind in perturbations.items():
+        if not isinstance(kind, PerturbationKind):
+            raise ValueError(f"ood.perturbations.{name}: unknown kind {kind!r}; give a `_target_` to a "
+                             f"PerturbationKind of {__name__} (GaussianNoise, JPEG, GaussianBlur, Downscale, Compose)")
+        grid.extend(kind.points(str(name)))
     return grid
 
 
@@ -342,9 +295,9 @@ def metric_prefix(perturbation: Perturbation) -> str:
 ORDERS: tuple[str, ...] = ("before_preprocessing", "after_preprocessing")
 
 
-def perturbation_order(cfg_ood: DictConfig | Mapping[str, Any]) -> str:
+def perturbation_order(order: str | None = None) -> str:
     """``ood.order`` (default ``before_preprocessing``), checked against :data:`ORDERS`."""
-    order = cfg_ood.get("order") or ORDERS[0]
+    order = order or ORDERS[0]
     if order not in ORDERS:
         raise ValueError(f"ood.order={order!r} is not supported; choose one of {ORDERS} "
                          "(before_preprocessing perturbs the image file as deployed, then preprocesses)")
@@ -379,7 +332,7 @@ def apply(
     depend on the batch composition or order; with batch indices it does not
     depend on the order in which batches (or detectors) are processed.
     """
-    _check_images(x, "apply")
+    check_images(x, "apply")
     if not perturbation.stochastic:
         return perturbation(x, None)
     if sample_ids is None:
@@ -403,4 +356,4 @@ def perturb_image(image: Image.Image, perturbation: Perturbation, seed: int, sam
     x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
     x = x.unsqueeze(0).float().div_(255.0)
     out = apply(x, perturbation, seed, sample_ids=[int(sample_id)])[0]
-    return Image.fromarray(_to_uint8_hwc(out))
+    return Image.fromarray(to_uint8_hwc(out))

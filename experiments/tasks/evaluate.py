@@ -5,13 +5,14 @@ Usage::
     python run.py task=evaluate ckpt=<MLflow run id | run folder | weights file> [data=... data.root=...]
 
 The detector is rebuilt from its own saved config and weights
-(:func:`experiments.training.checkpoints.load_detector`). The data come from the *current*
+(:func:`experiments.inference.loading.load_detector`). The data come from the *current*
 ``cfg.data``, so a detector trained on one dataset (or generator) can be scored on
 another, but the images are preprocessed at the detector's own sizes
 (``crop_size``/``resize_size`` of the training run) unless
 ``task.keep_data_sizes=false``; its leakage equaliser is kept too when the current
 config names none (``task.keep_equalizer``). Val and test are predicted in batches
-without gradients, scored by :func:`experiments.evaluation.predictions.score` (so the metric
+without gradients (:func:`experiments.inference.scoring.score_split`), scored by
+:func:`experiments.evaluation.predictions.score` (so the metric
 names are the training run's: ``test/auc``, ``test/<generator>/auc``, ...), and written to
 ``metrics.json`` with the diagnostics of :mod:`experiments.evaluation.diagnostics` in
 ``cfg.paths.output_dir``.
@@ -36,13 +37,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
 from experiments.errors import UserError
 from experiments.training.builders import build_datamodule, diagnostics_settings
-from experiments.training.checkpoints import LoadedDetector, load_detector
+from experiments.inference.device import resolve_device
+from experiments.inference.loading import LoadedDetector, load_detector
+from experiments.inference.scoring import score_split
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,
@@ -59,10 +61,8 @@ from experiments.evaluation.predictions import (
     print_metrics_table,
     score,
 )
-from experiments.process import progress
 
 log = logging.getLogger(__name__)
-
 
 
 class MissingCheckpoint(ValueError, UserError):
@@ -77,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "`python run.py task=evaluate ckpt=logs/train/runs/<run>` (the folder holding config.yaml and the "
             "weights) or `ckpt=<32-hex MLflow run id>`"
         )
-    device = _device(cfg)
+    device = resolve_device(_device_name(cfg))
     detector = load_detector(cfg.ckpt, cfg.logger.tracking_uri, device=device)
     eval_cfg = evaluation_config(cfg, detector.cfg)
     datamodule = build_datamodule(eval_cfg)
@@ -92,8 +92,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tracking.log_config(logger, eval_cfg)
         tracking.log_metrics(logger, datamodule.counts(), step=0)
         names = datamodule.generator_names
-        val = predict(detector, datamodule.val_dataloader(), names)
-        test = predict(detector, datamodule.test_dataloader(), names)
+        val = score_split(detector, datamodule.val_dataloader(), names)
+        test = score_split(detector, datamodule.test_dataloader(), names)
         bootstrap = BootstrapSettings(int(eval_cfg.stats.bootstrap_resamples), float(eval_cfg.stats.confidence),
                                       int(eval_cfg.seed or 0))
         metrics = trained_threshold_metrics(detector, val, test, bootstrap)
@@ -159,9 +159,10 @@ def target_calibrated_metrics(detector: LoadedDetector, val: Predictions, test: 
     return metrics, calibrated_probs(calibrator, test.prob)
 
 
-def _device(cfg: DictConfig) -> str:
+def _device_name(cfg: DictConfig) -> str:
+    """``auto`` (CUDA when available) unless ``trainer.accelerator`` asks for something else than a GPU."""
     accelerator = str(cfg.get("trainer", {}).get("accelerator", "auto"))
-    return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    return "auto" if accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
 def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
@@ -189,15 +190,3 @@ def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
         eval_cfg.logger.run_id = None
         eval_cfg.logger.experiment_name = tracking.task_experiment_name(cfg)  # not the training experiment
     return eval_cfg
-
-
-def predict(detector: LoadedDetector, loader, generator_names: list[str]) -> Predictions:
-    """P(synthetic) of every readable image of ``loader``, batch by batch, without gradients."""
-    batches = [
-        {"prob": detector.predict_proba(b["image"]), "label": b["label"], "generator": b["generator"],
-         "index": b["index"]}
-        for b in progress(loader, "evaluate: scoring") if not b.get("empty")
-    ]
-    if not batches:
-        raise ValueError("no readable image in this split")
-    return Predictions.from_batches(batches, list(generator_names))

@@ -1,1 +1,1 @@
-"""What fits a detector: the LightningModule, builders, callbacks, detector kinds, checkpoints and resume."""
+"""What fits a detector: the LightningModule, builders, callbacks, detector kinds and resume."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.training.checkpoints import RUN_ID
+from experiments.tracking import RUN_ID
 
 RUN_ID_FILE = "mlflow_run_id"
 

@@ -10,20 +10,22 @@ the decision threshold fitted on the training run's validation split
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
 from experiments.errors import UserError
+from experiments.tracking import RUN_ID, download_run_artifact, mlflow_client
+from experiments.training.builders import build_kind, without_pretrained_weights
 from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+__all__ = ["RUN_ID", "CheckpointNotFound", "LoadedDetector", "find_calibration", "load_detector",
+           "resolve_checkpoint"]
 
 
 class CheckpointNotFound(FileNotFoundError, UserError):
@@ -96,16 +98,11 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None) -> tupl
 
 
 def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
-    import mlflow
-
-    from experiments.tracking import download_run_artifact, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db")
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow_client(tracking_uri)
     try:
         names = [a.path for a in client.list_artifacts(run_id)]
     except Exception as err:  # noqa: BLE001 - unknown run or unreachable store
-        raise CheckpointNotFound(f"MLflow run {run_id} not found in {uri}: {err}") from None
+        raise CheckpointNotFound(f"MLflow run {run_id} not found in {client.tracking_uri}: {err}") from None
     weight_names = [n for n in names if n.endswith(WEIGHTS_SUFFIXES)]
     if not weight_names or "config.yaml" not in names:
         raise CheckpointNotFound(f"MLflow run {run_id} has no weights/config artifacts (has: {names})")
@@ -115,13 +112,7 @@ def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
 def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> LoadedDetector:
     """Rebuild a detector from its saved config and load its weights safely."""
     config, weights = resolve_checkpoint(ref, tracking_uri)
-    cfg = OmegaConf.load(config)
-    if "backbone" in cfg.model:  # the trained weights replace any ImageNet initialisation
-        with open_dict(cfg):
-            cfg.model.backbone.pretrained = False
-            cfg.model.backbone.weights_path = None
-    from experiments.training.builders import build_kind
-
+    cfg = without_pretrained_weights(OmegaConf.load(config))  # the trained weights replace ImageNet's
     kind = build_kind(cfg, pretrained=False)
     calibrator, record = None, None
     calibration_file = find_calibration(ref, weights, tracking_uri)
@@ -138,11 +129,7 @@ def find_calibration(ref: str | Path, weights: Path, tracking_uri: str | None = 
     ref_str = str(ref)
     if not RUN_ID.match(ref_str) or Path(ref_str).exists():
         return None
-    import mlflow
-
-    from experiments.tracking import download_run_artifact, resolve_tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri or "sqlite:///mlruns.db"))
+    client = mlflow_client(tracking_uri)
     if CALIBRATION_FILE not in {a.path for a in client.list_artifacts(ref_str)}:
         return None
     return download_run_artifact(client, ref_str, CALIBRATION_FILE)

@@ -1,0 +1,166 @@
+"""The OOD stress engine: trained detectors scored on perturbed copies of a test split.
+
+For every (perturbation, strength) of the grid (:mod:`experiments.data.perturbations`) the test split is scored
+in one of two orders (``ood.order``):
+
+* ``before_preprocessing`` (deployment order, the default): each file is decoded, perturbed at its native size
+  (:func:`~experiments.data.perturbations.perturb_image`), and then the detector's own preprocessing (equalizer,
+  resize, crop) runs on the result (:func:`perturbed_test_loader`, :func:`score_group_before_preprocessing`);
+* ``after_preprocessing``: the preprocessed float batches are perturbed
+  (:func:`~experiments.data.perturbations.apply`, :func:`score_group`).
+
+Detectors that share a preprocessing (:func:`preprocessing_of`) share the batches, so they see exactly the same
+pixels, and the noise of one image depends only on the seed, the perturbation and the image's dataset index.
+Only the scores are kept in memory, so large test sets stream. The robustness protocols are those of
+CNNDetection (Wang et al. 2020, "CNN-generated images are surprisingly easy to spot... for now") and the noise
+injection of SPECTRAFORGE.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from experiments.data.dataset import PerturbedImageDataset, collate_skipping
+from experiments.data.perturbations import Perturbation, apply, perturb_image, perturbation_order
+from experiments.evaluation.metrics import binary_metrics
+from experiments.inference.loading import LoadedDetector
+from experiments.inference.scoring import SharedScores, readable_batches
+from experiments.tracking import RUN_ID
+from features.precision import as_unit_float
+
+
+#: Metrics logged per detector and grid point, as ``ood/<perturbation>/<strength>/<metric>``.
+OOD_METRICS: tuple[str, ...] = ("auc", "ap", "accuracy")
+
+#: ``{detector label: {grid point key: P(synthetic) per test image}}`` and the test labels
+GroupScores = tuple[dict[str, dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass
+class StressedDetector:
+    """A trained detector under stress: ``label`` names it in tables and plots, ``ref`` is what was loaded (a run
+    id or a resolved path), ``experiment_id`` the MLflow experiment of its training run, when known."""
+
+    label: str
+    ref: str
+    loaded: LoadedDetector
+    experiment_id: str | None = None
+
+
+def deduplicate_labels(detectors: Sequence[StressedDetector]) -> None:
+    """Two detectors of one model get ``<model>-<short ref>`` labels (in place)."""
+    counts: dict[str, int] = defaultdict(int)
+    for det in detectors:
+        counts[det.label] += 1
+    for det in detectors:
+        if counts[det.label] > 1:
+            short = det.ref[:8] if RUN_ID.match(det.ref) else Path(det.ref).parent.name or det.ref
+            det.label = f"{det.label}-{short}"
+
+
+def preprocessing_of(detector: StressedDetector) -> tuple[int, int | None, str]:
+    """What a detector's input pipeline depends on: crop size, resize size and equalizer config."""
+    data = detector.loaded.cfg.data
+    equalizer = data.get("equalizer")
+    key = OmegaConf.to_yaml(equalizer, resolve=True) if OmegaConf.is_dict(equalizer) else str(equalizer)
+    return int(data.crop_size), (None if data.get("resize_size") is None else int(data.resize_size)), key
+
+
+# -- data: the test files, perturbed before the preprocessing -----------------------------------------------
+def _perturb_file(perturbation: Perturbation, seed: int, image, index: int):
+    return perturb_image(image, perturbation, seed, index)
+
+
+def perturbed_test_loader(datamodule, perturbation: Perturbation, seed: int) -> DataLoader:
+    """The test files of ``datamodule``, each perturbed as a decoded image and then preprocessed by the
+    datamodule's own (evaluation) preprocessing, equalizer included."""
+    dataset = PerturbedImageDataset(datamodule.datasets["test"].samples, datamodule.preprocess,
+                                    datamodule.generator_names, functools.partial(_perturb_file, perturbation, seed))
+    return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False, num_workers=datamodule.num_workers,
+                      collate_fn=collate_skipping, multiprocessing_context=datamodule._worker_context())
+
+
+# -- scoring -----------------------------------------------------------------------------------------------
+def score_group(detectors: Sequence[StressedDetector], loader: DataLoader, grid: Sequence[Perturbation],
+                seed: int) -> GroupScores:
+    """P(synthetic) of each detector at each grid point over ``loader``: ``({label: {key: probs}}, labels)``.
+
+    All ``detectors`` must share one preprocessing (they receive the same tensors). Grid points
+    that leave a batch unchanged (the clean baselines) are scored once per batch and reused.
+    """
+    probs: dict[str, dict[str, list[torch.Tensor]]] = {d.label: {p.key: [] for p in grid} for d in detectors}
+    labels: list[torch.Tensor] = []
+    scores = SharedScores({d.label: d.loaded for d in detectors})
+    for batch in readable_batches(loader, f"OOD stress: {len(detectors)} detector(s) x {len(grid)} settings"):
+        images, ids = as_unit_float(batch["image"]), batch["index"]
+        labels.append(batch["label"].reshape(-1))
+        scores.forget()  # identical inputs (noise 0, blur 0, scale 1) run once per batch
+        for perturbation in grid:
+            scored = scores(apply(images, perturbation, seed, sample_ids=ids))
+            for det in detectors:
+                probs[det.label][perturbation.key].append(scored[det.label])
+    if not labels:
+        raise ValueError("the test split has no readable images")
+    out = {label: {key: torch.cat(parts).numpy() for key, parts in by_key.items()} for label, by_key in probs.items()}
+    return out, torch.cat(labels).numpy()
+
+
+def score_group_before_preprocessing(detectors: Sequence[StressedDetector], datamodule,
+                                     grid: Sequence[Perturbation], seed: int) -> GroupScores:
+    """As :func:`score_group`, in deployment order: each grid point perturbs the decoded files, then the shared
+    preprocessing runs (:func:`perturbed_test_loader`). Batches identical to one already scored (the clean
+    baselines) are scored once."""
+    probs: dict[str, dict[str, np.ndarray]] = {d.label: {} for d in detectors}
+    labels = None
+    scores = SharedScores({d.label: d.loaded for d in detectors})
+    for perturbation in grid:
+        parts: dict[str, list[torch.Tensor]] = {d.label: [] for d in detectors}
+        point_labels = []
+        for number, batch in enumerate(readable_batches(perturbed_test_loader(datamodule, perturbation, seed))):
+            scored = scores(as_unit_float(batch["image"]), key=number)
+            for det in detectors:
+                parts[det.label].append(scored[det.label])
+            point_labels.append(batch["label"].reshape(-1))
+        if not point_labels:
+            raise ValueError("the test split has no readable images")
+        for det in detectors:
+            probs[det.label][perturbation.key] = torch.cat(parts[det.label]).numpy()
+        labels = torch.cat(point_labels).numpy()
+    return probs, labels
+
+
+def evaluate_detectors(detectors: Sequence[StressedDetector], grid: Sequence[Perturbation], seed: int,
+                       test_datamodule: Callable[[StressedDetector], Any], order: str | None = None,
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+    """``{detector label: {"<perturbation>/<strength>": {"auc", "ap", "accuracy", "n"}}}`` in ``order``.
+
+    Detectors are grouped by :func:`preprocessing_of`; ``test_datamodule(first detector of a group)`` gives the
+    set-up datamodule whose test split that group is scored on.
+    """
+    order = perturbation_order(order)
+    groups: dict[tuple, list[StressedDetector]] = defaultdict(list)
+    for det in detectors:
+        groups[preprocessing_of(det)].append(det)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for members in groups.values():
+        datamodule = test_datamodule(members[0])
+        if order == "before_preprocessing":
+            probs, labels = score_group_before_preprocessing(members, datamodule, grid, seed)
+        else:
+            probs, labels = score_group(members, datamodule.test_dataloader(), grid, seed)
+        for det in members:
+            results[det.label] = {}
+            for p in grid:
+                metrics = binary_metrics(probs[det.label][p.key], labels)
+                results[det.label][p.key] = {m: metrics[m] for m in (*OOD_METRICS, "n")}
+    return {d.label: results[d.label] for d in detectors}
