@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 
 import timm
-import torch
 from omegaconf import OmegaConf
 from torch import nn
 from timm.models import get_pretrained_cfg, group_parameters

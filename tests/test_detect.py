@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.tasks import detect as detect_mod
 from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.data.images import load_rgb
 from experiments.data.transforms import Preprocess

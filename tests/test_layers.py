@@ -265,8 +265,8 @@ def test_no_string_table_chooses_an_object():
 
 LIBRARY = ("experiments/training", "experiments/evaluation", "experiments/data", "experiments/inference",
            "detectors", "features")
-#: the one library module that reads the composed config
-READS_THE_CONFIG = {"experiments/training/builders.py"}
+#: the builders: a run's composed config (training) and a trained run's saved config (inference) become objects
+READS_THE_CONFIG = {"experiments/training/builders.py", "experiments/inference/loading.py"}
 
 
 def test_library_code_takes_no_composed_config():

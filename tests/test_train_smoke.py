@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mlflow
-import pytest
 
 from experiments.tasks.train import train
 from tests.conftest import compose_config

@@ -10,6 +10,7 @@ the decision threshold fitted on the training run's validation split
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
-from experiments.errors import UserError
+from experiments.data.transforms import Preprocess
+from experiments.errors import UserError, instantiate
 from experiments.tracking import RUN_ID, download_run_artifact, mlflow_client
 from experiments.training.builders import build_kind, without_pretrained_weights
 from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector
@@ -38,6 +40,7 @@ class LoadedDetector:
     ``kind`` the adapter that scores and explains it (:mod:`experiments.training.kinds`)."""
 
     model: Any
+    #: the run's saved config (``config.yaml``): this module reads it (name, preprocessing); tasks compose from it
     cfg: DictConfig
     source: Path
     kind: DetectorKind = field(default_factory=LightningDetector)
@@ -60,6 +63,19 @@ class LoadedDetector:
     def predict_calibrated_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated P(synthetic) of a batch (see :meth:`calibrate`)."""
         return torch.from_numpy(self.calibrate(self.predict_proba(images).double().numpy())).float()
+
+    @property
+    def name(self) -> str:
+        """The run's ``model.name``."""
+        return str(self.cfg.model.name)
+
+    @functools.cached_property
+    def preprocess(self) -> Preprocess:
+        """The run's evaluation preprocessing (no random crop, no augmentation), from its training config."""
+        data = self.cfg.data
+        equalizer = data.get("equalizer")
+        equalizer = None if equalizer is None else instantiate(equalizer)
+        return Preprocess(int(data.crop_size), data.get("resize_size"), random_crop=False, equalizer=equalizer)
 
     @property
     def val_threshold(self) -> float | None:

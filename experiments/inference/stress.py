@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from experiments.data.dataset import PerturbedImageDataset, collate_skipping
@@ -68,12 +67,9 @@ def deduplicate_labels(detectors: Sequence[StressedDetector]) -> None:
             det.label = f"{det.label}-{short}"
 
 
-def preprocessing_of(detector: StressedDetector) -> tuple[int, int | None, str]:
-    """What a detector's input pipeline depends on: crop size, resize size and equalizer config."""
-    data = detector.loaded.cfg.data
-    equalizer = data.get("equalizer")
-    key = OmegaConf.to_yaml(equalizer, resolve=True) if OmegaConf.is_dict(equalizer) else str(equalizer)
-    return int(data.crop_size), (None if data.get("resize_size") is None else int(data.resize_size)), key
+def preprocessing_of(detector: StressedDetector) -> str:
+    """What a detector's input pipeline depends on: crop size, resize size and equalizer (with its settings)."""
+    return repr(detector.loaded.preprocess)
 
 
 # -- data: the test files, perturbed before the preprocessing -----------------------------------------------

@@ -6,21 +6,9 @@ from __future__ import annotations
 import torch
 
 from experiments.data.transforms import ImageTooSmall, Preprocess
-from experiments.inference.loading import LoadedDetector
 
 #: ``--tile``: at most this many crop positions per axis (so at most 16 crops per image)
 MAX_TILES_PER_AXIS = 4
-
-
-def build_preprocess(detector: LoadedDetector) -> Preprocess:
-    """The detector's evaluation preprocessing, from its training config (no random crop, no augmentation)."""
-    data = detector.cfg.data
-    equalizer = data.get("equalizer")
-    if equalizer is not None:
-        from hydra.utils import instantiate
-
-        equalizer = instantiate(equalizer)
-    return Preprocess(int(data.crop_size), data.get("resize_size"), random_crop=False, equalizer=equalizer)
 
 
 def tile_crops(img, preprocess: Preprocess, max_per_axis: int = MAX_TILES_PER_AXIS) -> tuple[torch.Tensor, float]:

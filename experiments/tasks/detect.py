@@ -64,7 +64,6 @@ from experiments.inference.domain import domain_warnings, load_data_stats
 from experiments.inference.file_scoring import score_files
 from experiments.inference.files import collect_images
 from experiments.inference.loading import LoadedDetector, load_detector
-from experiments.inference.tiling import build_preprocess
 from experiments.tracking import RUN_ID
 
 __all__ = ["CSV_COLUMNS", "DetectError", "Detection", "DetectionResult", "Skipped", "detect", "main"]
@@ -145,7 +144,7 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
     elif wanted == "auto":
         wanted = 0.5 if val_threshold is None else val_threshold
     try:
-        preprocess = build_preprocess(detector)
+        preprocess = detector.preprocess
     except Exception as err:  # noqa: BLE001 - a config this command cannot reproduce
         raise DetectError(f"cannot rebuild the preprocessing of {ref} from its config: {err}") from None
     rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, tile,
