@@ -22,6 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
+#: overrides of a tiny CNN training on a flat GenImage tree (32 px, ResNet-18, random weights)
+TINY = [
+    "data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
+    "data.num_workers=0", "model.backbone.pretrained=false", "model.backbone.name=resnet18", "model.net.head_hidden=16",
+]
+
 
 def toy_image(rng: np.random.Generator, size: int, fake: bool) -> np.ndarray:
     """A smooth low-contrast random image with sensor-like noise; fakes carry a +-12 grey-level checkerboard,

@@ -285,3 +285,22 @@ def test_the_file_checks_can_fail():
     assert STRING_TABLES.search("LAYOUTS = {'genimage': scan_genimage}")
     assert STRING_TABLES.search("_CALIBRATORS[name]")
     assert not STRING_TABLES.search("layout: ${data.layout}")
+
+
+#: the source packages whose tests live in a folder of the same name under tests/
+MIRRORED = {"features": "features", "detectors": "detectors", "experiments/data": "data",
+            "experiments/evaluation": "evaluation", "experiments/training": "training",
+            "experiments/inference": "inference", "experiments/tasks": "tasks", "experiments/bench": "bench"}
+#: whole-project and ground-floor tests (tracking store, server, process settings) stay at the top of tests/
+TOP_LEVEL_TESTS = {"test_layers.py", "test_huge_pages.py", "test_mlflow_server.py", "test_tracking_store.py",
+                   "test_ui_screenshot.py"}
+
+
+def test_tests_mirror_the_source_tree():
+    for source, folder in MIRRORED.items():
+        assert (ROOT / source).is_dir(), source
+        found = sorted((ROOT / "tests" / folder).glob("test_*.py"))
+        assert found, f"tests/{folder}/ holds no test of {source}/"
+        assert (ROOT / "tests" / folder / "__init__.py").is_file(), f"tests/{folder}/ needs an __init__.py"
+    top = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    assert top <= TOP_LEVEL_TESTS, f"tests/{sorted(top - TOP_LEVEL_TESTS)} belong in the folder of what they test"

@@ -21,7 +21,7 @@ import pytest
 from experiments import tracking
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
 START_TIMEOUT = 90.0
 

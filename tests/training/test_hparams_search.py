@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config, make_genimage_tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPACE_DIR = Path(CONF_DIR) / "hparams_search" / "space"
 SHARED_SPACES = {"cnn"}
 

@@ -107,7 +107,7 @@ def test_forest_follows_the_run_seed(tmp_path):
     assert instantiate(cfg.model.estimator).named_steps["classifier"].random_state == 5
 
 
-# ---------------------------------------------------------------- the frequency-only baseline learns a separable toy set (the forest: tests/test_detectors.py)
+# ---------------------------------------------------------------- the frequency-only baseline learns a separable toy set (the forest: tests/detectors/test_detectors.py)
 
 
 def test_resnet50_fft_is_the_frequency_stream_alone_and_learns(tmp_path):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from experiments.data.layouts import CNNDetection, Derm, GenImageFlat, GenImageNested, Manifest
 from tests.conftest import compose_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 #: `key`: `value` in a table cell
 PINNED = re.compile(r"`([a-z_][a-z0-9_.]*)`: `([^`]+)`")
 #: settings every preset's table must pin (a table that loses a row fails here, not silently)

@@ -15,9 +15,9 @@ import pytest
 
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 5
 
 

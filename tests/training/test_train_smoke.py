@@ -5,12 +5,8 @@ from __future__ import annotations
 import mlflow
 
 from experiments.tasks.train import train
-from tests.conftest import compose_config
+from tests.conftest import TINY, compose_config
 
-TINY = [
-    "data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "data.batch_size=8",
-    "data.num_workers=0", "model.backbone.pretrained=false", "model.backbone.name=resnet18", "model.net.head_hidden=16",
-]
 
 
 def test_fast_dev_run_through_composed_config(genimage_tree, tmp_path):

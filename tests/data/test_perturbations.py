@@ -32,7 +32,7 @@ from experiments.data.perturbations import (
     perturbation_grid,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MLFLOW_SAFE = r"^[A-Za-z0-9_\-./ ]+$"
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from tests.conftest import CONF_DIR, toy_set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if not p.name.startswith("_"))
 SIZE = 64
 #: the README's word for a count that the data decides (a forest's tree nodes)

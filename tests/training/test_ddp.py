@@ -15,9 +15,9 @@ from torchmetrics.classification import BinaryAUROC
 from experiments.training.builders import build_datamodule, build_module
 from experiments.data.datamodule import DetectorDataModule
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ddp_config_composes(tmp_path):

@@ -22,9 +22,9 @@ from experiments.data.transforms import Preprocess
 from experiments.tasks.detect import CSV_COLUMNS, DetectError, detect, main
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = ("gray.png", "rgba.png", "deep16.png", "palette.png", "photo.jpg", "nested/photo.webp")
 
 

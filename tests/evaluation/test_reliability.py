@@ -8,7 +8,7 @@ from experiments.safe_paths import inside, plain_name
 from experiments.tracking import ResilientMLFlowLogger
 from experiments.tasks.train import train
 from tests.conftest import compose_config
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", "/etc/passwd", ""])

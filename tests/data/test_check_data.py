@@ -32,7 +32,7 @@ from experiments.data.images import UnreadableImage, decode_image, load_rgb
 from experiments.data.layouts import Sample
 from experiments.tasks.train import log_data_report
 from features.equalizer import ExtremeEqualizer
-from tests.bad_files import DECODABLE, LEFT_RGB, RIGHT_RGB, TOO_SMALL, UNREADABLE, write_bad_files, write_decodable
+from tests.data.bad_files import DECODABLE, LEFT_RGB, RIGHT_RGB, TOO_SMALL, UNREADABLE, write_bad_files, write_decodable
 from tests.conftest import compose_config, make_genimage_tree
 
 CROP = 32
@@ -350,7 +350,7 @@ def test_training_on_a_tree_with_bad_files_completes_and_logs_the_counts(bad_tre
     import mlflow
 
     from experiments.tasks.train import train
-    from tests.test_train_smoke import TINY
+    from tests.conftest import TINY
 
     root, _ = bad_tree
     cfg = compose_config(TINY + [f"data.root={root}", "debug=cpu", "trainer.max_epochs=1", "diagnostics=false",

@@ -21,9 +21,9 @@ from experiments.tasks.list_runs import list_runs
 from experiments.tasks.train import train
 from experiments.tracking import resolve_tracking_uri
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_py(args: list[str], suite_root: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:

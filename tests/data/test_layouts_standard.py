@@ -22,7 +22,7 @@ from experiments.data.layout_trees import PRINTED, main as print_trees
 from experiments.data.layouts import CNNDetection, DatasetLayoutError, GenImageFlat, GenImageNested, Layout, Manifest
 from tests.conftest import compose_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 RNG = np.random.default_rng(0)
 
 

@@ -21,7 +21,7 @@ from experiments.tasks.evaluate import MissingCheckpoint, evaluate
 from experiments.evaluation.gradcam import stream_cams
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
-from tests.test_train_smoke import TINY
+from tests.conftest import TINY
 
 PLOTS = {"confusion_matrix", "calibration", "roc", "per_generator_accuracy", "tsne", "gradcam"}
 STRICT = "+diagnostics_strict=true"
