@@ -41,8 +41,10 @@ test-full: $(VENV)/.installed ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ood-stress: demo-data ## OOD stress test (noise, JPEG, blur, down-scaling) of the demo detectors; prints the AUROC table
-	@# train the demo detectors first when the demo experiment holds no finished run (a fresh clone)
-	@$(RUN) task=runs experiment=demo 2>/dev/null | grep -q FINISHED || $(RUN) -m experiment=demo model=$(MODELS)
+	@# first train the demo detectors that have no finished run in the demo experiment (all four on a fresh clone)
+	@runs=$$($(RUN) task=runs experiment=demo task.limit=1000 2>/dev/null | grep FINISHED); \
+	missing=$$(for m in $$(echo '$(MODELS)' | tr ',' ' '); do echo "$$runs" | grep -qw -- "$$m" || printf '%s,' "$$m"; done); \
+	if [ -n "$$missing" ]; then $(RUN) -m experiment=demo model=$${missing%,}; fi
 	$(RUN) task=ood_stress experiment=demo
 
 # the detectors of the cross-generator protocols on the demo data, and their CPU-sized training, from random
