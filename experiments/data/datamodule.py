@@ -21,6 +21,7 @@ from experiments.data.dataset import ImageDataset, SampleDataset, collate_skippi
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
 from experiments.data.transforms import Preprocess
+from experiments.data.walk import ImageWalk, SkippedLink
 from experiments.process import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class DetectorDataModule(L.LightningDataModule):
             ``train_augment``) are still read from the files.
         cache_dir: where the cache lives (the configs pass ``paths.cache_dir``; None =
             ``$XDG_CACHE_HOME/spectral-detector-suite``); never inside the dataset, which may be read-only.
+        follow_symlinks: follow symlinks whose target lies outside ``root`` (default: skip them, count them as
+            "link leaves the dataset" and list them in the data check; :mod:`experiments.data.walk`). Links inside
+            ``root`` are always followed, each folder entered once.
 
     Under DDP the val and test loaders use Lightning's ``UnrepeatedDistributedSampler``: each image is
     scored by exactly one rank (no padding duplicates), so the torchmetrics computed over the gathered
@@ -123,6 +127,7 @@ class DetectorDataModule(L.LightningDataModule):
         max_bad_fraction: float = 0.01,
         cache: bool = False,
         cache_dir: str | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         super().__init__()
         if decode not in DECODE_MODES:
@@ -148,6 +153,9 @@ class DetectorDataModule(L.LightningDataModule):
         self.max_per_class = max_per_class
         self.demo = dict(demo) if demo else None
         self.max_bad_fraction = max_bad_fraction
+        self.follow_symlinks = bool(follow_symlinks)
+        #: the symlinks the scan did not follow (:class:`~experiments.data.walk.SkippedLink`), set by :meth:`scan`
+        self.skipped_links: list[SkippedLink] = []
         self.cache = bool(cache)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.preprocess = Preprocess(crop_size, resize_size, random_crop=False, equalizer=equalizer)
@@ -184,7 +192,15 @@ class DetectorDataModule(L.LightningDataModule):
 
     def scan(self) -> dict[str, list[Sample]]:
         """Scan the tree into the suite's train / val / test splits (deterministic)."""
-        train, val, test = self.layout.splits(self.root, self.selection)
+        walk = ImageWalk(self.root, self.follow_symlinks)
+        train, val, test = self.layout.splits(self.root, self.selection, walk)
+        self.skipped_links = walk.skipped
+        if walk.skipped:
+            reasons = Counter(link.reason for link in walk.skipped)
+            log.warning("data=%s: %d symlink(s) not followed (%s), e.g. %s -> %s; task=check_data lists them%s",
+                        self.name, len(walk.skipped), ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())),
+                        walk.skipped[0].path, walk.skipped[0].target,
+                        "" if self.follow_symlinks else "; data.follow_symlinks=true follows links out of the dataset")
         seed = self.selection.split_seed
         splits = {
             "train": limit_per_class(train, self.max_per_class, seed),

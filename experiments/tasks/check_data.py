@@ -1,20 +1,34 @@
 """``task=check_data``: scan ``cfg.data`` and print what would hurt training (:mod:`experiments.data.audit`).
 
-    python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny
+    python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny [task.strict=true]
+
+A gate for job scripts and CI: the command exits 0 when training on the data would go ahead, and 2, with the
+reason, whenever training would stop on it (too many unusable files, a class without usable images, a layout
+error). Leakage warnings alone are not failures; ``task.strict=true`` also fails on them, on a metadata probe
+above :data:`~experiments.data.audit.PROBE_WARNING_AUROC` and on duplicates across splits.
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from experiments.data.audit import DataReport, add_metadata_probe, scan_dataset, write_report
+from experiments.data.audit import (
+    BadDataError,
+    DataReport,
+    add_metadata_probe,
+    check_bad_fraction,
+    scan_dataset,
+    strict_problems,
+    write_report,
+)
 from experiments.training.builders import build_datamodule
 from experiments.tracking import announce_outputs
 
 
 def check_data(cfg: DictConfig) -> DataReport:
     """Scan ``cfg.data``, print the report, write ``data_report.{json,txt}`` to ``cfg.paths.output_dir`` and
-    return the :class:`~experiments.data.audit.DataReport`. Reports, never raises, on bad files.
+    return the :class:`~experiments.data.audit.DataReport`; then raise :class:`~experiments.data.audit.BadDataError`
+    (exit status 2) when training would stop on the data, or, with ``task.strict=true``, on any strict problem.
 
     The report includes the metadata probe (:func:`~experiments.data.audit.add_metadata_probe`): the AUROC of
     real vs synthetic from format, size, JPEG quality and bytes per pixel alone, on the files and after the
@@ -28,4 +42,10 @@ def check_data(cfg: DictConfig) -> DataReport:
     json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
     print(f"\nWrote {txt_path} and {json_path}")
     announce_outputs(cfg.paths.output_dir, None, cfg.logger.tracking_uri)
+    check_bad_fraction(report, limit)  # the verdict training would reach: exit 2 with its message
+    if (cfg.get("task") or {}).get("strict", False):
+        problems = strict_problems(report)
+        if problems:
+            raise BadDataError("task.strict=true: the data check found " + f"{len(problems)} problem(s):\n"
+                               + "\n".join(f"  - {p}" for p in problems))
     return report

@@ -336,13 +336,14 @@ def test_check_data_task_prints_and_writes_the_report(bad_tree, tmp_path, capsys
          "data.resize_size=null", "data.num_workers=0"],
         tmp_path,
     )
-    report = get_method(cfg.task.fn)(cfg)
+    with pytest.raises(BadDataError, match="cannot be used"):  # the verdict training would reach
+        get_method(cfg.task.fn)(cfg)
     out = capsys.readouterr().out
     assert "Data report" in out and "Unreadable files: 5" in out and "TOO MANY" in out
     saved = json.loads((tmp_path / "out" / "data_report.json").read_text())
     assert saved["unreadable_count"] == len(UNREADABLE) and saved["too_small_count"] == 1
     assert (tmp_path / "out" / "data_report.txt").read_text().startswith("Data report")
-    assert len(report.bad_files) == N_BAD
+    assert len([r for r in saved["unreadable"]]) + saved["too_small_count"] == N_BAD
 
 
 def test_training_on_a_tree_with_bad_files_completes_and_logs_the_counts(bad_tree, tmp_path):

@@ -23,6 +23,7 @@ from experiments.data.audit.leakage import (
     metadata_probe_auroc,
 )
 from experiments.data.audit.preflight import (
+    PROBE_WARNING_AUROC,
     BadDataError,
     PreflightSettings,
     check_bad_fraction,
@@ -30,6 +31,7 @@ from experiments.data.audit.preflight import (
     loader_min_size,
     preflight,
     scan_dataset,
+    strict_problems,
     wait_for_scan,
 )
 from experiments.data.audit.report import (
@@ -42,7 +44,7 @@ from experiments.data.audit.report import (
 )
 
 __all__ = [
-    "BadDataError", "DATA_STATS_FILE", "DEFAULT_MAX_BAD_FRACTION", "DataLeakageWarning", "DataReport",
+    "PROBE_WARNING_AUROC", "strict_problems", "BadDataError", "DATA_STATS_FILE", "DEFAULT_MAX_BAD_FRACTION", "DataLeakageWarning", "DataReport",
     "DuplicateGroup", "FileRecord", "Histograms", "PreflightSettings", "add_metadata_probe", "check_bad_fraction",
     "data_check_cache_dir", "estimate_jpeg_quality", "find_duplicates", "inspect_file", "leakage_warnings",
     "loader_min_size", "metadata_features", "metadata_probe_auroc", "preflight", "quality_bin", "scan_dataset",

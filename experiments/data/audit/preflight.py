@@ -40,12 +40,12 @@ def loader_min_size(datamodule) -> int:
     return int(prep.crop_size)
 
 
-def _as_splits(source) -> tuple[dict[str, list[Sample]], str | None, int]:
+def _as_splits(source) -> tuple[dict[str, list[Sample]], str | None, int, list]:
     if isinstance(source, Mapping):
-        return {str(k): list(v) for k, v in source.items()}, None, 0
+        return {str(k): list(v) for k, v in source.items()}, None, 0, []
     if hasattr(source, "scan") and hasattr(source, "preprocess"):
         splits = getattr(source, "splits", None) or source.scan()
-        return splits, str(source.root), loader_min_size(source)
+        return splits, str(source.root), loader_min_size(source), list(getattr(source, "skipped_links", []))
     raise TypeError(
         f"scan_dataset expects a DetectorDataModule or a dict of split name -> samples, got {type(source).__name__}"
     )
@@ -70,7 +70,7 @@ def scan_dataset(
         cache_dir: keep the per-file results in ``<cache_dir>/<key>.json``, keyed by every file's path, size,
             mtime, label, generator and split, so the jobs of a sweep decode the dataset once (None = no cache).
     """
-    splits, root, default_min = _as_splits(datamodule_or_splits)
+    splits, root, default_min, skipped_links = _as_splits(datamodule_or_splits)
     min_size = default_min if min_size is None else int(min_size)
     jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
     start = time.perf_counter()
@@ -82,7 +82,8 @@ def scan_dataset(
             write_cached_scan(cached, records)
     else:
         log.info("data check: per-file results from the cache %s", cached)
-    return DataReport(records, min_size, root, time.perf_counter() - start, find_duplicates(records))
+    return DataReport(records, min_size, root, time.perf_counter() - start, find_duplicates(records),
+                      skipped_links=skipped_links)
 
 
 def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
@@ -118,13 +119,32 @@ def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX
     raise BadDataError("\n".join(lines))
 
 
+#: the metadata probe's AUROC above which ``task=check_data task.strict=true`` fails (0.5 = the file metadata
+#: carry no label information)
+PROBE_WARNING_AUROC = 0.65
+
+
+def strict_problems(report: DataReport, probe_limit: float = PROBE_WARNING_AUROC) -> list[str]:
+    """What ``task.strict=true`` fails on besides unusable files: the leakage warnings, a metadata probe above
+    ``probe_limit`` (after the equalizer when one is configured) and duplicates across splits."""
+    problems = [f"leakage: {w}" for w in leakage_warnings(report)]
+    state = "equalized" if "equalized" in report.probe else "raw"
+    probe = report.probe.get(state, float("nan"))
+    if probe == probe and probe > probe_limit:
+        problems.append(f"metadata probe AUROC {probe:.3f} ({state}) is above {probe_limit}: format, size and JPEG "
+                        "quality alone tell real from synthetic")
+    if report.cross_split_duplicate_pairs:
+        problems.append(f"{report.cross_split_duplicate_pairs} duplicate pair(s) across splits (listed above)")
+    return problems
+
+
 def wait_for_scan(datamodule, cache_dir: Path | None, timeout_s: float = 3600.0, poll_s: float = 2.0) -> DataReport:
     """The data check of a non-zero DDP rank: the report rank 0 computed, read from the scan cache.
 
     Every rank then judges the same report, so bad data stops them all with the same message instead of
     leaving the other ranks waiting inside ``fit`` for a rank 0 that has raised.
     """
-    splits, root, min_size = _as_splits(datamodule)
+    splits, root, min_size, skipped_links = _as_splits(datamodule)
     jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
     path = scan_cache_path(jobs, cache_dir)
     if path is None:  # no shared cache: each rank scans for itself
@@ -134,7 +154,7 @@ def wait_for_scan(datamodule, cache_dir: Path | None, timeout_s: float = 3600.0,
         if time.monotonic() > deadline:
             raise BadDataError(f"rank 0 wrote no data check to {path} within {timeout_s:.0f} s; see rank 0's log")
         time.sleep(poll_s)
-    return DataReport(records, min_size, root, 0.0, find_duplicates(records))
+    return DataReport(records, min_size, root, 0.0, find_duplicates(records), skipped_links=skipped_links)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from experiments.data.audit.histograms import Histograms, shares
 from experiments.data.audit.inspection import FileRecord
 from experiments.data.audit.leakage import PROBE_FEATURES, PROBE_FOLDS, DuplicateGroup, leakage_warnings
 from experiments.data.layouts import CLASS_NAMES
+from experiments.data.walk import SkippedLink
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
 #: how many files each list in the text report shows (the JSON report has all of them).
@@ -47,6 +48,8 @@ class DataReport:
     #: ``{"raw": AUROC, "equalized": AUROC}`` of the metadata probe (:func:`metadata_probe_auroc`)
     probe: dict[str, float] = field(default_factory=dict)
     equalizer: str = ""
+    #: the symlinks the scan did not follow (a link out of the dataset, a broken link): not read, listed here
+    skipped_links: list[SkippedLink] = field(default_factory=list)
 
     def leakage_view(self) -> "DataReport":
         """The report the leakage warnings judge: the equalized files when an equalizer is configured."""
@@ -142,6 +145,7 @@ class DataReport:
             "data/too_small": float(len(self.too_small)),
             "data/bad_fraction": float(self.bad_fraction),
             "data/duplicates_across_splits": float(self.cross_split_duplicate_pairs),
+            "data/links_skipped": float(len(self.skipped_links)),
             "data/scan_seconds": float(self.seconds),
             **{f"data/probe_auroc_{state}": float(value) for state, value in self.probe.items()},
         }
@@ -167,6 +171,8 @@ class DataReport:
                  "reason": r.reason, "detail": r.detail}
                 for r in self.unreadable
             ],
+            "skipped_links_count": len(self.skipped_links),
+            "skipped_links": [{"path": s.path, "target": s.target, "reason": s.reason} for s in self.skipped_links],
             "too_small": [
                 {"path": r.path, "split": r.split, "generator": r.generator, "label": r.label,
                  "width": r.width, "height": r.height}
@@ -215,6 +221,12 @@ class DataReport:
                   else "Smaller than the crop: not checked (images are resized before cropping)"]
         lines += [f"  {r.width}x{r.height:<12} {r.path}" for r in small[:LIST_LIMIT]]
         lines += _more(len(small))
+        links = self.skipped_links
+        lines += [f"Symlinks not followed (not read): {len(links)}"
+                  + (f" ({', '.join(f'{r}: {n}' for r, n in Counter(s.reason for s in links).most_common())}; "
+                     "data.follow_symlinks=true follows links out of the dataset)" if links else "")]
+        lines += [f"  {s.reason:<24} {s.path} -> {s.target}" for s in links[:LIST_LIMIT]]
+        lines += _more(len(links))
 
         cross = [g for g in self.duplicates if len(g.splits) > 1]
         lines += ["", f"Duplicates across splits: {self.cross_split_duplicate_pairs} pair(s) in {len(cross)} group(s)"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterable, Sequence
 
 from experiments.errors import UserError
-from experiments.data.images import IMAGE_EXTENSIONS, is_image_file
+from experiments.data.images import IMAGE_EXTENSIONS
 from experiments.data.layouts.tree import Node, render_tree
+from experiments.data.walk import LINK_LEAVES_ROOT, ImageWalk
 
 if TYPE_CHECKING:
     from experiments.data.layouts.splits import Selection
@@ -108,8 +109,11 @@ class Layout:
         """How the two classes are called in this layout's messages."""
         return self.real_dir, self.fake_dir
 
-    def splits(self, root: Path, selection: "Selection") -> tuple[list[Sample], list[Sample], list[Sample]]:
-        """The suite's train / val / test samples under ``root`` for ``selection`` (before ``max_per_class``)."""
+    def splits(self, root: Path, selection: "Selection",
+               walk: ImageWalk | None = None) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """The suite's train / val / test samples under ``root`` for ``selection`` (before ``max_per_class``);
+        ``walk`` finds the image files and keeps the links it skipped (default: a walk of ``root`` that
+        follows no link out of it)."""
         raise NotImplementedError
 
     def tree_nodes(self) -> list[Node]:
@@ -135,10 +139,16 @@ class Layout:
 
 @dataclass(frozen=True)
 class ScanContext:
-    """One scan of ``layout`` under ``root``: the class folder names, and the errors, which name ``root``."""
+    """One scan of ``layout`` under ``root``: the class folder names, the errors (which name ``root``) and the
+    :class:`~experiments.data.walk.ImageWalk` that finds the files (a new one of ``root`` when None)."""
 
     layout: Layout
     root: Path
+    walk: ImageWalk | None = None
+
+    def __post_init__(self) -> None:
+        if self.walk is None:
+            object.__setattr__(self, "walk", ImageWalk(self.root))
 
     @property
     def real_dir(self) -> str:
@@ -150,10 +160,6 @@ class ScanContext:
 
     def error(self, problem: str, hint: str = "") -> DatasetLayoutError:
         return self.layout.error(self.root, problem, hint)
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
 def require_dir(path: Path, what: str, ctx: ScanContext) -> None:
@@ -173,8 +179,16 @@ def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[Pat
             f"class folder {folder} is missing (found: {few(found) if found else 'no sub-folders'}).",
             "If your class folders have other names, set data.layout.real_dir / data.layout.fake_dir.",
         )
-    images = list_images(folder)
+    images = ctx.walk.images(folder)
     if not images:
+        links = [s for s in ctx.walk.skipped_under(folder) if s.reason == LINK_LEAVES_ROOT]
+        if links:
+            raise ctx.error(
+                f"class folder {folder} holds no images inside data.root: {len(links)} symlink(s) lead out of "
+                f"{ctx.root} (e.g. {links[0].path} -> {links[0].target}).",
+                "Links out of the dataset are not followed; set data.follow_symlinks=true if the dataset is "
+                "assembled from links on purpose.",
+            )
         stray = sorted(p.name for p in folder.iterdir())
         raise ctx.error(
             f"class folder {folder} holds no images with extensions {IMAGE_EXTENSIONS}"

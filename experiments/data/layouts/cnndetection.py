@@ -21,6 +21,7 @@ from experiments.data.layouts.base import (
 )
 from experiments.data.layouts.splits import Selection
 from experiments.data.layouts.tree import Node, class_nodes
+from experiments.data.walk import ImageWalk
 
 
 class CNNDetection(Layout):
@@ -40,7 +41,8 @@ class CNNDetection(Layout):
         self.train_generator = train_generator
         self.classes = list(classes) if classes else None
 
-    def splits(self, root: Path, selection: Selection) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    def splits(self, root: Path, selection: Selection,
+               walk: ImageWalk | None = None) -> tuple[list[Sample], list[Sample], list[Sample]]:
         """The three folders as they are; ``test_generators`` (or ``generators``) pick the test folders."""
         if selection.generators and self.train_generator not in selection.generators:
             raise DatasetLayoutError(
@@ -48,13 +50,14 @@ class CNNDetection(Layout):
                 f"layout=cnndetection is data.layout.train_generator='{self.train_generator}'. Set "
                 f"data.generators=null and pick the test folders with data.test_generators."
             )
-        folders = self.folders(root, selection.test_generators or selection.generators)
+        folders = self.folders(root, selection.test_generators or selection.generators, walk=walk)
         return folders["train"], folders["val"], folders["test"]
 
-    def folders(self, root: str | Path, test_generators: Sequence[str] | None = None) -> dict[str, list[Sample]]:
+    def folders(self, root: str | Path, test_generators: Sequence[str] | None = None,
+                walk: ImageWalk | None = None) -> dict[str, list[Sample]]:
         """Scan the tree into ``{"train": [...], "val": [...], "test": [...]}``; ``test_generators`` keeps only
         those test folders (None = all)."""
-        ctx = ScanContext(self, Path(root))
+        ctx = ScanContext(self, Path(root), walk)
         require_dir(ctx.root, "data.root", ctx)
         found = subfolders(ctx.root)
         missing = [s for s in ("train", "val", "test") if s not in found]

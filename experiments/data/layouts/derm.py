@@ -8,6 +8,7 @@ from typing import Sequence
 from experiments.data.layouts.base import Layout, Sample, ScanContext, labelled, require_dir
 from experiments.data.layouts.splits import Selection
 from experiments.data.layouts.tree import Node, class_nodes
+from experiments.data.walk import ImageWalk
 
 
 class Derm(Layout):
@@ -21,12 +22,14 @@ class Derm(Layout):
         super().__init__(real_dir, fake_dir)
         self.generator_name = generator_name
 
-    def splits(self, root: Path, selection: Selection) -> tuple[list[Sample], list[Sample], list[Sample]]:
-        folders = self.folders(root)
+    def splits(self, root: Path, selection: Selection,
+               walk: ImageWalk | None = None) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        folders = self.folders(root, walk=walk)
         return folders["train"], folders["val"], folders["test"]
 
-    def folders(self, root: str | Path, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, list[Sample]]:
-        ctx = ScanContext(self, Path(root))
+    def folders(self, root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
+                walk: ImageWalk | None = None) -> dict[str, list[Sample]]:
+        ctx = ScanContext(self, Path(root), walk)
         require_dir(ctx.root, "data.root", ctx)
         out: dict[str, list[Sample]] = {}
         for split in splits:

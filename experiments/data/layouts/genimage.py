@@ -25,6 +25,7 @@ from experiments.data.layouts.base import (
 )
 from experiments.data.layouts.splits import Selection
 from experiments.data.layouts.tree import Node, class_nodes
+from experiments.data.walk import ImageWalk
 
 GENERATOR_HINT = "Or list only complete generators in data.generators."
 
@@ -38,15 +39,16 @@ class GenImageFlat(Layout):
     def __init__(self, real_dir: str = "nature", fake_dir: str = "ai") -> None:
         super().__init__(real_dir, fake_dir)
 
-    def splits(self, root: Path, selection: Selection) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    def splits(self, root: Path, selection: Selection,
+               walk: ImageWalk | None = None) -> tuple[list[Sample], list[Sample], list[Sample]]:
         """GenImage's train folder is train (and the val hold-out), its val folder the suite's test split."""
-        folders = self.folders(root, selection.wanted)
+        folders = self.folders(root, selection.wanted, walk=walk)
         return selection.select({"train": folders["train"], "val": [], "test": folders["val"]})
 
     def folders(self, root: str | Path, generators: Sequence[str] | None = None,
-                splits: Sequence[str] = ("train", "val")) -> dict[str, list[Sample]]:
+                splits: Sequence[str] = ("train", "val"), walk: ImageWalk | None = None) -> dict[str, list[Sample]]:
         """Scan the tree into ``{"train": [...], "val": [...]}`` (the folder names, not the suite's splits)."""
-        ctx = ScanContext(self, Path(root))
+        ctx = ScanContext(self, Path(root), walk)
         out: dict[str, list[Sample]] = {s: [] for s in splits}
         for gen in self._generators(ctx, generators):
             base = self.generator_base(ctx.root / gen, ctx)

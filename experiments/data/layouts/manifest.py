@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 from experiments.data.layouts.base import Layout, Sample, ScanContext, check_known, few, relative_name
 from experiments.data.layouts.splits import Selection
 from experiments.data.layouts.tree import Node, render_tree
+from experiments.data.walk import ImageWalk
 
 SPLITS = ("train", "val", "test")
 #: how many bad rows an error message lists.
@@ -72,13 +73,15 @@ class Manifest(Layout):
         except ValueError:
             return str(csv_path)
 
-    def splits(self, root: Path, selection: Selection) -> tuple[list[Sample], list[Sample], list[Sample]]:
-        return selection.select(self.folders(root, selection.wanted))
+    def splits(self, root: Path, selection: Selection,
+               walk: ImageWalk | None = None) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        return selection.select(self.folders(root, selection.wanted, walk=walk))
 
-    def folders(self, root: str | Path, generators: Sequence[str] | None = None) -> dict[str, list[Sample]]:
+    def folders(self, root: str | Path, generators: Sequence[str] | None = None,
+                walk: ImageWalk | None = None) -> dict[str, list[Sample]]:
         """Read the CSV into ``{"train": [...], "val": [...], "test": [...]}`` (``val`` may be empty); keep only
         ``generators`` (None = all; an unknown name is an error)."""
-        ctx = ScanContext(self, Path(root))
+        ctx = ScanContext(self, Path(root), walk)
         csv_path = self.csv_path(root)
         if not csv_path.is_file():
             near = sorted(p.name for p in csv_path.parent.iterdir()) if csv_path.parent.is_dir() else []
@@ -160,6 +163,8 @@ def _read_manifest(csv_path: Path, ctx: ScanContext) -> dict[str, list[Sample]]:
             problem = f"file '{row['path']}' is already listed on line {first_line[sample.path]}"
         if problem:
             problems.append(f"{csv_path} line {line}: {problem}")
+            continue
+        if not ctx.walk.admits(sample.path):  # a link out of the dataset: skipped and reported, not read
             continue
         first_line[sample.path] = line
         out[split].append(sample)
