@@ -11,13 +11,25 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# the exact versions the README's figures were measured with (`make lock` re-pins them from pyproject.toml)
+LOCK := requirements-lock.txt
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,search]'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e '.[dev,search]'
 	touch $@
 
-venv: $(VENV)/.installed ## Create .venv and install the suite with its dependencies
+venv: $(VENV)/.installed ## Create .venv and install the suite with the locked versions (requirements-lock.txt)
+
+lock: ## Re-pin requirements-lock.txt: resolve pyproject.toml (with the dev and search extras) in a fresh venv
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev,search]'
+	{ echo "# make lock: pip freeze of a fresh venv of pyproject.toml [dev,search] ($$(.venv-lock/bin/python --version))"; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock
 
 demo-data: $(VENV)/.installed ## Build the embedded demo dataset under data/demo (deterministic)
 	$(PY) -m experiments.data.demo --out data/demo
@@ -30,6 +42,12 @@ demo: demo-data ## Build the env and demo data, train the four detectors on it, 
 	$(RUN) task=report experiment=demo
 	$(RUN) task=compare experiment=demo
 	$(RUN) task=analyze experiment=demo
+	@echo
+	@echo "Next:"
+	@echo "  make mlflow-ui                    compare these runs in the MLflow UI (http://127.0.0.1:5000)"
+	@echo "  make ood-stress                   the four detectors under noise, JPEG, blur and down-scaling"
+	@echo "  python run.py task=check_data data=genimage_tiny data.root=/path/to/your/data   check your own data"
+	@echo "  python run.py -m data=genimage_tiny data.root=/path/to/your/data model=$(MODELS)   then train on it"
 
 report: $(VENV)/.installed ## Compare the runs of an MLflow experiment (default: the demo)
 	$(RUN) task=report experiment=demo
@@ -89,4 +107,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv demo-data demo report search ood-stress train-on-one leave-one-out bench bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out bench bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean
