@@ -26,7 +26,7 @@ from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
 from experiments.evaluation.plotting import with_subject
-from experiments.evaluation.console_tables import print_fitted
+from experiments.evaluation.console_tables import natural_width, print_fitted
 from experiments.evaluation.report_table import (
     FIT_SECONDS,
     HEADERS,
@@ -101,7 +101,7 @@ def report(cfg: DictConfig) -> dict:
     console = Console()
     print_fitted(console, f"{experiment}: {split} metrics ({len(rows)} runs)", HEADERS, result.body)
     console.print(interval_note(confidence))
-    console.print(runs_table(rows))
+    print_runs(console, rows)
     console.print(f"report table (Markdown): {md}", soft_wrap=True)
     console.print(f"report written to {md}, {csv_path}, {bars}", soft_wrap=True)
     announce_outputs(out_dir, run.info.run_id, uri)
@@ -139,11 +139,19 @@ def report_metrics(table: dict[str, dict[str, tuple[float, float, int]]], column
     return out
 
 
-def runs_table(rows: list[RunRow]) -> Table:
-    """The runs behind the report: id, model, seed and run folder (pass either on to evaluate or detect)."""
+def print_runs(console: Console, rows: list[RunRow]) -> None:
+    """The runs behind the report: id, model, seed and run folder (pass either on to evaluate or detect).
+
+    A table when it fits the console; else one line per run, never cut or folded, so an id or a folder can be
+    copied whole."""
     table = Table(title="runs compared")
     for header in ("run id", "model", "seed", "folder"):
-        table.add_column(header, overflow="fold")
+        table.add_column(header, no_wrap=True)
     for row in rows:
         table.add_row(row.run_id, row.model, row.seed, row.folder)
-    return table
+    if natural_width(table) <= console.width:
+        console.print(table)
+        return
+    console.print("runs compared (run id, model, seed, folder):")
+    for row in rows:
+        console.print(f"  {row.run_id}  {row.model}  seed {row.seed}  {row.folder}", soft_wrap=True)
