@@ -66,3 +66,13 @@ def test_unfolded_report_at_80_columns_cuts_names():
     from experiments.evaluation.console_tables import wide_table
     text = printed(wide_table("t", HEADERS, body))
     assert not any(LONG_NAMES[0] in line for line in text.splitlines()) or "…" in text
+
+
+def test_a_generator_matrix_with_long_names_folds_to_one_row_per_cell():
+    """The cross-generator matrix of train_on_one at 80 columns: ``all_but_…`` names and intervals stay whole."""
+    gens = ["all_but_bilinear_conv", "all_but_nearest_conv", "all_but_deconv"]
+    body = [[train, *(f"0.{900 + i + j}0 [0.850, 0.950]" for j in range(3))] for i, train in enumerate(gens)]
+    text = printed(fitted_table("m auc", ["train \\ test", *gens], body, width=80, column_label="tested on"))
+    lines = text.splitlines()
+    assert "…" not in text and all(len(line) <= 80 for line in lines)
+    assert any(gens[0] in line and gens[1] in line and "0.9010 [0.850, 0.950]" in line for line in lines)
