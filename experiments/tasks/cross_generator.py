@@ -3,8 +3,7 @@
 ``protocol=train_on_one`` (GenImage's: train on one generator, test on all;
 ``experiment=train_on_one``) and
 ``protocol=leave_one_out`` (train on all generators but one, test on the
-held-out one; ``experiment=leave_one_out``, one row ``all_but_<generator>`` per
-held-out generator, whose only cell is off the diagonal).
+held-out one; ``experiment=leave_one_out``, runs tagged ``train_generator=all_but_<generator>``).
 
 The runs come from the protocol's preset (one training run per
 model and train generator, tagged ``protocol`` and ``train_generator``;
