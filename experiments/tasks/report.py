@@ -100,7 +100,7 @@ def report(cfg: DictConfig) -> dict:
 
     console = Console()
     print_fitted(console, f"{experiment}: {split} metrics ({len(rows)} runs)", HEADERS, result.body)
-    console.print(interval_note(confidence))
+    console.print(interval_note(confidence), markup=False)
     print_runs(console, rows)
     console.print(f"report table (Markdown): {md}", soft_wrap=True)
     console.print(f"report written to {md}, {csv_path}, {bars}", soft_wrap=True)

@@ -47,6 +47,7 @@ def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp
     assert any("AUROC" in line and f"0.850 ± 0.050 [{0.85 - half:.3f}, {0.85 + half:.3f}] (n=3)" in line
                for line in printed)
     assert any(str(result["markdown"]) in line for line in printed)
+    assert any(line.startswith("[low, high]: 95% interval") for line in printed)
     table = {r["model"]: r for r in csv.DictReader(result["csv"].open())}
     assert float(table["single"]["test/auc_ci_low"]) == pytest.approx(0.9183)
     assert float(table["seeded"]["test/auc_ci_high"]) == pytest.approx(0.85 + half)
