@@ -105,3 +105,38 @@ def records_from_run(model: str, train_generator: str, seed: str, metrics: Mappi
                 generator, {"model": model, "seed": seed, "train": train_generator, "test": generator})
             record[match.group(2)] = float(value)
     return list(by_generator.values())
+
+
+def held_out_table(records_by_model: Mapping[str, Iterable[Mapping[str, Any]]], metric: str = "auc"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """Leave-one-out's table: one row per held-out generator, one column per detector.
+
+    A leave-one-out run trains on every generator but one (its row ``all_but_<g>``) and tests on the held-out
+    one, so each detector has one score per held-out generator: the cell (train ``all_but_<g>``, test ``g``);
+    the N x N matrix of :func:`build_matrix` would be NaN off those cells. Several seeds of a cell are
+    averaged and then have no single interval, as in :func:`cell_intervals`. Returns ``(values, low, high,
+    generators, models)``, each array (generators, models), NaN where a detector has no run for a generator.
+    """
+    cells_by_model = {model: _finite_cells(records, metric) for model, records in records_by_model.items()}
+    models = sorted(cells_by_model)
+    generators = sorted({test for cells in cells_by_model.values() for (train, test) in cells if train != test})
+    values = np.full((len(generators), len(models)), np.nan)
+    low, high = np.full_like(values, np.nan), np.full_like(values, np.nan)
+    for j, model in enumerate(models):
+        for (train, test), cell in cells_by_model[model].items():
+            if train == test:
+                continue
+            i = generators.index(test)
+            values[i, j] = float(np.mean([float(r[metric]) for r in cell]))
+            if len(cell) == 1:
+                low[i, j] = cell[0].get(f"{metric}_ci_low", math.nan)
+                high[i, j] = cell[0].get(f"{metric}_ci_high", math.nan)
+    return values, low, high, generators, models
+
+
+def held_out_summary(values: np.ndarray) -> dict[str, float]:
+    """``held_out_mean`` and ``held_out_min`` (the worst held-out generator) of one detector's column of
+    :func:`held_out_table`, over finite cells; NaN if none."""
+    finite = values[np.isfinite(values)]
+    return {"held_out_mean": float(finite.mean()) if finite.size else math.nan,
+            "held_out_min": float(finite.min()) if finite.size else math.nan}

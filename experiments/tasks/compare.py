@@ -27,7 +27,6 @@ import numpy as np
 from mlflow.entities import Run
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from experiments.evaluation.comparison import (
     DetectorScores,
@@ -37,6 +36,7 @@ from experiments.evaluation.comparison import (
     pairwise_tests,
     read_predictions_csv,
 )
+from experiments.evaluation.console_tables import print_fitted
 from experiments.evaluation.curves import plot_heatmap
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.runs import finished_training_runs, newest_per_key, tag
@@ -72,8 +72,8 @@ def compare(cfg: DictConfig) -> dict:
     files = write_outputs(out_dir, names, results, experiment, len(labels))
     run_id = log_comparison(client, str(cfg.task.output_experiment), experiment, detectors, results, files)
     print_comparison(experiment, names, results, len(labels), alpha, confidence)
-    Console(width=200).print(f"comparison written to {', '.join(str(p) for p in files)}; MLflow experiment "
-                             f"'{cfg.task.output_experiment}', run {run_id}")
+    Console().print(f"comparison written to {', '.join(str(p) for p in files)}; MLflow experiment "
+                    f"'{cfg.task.output_experiment}', run {run_id}", soft_wrap=True)
     return {"detectors": detectors, "results": results, "files": files, "run_id": run_id, "n_images": len(labels)}
 
 
@@ -180,8 +180,9 @@ def _cell(delta: float, p_holm: float, alpha: float, delta_digits: int = 3) -> s
 def print_comparison(experiment: str, names: list[str], results: list[PairResult], n_images: int, alpha: float,
                      confidence: float) -> None:
     """The ΔAUROC (DeLong) and Δaccuracy (McNemar) matrices, row minus column with the Holm-adjusted p, and
-    the list of differences significant at ``alpha`` after Holm's adjustment."""
-    console = Console(width=200)
+    the list of differences significant at ``alpha`` after Holm's adjustment. A matrix too wide for the
+    console prints one row per pair (detector, minus, value)."""
+    console = Console()
     families = (
         ("ΔAUROC, DeLong", "delta_auc", "delong_p_holm"),
         ("Δaccuracy at each detector's val-chosen threshold, McNemar", "delta_acc", "mcnemar_p_holm"),
@@ -190,17 +191,12 @@ def print_comparison(experiment: str, names: list[str], results: list[PairResult
         values = _delta_acc_matrix(names, results) if value_field == "delta_acc" else \
             matrix(names, results, value_field, antisymmetric=True)
         p_values = matrix(names, results, p_field)
-        table = Table(title=f"{experiment}: {title} (row - column, Holm-adjusted p; * p < {alpha}), "
-                            f"{n_images} paired test images")
-        table.add_column("detector")
-        for name in names:
-            table.add_column(name, justify="right")
-        for i, name in enumerate(names):
-            table.add_row(name, *("—" if i == j else _cell(values[i, j], p_values[i, j], alpha)
-                                  for j in range(len(names))))
-        console.print(table)
+        body = [[name, *("—" if i == j else _cell(values[i, j], p_values[i, j], alpha) for j in range(len(names)))]
+                for i, name in enumerate(names)]
+        print_fitted(console, f"{experiment}: {title} (row - column, Holm-adjusted p; * p < {alpha}), "
+                              f"{n_images} paired test images", ["detector", *names], body, column_label="minus")
     for line in significance_lines(results, alpha, confidence):
-        console.print(line)
+        console.print(line, soft_wrap=True)
 
 
 def _delta_acc_matrix(names: list[str], results: list[PairResult]) -> np.ndarray:

@@ -3,17 +3,19 @@
 ``protocol=train_on_one`` (GenImage's: train on one generator, test on all;
 ``experiment=train_on_one``) and
 ``protocol=leave_one_out`` (train on all generators but one, test on the
-held-out one; ``experiment=leave_one_out``, one row ``all_but_<generator>`` per
-held-out generator, whose only cell is off the diagonal).
+held-out one; ``experiment=leave_one_out``, runs tagged ``train_generator=all_but_<generator>``).
 
 The runs come from the protocol's preset (one training run per
 model and train generator, tagged ``protocol`` and ``train_generator``;
-the test split holds every generator's test images, and ``train.py`` logs
-``test/<generator>/auc`` and ``test/<generator>/accuracy``). For each model and
-metric this task builds the generator x generator matrix (rows = train
-generator, columns = test generator), writes a heatmap PNG and a CSV, reports
-the diagonal mean (in-distribution) and the off-diagonal mean (unseen
-generators), prints them and logs everything to MLflow in a run tagged
+``train.py`` logs ``test/<generator>/auc`` and ``test/<generator>/accuracy``).
+Train on one: for each model and metric this task builds the generator x
+generator matrix (rows = train generator, columns = test generator), writes a
+heatmap PNG and a CSV, and reports the diagonal mean (in-distribution) and the
+off-diagonal mean and minimum (unseen generators). Leave one out: for each metric
+one table with a row per held-out generator and a column per detector (the
+held-out score with its bootstrap interval; ``held_out_<metric>.{csv,png}``), and
+each detector's mean and worst held-out score. Tables fold to one row per cell on
+a console too narrow for them. Everything is logged to MLflow in a run tagged
 ``task=cross_generator``.
 
 The matrices come from :mod:`experiments.evaluation.generator_matrix`; the MLflow and file I/O
@@ -35,10 +37,17 @@ import numpy as np
 from mlflow.entities import Metric
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from experiments.evaluation.curves import plot_heatmap
-from experiments.evaluation.generator_matrix import build_matrix, cell_intervals, records_from_run, summarize
+from experiments.evaluation.console_tables import print_fitted
+from experiments.evaluation.generator_matrix import (
+    build_matrix,
+    cell_intervals,
+    held_out_summary,
+    held_out_table,
+    records_from_run,
+    summarize,
+)
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
@@ -117,6 +126,40 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     for record in records:
         by_model[record["model"]].append(record)
 
+    if protocol == "leave_one_out":
+        held_out, summary, artifacts = _held_out_tables(by_model, metric_names, out_dir)
+        matrices: dict = {}
+        intervals: dict = {}
+    else:
+        matrices, intervals, summary, artifacts = _matrices(by_model, metric_names, out_dir)
+        held_out = {}
+    summary_csv = out_dir / "summary.csv"
+    with summary_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        names = list(next(iter(summary.values())))
+        writer.writerow(["model", "metric", *names])
+        for (model, metric), values in summary.items():
+            writer.writerow([model, metric, *(values[name] for name in names)])
+    artifacts.append(summary_csv)
+    if matrices:
+        artifacts.append(_write_cells_csv(out_dir / "cells.csv", matrices, intervals))
+
+    run_id = _log_run(client, experiment, summary, artifacts,
+                      experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location")), protocol)
+    console = Console()
+    confidence = float(cfg.stats.confidence)
+    if held_out:
+        _print_held_out(console, experiment, held_out, summary, confidence)
+    else:
+        _print_summary(console, experiment, matrices, intervals, summary, confidence)
+    announce_outputs(out_dir, run_id, uri)
+    return {"matrices": matrices, "intervals": intervals, "held_out": held_out, "summary": summary,
+            "records": records, "run_id": run_id, "out_dir": out_dir, "artifacts": artifacts}
+
+
+def _matrices(by_model: Mapping[str, list], metric_names: Sequence[str], out_dir: Path):
+    """Train on one: per model and metric the train x test matrix, its cell intervals, its summary, and a
+    heatmap and CSV of it."""
     matrices: dict[tuple[str, str], tuple[np.ndarray, list[str], list[str]]] = {}
     intervals: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     summary: dict[tuple[str, str], dict[str, float]] = {}
@@ -132,21 +175,33 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
                                           title=f"{model}: cross-generator {metric}", fmt=".3f",
                                           vmin=0.0, vmax=1.0))
             artifacts.append(_write_matrix_csv(out_dir / f"{stem}.csv", matrix, rows, cols))
-    summary_csv = out_dir / "summary.csv"
-    with summary_csv.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["model", "metric", "diagonal_mean", "off_diagonal_mean", "off_diagonal_min"])
-        for (model, metric), values in summary.items():
-            writer.writerow([model, metric, values["diagonal_mean"], values["off_diagonal_mean"],
-                             values["off_diagonal_min"]])
-    artifacts += [summary_csv, _write_cells_csv(out_dir / "cells.csv", matrices, intervals)]
+    return matrices, intervals, summary, artifacts
 
-    run_id = _log_run(client, experiment, summary, artifacts,
-                      experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location")), protocol)
-    _print_summary(experiment, matrices, intervals, summary, float(cfg.stats.confidence))
-    announce_outputs(out_dir, run_id, uri)
-    return {"matrices": matrices, "intervals": intervals, "summary": summary, "records": records, "run_id": run_id,
-            "out_dir": out_dir, "artifacts": artifacts}
+
+def _held_out_tables(by_model: Mapping[str, list], metric_names: Sequence[str], out_dir: Path):
+    """Leave one out: per metric the held-out generator x detector table (:func:`held_out_table`), per model
+    and metric its mean and worst held-out score, and a heatmap and CSV (``held_out_<metric>``) per metric."""
+    tables: dict[str, tuple] = {}
+    summary: dict[tuple[str, str], dict[str, float]] = {}
+    artifacts: list[Path] = []
+    for metric in metric_names:
+        values, low, high, generators, models = held_out_table(by_model, metric)
+        tables[metric] = (values, low, high, generators, models)
+        for j, model in enumerate(models):
+            summary[(model, metric)] = held_out_summary(values[:, j])
+        artifacts.append(plot_heatmap(values, generators, models, out_dir / f"held_out_{metric}.png",
+                                      title=f"leave one out: held-out {metric}", fmt=".3f", vmin=0.0, vmax=1.0,
+                                      xlabel="detector", ylabel="held-out generator"))
+        path = out_dir / f"held_out_{metric}.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["held_out", *(f"{m}{s}" for m in models for s in ("", "_ci_low", "_ci_high"))])
+            for i, generator in enumerate(generators):
+                writer.writerow([generator, *(v for j in range(len(models))
+                                              for v in (values[i, j], low[i, j], high[i, j]))])
+        artifacts.append(path)
+    summary = dict(sorted(summary.items()))
+    return tables, summary, artifacts
 
 
 def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tuple[str, str], Mapping[str, float]],
@@ -174,23 +229,40 @@ def _cell_text(value: float, low: float, high: float) -> str:
     return f"{value:.4f} [{low:.3f}, {high:.3f}]"
 
 
-def _print_summary(experiment: str, matrices: Mapping, intervals: Mapping, summary: Mapping,
+def _value_text(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _print_summary(console: Console, experiment: str, matrices: Mapping, intervals: Mapping, summary: Mapping,
                    confidence: float = 0.95) -> None:
-    console = Console(width=max(100, Console().width))
+    """Train on one: each model's matrix (rows: trained on, columns: tested on), then the summary; each folds
+    to one row per cell when the console is too narrow for it."""
     for (model, metric), (matrix, rows, cols) in matrices.items():
         low, high = intervals[(model, metric)]
-        table = Table(title=f"{experiment}: {model} {metric} (rows: trained on, columns: tested on; "
-                            f"[{confidence:.0%} bootstrap interval over that generator's test images])")
-        table.add_column("train \\ test")
-        for col in cols:
-            table.add_column(col, justify="right")
-        for i, name in enumerate(rows):
-            table.add_row(name, *(_cell_text(matrix[i, j], low[i, j], high[i, j]) for j in range(len(cols))))
-        console.print(table)
-    table = Table(title=f"{experiment}: cross-generator summary")
-    for header in ("model", "metric", "diagonal mean", "off-diagonal mean", "worst unseen"):
-        table.add_column(header, justify="left" if header in ("model", "metric") else "right")
-    for (model, metric), values in summary.items():
-        table.add_row(model, metric, *(f"{values[k]:.4f}" if not math.isnan(values[k]) else "n/a"
-                                       for k in ("diagonal_mean", "off_diagonal_mean", "off_diagonal_min")))
-    console.print(table)
+        body = [[name, *(_cell_text(matrix[i, j], low[i, j], high[i, j]) for j in range(len(cols)))]
+                for i, name in enumerate(rows)]
+        print_fitted(console, f"{experiment}: {model} {metric} (rows: trained on, columns: tested on; "
+                              f"[{confidence:.0%} bootstrap interval over that generator's test images])",
+                     ["train \\ test", *cols], body, column_label="tested on")
+    body = [[model, metric, *(_value_text(values[k]) for k in ("diagonal_mean", "off_diagonal_mean",
+                                                                "off_diagonal_min"))]
+            for (model, metric), values in summary.items()]
+    print_fitted(console, f"{experiment}: cross-generator summary",
+                 ["model", "metric", "diagonal mean", "off-diagonal mean", "worst unseen"], body, keys=2,
+                 column_label="statistic")
+
+
+def _print_held_out(console: Console, experiment: str, tables: Mapping, summary: Mapping,
+                    confidence: float = 0.95) -> None:
+    """Leave one out: per metric one row per held-out generator and one column per detector, then each
+    detector's mean and worst held-out score."""
+    for metric, (values, low, high, generators, models) in tables.items():
+        body = [[generator, *(_cell_text(values[i, j], low[i, j], high[i, j]) for j in range(len(models)))]
+                for i, generator in enumerate(generators)]
+        print_fitted(console, f"{experiment}: held-out {metric} (trained on every other generator; "
+                              f"[{confidence:.0%} bootstrap interval over the held-out generator's test images])",
+                     ["held out", *models], body, column_label="detector")
+    body = [[model, metric, _value_text(values["held_out_mean"]), _value_text(values["held_out_min"])]
+            for (model, metric), values in summary.items()]
+    print_fitted(console, f"{experiment}: leave-one-out summary",
+                 ["model", "metric", "held-out mean", "worst held out"], body, keys=2, column_label="statistic")

@@ -1,12 +1,15 @@
 """``task=report``: compare every detector of an MLflow experiment in one table.
 
 Reads the finished training runs of the experiment, keeps the latest run per
-(model, seed) unless told to keep all, and writes a markdown and CSV table of
-test metrics, wall time and parameter count, plus a bar plot. A metric with an
-interval is shown as ``0.942 [0.918, 0.963]``: for one run, the stratified
-bootstrap interval the run logged (``test/<metric>_ci_low`` / ``_ci_high``); with
-several seeds per model, ``mean ± std [Student-t interval over the seeds] (n)``.
-The report is also logged to MLflow as a run tagged ``task=report``.
+(model, seed) unless told to keep all, and prints and writes (``comparison.md``,
+``comparison.csv``, a bar plot) the table of :mod:`experiments.evaluation.report_table`:
+accuracy at 0.5 and at the val-chosen threshold, AUROC, AP, TPR at 5% FPR, ECE before
+and after calibration, fit time and parameter count. A metric with an interval is shown
+as ``0.942 [0.918, 0.963]``: for one run, the stratified bootstrap interval the run
+logged (``test/<metric>_ci_low`` / ``_ci_high``); with several seeds per model,
+``mean ± std [Student-t interval over the seeds] (n)``. On a console narrower than the
+table, it prints one row per (model, metric). The report is also logged to MLflow as a
+run tagged ``task=report``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
 from experiments.evaluation.plotting import with_subject
-from experiments.evaluation.seed_summary import RunRow, aggregate, format_cell, interval_cell, intervals
+from experiments.evaluation.console_tables import natural_width, print_fitted
+from experiments.evaluation.report_table import (
+    FIT_SECONDS,
+    HEADERS,
+    METRIC_COLUMNS,
+    PARAMS,
+    markdown_table,
+    metric_names,
+    report_table,
+)
+from experiments.evaluation.seed_summary import RunRow
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
@@ -51,32 +64,17 @@ def report(cfg: DictConfig) -> dict:
     if not rows:
         raise NoRunsFound(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
     split = cfg.task.split
-    metric_cols = [f"{split}/{m}" for m in cfg.task.metrics]
-    extra_cols = ["time/fit_seconds", "model/params"]
-    table = aggregate(rows, metric_cols + extra_cols)
     confidence = float(cfg.get("stats", {}).get("confidence", 0.95))
-    bounds = intervals(rows, metric_cols, confidence)
-    digits = int(cfg.task.get("digits", 3))
+    result = report_table(rows, split, confidence, int(cfg.task.get("digits", 3)))
+    table, bounds, n_runs = result.table, result.bounds, result.n_runs
+    metric_cols = metric_names(split)
+    extra_cols = [FIT_SECONDS, PARAMS]
 
     out_dir = inside(cfg.paths.report_dir, plain_name(experiment, "task.experiment_name"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    headers = ["model", "runs"] + [m for m in cfg.task.metrics] + ["fit time (s)", "params"]
-    n_runs = {m: sum(r.model == m for r in rows) for m in table}
-    body = []
-    for model, cols in table.items():
-        cells = [interval_cell(*cols[c], *bounds[model][c], digits=digits) for c in metric_cols]
-        t_mean, t_std, t_n = cols["time/fit_seconds"]
-        p_mean = cols["model/params"][0]
-        cells += [format_cell(t_mean, t_std, t_n, 1), "n/a" if math.isnan(p_mean) else f"{int(p_mean):,}"]
-        body.append([model, str(n_runs[model])] + cells)
-
     md = out_dir / "comparison.md"
-    md.write_text(
-        f"# {experiment}: {split} metrics\n\n"
-        + "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
-        + "".join("| " + " | ".join(row) + " |\n" for row in body)
-        + f"\n{interval_note(confidence)}\n"
-    )
+    md.write_text(f"# {experiment}: {split} metrics\n\n" + markdown_table(result.body)
+                  + f"\n{interval_note(confidence)}\n")
     csv_path = out_dir / "comparison.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -86,9 +84,10 @@ def report(cfg: DictConfig) -> dict:
             writer.writerow([model, n_runs[model]] + [v for c in metric_cols + extra_cols for v in cols[c][:2]]
                             + [v for c in metric_cols for v in bounds[model][c]]
                             + ["bootstrap" if n_runs[model] == 1 else "t over seeds"])
+    bar_metrics = [c.metric for c in METRIC_COLUMNS if not c.after]
     bars = with_subject(f"{experiment}, {split} split", plot_bar_comparison,
-        {model: {m: cols[f"{split}/{m}"][0] for m in cfg.task.metrics} for model, cols in table.items()},
-        list(cfg.task.metrics), out_dir / "comparison.png",
+        {model: {m: cols[f"{split}/{m}"][0] for m in bar_metrics} for model, cols in table.items()},
+        bar_metrics, out_dir / "comparison.png",
     )
 
     run = client.create_run(report_experiment_id(client, cfg), run_name=f"report-{experiment}",
@@ -99,26 +98,24 @@ def report(cfg: DictConfig) -> dict:
     client.log_param(run.info.run_id, "runs", ",".join(r.run_id for r in rows)[:6000])
     client.set_terminated(run.info.run_id, "FINISHED")
 
-    console = Console(width=200)
-    rich_table = Table(title=f"{experiment}: {split} metrics ({len(rows)} runs)")
-    for h in headers:
-        rich_table.add_column(h, justify="left" if h == "model" else "right")
-    for row in body:
-        rich_table.add_row(*row)
-    console.print(rich_table)
-    console.print(interval_note(confidence))
-    console.print(runs_table(rows))
-    console.print(f"report written to {md}, {csv_path}, {bars}")
+    console = Console()
+    print_fitted(console, f"{experiment}: {split} metrics ({len(rows)} runs)", HEADERS, result.body)
+    console.print(interval_note(confidence), markup=False)
+    print_runs(console, rows)
+    console.print(f"report table (Markdown): {md}", soft_wrap=True)
+    console.print(f"report written to {md}, {csv_path}, {bars}", soft_wrap=True)
     announce_outputs(out_dir, run.info.run_id, uri)
-    return {"table": table, "intervals": bounds, "rows": rows, "body": body, "markdown": md, "csv": csv_path,
+    return {"table": table, "intervals": bounds, "rows": rows, "body": result.body, "markdown": md, "csv": csv_path,
             "plot": bars}
 
 
 def interval_note(confidence: float) -> str:
     """What the intervals of the table are."""
     return (f"[low, high]: {confidence:.0%} interval. One run: stratified bootstrap over the test images. "
-            f"Several seeds: mean ± std and the Student-t interval over the seeds. Accuracy is at 0.5; "
-            f"AUROC and AP do not depend on a threshold. Paired tests: task=compare.")
+            f"Several seeds: mean ± std and the Student-t interval over the seeds. Accuracy at val threshold: "
+            f"at the threshold chosen on val, applied unchanged to test; AUROC, AP and TPR at 5% FPR do not "
+            f"depend on a threshold; ECE → calibrated: before and after the calibrator fitted on val. "
+            f"Paired tests: task=compare.")
 
 
 def report_experiment_id(client: mlflow.MlflowClient, cfg: DictConfig) -> str:
@@ -142,11 +139,19 @@ def report_metrics(table: dict[str, dict[str, tuple[float, float, int]]], column
     return out
 
 
-def runs_table(rows: list[RunRow]) -> Table:
-    """The runs behind the report: id, model, seed and run folder (pass either on to evaluate or detect)."""
+def print_runs(console: Console, rows: list[RunRow]) -> None:
+    """The runs behind the report: id, model, seed and run folder (pass either on to evaluate or detect).
+
+    A table when it fits the console; else one line per run, never cut or folded, so an id or a folder can be
+    copied whole."""
     table = Table(title="runs compared")
     for header in ("run id", "model", "seed", "folder"):
-        table.add_column(header, overflow="fold")
+        table.add_column(header, no_wrap=True)
     for row in rows:
         table.add_row(row.run_id, row.model, row.seed, row.folder)
-    return table
+    if natural_width(table) <= console.width:
+        console.print(table)
+        return
+    console.print("runs compared (run id, model, seed, folder):")
+    for row in rows:
+        console.print(f"  {row.run_id}  {row.model}  seed {row.seed}  {row.folder}", soft_wrap=True)

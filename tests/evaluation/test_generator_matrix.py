@@ -81,3 +81,21 @@ def test_cell_intervals_come_from_a_single_run_only():
     assert math.isnan(low[1, 0]) and math.isnan(low[1, 1])
 
 
+
+
+def test_held_out_table_has_a_row_per_held_out_generator_and_a_column_per_detector():
+    from experiments.evaluation.generator_matrix import held_out_summary, held_out_table
+
+    records = {
+        "npr": [{"train": f"all_but_{g}", "test": g, "auc": 0.9 + 0.01 * i, "auc_ci_low": 0.8, "auc_ci_high": 0.95}
+                for i, g in enumerate(GENS)],
+        "logreg": [{"train": "all_but_a", "test": "a", "auc": 0.7},  # two seeds: averaged, no single interval
+                   {"train": "all_but_a", "test": "a", "auc": 0.8},
+                   {"train": "all_but_c", "test": "c", "auc": 0.6, "auc_ci_low": 0.5, "auc_ci_high": 0.7}],
+    }
+    values, low, high, generators, models = held_out_table(records, "auc")
+    assert generators == list(GENS) and models == ["logreg", "npr"]
+    np.testing.assert_allclose(values, [[0.75, 0.90], [np.nan, 0.91], [0.60, 0.92]])
+    assert math.isnan(low[0, 0]) and (low[2, 0], high[2, 0]) == (0.5, 0.7) and (low[1, 1], high[1, 1]) == (0.8, 0.95)
+    assert held_out_summary(values[:, 0]) == pytest.approx({"held_out_mean": 0.675, "held_out_min": 0.6})
+    assert all(math.isnan(v) for v in held_out_summary(np.array([np.nan])).values())

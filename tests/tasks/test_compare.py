@@ -148,3 +148,19 @@ def test_task_compare_needs_two_detectors_with_predictions(tmp_path):
     cfg = compose_config(["task=compare", "experiment=demo"], tmp_path)
     with pytest.raises(NotEnoughDetectors, match="legacy"):
         compare(cfg)
+
+
+def test_matrices_fold_to_one_row_per_pair_at_80_columns(capsys, monkeypatch):
+    from experiments.evaluation.comparison import PairResult
+    from experiments.tasks.compare import print_comparison
+
+    monkeypatch.setenv("COLUMNS", "80")
+    names = ["resnet34_localfft", "radial_angular_logreg", "spectraforge_dual", "efficientnet_spatial"]
+    results = [PairResult(a, b, 0.9, 0.8, 0.1, 0.05, 0.15, 1e-4, 0.9, 0.8, 30, 10, 1e-3, "exact", 4e-4, 3e-3)
+               for i, a in enumerate(names) for b in names[i + 1:]]
+    print_comparison("detectors-demo", names, results, 360, 0.05, 0.95)
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert "…" not in printed and all(len(line) <= 80 for line in lines if "│" in line)
+    assert sum("+0.100 (p=0.0004) *" in line for line in lines) == 6  # each pair once per direction, ΔAUROC
+    assert any("radial_angular_logreg" in line and "efficientnet_spatial" in line for line in lines)

@@ -47,25 +47,49 @@ def test_leave_one_out_splits_hold_the_generator_out_of_train_and_val(tmp_path, 
     assert {s.generator for s in train + val} == {"gen_a"} and {s.generator for s in test} == {"gen_b"}
 
 
-def test_task_reads_leave_one_out_runs(tmp_path):
+def test_task_prints_one_row_per_held_out_generator_and_a_column_per_detector(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     cfg = compose_config(["task=cross_generator", "experiment=leave_one_out"], tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment("leave_one_out-demo")
-    for i, held_out in enumerate(GENS):
-        run = client.create_run(exp_id, tags={"task": "train", "protocol": "leave_one_out", "model": "m",
-                                              "train_generator": f"all_but_{held_out}", "seed": "42"})
-        client.log_metric(run.info.run_id, f"test/{held_out}/auc", 0.6 + 0.1 * i)
-        client.set_terminated(run.info.run_id, "FINISHED")
+    for model, shift in (("m", 0.0), ("radial_angular_logreg", 0.05)):
+        for i, held_out in enumerate(GENS):
+            run = client.create_run(exp_id, tags={"task": "train", "protocol": "leave_one_out", "model": model,
+                                                  "train_generator": f"all_but_{held_out}", "seed": "42"})
+            auc = 0.6 + 0.1 * i + shift
+            for key, value in (("auc", auc), ("auc_ci_low", auc - 0.05), ("auc_ci_high", auc + 0.05)):
+                client.log_metric(run.info.run_id, f"test/{held_out}/{key}", value)
+            client.log_metric(run.info.run_id, f"test/{held_out}/accuracy", auc - 0.1)
+            client.set_terminated(run.info.run_id, "FINISHED")
     other = client.create_run(exp_id, tags={"task": "train", "protocol": "train_on_one", "model": "m",
                                             "train_generator": "a", "seed": "42"})
     client.log_metric(other.info.run_id, "test/b/auc", 0.0)
     client.set_terminated(other.info.run_id, "FINISHED")
     result = cross_generator(cfg)
-    matrix, rows, cols = result["matrices"][("m", "auc")]
-    assert rows == [f"all_but_{g}" for g in GENS] and cols == list(GENS)
-    np.testing.assert_allclose(matrix, np.diag([0.6, 0.7, 0.8]) + np.where(np.eye(3), 0, np.nan))
-    assert result["summary"][("m", "auc")]["off_diagonal_mean"] == pytest.approx(0.7)
-    assert client.get_run(result["run_id"]).data.tags["protocol"] == "leave_one_out"
+    values, low, high, generators, models = result["held_out"]["auc"]
+    assert generators == list(GENS) and models == ["m", "radial_angular_logreg"]
+    np.testing.assert_allclose(values, [[0.6, 0.65], [0.7, 0.75], [0.8, 0.85]])
+    np.testing.assert_allclose(low, values - 0.05)
+    assert result["summary"][("m", "auc")] == pytest.approx({"held_out_mean": 0.7, "held_out_min": 0.6})
+    assert result["summary"][("radial_angular_logreg", "accuracy")]["held_out_mean"] == pytest.approx(0.65)
+    assert result["matrices"] == {}  # no N x N matrix of n/a cells
+    logged = client.get_run(result["run_id"])
+    assert logged.data.tags["protocol"] == "leave_one_out"
+    assert logged.data.metrics["cross_generator/m/auc/held_out_mean"] == pytest.approx(0.7)
+    out = tmp_path / "reports" / "cross_generator"
+    header, first = (out / "held_out_auc.csv").read_text().splitlines()[:2]
+    assert header == ("held_out,m,m_ci_low,m_ci_high,radial_angular_logreg,radial_angular_logreg_ci_low,"
+                      "radial_angular_logreg_ci_high")
+    assert first.split(",")[0] == "a" and [float(v) for v in first.split(",")[1:]] == pytest.approx(
+        [0.6, 0.55, 0.65, 0.65, 0.6, 0.7])
+    assert (out / "summary.csv").read_text().splitlines()[0] == "model,metric,held_out_mean,held_out_min"
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert "n/a" not in printed and "nan" not in printed and "diagonal" not in printed and "…" not in printed
+    assert all(len(line) <= 80 for line in lines if "│" in line)
+    row = next(line for line in lines if line.startswith("│ b "))  # one row per held-out generator
+    assert "0.7000 [0.650, 0.750]" in row and "0.7500 [0.700, 0.800]" in row
+    assert any(line.startswith("│ m ") and "auc" in line and "0.7000" in line and "0.6000" in line for line in lines)
 
 
 def test_task_reads_train_on_one_runs_from_mlflow(tmp_path):

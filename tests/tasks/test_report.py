@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from scipy import stats
 
+from experiments.evaluation.report_table import HEADERS, markdown_headers
 from experiments.tasks.report import report
 from tests.conftest import compose_config
 
@@ -20,26 +21,33 @@ def log_run(client: mlflow.MlflowClient, exp_id: str, model: str, seed: int, met
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp_path):
+def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     cfg = compose_config(["task=report", "experiment=demo"], tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment("detectors-demo", artifact_location=(tmp_path / "mlartifacts").as_uri())
     log_run(client, exp_id, "single", 42, {"test/auc": 0.9421, "test/auc_ci_low": 0.9183, "test/auc_ci_high": 0.9634,
-                                           "test/f1": 0.8, "model/params": 10})
+                                           "test/ap": 0.8, "model/params": 10})
     for seed, auc in enumerate((0.80, 0.85, 0.90)):
         log_run(client, exp_id, "seeded", seed, {"test/auc": auc, "test/auc_ci_low": auc - 0.1,
                                                  "test/auc_ci_high": auc + 0.1})
 
     result = report(cfg)
-    headers = ["model", "runs", *cfg.task.metrics]
-    rows = {row[0]: dict(zip(headers, row)) for row in result["body"]}
-    assert rows["single"]["auc"] == "0.942 [0.918, 0.963]"
-    assert rows["single"]["f1"] == "0.800"  # no interval logged: the value alone
+    rows = {row[0]: dict(zip(HEADERS, row)) for row in result["body"]}
+    assert rows["single"]["AUROC"] == "0.942 [0.918, 0.963]"
+    assert rows["single"]["AP"] == "0.800"  # no interval logged: the value alone
     half = stats.t.ppf(0.975, df=2) * 0.05 / 3 ** 0.5
-    assert rows["seeded"]["auc"] == f"0.850 ± 0.050 [{0.85 - half:.3f}, {0.85 + half:.3f}] (n=3)"
+    assert rows["seeded"]["AUROC"] == f"0.850 ± 0.050 [{0.85 - half:.3f}, {0.85 + half:.3f}] (n=3)"
     assert result["intervals"]["seeded"]["test/auc"] == pytest.approx((0.85 - half, 0.85 + half))
 
-    assert "0.942 [0.918, 0.963]" in result["markdown"].read_text()
+    markdown = result["markdown"].read_text()
+    assert "0.942 [0.918, 0.963]" in markdown and markdown_headers(markdown) == list(HEADERS)
+    printed = capsys.readouterr().out.splitlines()  # 80 columns: one row per (model, metric), nothing cut
+    assert all(len(line) <= 80 for line in printed if "│" in line)
+    assert any("AUROC" in line and f"0.850 ± 0.050 [{0.85 - half:.3f}, {0.85 + half:.3f}] (n=3)" in line
+               for line in printed)
+    assert any(str(result["markdown"]) in line for line in printed)
+    assert any(line.startswith("[low, high]: 95% interval") for line in printed)
     table = {r["model"]: r for r in csv.DictReader(result["csv"].open())}
     assert float(table["single"]["test/auc_ci_low"]) == pytest.approx(0.9183)
     assert float(table["seeded"]["test/auc_ci_high"]) == pytest.approx(0.85 + half)
