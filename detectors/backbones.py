@@ -13,14 +13,23 @@ A timm name may carry a weight tag: ``resnet34`` means timm's default tag
 (``resnet34.a1_in1k``, timm's own recipe), ``resnet34.tv_in1k`` the torchvision
 weights that Synapse-7 and SPECTRAFORGE fine-tune. When the weights cannot be
 had (offline, ``HF_HUB_OFFLINE=1``, no cache), :func:`ensure_weights` stops the
-run before training with the exact weights, the hub id and the two ways out.
+run before training with the exact weights, the hub id and the ways out.
+
+Offline is told in a second, not after the hub client's minute of retries: ``HF_HUB_OFFLINE`` (or
+``TRANSFORMERS_OFFLINE``) set, or one short TCP probe of the hub's endpoint (or of the proxy that serves
+it) that gets no answer, once per process (:func:`hub_offline`); only the cache is read then.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+import urllib.request
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import timm
 from omegaconf import OmegaConf
@@ -70,11 +79,76 @@ def _weights_help(name: str, reason: str = "cannot be downloaded (offline?) and 
     )
 
 
+#: the seconds the hub probe waits for a TCP connection (name lookup included) before calling the machine offline
+HUB_PROBE_TIMEOUT = 1.5
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
 def hub_offline() -> bool:
-    """Whether the Hugging Face hub may not be contacted (``HF_HUB_OFFLINE=1``): only the cache is read."""
+    """Whether the Hugging Face hub is out of reach, so that only the cache is read: ``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE`` is set, or the hub's endpoint does not take a TCP connection within
+    :data:`HUB_PROBE_TIMEOUT` seconds (:func:`hub_reachable`, probed once per process)."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if constants.is_offline_mode() or any(os.environ.get(k, "").upper() in _TRUE
+                                          for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    return not hub_reachable(constants.ENDPOINT)
+
+
+def hub_reachable(endpoint: str) -> bool:
+    """Whether ``endpoint`` (or the proxy that ``HTTPS_PROXY``/``HTTP_PROXY`` names for it) takes a TCP connection
+    within :data:`HUB_PROBE_TIMEOUT` seconds, name lookup included: one probe per address and process."""
+    url = urlsplit(endpoint)
+    host = url.hostname or ""
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host = url.hostname or ""
+    return _connects(host, url.port or (443 if url.scheme == "https" else 80))
+
+
+def hub_download(repo_id: str, filename: str) -> Path:
+    """The local file of ``filename`` in hub repo ``repo_id``: downloaded when online and not yet cached; offline
+    (:func:`hub_offline`) from the cache alone, in huggingface_hub's own offline mode, so that no request of any
+    kind (not even the client's user-agent lookup) is made and none is retried.
+
+    Raises:
+        huggingface_hub.errors.EntryNotFoundError: no such file (``LocalEntryNotFoundError``: not in the cache).
+    """
+    from huggingface_hub import constants, hf_hub_download
+
+    if not hub_offline():
+        return Path(hf_hub_download(repo_id, filename))
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+@lru_cache(maxsize=None)
+def _connects(host: str, port: int) -> bool:
+    """A TCP connection to ``host:port`` within :data:`HUB_PROBE_TIMEOUT` s, in a thread: a name lookup that
+    hangs (no DNS answer) cannot hold the run up either."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT).close()
+            answered.append(True)
+        except Exception:  # noqa: BLE001 - whatever fails, the hub did not answer
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT + 0.5)
+    reachable = bool(answered and answered[0])
+    if not reachable:
+        log.info("the Hugging Face hub (%s:%d) does not answer: pretrained weights are read from the cache only",
+                 host, port)
+    return reachable
 
 
 def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None = None, **_: object) -> Path | None:
@@ -82,9 +156,10 @@ def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None
 
     :func:`create_backbone`'s own weights check (``create_backbone.ensure_weights``), called before training
     (``experiments.training.builders.check_pretrained_weights``) so a missing file
-    stops the run before the data are scanned. Online, a hub file not yet cached is downloaded now (timm's
-    own source, with a progress bar); offline (``HF_HUB_OFFLINE=1``) only the cache is read. Returns None when
-    no weights are needed (``pretrained=False`` and no ``weights_path``).
+    stops the run after the config, data and tracking checks and before anything is built. Online, a hub file
+    not yet cached is downloaded now (timm's own source, with a progress bar); offline (:func:`hub_offline`:
+    ``HF_HUB_OFFLINE=1`` or a hub that does not answer the probe) only the cache is read, without retries.
+    Returns None when no weights are needed (``pretrained=False`` and no ``weights_path``).
 
     Raises:
         PretrainedWeightsUnavailable: with the timm name and tag, the hub id, ``model.backbone.weights_path``
@@ -102,14 +177,13 @@ def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None
     offline = hub_offline()
     try:
         if hub_id:
-            from huggingface_hub import hf_hub_download
             from huggingface_hub.errors import EntryNotFoundError
 
             cfg = get_pretrained_cfg(name)
             filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
             for i, filename in enumerate(filenames):
                 try:
-                    return Path(hf_hub_download(hub_id, filename, local_files_only=offline))
+                    return hub_download(hub_id, filename)
                 except EntryNotFoundError:
                     if i == len(filenames) - 1:
                         raise
@@ -147,18 +221,16 @@ def create_backbone(
         raise ValueError(
             f"model.backbone.name='{name}' is not a timm model; see timm.list_models() for valid names"
         )
-    if weights_path is not None:
+    if weights_path is not None or pretrained:
+        # the file the weights check found (downloaded when online): timm reads it and asks the hub nothing more
         path = ensure_weights(name, pretrained, weights_path)
-        model = timm.create_model(
-            name, pretrained=True, num_classes=0, in_chans=in_chans,
-            pretrained_cfg_overlay={"file": str(path)}, **kwargs,
-        )
-    elif pretrained:
-        ensure_weights(name, pretrained)  # downloads when online; a clear error when neither hub nor cache has it
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kwargs)
-        except Exception as err:  # timm raises many types here (OSError, RuntimeError, hub errors)
-            raise PretrainedWeightsUnavailable(_weights_help(name, "could not be loaded")) from err
+            model = timm.create_model(
+                name, pretrained=True, num_classes=0, in_chans=in_chans,
+                pretrained_cfg_overlay={"file": str(path)}, **kwargs,
+            )
+        except Exception as err:  # timm raises many types here (OSError, RuntimeError, key mismatches)
+            raise PretrainedWeightsUnavailable(_weights_help(name, f"could not be loaded from {path}")) from err
     else:
         model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
     if freeze_stages >= 0:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detectors.backbones import PretrainedWeightsUnavailable, hub_offline
+from detectors.backbones import PretrainedWeightsUnavailable, hub_download, hub_offline
 from detectors.sklearn_base import StatelessImageTransformer, as_image_tensor
 
 #: CLIP's own normalisation (OpenAI's training set statistics).
@@ -84,11 +84,9 @@ def ensure_weights(model_name: str = "ViT-L-14", pretrained: str | None = "opena
     hub = (cfg.get("hf_hub") or "").rstrip("/")
     try:
         if hub:
-            from huggingface_hub import hf_hub_download
-
             for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
                 try:
-                    return Path(hf_hub_download(hub, filename, local_files_only=hub_offline()))
+                    return hub_download(hub, filename)
                 except Exception:
                     if filename.endswith(".bin"):
                         raise

@@ -131,6 +131,26 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def check_store(tracking_uri: str, timeout: float = 2.0) -> str:
+    """Fail fast, before anything is downloaded or built, when the store of ``logger.tracking_uri`` cannot be used:
+    a server that does not answer within ``timeout`` seconds, or a local store that cannot be opened. Returns
+    the resolved URI."""
+    uri = resolve_tracking_uri(str(tracking_uri))
+    if uri.startswith(("http://", "https://")):
+        check_tracking_server(uri, timeout)
+        return uri
+    try:
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates a new SQLite store's tables
+    except Exception as err:  # noqa: BLE001 - an unwritable folder, a corrupt file, a bad scheme: one message
+        raise TrackingUnavailable(
+            f"the MLflow store logger.tracking_uri={tracking_uri} ({uri}) cannot be opened ({err}). Point "
+            f"logger.tracking_uri at a writable place, e.g. logger.tracking_uri=sqlite:///mlruns.db"
+        ) from None
+    return uri
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)

@@ -72,3 +72,17 @@ def test_local_parallel_sweep_on_a_fresh_store(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [
         ("resnet34_localfft-seed1", "FINISHED"), ("resnet34_localfft-seed2", "FINISHED")]
+
+
+def test_the_early_store_check_opens_a_local_store_and_names_one_that_cannot_be(tmp_path):
+    import pytest
+
+    from experiments.tracking import TrackingUnavailable, check_store
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert check_store(uri) == uri and (tmp_path / "mlruns.db").is_file()
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(TrackingUnavailable, match="logger.tracking_uri=sqlite:///.*cannot be opened"):
+        check_store(f"sqlite:///{tmp_path / 'file' / 'mlruns.db'}")
+    with pytest.raises(TrackingUnavailable, match="127.0.0.1:9 is not reachable"):
+        check_store("http://127.0.0.1:9")

@@ -174,12 +174,18 @@ class DetectorDataModule(L.LightningDataModule):
 
             build_demo_dataset(self.root, **self.demo)
 
+    def check_layout(self) -> dict[str, list[Sample]]:
+        """The splits of :meth:`scan`, scanned once and kept for :meth:`setup`: the layout and class-count errors
+        (:class:`DatasetLayoutError`, with the expected tree) at the cost of a walk, no image opened."""
+        if not self.splits:
+            self.splits = self.scan()
+            self.generator_names = sorted({s.generator for split in self.splits.values() for s in split})
+        return self.splits
+
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self.datasets:
             return
-        self.splits = self.scan()
-        self.generator_names = sorted({s.generator for split in self.splits.values() for s in split})
-        for split, samples in self.splits.items():
+        for split, samples in self.check_layout().items():
             prep = self.preprocess_of(split)
             if self.cache and is_cacheable(prep):
                 folder = cached_split(samples, prep, self.cache_dir)

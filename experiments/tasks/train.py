@@ -32,13 +32,21 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Train ``cfg.model`` on ``cfg.data``; return the best value of ``cfg.optimized_metric`` (for sweepers)."""
+    """Train ``cfg.model`` on ``cfg.data``; return the best value of ``cfg.optimized_metric`` (for sweepers).
+
+    The user's mistakes are reported in the order they cost to find, each before anything is downloaded or
+    built: the config (model name, kind, a missing ``data.root``), the data layout and class counts (one walk
+    of the tree, no image opened), the tracking store, and last the pretrained weights (offline told at once).
+    """
     plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
     L.seed_everything(cfg.seed, workers=True)
     resume = _resume_point(cfg)
     datamodule = build_datamodule(cfg)  # config errors (a missing data.root) first: they cost nothing
-    check_pretrained_weights(cfg.model)  # download or find ImageNet/CLIP weights before the data scan
+    kind = build_kind(cfg)  # the kind's _target_ and its factories; nothing is built yet
     datamodule.prepare_data()
+    datamodule.check_layout()  # the expected tree, or a split without both classes; setup() keeps this scan
+    tracking.check_store(cfg.logger.tracking_uri)  # a server that does not answer, a store that cannot be opened
+    check_pretrained_weights(cfg.model)  # download, or find in the cache, ImageNet/CLIP weights
     datamodule.setup()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +57,6 @@ def train(cfg: DictConfig) -> float | None:
         preflight(datamodule, _preflight_settings(cfg, datamodule, rank=rank_zero_only.rank))
 
     start = time.perf_counter()
-    kind = build_kind(cfg)
     result = kind.fit(datamodule, out_dir, logger)
     if result is None:  # a non-zero DDP rank: rank 0 evaluates and logs
         return None

@@ -5,7 +5,8 @@ Pretrained weights: a factory that loads pretrained weights owns its check. The 
 carries ``ensure_weights`` (called with the node's keys: fetch the weights, or find them offline, or raise a
 :class:`~detectors.backbones.PretrainedWeightsUnavailable` naming the weights and the keys to set) and
 ``without_weights`` (the keys that mean random initialisation). :func:`check_pretrained_weights` calls every
-such node's own check before any data are scanned or a run is opened; :func:`without_pretrained_weights` is
+such node's own check, last of ``task=train``'s checks (after the config, the data layout and the tracking store)
+and before anything is built or a run is opened; :func:`without_pretrained_weights` is
 the one path that turns them off: for throughput benchmarks, for loading a trained detector (its own weights
 replace ImageNet's, :func:`build_kind` with ``pretrained=False``) and for tests.
 """

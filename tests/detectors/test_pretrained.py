@@ -141,3 +141,50 @@ def test_a_kind_built_without_pretrained_weights_loads_without_a_download(tmp_pa
     loaded = kind.load(path)
     assert not loaded.training and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                                           trained.state_dict().values()))
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    """No offline variable and a hub probe not yet made; its connection is the test's to fake."""
+    import detectors.backbones as backbones
+
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    backbones._connects.cache_clear()
+    yield backbones
+    backbones._connects.cache_clear()
+
+
+class Connection:
+    """What a connection that succeeded looks like to the probe."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_transformers_offline_counts_as_offline_without_a_probe(fresh_probe, monkeypatch):
+    monkeypatch.setattr(fresh_probe.socket, "create_connection", lambda *a, **k: pytest.fail("probed"))
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert fresh_probe.hub_offline()
+
+
+def test_a_probe_that_hangs_is_cut_short_and_made_once(fresh_probe, monkeypatch):
+    import time
+
+    calls = []
+    monkeypatch.setattr(fresh_probe, "HUB_PROBE_TIMEOUT", 0.2)
+    monkeypatch.setattr(fresh_probe.socket, "create_connection",
+                        lambda address, timeout=None: calls.append(address) or time.sleep(3) or Connection())  # hangs
+    start = time.perf_counter()
+    assert fresh_probe.hub_offline() and fresh_probe.hub_offline()
+    assert time.perf_counter() - start < 2.0 and calls == [("huggingface.co", 443)]
+
+
+def test_the_probe_goes_to_the_proxy_that_serves_the_hub(fresh_probe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fresh_probe.socket, "create_connection",
+                        lambda address, timeout=None: calls.append(address) or Connection())
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert fresh_probe.hub_reachable("https://huggingface.co") and not fresh_probe.hub_offline()
+    assert calls == [("proxy.example", 3128)]
