@@ -188,9 +188,11 @@ def ensure_weights(name: str, pretrained: bool = False, weights_path: str | None
                     if i == len(filenames) - 1:
                         raise
         if url and not offline:
+            from huggingface_hub.utils import are_progress_bars_disabled
             from timm.models._hub import download_cached_file
 
-            return Path(download_cached_file(url, check_hash=False, progress=True))
+            # a bar as the hub's own: off where its switch is (experiments.process.use_plain_logs, off a terminal)
+            return Path(download_cached_file(url, check_hash=False, progress=not are_progress_bars_disabled()))
         raise FileNotFoundError(f"no cached file for {full}")
     except Exception as err:  # hub, HTTP and file errors all mean the same thing to the user
         raise PretrainedWeightsUnavailable(_weights_help(name)) from err

@@ -12,15 +12,24 @@ MLflow store (``paths.root_dir``) are the project's own whatever the working dir
 
 :func:`default_cache_dir` is the user's cache folder, where caches go when the config names none.
 
+:func:`progress_bar` and :func:`progress` are the suite's one progress display: a tqdm bar on a terminal, a
+plain log line every 10 % or 30 s in log files and CI (:class:`ProgressLines`); :func:`use_plain_logs` switches
+the download bars of the Hugging Face hub and MLflow off there too.
+
 Library modules never call these on import: ``run.py`` and the ``python -m`` mains do.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+log = logging.getLogger(__name__)
 
 
 def use_huge_pages() -> None:
@@ -41,14 +50,116 @@ def use_project_root() -> Path:
     return root
 
 
-def progress(iterable: Iterable[Any], desc: str, total: int | None = None, unit: str = "batch") -> Iterable[Any]:
-    """``iterable`` with a tqdm bar on an interactive terminal only, so tests and log files stay quiet;
-    ``SUITE_PROGRESS=1`` (or ``0``) forces it on (off)."""
+def on_terminal() -> bool:
+    """Whether progress is drawn as bars: stderr is an interactive terminal. ``SUITE_PROGRESS=1`` forces bars,
+    ``SUITE_PROGRESS=0`` forces plain lines (:class:`ProgressLines`)."""
+    forced = os.environ.get("SUITE_PROGRESS")
+    if forced is not None:
+        return forced == "1"
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+def use_plain_logs() -> None:
+    """Off a terminal, switch off the download bars of the Hugging Face hub (weights) and of MLflow (artifacts)
+    by their own environment switches, so that log files and CI logs get no carriage-return runs. Set either
+    variable yourself to choose otherwise."""
+    if not on_terminal():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class ProgressLines:
+    """Progress for log files and CI logs: a plain log line (no carriage return) every 10 % of ``total`` or
+    every 30 s, whichever comes first, and a last one at :meth:`close`; without a total, every 30 s.
+
+    It has the part of tqdm's interface that the suite uses (``update``, ``set_postfix_str``, ``close``, a
+    context manager), so a caller of :func:`progress_bar` does not know which one it holds. Lines go to the
+    ``experiments.process`` logger (the task's log file under ``run.py``), or to stderr where logging is not
+    set up (a ``python -m`` tool).
+    """
+
+    #: a line at least every this fraction of the total ...
+    every_fraction = 0.1
+    #: ... and at least every this many seconds
+    every_s = 30.0
+
+    def __init__(self, desc: str, total: int | None = None, unit: str = "it", clock=time.monotonic) -> None:
+        self.desc, self.total, self.unit, self.clock = desc, total, unit, clock
+        self.n = 0
+        self.postfix = ""
+        self.start = self.last = clock()
+        self.step = max(1, math.ceil(total * self.every_fraction)) if total else None
+        self.next_n = self.step
+        self.shown_n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if (self.next_n is not None and self.n >= self.next_n) or now - self.last >= self.every_s:
+            self._line(now)
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        self.postfix = str(text)
+
+    def close(self) -> None:
+        if self.n != self.shown_n:
+            self._line(self.clock())
+
+    def __enter__(self) -> "ProgressLines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _line(self, now: float) -> None:
+        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        share = f" ({100 * self.n // self.total}%)" if self.total else ""
+        postfix = f", {self.postfix}" if self.postfix else ""
+        _emit(f"{self.desc}: {done} {self.unit}{share}, {now - self.start:.0f} s{postfix}")
+        self.last, self.shown_n = now, self.n
+        if self.step is not None:
+            self.next_n = (self.n // self.step + 1) * self.step
+
+
+def _emit(line: str) -> None:
+    if log.hasHandlers():
+        log.info("%s", line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, leave: bool = False):
+    """The suite's one progress display: a tqdm bar on a terminal (:func:`on_terminal`), :class:`ProgressLines`
+    elsewhere, nothing when not ``enabled``. Use it as tqdm's: ``with progress_bar(n, "scoring") as bar: ...``."""
     from tqdm import tqdm
 
-    forced = os.environ.get("SUITE_PROGRESS")
-    show = sys.stderr.isatty() if forced is None else forced == "1"
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not show, leave=False)
+    if enabled and not on_terminal():
+        return ProgressLines(desc, total, unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave)
+
+
+def progress(iterable: Iterable[Any], desc: str, total: int | None = None, unit: str = "batch") -> Iterable[Any]:
+    """``iterable`` with :func:`progress_bar`: a bar on a terminal, a log line every 10 % or 30 s elsewhere."""
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:  # no length (a generator, a loader over an iterable dataset)
+            total = None
+    if on_terminal():
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
+    return _with_lines(iterable, ProgressLines(desc, total, unit))
+
+
+def _with_lines(iterable: Iterable[Any], lines: ProgressLines) -> Iterator[Any]:
+    with lines:
+        for item in iterable:
+            yield item
+            lines.update(1)
 
 
 def default_cache_dir() -> Path:

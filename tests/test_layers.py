@@ -293,7 +293,7 @@ MIRRORED = {"features": "features", "detectors": "detectors", "experiments/data"
             "experiments/inference": "inference", "experiments/tasks": "tasks", "experiments/bench": "bench"}
 #: whole-project and ground-floor tests (tracking store, server, process settings) stay at the top of tests/
 TOP_LEVEL_TESTS = {"test_layers.py", "test_huge_pages.py", "test_mlflow_server.py", "test_tracking_store.py",
-                   "test_ui_screenshot.py"}
+                   "test_ui_screenshot.py", "test_progress.py"}
 
 
 def test_tests_mirror_the_source_tree():

@@ -30,10 +30,11 @@ CLI::
 
 from __future__ import annotations
 
-from experiments.process import use_huge_pages
+from experiments.process import progress_bar, use_huge_pages, use_plain_logs
 
 if __name__ == "__main__":  # an entry point: before torch is imported
     use_huge_pages()
+    use_plain_logs()
 
 import argparse
 import hashlib
@@ -49,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
 DEMO_GENERATORS: tuple[str, ...] = ("deconv", "nearest_conv", "bilinear_conv")
 BUILDER_VERSION = 1
@@ -394,7 +394,7 @@ def build_demo_dataset(
     photos = load_source_photos(min_side=size)
     files: dict[str, str] = {}
     total = len(generators) * 2 * per_class
-    with _deterministic_torch(), tqdm(total=total, desc="demo dataset", unit="img", disable=not progress) as bar:
+    with _deterministic_torch(), progress_bar(total, "demo dataset", unit="img", enabled=progress, leave=True) as bar:
         for generator in generators:
             bar.set_postfix_str(f"{generator}: training decoder")
             decoder = train_decoder(generator, photos, seed)

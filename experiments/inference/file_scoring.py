@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from experiments.inference.detection import Detection, Skipped
 from experiments.inference.loading import LoadedDetector
 from experiments.inference.scoring import score_images
 from experiments.inference.tiling import crop_fraction, tile_crops
+from experiments.process import progress_bar
 
-#: a progress bar is shown on a terminal from this many files on
+#: progress is shown from this many files on (a bar on a terminal, a line every 10 % or 30 s elsewhere)
 PROGRESS_MIN_IMAGES = 20
 
 
@@ -42,10 +42,8 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
     """Decode, preprocess and score ``files`` in batches of ``batch_size`` crops; with ``tile``, each image's
     score is the mean P(synthetic) of a grid of crops (:func:`~experiments.inference.tiling.tile_crops`). P(synthetic) is calibrated when
     ``calibrated`` (see :meth:`LoadedDetector.predict_calibrated_proba`)."""
-    from tqdm import tqdm
-
     if progress is None:
-        progress = sys.stderr.isatty() and len(files) >= PROGRESS_MIN_IMAGES
+        progress = len(files) >= PROGRESS_MIN_IMAGES
     rows: list[Detection] = []
     skipped: list[Skipped] = []
     batch: list[torch.Tensor] = []
@@ -67,7 +65,7 @@ def score_files(detector: LoadedDetector, files: Sequence[Path], preprocess: Pre
                                   item["size"][0], item["size"][1], item["covered"], len(item["scores"])))
         pending.clear()
 
-    with tqdm(total=len(files), unit="img", disable=not progress, desc="scoring") as bar:
+    with progress_bar(len(files), "scoring", unit="img", enabled=progress) as bar:
         for path in files:
             item = _load_one(path, preprocess, tile)
             if isinstance(item, Skipped):

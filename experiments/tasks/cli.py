@@ -23,7 +23,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from experiments.errors import USER_ERROR_EXIT, is_user_error
-from experiments.process import use_huge_pages, use_project_root
+from experiments.process import use_huge_pages, use_plain_logs, use_project_root
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,12 @@ def main() -> None:
     """``python run.py [task=...] [overrides]`` and ``spectral-suite [task=...] [overrides]``: one command line.
 
     Process settings come first: huge pages before torch is imported (``run.py`` sets them before importing
-    this module), and the project root (``SUITE_ROOT``) that ``paths.root_dir`` and the MLflow store read.
+    this module), the project root (``SUITE_ROOT``) that ``paths.root_dir`` and the MLflow store read, and, off a
+    terminal, no download bars (:func:`~experiments.process.use_plain_logs`).
     """
     use_huge_pages()
     use_project_root()
+    use_plain_logs()
     _hydra_main()
 
 

@@ -46,10 +46,11 @@ The engine is :mod:`experiments.inference`: ``files`` (finding the images), ``ti
 
 from __future__ import annotations
 
-from experiments.process import use_huge_pages
+from experiments.process import use_huge_pages, use_plain_logs
 
 if __name__ == "__main__":  # an entry point: before torch is imported
     use_huge_pages()
+    use_plain_logs()
 
 import argparse
 import csv

@@ -30,6 +30,7 @@ from experiments.errors import instantiate
 from experiments.evaluation.diagnostics import DiagnosticsSettings, plot_subject
 from experiments.training.kinds import DetectorKind
 from experiments.training.lit_module import DetectorModule
+from experiments.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def single_device_trainer(cfg: DictConfig) -> Trainer:
     """A one-device, logger-free Trainer for scoring after (distributed) training."""
     accelerator = "cpu" if cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available() else "gpu"
     return Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                   enable_model_summary=False, precision=trainer_precision(cfg),
+                   enable_model_summary=False, precision=trainer_precision(cfg), callbacks=[progress_bar()],
                    default_root_dir=cfg.paths.output_dir)
 
 

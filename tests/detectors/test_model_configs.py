@@ -1,6 +1,6 @@
 """The contract of every model config, as timm's ``tests/test_models.py`` goes over its registry.
 
-Every ``conf/model/*.yaml`` that is not a partial (``_*.yaml``) composes with ``data=demo`` and random
+Every ``conf/model/*.yaml`` (each one a detector: the partials they share live at the root of ``conf/``) composes with ``data=demo`` and random
 weights, builds its detector from the config alone (``model.net`` for a CNN detector, ``model.estimator`` for
 a scikit-learn pipeline), scores a batch of two 64 px images to two floats, and has the parameter count its
 row of the README's detector tables gives (``params``), written as the README writes counts.
@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from tests.conftest import CONF_DIR, toy_set
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if not p.name.startswith("_"))
+MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
 SIZE = 64
 #: the README's word for a count that the data decides (a forest's tree nodes)
 DATA_DEPENDENT = "data-dependent"

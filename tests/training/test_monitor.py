@@ -10,7 +10,7 @@ def test_callbacks_and_optimized_metric_read_monitor(tmp_path):
 
     cfg = compose_config([], tmp_path)
     assert cfg.monitor == "val/auc" and cfg.monitor_mode == "max" and cfg.optimized_metric == "val/auc"
-    assert cfg.model.scheduler_monitor == "val/loss"  # the LR schedule keeps the smooth loss (see _cnn.yaml)
+    assert cfg.model.scheduler_monitor == "val/loss"  # the LR schedule keeps the smooth loss (see conf/_cnn.yaml)
     cfg = compose_config(["monitor=val/f1"], tmp_path)
     callbacks = {type(c).__name__: c for c in build_callbacks(cfg)}
     assert callbacks["ModelCheckpoint"].monitor == "val/f1" and callbacks["EarlyStopping"].monitor == "val/f1"

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from experiments.data.cache import file_list_key
 from experiments.data.images import UnreadableImage, decode_image
 from experiments.data.layouts import Sample
+from experiments.process import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ def inspect_file(sample: Sample, split: str) -> FileRecord:
 
 def inspect_all(jobs: list[tuple[Sample, str]], num_threads: int | None, progress: bool) -> list[FileRecord]:
     threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, tqdm(
-        total=len(jobs), desc="check data", unit="img", disable=not progress, leave=False
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, progress_bar(
+        len(jobs), "check data", unit="img", enabled=progress
     ) as bar:
         records = []
         for record in pool.map(lambda job: inspect_file(*job), jobs, chunksize=1):
