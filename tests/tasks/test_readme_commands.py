@@ -23,7 +23,8 @@ code blocks, their ``# ...`` comments dropped, ``\\`` continuations joined. :fun
 
 Any other command or placeholder fails the fast test below, so a new README line cannot slip by unrun. Every
 command runs with the tmp folder as working directory and ``SUITE_ROOT``, so relative outputs
-(``--out results.csv``) land there; the project's own store, logs, reports and data are checked untouched.
+(``--out results.csv``) land there; the project's own store, logs, reports and data are checked untouched, and
+no command may log artifacts to ``./mlruns`` of its working directory instead of the store's artifact folder.
 """
 
 from __future__ import annotations
@@ -254,3 +255,4 @@ def test_the_running_section_runs_in_order_at_toy_size(tmp_path):
     times = run_steps(steps, tmp_path)
     print("\n".join(f"{seconds:6.1f} s  {line}" for line, seconds in times))
     assert {p: p.stat().st_mtime if p.exists() else None for p in outputs} == before, "a command wrote outside tmp"
+    assert not (tmp_path / "mlruns").exists(), "a command logged MLflow artifacts to ./mlruns of its working directory"
