@@ -41,7 +41,7 @@ from experiments.evaluation.curves import plot_heatmap
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.runs import finished_training_runs, newest_per_key, tag
 from experiments.safe_paths import inside, plain_name
-from experiments.tracking import resolve_tracking_uri
+from experiments.tracking import experiment_id, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def compare(cfg: DictConfig) -> dict:
     out_dir = inside(cfg.paths.report_dir, "compare", plain_name(experiment, "task.experiment_name"))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_outputs(out_dir, names, results, experiment, len(labels))
-    run_id = log_comparison(client, str(cfg.task.output_experiment), experiment, detectors, results, files)
+    run_id = log_comparison(client, str(cfg.task.output_experiment), experiment, detectors, results, files,
+                            cfg.logger.get("artifact_location"))
     print_comparison(experiment, names, results, len(labels), alpha, confidence)
     Console().print(f"comparison written to {', '.join(str(p) for p in files)}; MLflow experiment "
                     f"'{cfg.task.output_experiment}', run {run_id}", soft_wrap=True)
@@ -147,13 +148,13 @@ def write_outputs(out_dir: Path, names: list[str], results: list[PairResult], ex
 
 
 def log_comparison(client: mlflow.MlflowClient, output_experiment: str, experiment: str,
-                   detectors: list[DetectorScores], results: list[PairResult], files: list[Path]) -> str:
-    """One run tagged ``task=compare`` in ``output_experiment`` (created when missing): the compared runs as
-    params, every pair's statistics as metrics ``compare/<a>_vs_<b>/<statistic>``, the files as artifacts."""
-    found = client.get_experiment_by_name(output_experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(output_experiment)
-    run = client.create_run(experiment_id, run_name=f"compare-{experiment}",
-                            tags={"task": "compare", "source_experiment": experiment})
+                   detectors: list[DetectorScores], results: list[PairResult], files: list[Path],
+                   artifact_location: str | None = None) -> str:
+    """One run tagged ``task=compare`` in ``output_experiment`` (created when missing, its artifacts under
+    ``artifact_location`` as every task's): the compared runs as params, every pair's statistics as metrics
+    ``compare/<a>_vs_<b>/<statistic>``, the files as artifacts."""
+    run = client.create_run(experiment_id(client, output_experiment, artifact_location),
+                            run_name=f"compare-{experiment}", tags={"task": "compare", "source_experiment": experiment})
     run_id = run.info.run_id
     for det in detectors:
         client.log_param(run_id, f"run/{sanitize_metric_component(det.name)}", det.run)

@@ -124,6 +124,8 @@ def test_task_compare_reports_significance_and_logs_to_its_own_experiment(tmp_pa
     assert (out / "delta_auc.csv").read_text().startswith("row - column,good,weak,weak_copy")
     logged = client.get_run(result["run_id"])
     assert client.get_experiment(logged.info.experiment_id).name == "compare-demo"
+    # its artifacts go with the store's, not to ./mlruns of the working directory
+    assert str(tmp_path / "mlartifacts") in client.get_experiment(logged.info.experiment_id).artifact_location
     assert logged.data.tags["task"] == "compare"
     assert logged.data.metrics["compare/weak_vs_weak_copy/delong_p_holm"] == 1.0
     assert {a.path for a in client.list_artifacts(result["run_id"], "compare")} >= {
