@@ -138,7 +138,9 @@ def _make_lines(args: list[str], line: str) -> list[str]:
         if text_line.endswith("\\"):
             pending += text_line[:-1] + " "
             continue
-        if not (pending + text_line).strip().startswith(("#", "make:", "make[")):  # comments, make's own notes
+        command = (pending + text_line).strip()
+        # comments, make's own notes, and the lines a recipe only prints (`echo`, e.g. make demo's next steps)
+        if command and not command.startswith(("#", "make:", "make[", "echo ")) and command != "echo":
             lines.append(pending + text_line)
         pending = ""
     if not lines:
