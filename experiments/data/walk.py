@@ -4,8 +4,10 @@ A symbolic link whose target lies outside the *root* (the dataset root for train
 check; the scanned folder for ``spectral-detect``) is not followed: it is skipped and reported, so a link to
 ``/etc/passwd`` is never opened and a link to an image elsewhere on the disk never joins a split unnoticed.
 ``follow_symlinks=True`` follows such links too (datasets assembled from links on purpose). Links inside the
-root are followed. Every folder is entered once, by its resolved path, so a link cycle ends and a folder linked
-twice is not read twice. An image-named link whose target does not exist is reported as broken.
+root are followed; a link to a folder inside the folder being walked is reached anyway and not followed again.
+Every folder is entered once, by its resolved path, so a link cycle ends and a folder linked twice is not read
+twice. An image-named link whose target does not exist is reported as broken, an unreadable folder in
+:attr:`ImageWalk.unreadable`.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ class SkippedLink:
 class ImageWalk:
     """The image files under folders of one ``root``, by the suite's symlink rule (see the module docstring).
 
-    ``skipped`` collects every link not followed (image-named file links and folder links); ``ignored`` counts
-    the files without an image extension. One walk serves one scan: the layouts call :meth:`images` per class
-    folder, ``spectral-detect`` per input folder.
+    ``skipped`` collects every link not followed (image-named file links and folder links), ``unreadable`` the
+    folders that could not be listed (``(path, reason)``); ``ignored`` counts the files without an image
+    extension. One walk serves one scan: the layouts call :meth:`images` per class folder, ``spectral-detect``
+    per input folder.
     """
 
     root: Path
     follow_symlinks: bool = False
     skipped: list[SkippedLink] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
 
     def __post_init__(self) -> None:
@@ -69,8 +73,9 @@ class ImageWalk:
         return False
 
     def images(self, folder: str | Path, recursive: bool = True) -> list[Path]:
-        """The image files under ``folder``, sorted by path. A ``folder`` that resolves outside the root (a linked
-        generator or class folder) is itself a link leaving the root."""
+        """The image files under ``folder``, depth first: each folder's files (by name), then its sub-folders.
+        A ``folder`` that resolves outside the root (a linked generator or class folder) is itself a link leaving
+        the root."""
         resolved = os.path.realpath(folder)
         if not self.follow_symlinks and not self.inside(resolved):
             self._skip(Path(folder), resolved, LINK_LEAVES_ROOT)
@@ -82,8 +87,9 @@ class ImageWalk:
             current = stack.pop()
             try:
                 entries = sorted(os.scandir(current), key=lambda e: e.name)
-            except OSError:
-                continue  # an unreadable folder: the layouts' checks name it when it matters
+            except OSError as err:
+                self.unreadable.append((str(current), err.strerror or str(err)))
+                continue
             subdirs = []
             for entry in entries:
                 path = Path(current) / entry.name
@@ -99,17 +105,19 @@ class ImageWalk:
                             self._skip(path, target, LINK_LEAVES_ROOT)
                         continue
                     is_dir = os.path.isdir(target)
+                    if is_dir and Path(target).is_relative_to(resolved):
+                        continue  # a folder of this walk: reached without the link
                 if is_dir:
-                    resolved = os.path.realpath(path)
-                    if recursive and resolved not in self._entered:
-                        self._entered.add(resolved)
+                    entered = os.path.realpath(path)
+                    if recursive and entered not in self._entered:
+                        self._entered.add(entered)
                         subdirs.append(path)
                 elif is_image_file(path):
                     found.append(path)
                 else:
                     self.ignored += 1
             stack.extend(reversed(subdirs))
-        return sorted(found)
+        return found
 
     def skipped_under(self, folder: str | Path) -> list[SkippedLink]:
         """The links skipped at or under ``folder``."""

@@ -3,66 +3,23 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from experiments.data.images import is_image_file
+from experiments.data.walk import BROKEN_LINK, ImageWalk
 from experiments.inference.detection import DetectError, Skipped
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
 
 
 def _scan_folder(folder: Path, recursive: bool, follow_symlinks: bool,
                  files: list[Path], skipped: list[Skipped]) -> int:
-    """Append the image files under ``folder`` (sorted, depth first); return how many other files were ignored."""
-    root = folder.resolve()
-    seen_dirs = {root}
-    ignored = 0
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError as err:
-            skipped.append(Skipped(str(current), "unreadable folder", err.strerror or str(err)))
-            continue
-        subdirs = []
-        for entry in entries:
-            path = Path(current) / entry.name
-            if entry.is_symlink():
-                target = Path(os.path.realpath(path))
-                if not target.exists():
-                    if is_image_file(path):
-                        skipped.append(Skipped(str(path), "broken symlink"))
-                    continue
-                if not follow_symlinks and not _inside(target, root):
-                    if target.is_dir() or is_image_file(path):
-                        skipped.append(Skipped(str(path), "symlink outside folder", str(target)))
-                    continue
-                if target.is_dir():
-                    # a link to a folder inside the scanned one is reached anyway; follow only outside ones
-                    if follow_symlinks and recursive and target not in seen_dirs and not _inside(target, root):
-                        seen_dirs.add(target)
-                        subdirs.append(path)
-                    continue
-            elif entry.is_dir(follow_symlinks=False):
-                if recursive:
-                    seen_dirs.add(Path(entry.path).resolve())
-                    subdirs.append(path)
-                continue
-            if is_image_file(path):
-                files.append(path)
-            else:
-                ignored += 1
-        stack.extend(reversed(subdirs))
-    return ignored
+    """Append the image files under ``folder`` (depth first, by name) by the suite's symlink rule with ``folder``
+    as the root (:class:`~experiments.data.walk.ImageWalk`); return how many other files were ignored."""
+    walk = ImageWalk(folder, follow_symlinks)
+    files.extend(walk.images(folder, recursive))
+    skipped.extend(Skipped(path, "unreadable folder", reason) for path, reason in walk.unreadable)
+    skipped.extend(Skipped(link.path, "broken symlink") if link.reason == BROKEN_LINK
+                   else Skipped(link.path, "symlink outside folder", link.target) for link in walk.skipped)
+    return walk.ignored
 
 
 def collect_images(inputs: Iterable[str | Path], recursive: bool = True,

@@ -94,13 +94,14 @@ def test_links_inside_the_root_are_followed_once(tmp_path):
     assert dm.skipped_links == []
 
 
-def test_the_walk_sorts_like_the_paths_and_admits_explicit_files(tmp_path):
+def test_the_walk_goes_depth_first_by_name_and_admits_explicit_files(tmp_path):
     root = tmp_path / "r"
     (root / "a").mkdir(parents=True)
     for name in ("b.png", "a/x.png", "a.png", "c.txt"):
         (root / name).write_bytes(b"")
     walk = ImageWalk(root)
-    assert walk.images(root) == sorted([root / "a" / "x.png", root / "a.png", root / "b.png"])
+    assert walk.images(root) == [root / "a.png", root / "b.png", root / "a" / "x.png"]  # a folder's files first
+    assert ImageWalk(root).images(root, recursive=False) == [root / "a.png", root / "b.png"]
     assert walk.ignored == 1
     outside = tmp_path / "o.png"
     outside.write_bytes(b"")

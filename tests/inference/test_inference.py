@@ -1,6 +1,8 @@
-"""experiments/inference: the one device resolver and the shared scoring loop, without a trained run."""
+"""experiments/inference: the one device resolver, the shared scoring loop and the folder scan of detect, without a trained run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,3 +68,25 @@ def test_score_split_skips_empty_batches():
     assert list(predictions.label) == [0, 1] and predictions.prob.shape == (2,)
     with pytest.raises(ValueError, match="no readable image"):
         score_split(_Mean(), [{"empty": True}], ["g"], desc=None)
+
+
+def test_detect_walks_folders_with_the_data_scan_rule(tmp_path):
+    """``spectral-detect``'s folder scan is the data scan's walk, with the scanned folder as its root."""
+    from experiments.inference.files import collect_images
+
+    folder, outside = tmp_path / "in", tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for path in (folder / "top.png", folder / "sub" / "a.png", folder / "sub" / "b.png", outside / "o.png"):
+        path.write_bytes(b"")
+    (folder / "notes.txt").write_text("x")
+    (folder / "a_link").symlink_to(folder / "sub", target_is_directory=True)  # inside: reached anyway
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    (folder / "away").symlink_to(outside, target_is_directory=True)
+    files, skipped, ignored = collect_images([folder])
+    assert files == [folder / "top.png", folder / "sub" / "a.png", folder / "sub" / "b.png"]  # each file once
+    assert sorted((Path(s.path).name, s.reason) for s in skipped) == [("away", "symlink outside folder"),
+                                                                       ("gone.png", "broken symlink")]
+    assert ignored == 1
+    followed, _, _ = collect_images([folder], follow_symlinks=True)
+    assert folder / "away" / "o.png" in followed

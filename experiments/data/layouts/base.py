@@ -179,7 +179,7 @@ def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[Pat
             f"class folder {folder} is missing (found: {few(found) if found else 'no sub-folders'}).",
             "If your class folders have other names, set data.layout.real_dir / data.layout.fake_dir.",
         )
-    images = ctx.walk.images(folder)
+    images = sorted(ctx.walk.images(folder))
     if not images:
         links = [s for s in ctx.walk.skipped_under(folder) if s.reason == LINK_LEAVES_ROOT]
         if links:
