@@ -1,4 +1,5 @@
-"""experiments/inference: the one device resolver, the shared scoring loop and the folder scan of detect, without a trained run."""
+"""experiments/inference: the one device resolver, the shared scoring loop and detect's folder scan, without a
+trained run."""
 
 from __future__ import annotations
 
