@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 from experiments.evaluation.bootstrap import bootstrap_metric_cis, stratified_bootstrap_ci
 from experiments.evaluation.metrics import binary_metrics
 from experiments.evaluation.score_counts import CountMetric, ScoreCounts, auroc_from_counts, standard_metrics
+from tests.evaluation.reference_metrics import sklearn_eer
 
 EXACT = 1e-9
 #: Tolerance of the checks against experiments.evaluation.metrics (the same engine, so equal in fact).
@@ -39,17 +40,6 @@ def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
 def _sklearn_tpr_at_5fpr(probs: np.ndarray, labels: np.ndarray) -> float:
     fpr, tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
     return float(tpr[fpr <= 0.05 + 1e-12].max())
-
-
-def _sklearn_eer(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Intersection of scikit-learn's ROC polyline with the line FPR = FNR."""
-    fpr, tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
-    for x0, y0, x1, y1 in zip(fpr[:-1], tpr[:-1], fpr[1:], tpr[1:]):
-        step = (x1 - x0) + (y1 - y0)
-        t = (1.0 - x0 - y0) / step
-        if 0.0 <= t <= 1.0:
-            return float(x0 + t * (x1 - x0))
-    raise AssertionError("ROC never crosses fpr + tpr = 1")
 
 
 # ---------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def test_count_metrics_and_plain_functions_give_the_same_intervals():
         "accuracy": lambda p, y: np.mean((p >= threshold) == y),
         "balanced_accuracy": lambda p, y: skm.balanced_accuracy_score(y, p >= threshold),
         "tpr_at_5fpr": _sklearn_tpr_at_5fpr,
-        "eer": _sklearn_eer,
+        "eer": sklearn_eer,
     }
     fast = bootstrap_metric_cis(probs, labels, threshold, n_resamples=60, seed=3)
     slow = stratified_bootstrap_ci(probs, labels, plain, n_resamples=60, seed=3)

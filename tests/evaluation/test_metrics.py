@@ -19,6 +19,7 @@ from experiments.evaluation.metrics import (
     reliability_bins,
 )
 from experiments.evaluation.score_counts import ScoreCounts, tpr_at_fpr_from_counts
+from tests.evaluation.reference_metrics import sklearn_eer
 
 TOL = 1e-6
 
@@ -29,17 +30,6 @@ def _scores(seed: int = 0, n: int = 400, ties: bool = True) -> tuple[np.ndarray,
     labels = rng.integers(0, 2, n)
     probs = np.clip(0.35 * labels + 0.65 * rng.random(n), 0.0, 1.0)
     return (np.round(probs, 2) if ties else probs), labels
-
-
-def _reference_eer(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Intersection of the ROC polyline with the line FPR = FNR, i.e. fpr + tpr = 1."""
-    fpr, tpr, _ = skm.roc_curve(labels, probs)
-    for x0, y0, x1, y1 in zip(fpr[:-1], tpr[:-1], fpr[1:], tpr[1:]):
-        step = (x1 - x0) + (y1 - y0)
-        t = (1.0 - x0 - y0) / step
-        if 0.0 <= t <= 1.0:
-            return float(x0 + t * (x1 - x0))
-    raise AssertionError("ROC never crosses fpr + tpr = 1")
 
 
 def _reference_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -66,7 +56,7 @@ def test_binary_metrics_match_sklearn(seed, ties, threshold):
         "auc": skm.roc_auc_score(labels, probs),
         "ap": skm.average_precision_score(labels, probs),
         "brier": skm.brier_score_loss(labels, probs),
-        "eer": _reference_eer(probs, labels),
+        "eer": sklearn_eer(probs, labels),
         "ece": _reference_ece(probs, labels),
     }
     fpr, tpr, _ = skm.roc_curve(labels, probs)
@@ -104,7 +94,7 @@ def test_tpr_at_fpr_counts_boundary_exactly():
     assert m["tpr_at_5fpr"] == pytest.approx(1.0)
     # Positives above the negative at 0.95 are 1.0 and 0.9556: TPR 2/10 with no false positive.
     assert tpr_at_fpr_from_counts(ScoreCounts.from_scores(probs, labels), 0.0)[0] == pytest.approx(0.2)
-    assert m["eer"] == pytest.approx(_reference_eer(probs, labels))
+    assert m["eer"] == pytest.approx(sklearn_eer(probs, labels))
 
 
 def test_torch_inputs_give_the_same_numbers():

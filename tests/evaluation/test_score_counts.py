@@ -21,6 +21,7 @@ from experiments.evaluation.score_counts import (
     recall_from_counts,
     tpr_at_fpr_from_counts,
 )
+from tests.evaluation.reference_metrics import sklearn_eer
 
 EXACT = 1e-12
 
@@ -31,16 +32,6 @@ def _tied_scores(seed: int, n: int, pos_frac: float, decimals: int) -> tuple[np.
     labels = (rng.random(n) < pos_frac).astype(np.int64)
     probs = np.clip(0.3 * labels + 0.7 * rng.random(n), 0.0, 1.0)
     return np.round(probs, decimals), labels
-
-
-def _sklearn_eer(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Where scikit-learn's ROC polyline crosses FPR = FNR (fpr + tpr = 1)."""
-    fpr, tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
-    for x0, y0, x1, y1 in zip(fpr[:-1], tpr[:-1], fpr[1:], tpr[1:]):
-        t = (1.0 - x0 - y0) / ((x1 - x0) + (y1 - y0))
-        if 0.0 <= t <= 1.0:
-            return float(x0 + t * (x1 - x0))
-    raise AssertionError("ROC never crosses fpr + tpr = 1")
 
 
 @pytest.mark.parametrize("seed,n,pos_frac,decimals,threshold", [
@@ -72,7 +63,7 @@ def test_engine_matches_sklearn_on_tied_scores(seed, n, pos_frac, decimals, thre
         "recall": skm.recall_score(labels, preds, zero_division=0),
         "balanced_accuracy": skm.balanced_accuracy_score(labels, preds),
         "tpr_at_5fpr": tpr[fpr <= 0.05 + 1e-12].max(),
-        "eer": _sklearn_eer(probs, labels),
+        "eer": sklearn_eer(probs, labels),
     }
     per_run = binary_metrics(probs, labels, threshold)
     for name, value in reference.items():
