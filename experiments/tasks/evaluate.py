@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
 from experiments.errors import UserError
-from experiments.training.builders import build_datamodule, diagnostics_settings
+from experiments.training.builders import bootstrap_settings, build_datamodule, diagnostics_settings
 from experiments.inference.device import resolve_device
 from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.inference.scoring import score_split
@@ -94,9 +94,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         names = datamodule.generator_names
         val = score_split(detector, datamodule.val_dataloader(), names)
         test = score_split(detector, datamodule.test_dataloader(), names)
-        bootstrap = BootstrapSettings(int(eval_cfg.stats.bootstrap_resamples), float(eval_cfg.stats.confidence),
-                                      int(eval_cfg.seed or 0))
-        metrics = trained_threshold_metrics(detector, val, test, bootstrap)
+        metrics = trained_threshold_metrics(detector, val, test, bootstrap_settings(eval_cfg))
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
             target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)

@@ -23,9 +23,15 @@ from experiments.evaluation.calibration import (
 )
 from experiments.data.audit import write_data_stats, write_report
 from experiments.evaluation.diagnostics import write_diagnostics
-from experiments.evaluation.predictions import BootstrapSettings, print_metrics_table, score, write_predictions_csv
+from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
-from experiments.training.builders import build_datamodule, build_kind, check_pretrained_weights, diagnostics_settings
+from experiments.training.builders import (
+    bootstrap_settings,
+    build_datamodule,
+    build_kind,
+    check_pretrained_weights,
+    diagnostics_settings,
+)
 from experiments.training.resume import RUN_ID_FILE, ResumePoint
 
 log = logging.getLogger(__name__)
@@ -63,9 +69,7 @@ def train(cfg: DictConfig) -> float | None:
     model, val, test, n_params = result.model, result.val, result.test, result.n_params
     fit_seconds = time.perf_counter() - start
 
-    bootstrap = BootstrapSettings(int(cfg.stats.bootstrap_resamples), float(cfg.stats.confidence),
-                                  int(cfg.seed or 0))
-    metrics = score(val, test, bootstrap=bootstrap)
+    metrics = score(val, test, bootstrap=bootstrap_settings(cfg))
     calibrator = _fit_calibrator(kind.calibrator, val)
     if calibrator is not None:
         metrics.update(calibration_metrics(calibrator, test.prob, test.label))

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from experiments.data.datamodule import DetectorDataModule, missing_root_error
 from experiments.errors import instantiate
 from experiments.evaluation.diagnostics import DiagnosticsSettings, plot_subject
+from experiments.evaluation.predictions import BootstrapSettings
 from experiments.training.kinds import DetectorKind
 from experiments.training.lit_module import DetectorModule
 from experiments.training.progress import progress_bar
@@ -112,6 +113,11 @@ def single_device_trainer(cfg: DictConfig) -> Trainer:
     return Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                    enable_model_summary=False, precision=trainer_precision(cfg), callbacks=[progress_bar()],
                    default_root_dir=cfg.paths.output_dir)
+
+
+def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
+    """The intervals of a run's test metrics: ``stats.bootstrap_resamples``, ``stats.confidence`` and ``seed``."""
+    return BootstrapSettings(int(cfg.stats.bootstrap_resamples), float(cfg.stats.confidence), int(cfg.seed or 0))
 
 
 def diagnostics_settings(cfg: DictConfig) -> DiagnosticsSettings:
