@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning.pytorch.utilities import rank_zero_only
 
 from experiments import tracking
-from experiments.data.audit import BadDataError, DataReport, PreflightSettings, data_check_cache_dir, preflight
+from experiments.data.audit import DataReport, PreflightSettings, data_check_cache_dir, preflight
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,
     Calibrator,
@@ -33,6 +34,7 @@ from experiments.training.builders import (
     diagnostics_settings,
 )
 from experiments.training.resume import RUN_ID_FILE, ResumePoint
+from experiments.training.slurm import in_slurm_job
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,12 @@ def train(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = tracking.build_logger(cfg)
-    if rank_zero_only.rank == 0:  # under DDP, the other ranks only train
-        _open_run(cfg, logger, datamodule, out_dir, resume)
-    else:  # the same verdict on bad data as rank 0, from rank 0's cached data check
-        preflight(datamodule, _preflight_settings(cfg, datamodule, rank=rank_zero_only.rank))
+    data_error = None
+    if rank_zero_only.rank == 0:  # under DDP rank 0 alone checks the data; fit hands its verdict to every rank
+        data_error = _open_run(cfg, logger, datamodule, out_dir, resume)
 
     start = time.perf_counter()
-    result = kind.fit(datamodule, out_dir, logger)
+    result = kind.fit(datamodule, out_dir, logger, data_error)
     if result is None:  # a non-zero DDP rank: rank 0 evaluates and logs
         return None
     model, val, test, n_params = result.model, result.val, result.test, result.n_params
@@ -103,8 +104,9 @@ def _fit_calibrator(calibrator: type[Calibrator], val) -> Calibrator | None:
         return None
 
 
-def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: ResumePoint | None) -> None:
-    """Record the config, run id and data checks of a new run; or reopen an interrupted one."""
+def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: ResumePoint | None) -> Exception | None:
+    """Record the config, run id and data checks of a new run, or reopen an interrupted one; return what the data
+    check raised (the run is then marked FAILED), for ``fit`` to raise on every rank."""
     if resume is None:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (out_dir / RUN_ID_FILE).write_text(logger.run_id)
@@ -120,10 +122,11 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
 
     try:
         report = preflight(datamodule, _preflight_settings(cfg, datamodule), log_report if resume is None else None)
-    except BadDataError:
+    except Exception as err:  # noqa: BLE001 - raised by fit on every rank, so no rank waits for a stopped rank 0
         logger.experiment.set_terminated(logger.run_id, "FAILED")
-        raise
+        return err
     _record_data_stats(cfg, report, logger, out_dir)
+    return None
 
 
 def log_data_report(report: DataReport, logger, out_dir: Path, max_bad_fraction: float) -> None:
@@ -134,11 +137,11 @@ def log_data_report(report: DataReport, logger, out_dir: Path, max_bad_fraction:
         tracking.log_artifact(logger, path, "data")
 
 
-def _preflight_settings(cfg: DictConfig, datamodule, rank: int = 0) -> PreflightSettings:
+def _preflight_settings(cfg: DictConfig, datamodule) -> PreflightSettings:
     """The data gate's settings: ``data.max_bad_fraction``, the scan cache under ``paths.cache_dir``, the seed."""
     return PreflightSettings(max_bad_fraction=float(datamodule.max_bad_fraction),
                              cache_dir=data_check_cache_dir(cfg.get("paths", {}).get("cache_dir")),
-                             seed=int(cfg.get("seed", 0) or 0), rank=rank)
+                             seed=int(cfg.get("seed", 0) or 0))
 
 
 def _record_data_stats(cfg: DictConfig, report, logger, out_dir: Path) -> None:
@@ -148,10 +151,17 @@ def _record_data_stats(cfg: DictConfig, report, logger, out_dir: Path) -> None:
 
 
 def _resume_point(cfg: DictConfig) -> ResumePoint | None:
-    """For ``resume=...``: point the run folder and the MLflow run at the interrupted ones."""
-    if not cfg.get("resume"):
+    """For ``resume=...``, or a requeued SLURM job whose run folder holds a checkpoint and the run id: point the run
+    folder and the MLflow run at the interrupted ones."""
+    if cfg.get("resume"):
+        resume = ResumePoint.find(cfg.resume, tracking.resolve_tracking_uri(cfg.logger.tracking_uri))
+    elif in_slurm_job():
+        resume = ResumePoint.after_requeue(Path(cfg.paths.output_dir))
+        if resume is None:
+            return None
+        log.info("requeued SLURM job %s: its run folder holds %s", os.environ.get("SLURM_JOB_ID"), resume.ckpt.name)
+    else:
         return None
-    resume = ResumePoint.find(cfg.resume, tracking.resolve_tracking_uri(cfg.logger.tracking_uri))
     with open_dict(cfg):
         cfg.paths.output_dir = str(resume.folder)
         cfg.logger.run_id = resume.run_id

@@ -102,9 +102,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], logger) -> Trainer
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision)
 
 
-def _run_trainer(cfg: DictConfig, logger) -> Trainer:
-    """The run's trainer with its callbacks, logging to ``logger``."""
-    return build_trainer(cfg, build_callbacks(cfg), logger)
+def _run_trainer(cfg: DictConfig, logger, extra_callbacks: list[Callback] = ()) -> Trainer:
+    """The run's trainer with its configured callbacks and ``extra_callbacks``, logging to ``logger``."""
+    return build_trainer(cfg, build_callbacks(cfg) + list(extra_callbacks), logger)
 
 
 def single_device_trainer(cfg: DictConfig) -> Trainer:

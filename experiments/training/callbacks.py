@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from experiments.errors import UserError
+from experiments.data.audit import BadDataError
+from experiments.errors import UserError, is_user_error
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,60 @@ class CheckpointOnInterrupt(L.Callback):
         trainer.save_checkpoint(self.path)
         log.warning("training interrupted (%s): checkpoint saved to %s; continue with resume=%s",
                     type(exception).__name__, self.path, self.path)
+
+
+class DataCheckFailed(RuntimeError):
+    """Rank 0's data check failed with an error that is not the user's (a bug, a disk error): see rank 0's log."""
+
+
+class ShareDataVerdict(L.Callback):
+    """Every DDP rank stops on rank 0's data check, at once and with rank 0's message.
+
+    Only global rank 0 checks the data (:func:`experiments.data.audit.preflight`, before ``fit``): the other ranks
+    need not decode the dataset again, and may not even see what rank 0 saw (a node-local ``paths.cache_dir``).
+    ``setup`` is the first hook that runs with the process group up; there rank 0's verdict (None, or whether its
+    error is the user's and its message) goes to every rank with Lightning's ``trainer.strategy.broadcast``
+    (``torch.distributed.broadcast_object_list``). On an error every rank raises: rank 0 its own exception, the
+    others :class:`~experiments.data.audit.BadDataError` with the same message (or :class:`DataCheckFailed`), so
+    none is left waiting in a collective for a rank 0 that has stopped.
+
+    Rank 0 exits first: the other ranks wait, on a gloo group of their own (``wait_for_rank_zero_s`` at most), until
+    rank 0's process has gone. Lightning's launcher of local processes kills rank 0 as soon as one of its child
+    processes exits with an error, which would cut rank 0 short before it records and prints the failure.
+
+    Args:
+        error: what rank 0's data check raised (None: the data passed); not read on the other ranks.
+        wait_for_rank_zero_s: how long the other ranks wait for rank 0 to exit before they stop anyway.
+    """
+
+    def __init__(self, error: BaseException | None = None, wait_for_rank_zero_s: float = 60.0) -> None:
+        self.error = error
+        self.wait_for_rank_zero_s = float(wait_for_rank_zero_s)
+        #: seconds this rank waited in the broadcast for rank 0's verdict (None before ``setup``)
+        self.waited_s: float | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            if self.error is not None:
+                raise self.error
+            return
+        mine = None if self.error is None else (is_user_error(self.error), str(self.error))
+        start = time.perf_counter()
+        verdict = trainer.strategy.broadcast(mine if trainer.is_global_zero else None, src=0)
+        self.waited_s = time.perf_counter() - start
+        if verdict is None:
+            return
+        exits = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=self.wait_for_rank_zero_s))
+        if trainer.is_global_zero:
+            raise self.error
+        user_error, message = verdict
+        log.error("rank %d: rank 0's data check failed (verdict received after %.2f s); stopping",
+                  trainer.global_rank, self.waited_s)
+        try:  # rank 0 never joins: the barrier ends when its process exits (or after the timeout)
+            torch.distributed.barrier(group=exits)
+        except Exception:  # noqa: BLE001 - a closed connection is the expected end
+            pass
+        raise (BadDataError if user_error else DataCheckFailed)(message)
 
 
 class NonFiniteLossError(RuntimeError, UserError):

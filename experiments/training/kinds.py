@@ -35,6 +35,7 @@ from experiments.evaluation.calibration import Calibrator, PlattScaling, Tempera
 from experiments.evaluation.metrics import binary_metrics
 from experiments.evaluation.predictions import Predictions, predict_split
 from experiments.safe_paths import inside, plain_name
+from experiments.training.callbacks import ShareDataVerdict
 from features.precision import as_unit_float
 
 #: torch.autocast dtype of each Lightning precision (None = no autocast).
@@ -84,8 +85,11 @@ class DetectorKind(ABC):
         self.name = name
 
     @abstractmethod
-    def fit(self, datamodule, out_dir: Path, logger) -> FitResult | None:
-        """Fit on the datamodule's train split; predictions on val and test (None on a non-zero DDP rank)."""
+    def fit(self, datamodule, out_dir: Path, logger, data_error: BaseException | None = None) -> FitResult | None:
+        """Fit on the datamodule's train split; predictions on val and test (None on a non-zero DDP rank).
+
+        ``data_error`` is what rank 0's data check raised (``experiments.data.audit.preflight``; None: the data
+        passed, or this is another rank): a kind raises it before fitting, on every rank it runs on."""
 
     @abstractmethod
     def predict_proba(self, model: Any, images: torch.Tensor) -> torch.Tensor:
@@ -124,7 +128,8 @@ class LightningDetector(DetectorKind):
         name: see :class:`DetectorKind`.
         net_factory: builds the untrained net (``model.net``).
         module_factory: wraps a net in its LightningModule (``model.module``, a :class:`DetectorModule`).
-        trainer_factory: the Lightning ``Trainer`` of the run, given its MLflow logger (callbacks included).
+        trainer_factory: the Lightning ``Trainer`` of the run, given its MLflow logger and the callbacks to add to
+            the configured ones.
         scorer_factory: a one-device, logger-free ``Trainer`` that scores val and test after distributed training.
         resume: the Lightning checkpoint an interrupted run resumes from (None: a new run).
     """
@@ -135,7 +140,7 @@ class LightningDetector(DetectorKind):
 
     def __init__(self, name: str = "detector", net_factory: Callable[[], torch.nn.Module] | None = None,
                  module_factory: Callable[[torch.nn.Module], Any] | None = None,
-                 trainer_factory: Callable[[Any], Any] | None = None, scorer_factory: Callable[[], Any] | None = None,
+                 trainer_factory: Callable[..., Any] | None = None, scorer_factory: Callable[[], Any] | None = None,
                  resume: str | None = None) -> None:
         super().__init__(name)
         self.net_factory = net_factory or _missing("LightningDetector", "net factory")
@@ -144,9 +149,13 @@ class LightningDetector(DetectorKind):
         self.scorer_factory = scorer_factory or _missing("LightningDetector", "scoring trainer factory")
         self.resume = resume
 
-    def fit(self, datamodule, out_dir: Path, logger) -> FitResult | None:
+    def fit(self, datamodule, out_dir: Path, logger, data_error: BaseException | None = None) -> FitResult | None:
+        """Under DDP rank 0's ``data_error`` reaches every rank in the trainer's ``setup`` (:class:`ShareDataVerdict`),
+        the first moment the ranks can talk; a single process raises it there too."""
         module = self.module_factory(self.net_factory())
-        trainer = self.trainer_factory(logger)
+        trainer = self.trainer_factory(logger, [ShareDataVerdict(data_error)])
+        if data_error is not None and trainer.world_size == 1:  # no other rank to tell
+            raise data_error
         if trainer.is_global_zero:
             logger.experiment.set_tag(logger.run_id, "precision", str(trainer.precision))
         with warnings.catch_warnings():
@@ -256,9 +265,12 @@ class SklearnPipeline(DetectorKind):
         super().__init__(name)
         self.estimator_factory = estimator_factory or _missing(type(self).__name__, "estimator factory")
 
-    def fit(self, datamodule, out_dir: Path, logger) -> FitResult:
+    def fit(self, datamodule, out_dir: Path, logger, data_error: BaseException | None = None) -> FitResult:
+        """One process: rank 0's ``data_error`` is raised at once."""
         from experiments.training.sklearn_io import count_estimator_parameters
 
+        if data_error is not None:
+            raise data_error
         pipeline = self.estimator_factory()
         features, head = pipeline[:1], pipeline[1:]
         x_train, y_train, _, _ = self.features_of(datamodule, "train", features)

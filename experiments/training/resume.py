@@ -1,4 +1,5 @@
-"""Finding where an interrupted training run stopped, for ``resume=<run id | run folder | checkpoint>``."""
+"""Finding where an interrupted training run stopped: for ``resume=<run id | run folder | checkpoint>``, and for a
+SLURM job that was requeued (:meth:`ResumePoint.after_requeue`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from experiments.tracking import RUN_ID
 
 RUN_ID_FILE = "mlflow_run_id"
+#: what Lightning names the checkpoint it saves on SLURM's requeue signal, in ``trainer.default_root_dir``
+HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,20 @@ class ResumePoint:
         id_file = folder / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         return cls(ckpt.resolve(), folder.resolve(), run_id)
+
+    @classmethod
+    def after_requeue(cls, folder: Path) -> "ResumePoint | None":
+        """Where a requeued job of run folder ``folder`` goes on: the newest of Lightning's requeue checkpoints
+        (``hpc_ckpt_<n>.ckpt``) and ``checkpoints/last.ckpt`` (the SIGTERM one of :class:`CheckpointOnInterrupt`,
+        or the last epoch's), with the MLflow run id the first start wrote there. None when the folder holds no
+        checkpoint or no run id: the job starts afresh."""
+        folder = Path(folder)
+        id_file = folder / RUN_ID_FILE
+        found = [p for p in [*folder.glob(HPC_CHECKPOINT_GLOB), folder / "checkpoints" / "last.ckpt"] if p.is_file()]
+        if not found or not id_file.is_file():
+            return None
+        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+        return cls(newest.resolve(), folder.resolve(), id_file.read_text().strip())
 
     @staticmethod
     def _folder_of_run(run_id: str, tracking_uri: str) -> Path:

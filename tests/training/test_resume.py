@@ -81,3 +81,62 @@ def test_same_seed_gives_same_metrics(tmp_path, genimage_tree):
         if key.startswith(("time/",)):
             continue
         assert a[key] == pytest.approx(b[key], abs=1e-6, nan_ok=True), key
+
+
+def _wait_for(predicate, proc: subprocess.Popen, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = predicate()
+        if found:
+            return found
+        assert proc.poll() is None, f"the run ended before {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_slurm_requeue_resumes_the_same_mlflow_run(tmp_path):
+    from tests.training.test_slurm import SLURM_TASK
+
+    tree = make_genimage_tree(tmp_path / "genimage", n=24, size=32)
+    bin_dir = tmp_path / "bin"  # a fake scontrol that records its arguments
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **SLURM_TASK,
+           "SUITE_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    job_dir = tmp_path / "job"  # a job's run folder outlives its requeue (hydra/launcher=slurm: the sweep dir)
+    cmd = _train_cmd(tree, f"hydra.run.dir={job_dir}")
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: (job_dir / "checkpoints" / "last.ckpt").is_file(), proc, 240, "first epoch's checkpoint")
+        os.kill(proc.pid, signal.SIGUSR1)  # SLURM's --signal=USR1@90
+        hpc = _wait_for(lambda: list(job_dir.glob("hpc_ckpt_*.ckpt")), proc, 60, "requeue checkpoint")
+        _wait_for(lambda: calls.is_file() and calls.read_text().strip(), proc, 30, "scontrol call")
+        os.kill(proc.pid, signal.SIGTERM)  # what SLURM sends the requeued job's tasks
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert calls.read_text().split("\n")[0].split() == ["requeue", "4242"]
+    assert hpc and hpc[0].stat().st_size > 0
+    run_id = (job_dir / "mlflow_run_id").read_text().strip()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    before = [m.step for m in client.get_metric_history(run_id, "val/auc")]
+    assert 1 <= len(before) < EPOCHS, f"{before}: the run finished before the signal; the test proves nothing"
+
+    again = subprocess.run(cmd, cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "requeued SLURM job 4242" in again.stdout + again.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "resumed_from" in run.data.tags
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # the same MLflow run went on
+    for key in ("val/auc", "val/loss", "train/loss"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert len(steps) == EPOCHS and len(set(steps)) == EPOCHS, (key, steps)  # no duplicate, none missing
+        assert len({b - a for a, b in zip(steps, steps[1:])}) == 1, (key, steps)  # one step count per epoch: no restart
+    assert "test/auc" in run.data.metrics

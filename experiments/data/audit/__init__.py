@@ -6,7 +6,7 @@
   the metadata probe;
 * :mod:`~experiments.data.audit.report`: :class:`DataReport`, its table and JSON, ``data_stats.json``;
 * :mod:`~experiments.data.audit.preflight`: the gate before training (:func:`preflight`, :func:`check_bad_fraction`,
-  the wait of the DDP ranks > 0).
+  run by rank 0 alone under DDP).
 
 The report is returned; the tasks log it (``experiments.tasks.train``, ``experiments.tasks.check_data``).
 """
@@ -32,7 +32,6 @@ from experiments.data.audit.preflight import (
     preflight,
     scan_dataset,
     strict_problems,
-    wait_for_scan,
 )
 from experiments.data.audit.report import (
     DATA_STATS_FILE,
@@ -48,6 +47,6 @@ __all__ = [
     "DuplicateGroup", "FileRecord", "Histograms", "PreflightSettings", "add_metadata_probe", "check_bad_fraction",
     "data_check_cache_dir", "estimate_jpeg_quality", "find_duplicates", "inspect_file", "leakage_warnings",
     "loader_min_size", "metadata_features", "metadata_probe_auroc", "preflight", "quality_bin", "scan_dataset",
-    "shares", "short_side_bin", "size_statistics", "total_variation", "wait_for_scan", "write_data_stats",
+    "shares", "short_side_bin", "size_statistics", "total_variation", "write_data_stats",
     "write_report",
 ]

@@ -1,6 +1,6 @@
 """The data gate before training: scan the splits once (:func:`scan_dataset`), then stop a run whose data is too
-broken (:func:`check_bad_fraction`) and warn about leakage. Under DDP, rank 0 scans and the other ranks read its
-results (:func:`wait_for_scan`): one decode of the dataset, one verdict on every rank.
+broken (:func:`check_bad_fraction`) and warn about leakage. Under DDP only rank 0 calls :func:`preflight`; the
+trainer hands its verdict to the other ranks (``experiments.training.callbacks.ShareDataVerdict``).
 
 :func:`preflight` returns the report; the task that calls it logs it (``on_report`` is called before the verdict,
 so a run that stops still records what it found). ``task=check_data`` runs the scan alone::
@@ -138,39 +138,19 @@ def strict_problems(report: DataReport, probe_limit: float = PROBE_WARNING_AUROC
     return problems
 
 
-def wait_for_scan(datamodule, cache_dir: Path | None, timeout_s: float = 3600.0, poll_s: float = 2.0) -> DataReport:
-    """The data check of a non-zero DDP rank: the report rank 0 computed, read from the scan cache.
-
-    Every rank then judges the same report, so bad data stops them all with the same message instead of
-    leaving the other ranks waiting inside ``fit`` for a rank 0 that has raised.
-    """
-    splits, root, min_size, skipped_links = _as_splits(datamodule)
-    jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
-    path = scan_cache_path(jobs, cache_dir)
-    if path is None:  # no shared cache: each rank scans for itself
-        return scan_dataset(datamodule, progress=False)
-    deadline = time.monotonic() + timeout_s
-    while (records := read_cached_scan(path)) is None:
-        if time.monotonic() > deadline:
-            raise BadDataError(f"rank 0 wrote no data check to {path} within {timeout_s:.0f} s; see rank 0's log")
-        time.sleep(poll_s)
-    return DataReport(records, min_size, root, 0.0, find_duplicates(records), skipped_links=skipped_links)
-
-
 @dataclass(frozen=True)
 class PreflightSettings:
     """What the data gate needs besides the datamodule.
 
     ``max_bad_fraction``: the share of unusable files tolerated (``data.max_bad_fraction``); ``cache_dir``: where
-    the per-file results are kept (None = no cache; rank > 0 then scans for itself); ``seed``: the folds of the
-    metadata probe; ``progress``: show a progress bar; ``rank``: the DDP rank of this process.
+    the per-file results are kept (None = no cache); ``seed``: the folds of the metadata probe; ``progress``: show
+    a progress bar.
     """
 
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
     cache_dir: Path | None = None
     seed: int = 0
     progress: bool = True
-    rank: int = 0
 
 
 def data_check_cache_dir(cache_dir: str | Path | None) -> Path | None:
@@ -185,12 +165,7 @@ def preflight(datamodule, settings: PreflightSettings = PreflightSettings(),
 
     The report includes the metadata probe AUROC, raw and after the datamodule's equalizer
     (:func:`~experiments.data.audit.leakage.add_metadata_probe`). ``on_report`` (e.g. the task's logging of the
-    counts and the report files) gets the report before the verdict, so a run that stops has recorded why.
-    Under DDP, ranks > 0 read rank 0's cached results (:func:`wait_for_scan`) and give the same verdict."""
-    if settings.rank > 0:
-        report = wait_for_scan(datamodule, settings.cache_dir)
-        check_bad_fraction(report, settings.max_bad_fraction)
-        return report
+    counts and the report files) gets the report before the verdict, so a run that stops has recorded why."""
     report = scan_dataset(datamodule, progress=settings.progress, cache_dir=settings.cache_dir)
     add_metadata_probe(report, datamodule.preprocess.equalizer, seed=settings.seed)
     log.info(
