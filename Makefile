@@ -90,8 +90,16 @@ bench: $(VENV)/.installed ## Throughput of features, data loading and training -
 bench-gpu: $(VENV)/.installed ## GPU: bare step vs Lightning fit (files, cache), memory, finiteness per precision -> reports/bench_gpu.{md,csv}
 	$(PY) -m experiments.bench.gpu
 
-mlflow-server: $(VENV)/.installed ## Tracking server on the project's store (http://127.0.0.1:5000), artifacts proxied
-	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns.db --artifacts-destination mlartifacts --serve-artifacts --host 127.0.0.1 --port 5000 --workers 1
+# The tracking server's address and stores; for a cluster (docs/scaling.md):
+#   make mlflow-server HOST=0.0.0.0 BACKEND=postgresql+psycopg2://mlflow@db-host/mlflow ARTIFACTS=/shared/mlartifacts WORKERS=4
+# (not ?=: a HOST or PORT of the shell's environment is not taken for the server's)
+HOST = 127.0.0.1
+PORT = 5000
+BACKEND = sqlite:///mlruns.db
+ARTIFACTS = mlartifacts
+WORKERS = 1
+mlflow-server: $(VENV)/.installed ## Tracking server (http://127.0.0.1:5000 on the project's store; HOST= BACKEND= ARTIFACTS= for a cluster), artifacts proxied
+	$(VENV)/bin/mlflow server --backend-store-uri '$(BACKEND)' --artifacts-destination '$(ARTIFACTS)' --serve-artifacts --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 PLAYWRIGHT_DIR ?= $(or $(TMPDIR),/tmp)/mlflow-ui-shot
 ui-screenshot: $(VENV)/.installed ## Screenshot the MLflow compare view of the demo detectors -> docs/mlflow_compare.png

@@ -1,16 +1,22 @@
-"""Training against a real ``mlflow server`` (SQLite backend, proxied artifacts) on loopback.
+"""Training against a real ``mlflow server`` on loopback: SQLite backend with proxied artifacts, and the cluster
+set-up of ``make mlflow-server BACKEND=postgresql://... ARTIFACTS=<shared folder>`` on a temporary PostgreSQL.
 
-The server is started once for the module on a free port and always stopped
-(its whole process group) by the fixture's finaliser; every wait is bounded.
+Every server is started on a free port and always stopped (its whole process group) by its fixture's finaliser;
+every wait is bounded.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +30,7 @@ from tests.conftest import compose_config, make_genimage_tree
 from tests.conftest import TINY
 
 START_TIMEOUT = 90.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -32,13 +39,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
-    """``mlflow server`` with a SQLite store and ``--serve-artifacts`` under ``folder``, in its own process group."""
+def start_mlflow_server(folder: Path, port: int, cmd: list[str] | None = None) -> subprocess.Popen:
+    """``mlflow server`` (by default with a SQLite store and ``--serve-artifacts`` under ``folder``; or ``cmd``), in
+    its own process group, its output in ``folder/server.log``."""
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server",
-           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-           "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = cmd or [sys.executable, "-m", "mlflow", "server",
+                  "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                  "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     # the job runner (huey consumers) is not needed to track runs; it only slows start-up and shutdown
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = (folder / "server.log").open("w")
@@ -46,6 +54,7 @@ def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
 
 
 def wait_for_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
+    """Until ``url/health`` answers OK; fails with the server's log when it exits or the time is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -142,3 +151,129 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path, genimage_t
     with pytest.raises(tracking.TrackingUnavailable, match=url.replace(".", r"\.")):
         train(cfg)
     assert time.monotonic() - start < 30
+
+
+# ------------------------------------------------------------------ the cluster set-up: PostgreSQL + shared artifacts
+def postgres_binaries() -> dict[str, str] | None:
+    """``initdb`` and ``postgres``: on PATH, else in the Debian/Ubuntu package's folder; None when missing."""
+    found = {}
+    for name in ("initdb", "postgres"):
+        path = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+        if path is None:
+            return None
+        found[name] = path
+    return found
+
+
+def as_unprivileged(cmd: list[str]) -> list[str] | None:
+    """``cmd`` run as ``nobody`` when this is root (PostgreSQL refuses to run as root); None when that is impossible."""
+    if os.geteuid() != 0:
+        return cmd
+    runuser = shutil.which("runuser")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    return [runuser, "-u", "nobody", "--", *cmd] if runuser else None
+
+
+@pytest.fixture
+def postgres_uri():
+    """A throw-away PostgreSQL cluster (initdb in a temporary folder, trust auth, loopback, its socket in that
+    folder) with an empty ``mlflow`` database; its SQLAlchemy URI. Skipped when PostgreSQL or psycopg2 is not installed."""
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[cluster]')")
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's initdb/postgres binaries are not installed (e.g. apt-get install postgresql)")
+    if as_unprivileged(["true"]) is None:
+        pytest.skip("running as root without runuser or a 'nobody' user: PostgreSQL refuses to run as root")
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-pg-"))  # not pytest's tmp_path: 'nobody' cannot enter that
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("nobody")
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+    port = free_port()
+    proc = None
+    try:
+        init = subprocess.run(as_unprivileged([binaries["initdb"], "-D", str(folder / "data"), "-U", "postgres",
+                                               "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                              cwd=folder, capture_output=True, text=True, timeout=180)
+        assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
+        log = (folder / "postgres.log").open("w")
+        proc = subprocess.Popen(as_unprivileged([binaries["postgres"], "-D", str(folder / "data"), "-p", str(port),
+                                                 "-k", str(folder), "-c", "listen_addresses=127.0.0.1",
+                                                 "-c", "fsync=off"]),
+                                cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                                        connect_timeout=2)
+                break
+            except psycopg2.OperationalError:
+                assert proc.poll() is None, (folder / "postgres.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "PostgreSQL did not accept connections within 60 s"
+                time.sleep(0.3)
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE mlflow")
+        conn.close()
+        # the driver named: SQLAlchemy 2.1 takes a bare postgresql:// for psycopg 3, the cluster extra installs psycopg2
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_mlflow_server_command(**variables: str) -> list[str]:
+    """The command ``make mlflow-server VAR=value ...`` runs (``make -n``: nothing is built or started)."""
+    venv = Path(sys.executable).parent.parent
+    args = [f"{k}={v}" for k, v in variables.items()]
+    dry = subprocess.run(["make", "-n", "mlflow-server", f"VENV={venv}", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    line = next(x for x in reversed(dry.stdout.splitlines()) if " server " in x)
+    return shlex.split(line)
+
+
+def test_make_mlflow_server_defaults_to_the_project_store_on_loopback():
+    cmd = make_mlflow_server_command()
+    flag = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
+    assert cmd[1] == "server" and "--serve-artifacts" in cmd
+    assert flag("--host") == "127.0.0.1" and flag("--port") == "5000" and flag("--workers") == "1"
+    assert flag("--backend-store-uri") == "sqlite:///mlruns.db" and flag("--artifacts-destination") == "mlartifacts"
+    cluster = make_mlflow_server_command(HOST="0.0.0.0", BACKEND="postgresql://mlflow@db/mlflow", ARTIFACTS="s3://b/a")
+    assert cluster[cluster.index("--host") + 1] == "0.0.0.0"
+    assert cluster[cluster.index("--backend-store-uri") + 1] == "postgresql://mlflow@db/mlflow"
+    assert cluster[cluster.index("--artifacts-destination") + 1] == "s3://b/a"
+
+
+@pytest.mark.slow
+def test_training_tracked_by_a_server_on_postgresql_with_shared_artifacts(postgres_uri, tmp_path):
+    artifacts = tmp_path / "shared-artifacts"  # a folder every node mounts, or an s3:// bucket
+    port = free_port()
+    cmd = make_mlflow_server_command(HOST="127.0.0.1", PORT=str(port), BACKEND=postgres_uri, ARTIFACTS=str(artifacts))
+    assert cmd[cmd.index("--backend-store-uri") + 1] == postgres_uri
+    url = f"http://127.0.0.1:{port}"
+    proc = start_mlflow_server(tmp_path / "server", port, cmd)
+    try:
+        wait_for_health(url, proc, tmp_path / "server" / "server.log", timeout=300)  # first start: migrations
+        tree = make_genimage_tree(tmp_path / "genimage", n=4, size=32)
+        train(compose_config(TINY + [f"data.root={tree}", f"logger.tracking_uri={url}", "logger.artifact_location=null",
+                                     "diagnostics=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                                     "trainer.max_epochs=1", "~callbacks.progress_bar"], tmp_path / "run"))
+        client = mlflow.MlflowClient(tracking_uri=url)
+        (run,) = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])
+        assert run.info.status == "FINISHED" and "test/auc" in run.data.metrics
+        assert "metrics.json" in _artifacts(client, run.info.run_id)
+        # the server stored it in the shared artifact folder, under the run
+        assert [p.parent.name for p in artifacts.rglob("metrics.json")] == ["artifacts"]
+        assert run.info.run_id in str(next(artifacts.rglob("metrics.json")))
+    finally:
+        stop_server(proc)
+    import psycopg2  # the run is in PostgreSQL, not in a file next to the server
+
+    conn = psycopg2.connect(postgres_uri.replace("+psycopg2", ""))
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,))
+        assert cur.fetchone() == ("FINISHED",)
+    conn.close()

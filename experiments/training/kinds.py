@@ -152,10 +152,10 @@ class LightningDetector(DetectorKind):
     def fit(self, datamodule, out_dir: Path, logger, data_error: BaseException | None = None) -> FitResult | None:
         """Under DDP rank 0's ``data_error`` reaches every rank in the trainer's ``setup`` (:class:`ShareDataVerdict`),
         the first moment the ranks can talk; a single process raises it there too."""
-        module = self.module_factory(self.net_factory())
         trainer = self.trainer_factory(logger, [ShareDataVerdict(data_error)])
-        if data_error is not None and trainer.world_size == 1:  # no other rank to tell
+        if data_error is not None and trainer.world_size == 1:  # no other rank to tell: stop before building the net
             raise data_error
+        module = self.module_factory(self.net_factory())
         if trainer.is_global_zero:
             logger.experiment.set_tag(logger.run_id, "precision", str(trainer.precision))
         with warnings.catch_warnings():
