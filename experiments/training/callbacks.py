@@ -83,7 +83,7 @@ class ShareDataVerdict(L.Callback):
         if trainer.is_global_zero:
             raise self.error
         user_error, message = verdict
-        log.error("rank %d: rank 0's data check failed (verdict received after %.2f s); stopping",
+        log.error("rank %d: rank 0's data check failed (verdict received after %.3f s); stopping",
                   trainer.global_rank, self.waited_s)
         try:  # rank 0 never joins: the barrier ends when its process exits (or after the timeout)
             torch.distributed.barrier(group=exits)
