@@ -47,7 +47,7 @@ class ShareDataVerdict(L.Callback):
 
     Only global rank 0 checks the data (:func:`experiments.data.audit.preflight`, before ``fit``): the other ranks
     need not decode the dataset again, and may not even see what rank 0 saw (a node-local ``paths.cache_dir``).
-    ``setup`` is the first hook that runs with the process group up; there rank 0's verdict (None, or whether its
+    ``setup`` is the first callback hook once the process group is up; there rank 0's verdict (None, or whether its
     error is the user's and its message) goes to every rank with Lightning's ``trainer.strategy.broadcast``
     (``torch.distributed.broadcast_object_list``). On an error every rank raises: rank 0 its own exception, the
     others :class:`~experiments.data.audit.BadDataError` with the same message (or :class:`DataCheckFailed`), so

@@ -4,8 +4,9 @@ Inside a SLURM job (Lightning's own test: ``SLURM_NTASKS`` set, the job not name
 trainer gets :class:`lightning.fabric.plugins.environments.SLURMEnvironment` with ``auto_requeue=True``. When SLURM
 sends the requeue signal (``hydra/launcher=slurm`` asks for ``SIGUSR1`` 90 s before the time limit), Lightning saves
 ``hpc_ckpt_<n>.ckpt`` in the run folder (``trainer.default_root_dir``) and calls ``scontrol requeue <job id>``. The
-requeued job starts the same command in the same run folder; :meth:`experiments.training.resume.ResumePoint.after_requeue`
-finds that checkpoint and the run's MLflow run id there, and the run goes on.
+requeued job starts the same command in the same run folder;
+:meth:`experiments.training.resume.ResumePoint.after_requeue` finds that checkpoint and the run's MLflow run id
+there, and the run goes on.
 """
 
 from __future__ import annotations
