@@ -11,7 +11,8 @@ from pathlib import Path
 import mlflow
 from hydra.utils import instantiate
 
-from experiments.tracking import PrepareTrackingStore, prepare_store, resolve_tracking_uri
+from experiments.runs import PrepareTrackingStore, prepare_store
+from experiments.tracking import resolve_tracking_uri
 from tests.conftest import compose_config, make_genimage_tree
 
 REPO = Path(__file__).resolve().parents[1]
