@@ -347,9 +347,19 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger:
     return instantiate(logger_cfg, run_id=run_id)
 
 
+def resolved(cfg: DictConfig) -> Any:
+    """``cfg`` as plain containers, resolved; unresolved where it cannot be (a sweep's config before its jobs have
+    run folders: ``${hydra:runtime.output_dir}`` stays as written)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config flattened to ``a/b/c`` keys, as MLflow params (values cut to 500 chars)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -359,7 +369,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
         else:
             out[prefix] = str(node)[:500]
 
-    walk(container, "")
+    walk(resolved(cfg), "")
     return out
 
 
@@ -374,7 +384,7 @@ def log_config(client: Any, run_id: str, cfg: DictConfig) -> None:
         client.log_batch(run_id, params=items[i: i + 100])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(OmegaConf.to_yaml(plain, resolve=True))
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved(plain))))
         client.log_artifact(run_id, str(path))
         client.log_artifact(run_id, str(_overrides_file(cfg, Path(tmp))))
 
