@@ -177,3 +177,53 @@ def test_the_sweep_callback_opens_a_parent_passes_its_id_and_closes_it(tmp_path,
         assert run.data.tags["task"] == "sweep" and run.info.status == child_status
         assert run.data.tags["sweep_jobs"] == "2"
         assert {client.get_run(c).data.tags["mlflow.parentRunId"] for c in children} == {parent}
+
+
+def test_system_metrics_are_on_for_gpu_trainers_and_when_asked():
+    from experiments.tracking import wants_system_metrics
+
+    assert wants_system_metrics(None, "gpu") and wants_system_metrics(None, "cuda")
+    assert not wants_system_metrics(None, "cpu")
+    assert wants_system_metrics(True, "cpu") and not wants_system_metrics(False, "gpu")
+
+
+def test_system_metrics_of_a_run_on_cpu(tmp_path, monkeypatch):
+    """logger.system_metrics=true: MLflow's monitor samples system/* metrics into the run until it ends."""
+    pytest.importorskip("psutil", reason="psutil is not installed (the error without it: test_system_metrics_without_psutil_name_what_they_need)")
+    import time
+
+    from experiments.tracking import build_logger, end_run
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    cfg = compose_config(["experiment=demo", "logger.system_metrics=true", "trainer.accelerator=cpu"], tmp_path)
+    logger = build_logger(cfg)
+    time.sleep(1.5)
+    end_run(logger.experiment, logger.run_id)
+    metrics = logger.experiment.get_run(logger.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics), metrics
+    assert len(logger.experiment.get_metric_history(logger.run_id, "system/cpu_utilization_percentage")) >= 2
+    time.sleep(0.5)  # stopped at the end of the run: no sample after it
+    after = logger.experiment.get_metric_history(logger.run_id, "system/cpu_utilization_percentage")
+    assert len(after) == len(logger.experiment.get_metric_history(logger.run_id, "system/cpu_utilization_percentage"))
+
+
+def test_system_metrics_without_psutil_name_what_they_need(tmp_path, monkeypatch):
+    import builtins
+
+    from experiments.tracking import UnknownTrackingSetting, build_logger
+
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil" or name.startswith("mlflow.system_metrics"):
+            raise ImportError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    cfg = compose_config(["experiment=demo", "logger.system_metrics=true", "trainer.accelerator=cpu"], tmp_path)
+    with pytest.raises(UnknownTrackingSetting, match="pip install psutil"):
+        build_logger(cfg)
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(cfg.logger.tracking_uri))
+    experiment = client.get_experiment_by_name("detectors-demo")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # refused before any run
