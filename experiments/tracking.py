@@ -177,8 +177,12 @@ HTTP_ENV = {"max_retries": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "backoff_factor": 
 _MONITORS: dict[str, Any] = {}
 
 
-class UnknownTrackingSetting(KeyError, UserError):
+class UnknownTrackingSetting(ValueError, UserError):
     """A ``logger.*`` setting the suite does not know."""
+
+
+class SystemMetricsUnavailable(RuntimeError, UserError):
+    """``logger.system_metrics=true`` without the packages MLflow's monitor needs."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,7 @@ def _system_metrics_monitor(required: bool):
         message = (f"system metrics need psutil, and nvidia-ml-py for GPU metrics ({err}): pip install psutil "
                    f"nvidia-ml-py, or run with logger.system_metrics=false")
         if required:
-            raise UnknownTrackingSetting(message) from None
+            raise SystemMetricsUnavailable(message) from None
         log.warning(message)
         return None
     return SystemMetricsMonitor

@@ -22,6 +22,7 @@ import mlflow
 import pytest
 
 from experiments import tracking
+from experiments.tracking import HTTP_ENV
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 from tests.conftest import TINY
@@ -220,6 +221,9 @@ def test_a_server_killed_mid_run_loses_nothing_and_never_stalls_training(restart
     """SIGKILL the server after epoch 1 of 5, restart it a few seconds later on the same port and store: every
     metric step, tag and artifact the run logged is on the server at the end, and no training step waited on
     the network (MLflow's asynchronous queue, retried within logger.http)."""
+    for variable in HTTP_ENV.values():  # the run's logger.http policy leaves the environment with the test
+        monkeypatch.setenv(variable, "1")
+        monkeypatch.delenv(variable)
     asked: dict[str, list] = {"artifacts": [], "tags": []}
     log_artifact, set_tag = mlflow.MlflowClient.log_artifact, mlflow.MlflowClient.set_tag
 

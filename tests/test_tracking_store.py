@@ -210,7 +210,7 @@ def test_system_metrics_of_a_run_on_cpu(tmp_path, monkeypatch):
 def test_system_metrics_without_psutil_name_what_they_need(tmp_path, monkeypatch):
     import builtins
 
-    from experiments.tracking import UnknownTrackingSetting, build_logger
+    from experiments.tracking import SystemMetricsUnavailable, build_logger
 
     real_import = builtins.__import__
 
@@ -221,9 +221,24 @@ def test_system_metrics_without_psutil_name_what_they_need(tmp_path, monkeypatch
 
     monkeypatch.setattr(builtins, "__import__", no_psutil)
     cfg = compose_config(["experiment=demo", "logger.system_metrics=true", "trainer.accelerator=cpu"], tmp_path)
-    with pytest.raises(UnknownTrackingSetting, match="pip install psutil"):
+    with pytest.raises(SystemMetricsUnavailable, match="pip install psutil"):
         build_logger(cfg)
     monkeypatch.setattr(builtins, "__import__", real_import)
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(cfg.logger.tracking_uri))
     experiment = client.get_experiment_by_name("detectors-demo")
     assert experiment is None or not client.search_runs([experiment.experiment_id])  # refused before any run
+
+
+def test_the_http_policy_sets_mlflows_variables_and_names_an_unknown_setting(monkeypatch):
+    from experiments.tracking import HTTP_ENV, UnknownTrackingSetting, apply_http_policy
+
+    for variable in HTTP_ENV.values():
+        monkeypatch.setenv(variable, "1")  # restored when the test ends
+        monkeypatch.delenv(variable)
+    apply_http_policy({"max_retries": 3, "backoff_factor": 1, "backoff_jitter": None, "timeout": 7})
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 3 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER" not in os.environ  # null: MLflow's default
+    with pytest.raises(UnknownTrackingSetting, match="logger.http.retries is not a setting"):
+        apply_http_policy({"retries": 3})

@@ -186,4 +186,5 @@ def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
         eval_cfg.logger.run_name = f"evaluate-{trained.model.name}"
         eval_cfg.logger.run_id = None
         eval_cfg.logger.experiment_name = tracking.task_experiment_name(cfg)  # not the training experiment
+        eval_cfg.logger.task_experiment_name = eval_cfg.logger.experiment_name
     return eval_cfg
