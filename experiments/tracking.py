@@ -1,22 +1,32 @@
-"""MLflow tracking: one experiment per dataset, one run per training job.
+"""MLflow tracking: one experiment per dataset, one run per job, every run made by :func:`create_run`.
 
-The default store is an embedded SQLite file under the project
-(``logger.tracking_uri``); point it at a server with
-``logger.tracking_uri=http://host:5000``. Every run records the full resolved
-config (as params and as ``config.yaml``), the seed, the git commit and the
-metrics of every epoch.
+The default store is an embedded SQLite file under the project (``logger.tracking_uri``); point it at a server
+with ``logger.tracking_uri=http://host:5000``. Every run records the resolved config (params and
+``config.yaml``), the command-line overrides, the clean git commit and ``git_dirty``, the user's tags, and for
+training the metrics of every epoch.
+
+A server that drops out mid-run (MLflow's asynchronous logging, https://mlflow.org/docs/latest/tracking):
+
+* metrics, params and tags logged through Lightning's ``MLFlowLogger`` (``logger.synchronous=false``) go to
+  MLflow's queue and are sent by its worker threads, so the training loop never waits on the network;
+* every request, queued or not (artifacts, the suite's tags, run creation and closing), retries within the
+  bounded ``logger.http`` policy (:func:`apply_http_policy`; the defaults ride out an outage of about two
+  minutes): a batch or artifact sent during a shorter outage arrives once the server is back; after a longer
+  one MLflow logs the batch as failed (an artifact call raises) instead of stalling without end;
+* :func:`end_run` waits for the queue to drain before it closes the run, so no queued metric is dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from hydra.experimental.callback import Callback
 from experiments.errors import UserError, instantiate
 from experiments.process import project_root
 from lightning.pytorch.loggers import MLFlowLogger
@@ -45,7 +55,9 @@ def resolve_tracking_uri(uri: str) -> str:
 
 
 def task_experiment_name(cfg: DictConfig) -> str:
-    """The experiment an auxiliary task (evaluate, ood_stress, analyze, report, ...) logs into: ``<task>-<data>``.
+    """The experiment an auxiliary task (evaluate, ood_stress, analyze, report, ...) logs into,
+    ``logger.task_experiment_name``: ``<task>-<the experiment it reads>`` (``task.experiment_name``, else
+    ``logger.experiment_name``), e.g. ``compare-detectors-demo``.
 
     Training runs stay in ``logger.experiment_name`` (``detectors-<data>``), so a comparison of that
     experiment only ever sees training runs.
@@ -151,140 +163,207 @@ def check_store(tracking_uri: str, timeout: float = 2.0) -> str:
     return uri
 
 
-def git_commit() -> str:
+# -- one way to make a run ------------------------------------------------------------------------------------
+#: carries a sweep's parent run id to its jobs: the basic launcher runs them in this process, the joblib and
+#: submitit launchers in processes that inherit the environment (:class:`SweepParentRun` sets it)
+PARENT_RUN_ENV = "SUITE_PARENT_RUN_ID"
+#: the tag of a run's command-line overrides (MLflow keeps tag values up to 8000 characters)
+OVERRIDES_TAG = "overrides"
+MAX_TAG_LENGTH = 8000
+#: ``logger.http.<name>`` -> MLflow's variable (``mlflow.environment_variables``) that bounds its HTTP retries
+HTTP_ENV = {"max_retries": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "backoff_factor": "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+            "backoff_jitter": "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "timeout": "MLFLOW_HTTP_REQUEST_TIMEOUT"}
+#: the running system-metrics monitors, by run id (stopped by :func:`end_run`)
+_MONITORS: dict[str, Any] = {}
+
+
+class UnknownTrackingSetting(ValueError, UserError):
+    """A ``logger.*`` setting the suite does not know."""
+
+
+class SystemMetricsUnavailable(RuntimeError, UserError):
+    """``logger.system_metrics=true`` without the packages MLflow's monitor needs."""
+
+
+@dataclass(frozen=True)
+class GitState:
+    """The checkout the code runs from: ``commit`` (a clean hash, or ``unknown``) and whether it has uncommitted
+    changes to tracked files (``dirty``; None outside a git checkout)."""
+
+    commit: str
+    dirty: bool | None
+
+
+def git_state() -> GitState:
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except Exception:  # noqa: BLE001 - not a git checkout
-        return "unknown"
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5,
+                                check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - not a git checkout, or no git
+        return GitState("unknown", None)
+    return GitState(commit, bool(status))
 
 
-class ResilientMLFlowLogger(MLFlowLogger):
-    """An ``MLFlowLogger`` that keeps training going when the tracking server drops out mid-run.
+def apply_http_policy(http: Mapping[str, Any] | None) -> None:
+    """Bound MLflow's HTTP retries for this process (``logger.http``: ``max_retries``, ``backoff_factor``,
+    ``backoff_jitter``, ``timeout``; None keeps MLflow's default or the variable already set).
 
-    Failed metric writes are kept (up to ``max_buffer`` entries) and retried with the
-    next successful write; the number of failures is recorded on the run
-    (tag ``tracking_failures``) once the server answers again.
+    MLflow reads these variables at every request (urllib3's ``Retry``: the n-th retry waits
+    ``backoff_factor * 2**(n-1)`` s plus up to ``backoff_jitter``), so the policy holds for every client.
     """
-
-    def __init__(self, *args, max_buffer: int = 100_000, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.failures = 0
-        self.max_buffer = max_buffer
-        self._pending: list[tuple[dict[str, float], int | None]] = []
-
-    def log_metrics(self, metrics, step=None) -> None:  # noqa: ANN001 - Lightning signature
-        self._pending.append((dict(metrics), step))
-        try:
-            while self._pending:
-                batch, batch_step = self._pending[0]
-                super().log_metrics(batch, batch_step)
-                self._pending.pop(0)
-        except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
-            self.failures += 1
-            if self.failures == 1:
-                log.warning("MLflow tracking failed (%s); training goes on and metrics are retried", err)
-            del self._pending[: max(0, len(self._pending) - self.max_buffer)]
-            return
-        if self.failures:
-            try:
-                self.experiment.set_tag(self.run_id, "tracking_failures", str(self.failures))
-            except Exception:  # noqa: BLE001
-                pass
-
-    def finalize(self, status: str = "success") -> None:
-        try:
-            super().finalize(status)
-        except Exception as err:  # noqa: BLE001
-            log.warning("could not finalise the MLflow run (%s)", err)
+    for key, value in (http or {}).items():
+        if key not in HTTP_ENV:
+            raise UnknownTrackingSetting(f"logger.http.{key} is not a setting; use one of {sorted(HTTP_ENV)}")
+        if value is not None:
+            os.environ[HTTP_ENV[key]] = str(value)
 
 
-def mlflow_logger(
-    experiment_name: str,
-    run_name: str,
-    tracking_uri: str,
-    artifact_location: str | None = None,
-    run_id: str | None = None,
-    run_tags: Mapping[str, Any] | None = None,
-    tags: Mapping[str, Any] | None = None,
-    task_experiment_name: str | None = None,
-) -> MLFlowLogger:
-    """The run's ``MLFlowLogger`` (``conf/logger/mlflow.yaml`` builds it by ``_target_``).
+def command_overrides(cfg: DictConfig | None = None) -> list[str]:
+    """The command line's overrides (Hydra's ``overrides.task``) of the running job, else of ``cfg.hydra``."""
+    from hydra.core.hydra_config import HydraConfig
 
-    Args:
-        experiment_name, run_name: where the run goes and what it is called.
-        tracking_uri: the store (a relative SQLite path is taken from the project root) or a server URL,
-            which is checked before anything trains.
-        artifact_location: where a new experiment keeps its artifacts.
-        run_id: continue this run (``resume=``).
-        run_tags: the tags every run carries (model, data, seed, task); the git commit is added.
-        tags: the user's extra tags (``logger.tags.<name>=...``, presets).
-        task_experiment_name: where the non-training tasks log (read by :func:`task_experiment_name`; unused here).
-    """
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_server(uri)
-    all_tags = {
-        **{str(k): str(v) for k, v in (run_tags or {}).items()},
-        "mlflow.source.git.commit": git_commit(),
-        **{str(k): str(v) for k, v in (tags or {}).items()},
-    }
-    return ResilientMLFlowLogger(
-        experiment_name=experiment_name,
-        run_name=run_name,
-        tracking_uri=uri,
-        tags=all_tags,
-        artifact_location=resolve_artifact_location(artifact_location),
-        log_model=False,
-        run_id=run_id,
-    )
+    if HydraConfig.initialized():
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    hydra = cfg.get("hydra") if cfg is not None else None
+    return [str(o) for o in hydra.overrides.task] if hydra is not None and "overrides" in hydra else []
 
 
-def build_logger(cfg: DictConfig) -> MLFlowLogger:
-    """The run's ``MLFlowLogger`` from ``cfg.logger`` (:func:`mlflow_logger`)."""
-    return instantiate(cfg.logger)
+def source_tags(cfg: DictConfig | None = None, user_tags: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The tags of every run: the clean git commit (``mlflow.source.git.commit``), ``git_dirty`` (true, false or
+    unknown), the command-line ``overrides``, the sweep's parent run (``mlflow.parentRunId``, from
+    :data:`PARENT_RUN_ENV`) and, last, the user's tags (``logger.tags``)."""
+    git = git_state()
+    tags = {"mlflow.source.git.commit": git.commit,
+            "git_dirty": "unknown" if git.dirty is None else str(git.dirty).lower(),
+            OVERRIDES_TAG: (" ".join(command_overrides(cfg)) or "none")[:MAX_TAG_LENGTH]}
+    if os.environ.get(PARENT_RUN_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    tags.update({str(k): str(v) for k, v in (user_tags or {}).items()})
+    return tags
 
 
-def prepare_store(logger_cfg: DictConfig) -> str | None:
-    """Create a SQLite store's tables and the config's experiment now; return the experiment id.
+def wants_system_metrics(setting: bool | None, accelerator: str | None) -> bool:
+    """``logger.system_metrics``: true or false as set; null (auto) is true on a CUDA trainer."""
+    if setting is not None or str(accelerator) in ("gpu", "cuda"):
+        return setting is None or bool(setting)
+    import torch
 
-    MLflow creates both lazily, on a run's first write; parallel jobs that all find a new store race to
-    create its tables (``sqlite3.OperationalError: duplicate column name``) or the same experiment.
-    Servers and other stores are left alone (``None``).
-    """
-    uri = resolve_tracking_uri(str(logger_cfg.tracking_uri))
-    if not uri.startswith("sqlite:"):
+    return str(accelerator) == "auto" and torch.cuda.is_available()
+
+
+def _system_metrics_monitor(required: bool):
+    """MLflow's ``SystemMetricsMonitor`` class, or None (a warning) when psutil is missing and it was not asked for."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as err:
+        message = (f"system metrics need psutil, and nvidia-ml-py for GPU metrics ({err}): pip install psutil "
+                   f"nvidia-ml-py, or run with logger.system_metrics=false")
+        if required:
+            raise SystemMetricsUnavailable(message) from None
+        log.warning(message)
         return None
+    return SystemMetricsMonitor
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, interval: float = 10.0, required: bool = True,
+                         resume: bool = False) -> None:
+    """Record ``system/*`` metrics (CPU, memory, disk, network, GPU) of the run with MLflow's system metrics
+    monitor every ``interval`` s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it) until
+    :func:`end_run`."""
+    monitor_class = _system_metrics_monitor(required)
+    if monitor_class is None or run_id in _MONITORS:
+        return
+    monitor = monitor_class(run_id, sampling_interval=float(interval), resume_logging=resume,
+                            tracking_uri=tracking_uri)
+    monitor.start()
+    _MONITORS[run_id] = monitor
+
+
+def create_run(cfg: DictConfig, experiment_name: str, run_name: str, tags: Mapping[str, Any] | None = None,
+               system_metrics: bool = False) -> str:
+    """Every task's MLflow run, made here: returns its id.
+
+    The run goes to ``experiment_name`` (created, artifacts under ``logger.artifact_location``) with the task's
+    ``tags``, then :func:`source_tags` (commit, ``git_dirty``, ``overrides``, parent, ``logger.tags``); the
+    resolved config and the overrides are logged by :func:`log_config`. ``logger.http`` bounds the retries
+    first (:func:`apply_http_policy`); ``system_metrics`` starts :func:`start_system_metrics`. Lightning tasks
+    continue the run with :func:`build_logger`; every task closes it with :func:`end_run`.
+    """
+    logger_cfg = cfg.logger
+    apply_http_policy(logger_cfg.get("http"))
+    uri = resolve_tracking_uri(str(logger_cfg.tracking_uri))
+    check_tracking_server(uri)
+    if system_metrics:
+        _system_metrics_monitor(required=logger_cfg.get("system_metrics") is not None)
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    name = str(logger_cfg.experiment_name)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=resolve_artifact_location(
-        logger_cfg.get("artifact_location")))
+    exp = experiment_id(client, experiment_name, logger_cfg.get("artifact_location"))
+    all_tags = {**{str(k): str(v) for k, v in (tags or {}).items()}, **source_tags(cfg, logger_cfg.get("tags"))}
+    run_id = client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
+    log_config(client, run_id, cfg)
+    if system_metrics:
+        start_system_metrics(run_id, uri, logger_cfg.get("system_metrics_interval", 10.0),
+                             required=logger_cfg.get("system_metrics") is not None)
+    return run_id
 
 
-class PrepareTrackingStore(Callback):
-    """Hydra callback: before a multirun launches its jobs, prepare the tracking store once (:func:`prepare_store`),
-    in the launching process, so jobs started side by side (``hydra/launcher=local_parallel``, slurm arrays)
-    find the tables and the experiment in place."""
+def end_run(client: Any, run_id: str, status: str = "FINISHED") -> None:
+    """Close a run: stop its system-metrics monitor, wait for MLflow's asynchronous queue to drain (each
+    queued batch retried within ``logger.http``), then set ``status``."""
+    monitor = _MONITORS.pop(run_id, None)
+    if monitor is not None:
+        monitor.finish()
+    client.set_terminated(run_id, status)  # MLflow shuts its async logging down, draining the queue, first
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        logger_cfg = config.get("logger")
-        if not logger_cfg or "tracking_uri" not in logger_cfg:
-            return
-        try:
-            prepare_store(logger_cfg)
-        except Exception as err:  # noqa: BLE001 - the jobs will report a real tracking problem themselves
-            log.warning("could not prepare the MLflow store before the sweep (%s)", err)
+
+def mlflow_logger(experiment_name: str, run_name: str, tracking_uri: str, artifact_location: str | None = None,
+                  run_id: str | None = None, synchronous: bool = False, http: Mapping[str, Any] | None = None,
+                  **_: Any) -> MLFlowLogger:
+    """Lightning's ``MLFlowLogger`` on the run ``run_id`` (``conf/logger/mlflow.yaml`` names it by
+    ``_target_``; :func:`build_logger` creates the run first). ``synchronous=False``: metrics, params and tags
+    go through MLflow's asynchronous queue. The other ``logger.*`` keys are read by :func:`create_run`."""
+    apply_http_policy(http)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_server(uri)
+    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri,
+                        artifact_location=resolve_artifact_location(artifact_location), log_model=False,
+                        run_id=run_id, synchronous=bool(synchronous))
+
+
+def build_logger(cfg: DictConfig) -> MLFlowLogger:
+    """The run's ``MLFlowLogger``: a new run of ``logger.experiment_name`` made by :func:`create_run` (on rank 0
+    only; the other ranks of a DDP job log nothing), or the run ``logger.run_id`` continued."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    logger_cfg = cfg.logger
+    system = wants_system_metrics(logger_cfg.get("system_metrics"), (cfg.get("trainer") or {}).get("accelerator"))
+    run_id = logger_cfg.get("run_id")
+    if rank_zero_only.rank == 0 and run_id is None:
+        run_id = create_run(cfg, str(logger_cfg.experiment_name), str(logger_cfg.run_name),
+                            logger_cfg.get("run_tags"), system_metrics=system)
+    elif rank_zero_only.rank == 0 and system:
+        start_system_metrics(str(run_id), resolve_tracking_uri(str(logger_cfg.tracking_uri)),
+                             logger_cfg.get("system_metrics_interval", 10.0),
+                             required=logger_cfg.get("system_metrics") is not None, resume=True)
+    return instantiate(logger_cfg, run_id=run_id)
+
+
+def resolved(cfg: DictConfig) -> Any:
+    """``cfg`` as plain containers, resolved; unresolved where it cannot be (a sweep's config before its jobs have
+    run folders: ``${hydra:runtime.output_dir}`` stays as written)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError:
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config flattened to ``a/b/c`` keys, as MLflow params (values cut to 500 chars)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -294,23 +373,38 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
         else:
             out[prefix] = str(node)[:500]
 
-    walk(container, "")
+    walk(resolved(cfg), "")
     return out
 
 
-def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
-    """Log the resolved config as params and as the ``config.yaml`` artifact."""
-    params = {k: v for k, v in flat_params(cfg).items() if not k.startswith("hydra")}
-    client, run_id = logger.experiment, logger.run_id
+def log_config(client: Any, run_id: str, cfg: DictConfig) -> None:
+    """Log the resolved config (without ``hydra``) as params and as ``config.yaml``, and the command-line overrides
+    as ``overrides.yaml`` (Hydra's ``.hydra/overrides.yaml`` of the job when there is one)."""
     from mlflow.entities import Param
 
-    items = [Param(k, v) for k, v in params.items()]
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    items = [Param(k, v) for k, v in flat_params(plain).items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i: i + 100])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved(plain))))
         client.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(_overrides_file(cfg, Path(tmp))))
+
+
+def _overrides_file(cfg: DictConfig, folder: Path) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        if hydra.output_subdir is not None:
+            own = Path(hydra.runtime.output_dir) / str(hydra.output_subdir) / "overrides.yaml"
+            if own.is_file():
+                return own
+    path = folder / "overrides.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(command_overrides(cfg))))
+    return path
 
 
 def download_run_artifact(client: Any, run_id: str, path: str) -> Path:

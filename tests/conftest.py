@@ -126,3 +126,29 @@ def small_datamodule(root: Path, **kw):
     dm = DetectorDataModule(**args)
     dm.setup()
     return dm
+
+
+def assert_source_tags(client, run_id: str, overrides: list[str], user_tags: dict[str, str] | None = None) -> None:
+    """The tags and files every run carries (experiments.tracking.create_run): the clean commit of this checkout,
+    ``git_dirty`` as ``git status`` says, the command-line overrides (tag and ``overrides.yaml``), the user's tags,
+    and the resolved config (params and ``config.yaml``)."""
+    import subprocess
+
+    import yaml
+
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                            text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head and len(head) == 40, tags.get("mlflow.source.git.commit")
+    assert tags["git_dirty"] == ("true" if status else "false")
+    assert tags["overrides"].split(" ") == overrides
+    for key, value in (user_tags or {}).items():
+        assert tags[key] == value, key
+    files = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "overrides.yaml"} <= files, files
+    logged = yaml.safe_load(Path(client.download_artifacts(run_id, "overrides.yaml")).read_text())
+    assert logged == overrides
+    assert "seed" in run.data.params

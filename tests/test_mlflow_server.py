@@ -17,14 +17,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import mlflow
 import pytest
 
 from experiments import tracking
+from experiments.tracking import HTTP_ENV
 from experiments.tasks.train import train
 from tests.conftest import compose_config, make_genimage_tree
 from tests.conftest import TINY
@@ -277,3 +281,136 @@ def test_training_tracked_by_a_server_on_postgresql_with_shared_artifacts(postgr
         cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,))
         assert cur.fetchone() == ("FINISHED",)
     conn.close()
+# -- a server outage mid-run ---------------------------------------------------------------------------------
+#: shared between the test and the Lightning callback it adds by _target_ (the callback runs in this process)
+OUTAGE: dict = {}
+
+
+class Outage(L.Callback):
+    """At the end of epoch ``at_epoch``, SIGKILL the tracking server; a thread restarts it on the same port and
+    store ``down_s`` seconds later. Every training step logs one metric through the run's logger (as a per-step
+    metric would) and records when it ended; every ``log_metrics`` call of the logger is recorded."""
+
+    def __init__(self, at_epoch: int = 1, down_s: float = 3.0, step_sleep: float = 0.25) -> None:
+        self.at_epoch, self.down_s, self.step_sleep = at_epoch, down_s, step_sleep
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        logger = trainer.logger
+        send = logger.log_metrics
+
+        def recording(metrics, step=None):
+            OUTAGE["logged"].extend((key, step or 0) for key in metrics)
+            start = time.monotonic()
+            send(metrics, step)
+            OUTAGE["call_seconds"].append(time.monotonic() - start)
+
+        logger.log_metrics = recording
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.step_sleep)  # a step long enough for the run to outlast the outage
+        trainer.logger.log_metrics({"outage/step_seconds": self.step_sleep}, step=trainer.global_step)
+        OUTAGE["step_ends"].append(time.monotonic())
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != self.at_epoch or "killed_at" in OUTAGE:
+            return
+        os.killpg(OUTAGE["proc"].pid, signal.SIGKILL)
+        OUTAGE["proc"].wait(timeout=15)
+        OUTAGE["killed_at"] = time.monotonic()
+
+        def restart() -> None:
+            time.sleep(self.down_s)
+            OUTAGE["proc"] = start_mlflow_server(OUTAGE["folder"], OUTAGE["port"])
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    if urllib.request.urlopen(OUTAGE["url"] + "/health", timeout=2).read().strip() == b"OK":
+                        OUTAGE["back_at"] = time.monotonic()
+                        return
+                except OSError:
+                    time.sleep(0.2)
+
+        OUTAGE["restarter"] = threading.Thread(target=restart, daemon=True)
+        OUTAGE["restarter"].start()
+
+
+@pytest.fixture
+def restartable_server(tmp_path):
+    folder, port = tmp_path / "server", free_port()
+    OUTAGE.clear()
+    OUTAGE.update(folder=folder, port=port, url=f"http://127.0.0.1:{port}", logged=[], step_ends=[], call_seconds=[],
+                  proc=start_mlflow_server(folder, port))
+    try:
+        wait_for_health(OUTAGE["url"], OUTAGE["proc"], folder / "server.log")
+        yield OUTAGE["url"]
+    finally:
+        if "restarter" in OUTAGE:
+            OUTAGE["restarter"].join(timeout=START_TIMEOUT)
+        stop_server(OUTAGE["proc"])
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_loses_nothing_and_never_stalls_training(restartable_server, tmp_path, monkeypatch):
+    """SIGKILL the server after epoch 1 of 5, restart it a few seconds later on the same port and store: every
+    metric step, tag and artifact the run logged is on the server at the end, and no training step waited on
+    the network (MLflow's asynchronous queue, retried within logger.http)."""
+    for variable in HTTP_ENV.values():  # the run's logger.http policy leaves the environment with the test
+        monkeypatch.setenv(variable, "1")
+        monkeypatch.delenv(variable)
+    asked: dict[str, list] = {"artifacts": [], "tags": []}
+    log_artifact, set_tag = mlflow.MlflowClient.log_artifact, mlflow.MlflowClient.set_tag
+
+    def recording_artifact(self, run_id, local_path, artifact_path=None):
+        asked["artifacts"].append("/".join(p for p in (artifact_path, Path(local_path).name) if p))
+        return log_artifact(self, run_id, local_path, artifact_path)
+
+    def recording_tag(self, run_id, key, value, synchronous=None):
+        asked["tags"].append(key)
+        return set_tag(self, run_id, key, value, synchronous=synchronous)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", recording_artifact)
+    monkeypatch.setattr(mlflow.MlflowClient, "set_tag", recording_tag)
+    tree = make_genimage_tree(tmp_path / "genimage", n=10, size=32)
+    epochs = 5
+    cfg = compose_config(TINY + [
+        f"data.root={tree}", f"logger.tracking_uri={restartable_server}", "logger.artifact_location=null",
+        "logger.http.max_retries=6", "logger.http.backoff_factor=1", "logger.http.timeout=5", "+logger.tags.note=outage",
+        "diagnostics=false", "trainer.accelerator=cpu", "trainer.precision=32-true", f"trainer.max_epochs={epochs}",
+        "trainer.enable_model_summary=false", "~callbacks.progress_bar", "~callbacks.early_stopping",
+        "stats.bootstrap_resamples=0", "+callbacks.outage._target_=tests.test_mlflow_server.Outage"], tmp_path)
+    start = time.monotonic()
+    train(cfg)
+    seconds = time.monotonic() - start
+    assert "killed_at" in OUTAGE and "back_at" in OUTAGE, "the outage did not happen during the run"
+    steps_after_kill = sum(t > OUTAGE["killed_at"] for t in OUTAGE["step_ends"])
+    assert steps_after_kill > 0, "training ended before the server was killed"
+
+    client = mlflow.MlflowClient(tracking_uri=restartable_server)
+    runs = client.search_runs([client.get_experiment_by_name("detectors-genimage_tiny").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    logged = Counter(OUTAGE["logged"])
+    on_server = Counter((key, m.step) for key in {k for k, _ in logged} for m in client.get_metric_history(run_id, key))
+    missing = logged - on_server
+    assert not missing, f"{sum(missing.values())} of {sum(logged.values())} metric values lost: {sorted(missing)[:10]}"
+    n_steps = len(OUTAGE["step_ends"])
+    assert logged[("outage/step_seconds", n_steps)] == 1 and len({s for k, s in logged if k == "train/loss"}) == epochs
+    tags = client.get_run(run_id).data.tags
+    assert set(asked["tags"]) <= set(tags) and {"precision", "output_dir", "note", "git_dirty"} <= set(tags)
+    files = _artifacts(client, run_id)
+    assert set(asked["artifacts"]) <= files, set(asked["artifacts"]) - files
+    assert {"metrics.json", "resnet34_localfft.pth", "checkpoints/config.yaml", "overrides.yaml"} <= files
+
+    # the training thread's wait on the tracking server: each logger call, and the gaps between steps (these
+    # include validation and the CPU that the restarting server takes; a write that waited out the retries on the
+    # training thread would add 2+4+8+16 s at least)
+    gaps = [b - a for a, b in zip(OUTAGE["step_ends"], OUTAGE["step_ends"][1:])]
+    before = [g for g, t in zip(gaps, OUTAGE["step_ends"][1:]) if t < OUTAGE["killed_at"]]
+    outage_s = OUTAGE["back_at"] - OUTAGE["killed_at"]
+    print(f"\noutage: {outage_s:.1f} s; {n_steps} steps ({steps_after_kill} after the kill), {epochs} epochs, "
+          f"{sum(logged.values())} metric values in {len(OUTAGE['call_seconds'])} logger calls logged and found, "
+          f"{len(tags)} tags ({len(set(asked['tags']))} set after creation), {len(files)} artifacts; longest logger call "
+          f"{max(OUTAGE['call_seconds']):.3f} s; longest gap between steps {max(gaps):.2f} s ({max(before):.2f} s "
+          f"before the kill; a step sleeps 0.25 s); run {seconds:.1f} s")
+    assert max(OUTAGE["call_seconds"]) < 1.0, f"a logger call waited {max(OUTAGE['call_seconds']):.1f} s"
+    assert max(gaps) < max(before) + 8.0, f"training stalled {max(gaps):.1f} s between two steps"

@@ -17,10 +17,11 @@ Written to ``cfg.paths.output_dir``: ``spectral_by_{class,generator,generator_cl
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -72,24 +73,27 @@ def analyze(cfg: DictConfig) -> Results:
 
 
 def log_to_mlflow(cfg: DictConfig, results: Results, files: Iterable[Path], splits: Sequence[str]) -> str:
-    """A new run of ``analyze-<data>`` (``logger.task_experiment_name``) tagged ``task=analyze``: params, statistics, files. Returns its id."""
-    logger = tracking.mlflow_logger(tracking.task_experiment_name(cfg), f"analyze-{cfg.data.name}", cfg.logger.tracking_uri,
-                                    cfg.logger.get("artifact_location"),
-                                    run_tags={"task": "analyze", "data": cfg.data.name}, tags=cfg.logger.get("tags"))
-    params = {f"task/{k}": v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()}
-    params.update({f"data/{k}": cfg.data.get(k) for k in ("name", "root", "crop_size", "resize_size")})
-    params["task/splits"] = ",".join(splits)
-    logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()})
+    """A new run of ``analyze-detectors-<data>`` (``logger.task_experiment_name``) tagged ``task=analyze``: the config
+    (:func:`experiments.tracking.create_run`), the splits read, statistics, files. Returns its id."""
+    run_id = tracking.create_run(cfg, tracking.task_experiment_name(cfg), f"analyze-{cfg.data.name}",
+                                 {"task": "analyze", "data": cfg.data.name})
+    client = tracking.mlflow_client(cfg.logger.tracking_uri)
+    client.log_param(run_id, "analyze/splits", ",".join(splits))
     metrics = {}
     for row in statistics_rows(results):
         prefix = f"analyze/{row['kind']}/{sanitize_metric_component(row['group'])}"
         metrics[f"{prefix}/n_images"] = float(row["n_images"])
         metrics.update({f"{prefix}/{name}": float(row[name]) for name in STATISTICS})
-    tracking.log_metrics(logger, metrics)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, 0) for k, v in metrics.items() if v == v]  # NaN dropped
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i:i + 500])
     for path in files:
-        tracking.log_artifact(logger, path, ARTIFACT_DIR)
-    logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    return logger.run_id
+        client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+    tracking.end_run(client, run_id)
+    return run_id
 
 
 def print_statistics(results: Results, title: str) -> None:

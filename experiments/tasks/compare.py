@@ -10,7 +10,8 @@ scored on identical images), and tests every pair of detectors:
 
 Each family of p-values is Holm-adjusted (Holm, 1979). Prints the detector x detector matrices, writes a
 CSV and heatmaps under ``paths.report_dir/compare/<experiment>/`` and logs them to the MLflow experiment
-``task.output_experiment`` (``compare-<data>``), not to the training experiment.
+``task.output_experiment`` (``compare-<experiment>``), not to the training experiment. ``parent=<run id>`` compares
+the detectors of that sweep only (the children of its parent run, in its experiment).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.entities import Run
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 
 from experiments.evaluation.comparison import (
@@ -39,9 +40,9 @@ from experiments.evaluation.comparison import (
 from experiments.evaluation.console_tables import print_fitted
 from experiments.evaluation.curves import plot_heatmap
 from experiments.evaluation.metrics import sanitize_metric_component
-from experiments.runs import finished_training_runs, newest_per_key, tag
+from experiments.runs import finished_training_runs, newest_per_key, sweep_experiment, tag
 from experiments.safe_paths import inside, plain_name
-from experiments.tracking import experiment_id, resolve_tracking_uri
+from experiments.tracking import create_run, end_run, mlflow_client, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,14 @@ def compare(cfg: DictConfig) -> dict:
     """Run ``task=compare``; returns the detectors, the pair results, the written files and the MLflow run id."""
     uri = resolve_tracking_uri(cfg.logger.tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = cfg.get("parent")
+    if parent:  # a sweep's detectors: its experiment, its children
+        with open_dict(cfg):
+            cfg.task.experiment_name = sweep_experiment(client, parent)
     experiment = str(cfg.task.experiment_name)
     alpha = float(cfg.task.alpha)
     confidence = float(cfg.stats.confidence)
-    detectors = load_detectors(client, experiment)
+    detectors = load_detectors(client, experiment, parent)
     names = [d.name for d in detectors]
     _, labels, probs = align(detectors)
     results = pairwise_tests(names, labels, probs, [d.threshold for d in detectors], confidence)
@@ -70,8 +75,7 @@ def compare(cfg: DictConfig) -> dict:
     out_dir = inside(cfg.paths.report_dir, "compare", plain_name(experiment, "task.experiment_name"))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_outputs(out_dir, names, results, experiment, len(labels))
-    run_id = log_comparison(client, str(cfg.task.output_experiment), experiment, detectors, results, files,
-                            cfg.logger.get("artifact_location"))
+    run_id = log_comparison(cfg, str(cfg.task.output_experiment), experiment, detectors, results, files)
     print_comparison(experiment, names, results, len(labels), alpha, confidence)
     Console().print(f"comparison written to {', '.join(str(p) for p in files)}; MLflow experiment "
                     f"'{cfg.task.output_experiment}', run {run_id}", soft_wrap=True)
@@ -79,13 +83,15 @@ def compare(cfg: DictConfig) -> dict:
 
 
 # -- reading the runs ----------------------------------------------------------------------------------------
-def load_detectors(client: mlflow.MlflowClient, experiment: str) -> list[DetectorScores]:
-    """The per-image test scores of the newest finished training run of each model (by tag ``model``).
+def load_detectors(client: mlflow.MlflowClient, experiment: str, parent: str | None = None) -> list[DetectorScores]:
+    """The per-image test scores of the newest finished training run of each model (by tag ``model``), among
+    the children of the sweep ``parent`` when it is given.
 
     Runs without ``predictions_test.csv`` (trained before it was written) are left out with a warning;
     raises :class:`NotEnoughDetectors` when fewer than two remain.
     """
-    runs = newest_per_key(finished_training_runs(client, experiment), lambda r: tag(r, "model", "") or None)
+    runs = newest_per_key(finished_training_runs(client, experiment, parent=parent),
+                          lambda r: tag(r, "model", "") or None)
     detectors, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in sorted(runs, key=lambda r: tag(r, "model")):
@@ -147,15 +153,14 @@ def write_outputs(out_dir: Path, names: list[str], results: list[PairResult], ex
     return [pairs, delta_csv, Path(heat), Path(heat_p)]
 
 
-def log_comparison(client: mlflow.MlflowClient, output_experiment: str, experiment: str,
-                   detectors: list[DetectorScores], results: list[PairResult], files: list[Path],
-                   artifact_location: str | None = None) -> str:
-    """One run tagged ``task=compare`` in ``output_experiment`` (created when missing, its artifacts under
-    ``artifact_location`` as every task's): the compared runs as params, every pair's statistics as metrics
-    ``compare/<a>_vs_<b>/<statistic>``, the files as artifacts."""
-    run = client.create_run(experiment_id(client, output_experiment, artifact_location),
-                            run_name=f"compare-{experiment}", tags={"task": "compare", "source_experiment": experiment})
-    run_id = run.info.run_id
+def log_comparison(cfg: DictConfig, output_experiment: str, experiment: str, detectors: list[DetectorScores],
+                   results: list[PairResult], files: list[Path]) -> str:
+    """One run tagged ``task=compare`` in ``output_experiment`` (:func:`~experiments.tracking.create_run`): the
+    compared runs as params, every pair's statistics as metrics ``compare/<a>_vs_<b>/<statistic>``, the files as
+    artifacts."""
+    run_id = create_run(cfg, output_experiment, f"compare-{experiment}",
+                        {"task": "compare", "source_experiment": experiment})
+    client = mlflow_client(cfg.logger.tracking_uri)
     for det in detectors:
         client.log_param(run_id, f"run/{sanitize_metric_component(det.name)}", det.run)
     for r in results:
@@ -166,7 +171,7 @@ def log_comparison(client: mlflow.MlflowClient, output_experiment: str, experime
                 client.log_metric(run_id, f"{prefix}/{key}", value)
     for path in files:
         client.log_artifact(run_id, str(path), "compare")
-    client.set_terminated(run_id, "FINISHED")
+    end_run(client, run_id)
     return run_id
 
 

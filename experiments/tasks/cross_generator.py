@@ -52,7 +52,7 @@ from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.runs import finished_training_runs, select_runs, tag
 from experiments.runs import NoRunsFound
 from experiments.tracking import resolve_tracking_uri
-from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
+from experiments.tracking import announce_outputs, create_run, end_run, task_experiment_name
 
 #: The protocols, as the ``protocol`` tag of their training runs spells them.
 PROTOCOLS = ("train_on_one", "leave_one_out")
@@ -144,8 +144,7 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     if matrices:
         artifacts.append(_write_cells_csv(out_dir / "cells.csv", matrices, intervals))
 
-    run_id = _log_run(client, experiment, summary, artifacts,
-                      experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location")), protocol)
+    run_id = _log_run(cfg, client, experiment, summary, artifacts, protocol)
     console = Console()
     confidence = float(cfg.stats.confidence)
     if held_out:
@@ -204,21 +203,23 @@ def _held_out_tables(by_model: Mapping[str, list], metric_names: Sequence[str], 
     return tables, summary, artifacts
 
 
-def _log_run(client: mlflow.MlflowClient, experiment: str, summary: Mapping[tuple[str, str], Mapping[str, float]],
-             artifacts: Sequence[Path], exp_id: str, protocol: str = "train_on_one") -> str:
-    """Log the summary and files to a new run of ``exp_id`` (``cross_generator-<data>``, apart from training)."""
-    run = client.create_run(exp_id, run_name="cross_generator", tags={"task": "cross_generator", "protocol": protocol,
-                                                                      "reported_experiment": experiment})
+def _log_run(cfg: DictConfig, client: mlflow.MlflowClient, experiment: str,
+             summary: Mapping[tuple[str, str], Mapping[str, float]], artifacts: Sequence[Path],
+             protocol: str = "train_on_one") -> str:
+    """Log the summary and files to a new run (:func:`~experiments.tracking.create_run`) of
+    ``cross_generator-<experiment>``, apart from training."""
+    run_id = create_run(cfg, task_experiment_name(cfg), "cross_generator",
+                        {"task": "cross_generator", "protocol": protocol, "reported_experiment": experiment})
     now = int(time.time() * 1000)
     metrics = [Metric(f"cross_generator/{sanitize_metric_component(model)}/{metric}/{name}", value, now, 0)
                for (model, metric), values in summary.items() for name, value in values.items()
                if not math.isnan(value)]
     if metrics:
-        client.log_batch(run.info.run_id, metrics=metrics)
+        client.log_batch(run_id, metrics=metrics)
     for path in artifacts:
-        client.log_artifact(run.info.run_id, str(path), "cross_generator")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+        client.log_artifact(run_id, str(path), "cross_generator")
+    end_run(client, run_id)
+    return run_id
 
 
 def _cell_text(value: float, low: float, high: float) -> str:

@@ -25,7 +25,7 @@ them again on the target's val split is an explicit choice, ``task.recalibrate_o
 those figures are added under their own names: ``threshold/val_target_calibrated``,
 ``test/<m>_at_val_threshold_target_calibrated``, ``test/ece_target_calibrated``,
 ``test/brier_target_calibrated`` and ``plots/calibration_target_calibrated.png``.
-Everything is logged to a new MLflow run of ``evaluate-<data>`` (``logger.task_experiment_name``) tagged
+Everything is logged to a new MLflow run of ``evaluate-detectors-<data>`` (``logger.task_experiment_name``) tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
 
@@ -89,7 +89,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(eval_cfg, resolve=True))
     logger = tracking.build_logger(eval_cfg)
     try:
-        tracking.log_config(logger, eval_cfg)
         tracking.log_metrics(logger, datamodule.counts(), step=0)
         names = datamodule.generator_names
         val = score_split(detector, datamodule.val_dataloader(), names)
@@ -114,9 +113,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                  calibrated_label=f"{detector.kind.calibrator.kind} scaling fitted on the target's val")
                 tracking.log_artifact(logger, path, "plots")
     except BaseException:
-        logger.experiment.set_terminated(logger.run_id, "FAILED")
+        tracking.end_run(logger.experiment, logger.run_id, "FAILED")
         raise
-    logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    tracking.end_run(logger.experiment, logger.run_id)
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
     tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
@@ -187,4 +186,5 @@ def evaluation_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
         eval_cfg.logger.run_name = f"evaluate-{trained.model.name}"
         eval_cfg.logger.run_id = None
         eval_cfg.logger.experiment_name = tracking.task_experiment_name(cfg)  # not the training experiment
+        eval_cfg.logger.task_experiment_name = eval_cfg.logger.experiment_name
     return eval_cfg

@@ -11,7 +11,7 @@ Outputs:
 
 * MLflow: one new run per detector, tagged ``task=ood_stress``,
   ``evaluated_run=<source run id or path>`` and ``model``, in the experiment
-  ``ood_stress-<data>`` (``logger.task_experiment_name``), with the
+  ``ood_stress-<training experiment>`` (``logger.task_experiment_name``), with the
   metrics ``ood/<perturbation>/<strength>/{auc,ap,accuracy}``;
 * ``<paths.report_dir>/ood_stress/``: ``robustness_<perturbation>.png`` (AUROC
   versus strength, one line per detector), ``ood_auroc.md`` / ``ood_auroc.csv``
@@ -47,8 +47,7 @@ from experiments.inference.loading import load_detector
 from experiments.inference.stress import StressedDetector, deduplicate_labels, evaluate_detectors
 from experiments.inference.stress_tables import ood_metric_items, print_tables, write_curves, write_tables
 from experiments.runs import ExperimentNotFound, NoRunsFound, finished_training_runs, newest_per_key
-from experiments.tracking import RUN_ID, announce_outputs, mlflow_client, task_experiment_name
-from experiments.tracking import experiment_id as tracking_experiment_id
+from experiments.tracking import RUN_ID, announce_outputs, create_run, end_run, mlflow_client, task_experiment_name
 
 log = logging.getLogger(__name__)
 
@@ -138,27 +137,25 @@ def build_test_datamodule(cfg: DictConfig, detector: StressedDetector):
 # -- MLflow --------------------------------------------------------------------------------------------
 def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: StressedDetector, result: dict,
             grid: Sequence[Perturbation], artifacts: Sequence[Path], seconds: float) -> str:
-    """Create the detector's ``task=ood_stress`` run, log its ``ood/...`` metrics and the shared artifacts."""
-    experiment_id = tracking_experiment_id(client, task_experiment_name(cfg),  # ood_stress-<data>, not training's
-                                           cfg.logger.get("artifact_location"))
+    """Create the detector's ``task=ood_stress`` run (:func:`~experiments.tracking.create_run`, in
+    ``ood_stress-<training experiment>``), log its ``ood/...`` metrics, what it ran (``stress/*`` params: the
+    detector, the grid, the order, the detector's own sizes) and the shared artifacts."""
     tags = {"task": "ood_stress", "evaluated_run": det.ref, "model": det.loaded.cfg.model.name,
             "detector": det.label, "data": cfg.data.name, "seed": str(cfg.seed)}
-    run = client.create_run(experiment_id, run_name=f"ood_stress-{det.label}", tags=tags)
-    run_id = run.info.run_id
+    run_id = create_run(cfg, task_experiment_name(cfg), f"ood_stress-{det.label}", tags)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in ood_metric_items(result, grid).items()]
     metrics.append(Metric("time/ood_seconds", float(seconds), now, 0))
-    params = [Param("ckpt", det.ref[:500]), Param("data/name", str(cfg.data.name)), Param("seed", str(cfg.seed)),
-              Param("ood/grid", ",".join(p.key for p in grid)[:6000]),
-              Param("ood/order", perturbation_order(cfg.ood.get("order"))),
-              Param("data/crop_size", str(det.loaded.cfg.data.crop_size)),
-              Param("data/resize_size", str(det.loaded.cfg.data.get("resize_size")))]
+    params = [Param("stress/ckpt", det.ref[:500]), Param("stress/grid", ",".join(p.key for p in grid)[:6000]),
+              Param("stress/order", perturbation_order(cfg.ood.get("order"))),
+              Param("stress/crop_size", str(det.loaded.cfg.data.crop_size)),
+              Param("stress/resize_size", str(det.loaded.cfg.data.get("resize_size")))]
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i:i + 500])
     client.log_batch(run_id, params=params)
     for path in artifacts:
         client.log_artifact(run_id, str(path), "ood_stress")
-    client.set_terminated(run_id, "FINISHED")
+    end_run(client, run_id)
     return run_id
 
 

@@ -9,7 +9,8 @@ as ``0.942 [0.918, 0.963]``: for one run, the stratified bootstrap interval the 
 logged (``test/<metric>_ci_low`` / ``_ci_high``); with several seeds per model,
 ``mean ± std [Student-t interval over the seeds] (n)``. On a console narrower than the
 table, it prints one row per (model, metric). The report is also logged to MLflow as a
-run tagged ``task=report``.
+run tagged ``task=report`` in ``report-<experiment>``. ``parent=<run id>`` reports the runs of that sweep only
+(the children of its parent run, in its experiment).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import time
 
 import mlflow
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -37,18 +38,20 @@ from experiments.evaluation.report_table import (
     report_table,
 )
 from experiments.evaluation.seed_summary import RunRow
-from experiments.runs import finished_training_runs, select_runs, tag
+from experiments.runs import finished_training_runs, select_runs, sweep_experiment, tag
 from experiments.runs import NoRunsFound
 from experiments.safe_paths import inside, plain_name
 from experiments.tracking import resolve_tracking_uri
-from experiments.tracking import announce_outputs, experiment_id, task_experiment_name
+from experiments.tracking import announce_outputs, create_run, end_run, task_experiment_name
 
 log = logging.getLogger(__name__)
 
 
-def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = "latest") -> list[RunRow]:
-    """Finished ``task=train`` runs; ``select="latest"`` keeps the newest per (model, seed)."""
-    runs = select_runs(finished_training_runs(client, experiment_name),
+def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = "latest",
+               parent: str | None = None) -> list[RunRow]:
+    """Finished ``task=train`` runs (the children of the sweep ``parent`` only, when given); ``select="latest"``
+    keeps the newest per (model, seed)."""
+    runs = select_runs(finished_training_runs(client, experiment_name, parent=parent),
                        lambda r: (tag(r, "model"), tag(r, "seed")), select)
     rows = [RunRow(r.info.run_id, tag(r, "model"), tag(r, "seed"), r.info.start_time, dict(r.data.metrics),
                    tag(r, "output_dir", "-"))
@@ -59,8 +62,12 @@ def fetch_runs(client: mlflow.MlflowClient, experiment_name: str, select: str = 
 def report(cfg: DictConfig) -> dict:
     uri = resolve_tracking_uri(cfg.logger.tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = cfg.get("parent")
+    if parent:  # a sweep's runs: its experiment, its children
+        with open_dict(cfg):
+            cfg.task.experiment_name = sweep_experiment(client, parent)
     experiment = cfg.task.experiment_name
-    rows = fetch_runs(client, experiment, cfg.task.select)
+    rows = fetch_runs(client, experiment, cfg.task.select, parent)
     if not rows:
         raise NoRunsFound(f"no finished training runs in MLflow experiment '{experiment}' ({uri}); train some first")
     split = cfg.task.split
@@ -90,13 +97,13 @@ def report(cfg: DictConfig) -> dict:
         bar_metrics, out_dir / "comparison.png",
     )
 
-    run = client.create_run(report_experiment_id(client, cfg), run_name=f"report-{experiment}",
-                            tags={"task": "report", "reported_experiment": experiment, "data": str(cfg.data.name)})
-    client.log_batch(run.info.run_id, metrics=report_metrics(table, metric_cols, n_runs))
+    run_id = create_run(cfg, task_experiment_name(cfg), f"report-{experiment}",
+                        {"task": "report", "reported_experiment": experiment, "data": str(cfg.data.name)})
+    client.log_batch(run_id, metrics=report_metrics(table, metric_cols, n_runs))
     for path in (md, csv_path, bars):
-        client.log_artifact(run.info.run_id, str(path), "report")
-    client.log_param(run.info.run_id, "runs", ",".join(r.run_id for r in rows)[:6000])
-    client.set_terminated(run.info.run_id, "FINISHED")
+        client.log_artifact(run_id, str(path), "report")
+    client.log_param(run_id, "runs", ",".join(r.run_id for r in rows)[:6000])
+    end_run(client, run_id)
 
     console = Console()
     print_fitted(console, f"{experiment}: {split} metrics ({len(rows)} runs)", HEADERS, result.body)
@@ -104,9 +111,9 @@ def report(cfg: DictConfig) -> dict:
     print_runs(console, rows)
     console.print(f"report table (Markdown): {md}", soft_wrap=True)
     console.print(f"report written to {md}, {csv_path}, {bars}", soft_wrap=True)
-    announce_outputs(out_dir, run.info.run_id, uri)
+    announce_outputs(out_dir, run_id, uri)
     return {"table": table, "intervals": bounds, "rows": rows, "body": result.body, "markdown": md, "csv": csv_path,
-            "plot": bars}
+            "plot": bars, "run_id": run_id}
 
 
 def interval_note(confidence: float) -> str:
@@ -116,11 +123,6 @@ def interval_note(confidence: float) -> str:
             f"at the threshold chosen on val, applied unchanged to test; AUROC, AP and TPR at 5% FPR do not "
             f"depend on a threshold; ECE → calibrated: before and after the calibrator fitted on val. "
             f"Paired tests: task=compare.")
-
-
-def report_experiment_id(client: mlflow.MlflowClient, cfg: DictConfig) -> str:
-    """The experiment of the report run, ``report-<data>``: never the training experiment it compares."""
-    return experiment_id(client, task_experiment_name(cfg), cfg.logger.get("artifact_location"))
 
 
 def report_metrics(table: dict[str, dict[str, tuple[float, float, int]]], columns: list[str],

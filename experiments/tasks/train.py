@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> float | None:
         write_diagnostics(kind, model, datamodule, test, out_dir, logger, diagnostics_settings(cfg),
                           calibrated_prob=None if calibrator is None else calibrated_probs(calibrator, test.prob),
                           calibration_label=f"{kind.calibrator.kind} scaling fitted on val")
-    logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    tracking.end_run(logger.experiment, logger.run_id)  # waits for the queued metrics
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
     tracking.announce_outputs(out_dir, logger.run_id, cfg.logger.tracking_uri)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
@@ -111,7 +111,6 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (out_dir / RUN_ID_FILE).write_text(logger.run_id)
         logger.experiment.set_tag(logger.run_id, "output_dir", str(out_dir.resolve()))
-        tracking.log_config(logger, cfg)
         tracking.log_metrics(logger, datamodule.counts(), step=0)
     else:  # the same MLflow run goes on: params and step-0 records are already there
         logger.experiment.update_run(logger.run_id, status="RUNNING")
@@ -123,7 +122,7 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
     try:
         report = preflight(datamodule, _preflight_settings(cfg, datamodule), log_report if resume is None else None)
     except Exception as err:  # noqa: BLE001 - raised by fit on every rank, so no rank waits for a stopped rank 0
-        logger.experiment.set_terminated(logger.run_id, "FAILED")
+        tracking.end_run(logger.experiment, logger.run_id, "FAILED")
         return err
     _record_data_stats(cfg, report, logger, out_dir)
     return None

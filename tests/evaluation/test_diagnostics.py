@@ -20,7 +20,7 @@ from experiments.inference.scoring import score_split
 from experiments.tasks.evaluate import MissingCheckpoint, evaluate
 from experiments.evaluation.gradcam import stream_cams
 from experiments.tasks.train import train
-from tests.conftest import compose_config, make_genimage_tree
+from tests.conftest import assert_source_tags, compose_config, make_genimage_tree
 from tests.conftest import TINY
 
 PLOTS = {"confusion_matrix", "calibration", "roc", "per_generator_accuracy", "tsne", "gradcam"}
@@ -158,8 +158,9 @@ def test_sklearn_detector_gets_tsne_of_scaled_features_and_no_gradcam(tree, tmp_
 # task=evaluate
 # ---------------------------------------------------------------------------
 def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_path):
-    cfg = compose_config(TINY + [f"data.root={tree}", "task=evaluate", f"ckpt={trained['run_dir']}",
-                                 "debug=cpu", STRICT], tmp_path)
+    overrides = TINY + [f"data.root={tree}", "task=evaluate", f"ckpt={trained['run_dir']}", "debug=cpu", STRICT,
+                        "+logger.tags.note=scored"]
+    cfg = compose_config(overrides, tmp_path)
     metrics = evaluate(cfg)
     for key in ("test/auc", "test/gen_a/auc", "test/gen_b/auc", "test/accuracy", "best_val/auc"):
         assert metrics[key] == pytest.approx(trained["metrics"][key], abs=1e-6), key
@@ -167,8 +168,9 @@ def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == pytest.approx(metrics["test/auc"])
     for name in PLOTS:
         _assert_real_png(out / "plots" / f"{name}.png")
-    client, run = _only_run(_store(tmp_path), "evaluate-genimage_tiny", task="evaluate")
+    client, run = _only_run(_store(tmp_path), "evaluate-detectors-genimage_tiny", task="evaluate")
     assert run.data.tags["evaluated_run"] == str(trained["run_dir"])
+    assert_source_tags(client, run.info.run_id, overrides, {"note": "scored", "task": "evaluate"})
     assert run.data.tags["model"] == "resnet34_localfft" and run.info.status == "FINISHED"
     assert run.data.metrics["test/auc"] == pytest.approx(metrics["test/auc"])
     assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")} == {f"{p}.png" for p in PLOTS}
@@ -184,7 +186,7 @@ def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_
     saved = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
     assert "crop_size: 32" in saved  # the detector's own crop, not data.crop_size=40
     client = mlflow.MlflowClient(tracking_uri=trained["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("evaluate-genimage_tiny").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("evaluate-detectors-genimage_tiny").experiment_id],
                               filter_string="tags.task = 'evaluate'")
     assert [r.data.tags["evaluated_run"] for r in runs] == [trained["run_id"]]
 

@@ -18,7 +18,7 @@ from experiments.data.perturbations import apply, metric_prefix, perturb_image, 
 from experiments.training.builders import build_datamodule
 from features.precision import as_unit_float
 from experiments.tasks.train import train
-from tests.conftest import compose_config, make_genimage_tree
+from tests.conftest import assert_source_tags, compose_config, make_genimage_tree
 
 # one batch holds the whole test split (2 generators x 2 classes x 6 images), so the fast_dev_run
 # training evaluates the full test split and its test/auc is comparable with the OOD clean point
@@ -43,10 +43,11 @@ def stressed(tmp_path_factory):
         with open_dict(cfg):
             cfg.paths.output_dir = str(root / f"out_{name}")
         train(cfg)
-    cfg = compose_config(DATA + ["task=ood_stress", "ood=quick", f"data.root={tree}"], root)
+    overrides = DATA + ["task=ood_stress", "ood=quick", f"data.root={tree}", "+logger.tags.note=stress"]
+    cfg = compose_config(overrides, root)
     result = ood_stress(cfg)
     client = mlflow.MlflowClient(tracking_uri=_uri(root))
-    return {"root": root, "tree": tree, "cfg": cfg, "result": result, "client": client}
+    return {"root": root, "tree": tree, "cfg": cfg, "result": result, "client": client, "overrides": overrides}
 
 
 def _train_runs(client):
@@ -80,7 +81,9 @@ def test_logs_ood_metrics_per_detector(stressed):
         assert run.info.status == "FINISHED"
         assert run.data.tags["task"] == "ood_stress"
         assert run.data.tags["evaluated_run"] == train_runs[label].info.run_id
-        assert client.get_experiment(run.info.experiment_id).name == "ood_stress-genimage_tiny"  # not the training one
+        # not the training one, but named after it
+        assert client.get_experiment(run.info.experiment_id).name == "ood_stress-detectors-genimage_tiny"
+        assert_source_tags(client, run_id, stressed["overrides"], {"note": "stress"})
         for p in grid:
             for metric in ("auc", "ap", "accuracy"):
                 key = f"{metric_prefix(p)}/{metric}"

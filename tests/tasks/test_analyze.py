@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from experiments.tasks.analyze import analyze
-from tests.conftest import compose_config, make_genimage_tree
+from tests.conftest import assert_source_tags, compose_config, make_genimage_tree
 
 MAX_IMAGES = 5
 
@@ -20,10 +20,12 @@ MAX_IMAGES = 5
 def analysed(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("analyze")
     tree = make_genimage_tree(tmp / "genimage", n=4, size=32)
-    cfg = compose_config(["task=analyze", "data=genimage_tiny", f"data.root={tree}", "data.crop_size=32",
-                          "data.resize_size=null", "data.num_workers=0", f"task.max_images={MAX_IMAGES}",
-                          "task.batch_size=4", "task.n_radial=16", "task.n_angular=12"], tmp)
-    return {"results": analyze(cfg), "out": Path(cfg.paths.output_dir), "uri": f"sqlite:///{tmp / 'mlruns.db'}"}
+    overrides = ["task=analyze", "data=genimage_tiny", f"data.root={tree}", "data.crop_size=32",
+                 "data.resize_size=null", "data.num_workers=0", f"task.max_images={MAX_IMAGES}",
+                 "task.batch_size=4", "task.n_radial=16", "task.n_angular=12", "+logger.tags.note=spectra"]
+    cfg = compose_config(overrides, tmp)
+    return {"results": analyze(cfg), "out": Path(cfg.paths.output_dir), "uri": f"sqlite:///{tmp / 'mlruns.db'}",
+            "overrides": overrides}
 
 
 def test_writes_plots_tables_and_logs_them(analysed):
@@ -44,12 +46,14 @@ def test_writes_plots_tables_and_logs_them(analysed):
     md = (out / "spectral_statistics.md").read_text()
     assert "| kind | group |" in md and "gen_b/synthetic" in md and "kurtosis" in md
     client = mlflow.MlflowClient(tracking_uri=analysed["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("analyze-genimage_tiny").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("analyze-detectors-genimage_tiny").experiment_id],
                               filter_string="tags.task = 'analyze'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = {Path(a.path).name for a in client.list_artifacts(runs[0].info.run_id, "analysis")}
     assert {p.name for p in pngs} | {"spectral_statistics.csv", "spectral_statistics.md"} <= logged
     assert runs[0].data.metrics["analyze/class/synthetic/n_images"] == MAX_IMAGES
+    assert runs[0].data.params["analyze/splits"] == "train,val,test"
+    assert_source_tags(client, runs[0].info.run_id, analysed["overrides"], {"note": "spectra", "task": "analyze"})
 
 
 def test_group_arrays_have_the_right_shapes(analysed):

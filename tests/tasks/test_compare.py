@@ -13,7 +13,7 @@ import pytest
 from experiments.evaluation.comparison import DetectorScores, MismatchedImages, align, matrix, pairwise_tests
 from experiments.evaluation.predictions import PREDICTION_COLUMNS
 from experiments.tasks.compare import NotEnoughDetectors, compare
-from tests.conftest import compose_config
+from tests.conftest import assert_source_tags, compose_config
 
 N = 200
 
@@ -107,7 +107,8 @@ def fake_store(tmp_path: Path, detectors: dict[str, tuple]) -> mlflow.MlflowClie
 def test_task_compare_reports_significance_and_logs_to_its_own_experiment(tmp_path, capsys):
     paths, labels, probs = toy_scores()
     client = fake_store(tmp_path, {name: (paths, labels, p) for name, p in probs.items()})
-    cfg = compose_config(["task=compare", "experiment=demo"], tmp_path)
+    overrides = ["task=compare", "experiment=demo", "+logger.tags.note=paired"]
+    cfg = compose_config(overrides, tmp_path)
     result = compare(cfg)
     printed = capsys.readouterr().out
     assert "ΔAUROC" in printed and "McNemar" in printed
@@ -123,7 +124,8 @@ def test_task_compare_reports_significance_and_logs_to_its_own_experiment(tmp_pa
     assert (out / "delta_auc.png").stat().st_size > 1000
     assert (out / "delta_auc.csv").read_text().startswith("row - column,good,weak,weak_copy")
     logged = client.get_run(result["run_id"])
-    assert client.get_experiment(logged.info.experiment_id).name == "compare-demo"
+    assert client.get_experiment(logged.info.experiment_id).name == "compare-detectors-demo"  # the one it read
+    assert_source_tags(client, result["run_id"], overrides, {"note": "paired", "preset": "demo"})
     # its artifacts go with the store's, not to ./mlruns of the working directory
     assert str(tmp_path / "mlartifacts") in client.get_experiment(logged.info.experiment_id).artifact_location
     assert logged.data.tags["task"] == "compare"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.tasks.cross_generator import cross_generator
-from tests.conftest import compose_config
+from tests.conftest import assert_source_tags, compose_config
 
 GENS = ("a", "b", "c")
 
@@ -93,7 +93,8 @@ def test_task_prints_one_row_per_held_out_generator_and_a_column_per_detector(tm
 
 
 def test_task_reads_train_on_one_runs_from_mlflow(tmp_path):
-    cfg = compose_config(["task=cross_generator", "experiment=train_on_one"], tmp_path)
+    overrides = ["task=cross_generator", "experiment=train_on_one", "+logger.tags.note=matrices"]
+    cfg = compose_config(overrides, tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment(cfg.task.experiment_name)
     for i, train in enumerate(GENS):
@@ -138,5 +139,7 @@ def test_task_reads_train_on_one_runs_from_mlflow(tmp_path):
     logged = client.get_run(result["run_id"])
     assert logged.data.tags["task"] == "cross_generator"
     assert logged.data.metrics["cross_generator/m1/auc/off_diagonal_mean"] == pytest.approx(off)
+    assert client.get_experiment(logged.info.experiment_id).name == f"cross_generator-{cfg.task.experiment_name}"
+    assert_source_tags(client, result["run_id"], overrides, {"note": "matrices", "protocol": "train_on_one"})
     assert {a.path for a in client.list_artifacts(result["run_id"], "cross_generator")} >= {
         "cross_generator/m1_auc.png", "cross_generator/summary.csv"}

@@ -11,7 +11,7 @@ from scipy import stats
 
 from experiments.evaluation.report_table import HEADERS, markdown_headers
 from experiments.tasks.report import report
-from tests.conftest import compose_config
+from tests.conftest import assert_source_tags, compose_config
 
 
 def log_run(client: mlflow.MlflowClient, exp_id: str, model: str, seed: int, metrics: dict[str, float]) -> None:
@@ -23,7 +23,8 @@ def log_run(client: mlflow.MlflowClient, exp_id: str, model: str, seed: int, met
 
 def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
-    cfg = compose_config(["task=report", "experiment=demo"], tmp_path)
+    overrides = ["task=report", "experiment=demo", "+logger.tags.note=table"]
+    cfg = compose_config(overrides, tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment("detectors-demo", artifact_location=(tmp_path / "mlartifacts").as_uri())
     log_run(client, exp_id, "single", 42, {"test/auc": 0.9421, "test/auc_ci_low": 0.9183, "test/auc_ci_high": 0.9634,
@@ -39,6 +40,8 @@ def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp
     half = stats.t.ppf(0.975, df=2) * 0.05 / 3 ** 0.5
     assert rows["seeded"]["AUROC"] == f"0.850 ± 0.050 [{0.85 - half:.3f}, {0.85 + half:.3f}] (n=3)"
     assert result["intervals"]["seeded"]["test/auc"] == pytest.approx((0.85 - half, 0.85 + half))
+    assert client.get_experiment(client.get_run(result["run_id"]).info.experiment_id).name == "report-detectors-demo"
+    assert_source_tags(client, result["run_id"], overrides, {"note": "table", "preset": "demo"})
 
     markdown = result["markdown"].read_text()
     assert "0.942 [0.918, 0.963]" in markdown and markdown_headers(markdown) == list(HEADERS)

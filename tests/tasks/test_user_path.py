@@ -110,8 +110,8 @@ def test_report_ignores_auxiliary_runs_and_logs_into_its_own_experiment(tmp_path
     assert {r.run_id for r in result["rows"]} == {ids["resnet34_localfft"], ids["radial_angular_logreg"]}
     training = client.get_experiment_by_name("detectors-demo").experiment_id
     assert {r.data.tags["task"] for r in client.search_runs([training])} == {"train", "evaluate"}  # no report run
-    reports = client.search_runs([client.get_experiment_by_name("report-demo").experiment_id])
-    assert str(tmp_path) in client.get_experiment_by_name("report-demo").artifact_location  # not ./mlruns
+    reports = client.search_runs([client.get_experiment_by_name("report-detectors-demo").experiment_id])
+    assert str(tmp_path) in client.get_experiment_by_name("report-detectors-demo").artifact_location  # not ./mlruns
     assert len(reports) == 1 and reports[0].data.metrics["report/resnet34_localfft/test/auc"] == pytest.approx(0.9)
     printed = capsys.readouterr().out
     assert ids["radial_angular_logreg"] in printed and str(tmp_path / "logs") in printed  # ids and folders

@@ -106,7 +106,8 @@ def run_sweep(search: str, overrides: list[str], root: Path) -> float:
 def search_runs(root: Path, search: str):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns.db'}")
     exp = client.get_experiment_by_name("detectors-genimage_tiny")
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.search = '{search}'")
+    # the trials, not the sweep's parent run (task=sweep), which carries the preset's tags too
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.search = '{search}' and tags.task = 'train'")
 
 
 @pytest.mark.slow
