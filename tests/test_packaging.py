@@ -88,3 +88,25 @@ def test_the_installed_wheel_runs_from_an_empty_folder_and_writes_there(tmp_path
     assert len(reports) == 1
     assert installed_files(site) == shipped  # nothing written into site-packages
     print(f"wheel built, installed and run from an empty folder: {time.perf_counter() - start:.1f} s")
+
+
+def test_project_root_is_suite_root_else_the_checkout_else_the_working_directory(tmp_path, monkeypatch):
+    from experiments import process
+
+    monkeypatch.delenv("SUITE_ROOT", raising=False)
+    assert process.project_root() == ROOT  # a checkout: run.py beside experiments/
+    installed = tmp_path / "site-packages" / "experiments"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(process, "__file__", str(installed / "process.py"))
+    monkeypatch.chdir(tmp_path)
+    assert process.project_root() == tmp_path.resolve()  # an installed package: the working directory
+    monkeypatch.setenv("SUITE_ROOT", str(tmp_path / "elsewhere"))
+    assert process.project_root() == (tmp_path / "elsewhere").resolve()
+
+
+def test_the_configs_are_the_conf_package():
+    from experiments import process
+    from experiments.tasks.cli import CONF_DIR
+
+    assert CONF_DIR == "pkg://conf" and process.conf_dir() == ROOT / "conf"
+    assert (process.conf_dir() / "config.yaml").is_file()
