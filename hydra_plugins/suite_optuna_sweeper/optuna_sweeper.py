@@ -26,7 +26,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
 from hydra.core.plugins import Plugins
@@ -35,16 +34,28 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
 
 
-def distribution_of(override: Override) -> BaseDistribution | str:
+def _optuna():
+    """Optuna, imported when a sweep needs it: Hydra imports every plugin at start, with or without Optuna."""
+    try:
+        import optuna
+    except ImportError as err:
+        raise ImportError("hparams_search=optuna needs optuna>=3 (pip install '.[search]')") from err
+    if int(optuna.__version__.split(".")[0]) < 3:
+        raise ImportError(f"hparams_search=optuna needs optuna>=3, found {optuna.__version__} "
+                          "(pip install '.[search]')")
+    return optuna
+
+
+def distribution_of(override: Override) -> Any:
     """The Optuna distribution of one sweep override, or the value of a plain (fixed) one as an override string."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     if override.is_choice_sweep() or override.is_range_sweep():
@@ -58,16 +69,16 @@ def distribution_of(override: Override) -> BaseDistribution | str:
                      "use choice(...), range(...), interval(lo, hi) or tag(log, interval(lo, hi))")
 
 
-def search_space(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The distributions and the fixed values of ``key=value`` overrides (a later override of a key wins)."""
-    distributions: dict[str, BaseDistribution] = {}
+    distributions: dict[str, Any] = {}
     fixed: dict[str, str] = {}
     for override in OverridesParser.create().parse_overrides(list(arguments)):
         key = override.get_key_element()
         value = distribution_of(override)
         distributions.pop(key, None)
         fixed.pop(key, None)
-        if isinstance(value, BaseDistribution):
+        if not isinstance(value, str):
             distributions[key] = value
         else:
             fixed[key] = value
@@ -78,6 +89,7 @@ def was_pruned(ret: JobReturn) -> bool:
     """Whether the job ended with :class:`optuna.TrialPruned` (or an error raised from or while handling it)."""
     if ret.status != JobStatus.FAILED:
         return False
+    optuna = _optuna()
     err, seen = ret._return_value, set()
     while isinstance(err, BaseException) and id(err) not in seen:
         if isinstance(err, optuna.TrialPruned):
@@ -120,6 +132,7 @@ class OptunaStudySweeper(Sweeper):
             raise ValueError(f"hydra.sweeper.direction: {direction!r}; use one of {', '.join(DIRECTIONS)}")
         if n_trials < 1 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials ({n_trials}) and n_jobs ({n_jobs}) must be at least 1")
+        _optuna()
         self.direction, self.study_name, self.storage = direction, study_name, storage
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.sampler, self.pruner, self.trial_key = sampler, pruner, trial_key
@@ -134,19 +147,21 @@ class OptunaStudySweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.job_idx = 0
 
-    def study(self) -> optuna.Study:
+    def study(self) -> Any:
         """The study: created in ``storage``, or loaded from it when it exists (a resumed search)."""
-        return optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
+        return _optuna().create_study(study_name=self.study_name, storage=open_storage(self.storage),
                                    sampler=self.sampler, pruner=self.pruner, direction=self.direction,
                                    load_if_exists=True)
 
-    def overrides_of(self, trial: optuna.Trial, fixed: dict[str, str]) -> tuple[str, ...]:
+    def overrides_of(self, trial: Any, fixed: dict[str, str]) -> tuple[str, ...]:
         """The job's overrides: the fixed values, the trial's sampled ones and its trial number."""
         return (*(f"{k}={v}" for k, v in fixed.items()), *(f"{k}={v}" for k, v in trial.params.items()),
                 f"{self.trial_key}={trial.number}")
 
-    def tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> BaseException | None:
+    def tell(self, study: Any, trial: Any, ret: JobReturn) -> BaseException | None:
         """Tell the study how one job ended; return the job's error when it failed (not pruned)."""
+        from optuna.trial import TrialState
+
         if was_pruned(ret):
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d: pruned", trial.number)
@@ -186,8 +201,10 @@ class OptunaStudySweeper(Sweeper):
             to_go -= len(trials)
         self.save_results(study)
 
-    def save_results(self, study: optuna.Study) -> None:
+    def save_results(self, study: Any) -> None:
         """Write the best trial so far to ``optimization_results.yaml`` in the sweep folder."""
+        from optuna.trial import TrialState
+
         assert self.config is not None
         finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
         counts = {state.name: sum(t.state == state for t in study.trials) for state in TrialState}
