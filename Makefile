@@ -18,17 +18,19 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r $(LOCK)
-	$(PY) -m pip install --quiet --no-deps -e '.[dev,search]'
+	$(PY) -m pip install --quiet --no-deps -e '.[dev,search,cluster]'
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv and install the suite with the locked versions (requirements-lock.txt)
 
-lock: ## Re-pin requirements-lock.txt: resolve pyproject.toml (with the dev and search extras) in a fresh venv
+# pip freeze --all keeps setuptools (the wheel test builds without build isolation); pip itself is left out
+LOCK_EXTRAS := dev,search,cluster
+lock: ## Re-pin requirements-lock.txt: resolve pyproject.toml (with the dev, search and cluster extras) in a fresh venv
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet -e '.[dev,search]'
-	{ echo "# make lock: pip freeze of a fresh venv of pyproject.toml [dev,search] ($$(.venv-lock/bin/python --version))"; \
-	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	.venv-lock/bin/python -m pip install --quiet -e '.[$(LOCK_EXTRAS)]'
+	{ echo "# make lock: pip freeze of a fresh venv of pyproject.toml [$(LOCK_EXTRAS)] ($$(.venv-lock/bin/python --version))"; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude pip --exclude-editable; } > $(LOCK)
 	rm -rf .venv-lock
 
 demo-data: $(VENV)/.installed ## Build the embedded demo dataset under data/demo (deterministic)

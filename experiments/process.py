@@ -8,7 +8,8 @@ docs/scaling.md). Set ``THP_MEM_ALLOC_ENABLE=0`` in the environment to turn it o
 the kernel's ``transparent_hugepage`` mode is ``never``.
 
 :func:`use_project_root` sets ``SUITE_ROOT`` to the project root (unless already set), so the config's paths and the
-MLflow store (``paths.root_dir``) are the project's own whatever the working directory.
+MLflow store (``paths.root_dir``) are the project's own whatever the working directory: a checkout's folder, or,
+for an installed package, the working directory (never site-packages).
 
 :func:`default_cache_dir` is the user's cache folder, where caches go when the config names none.
 
@@ -38,9 +39,22 @@ def use_huge_pages() -> None:
 
 
 def project_root() -> Path:
-    """The suite's root folder: ``$SUITE_ROOT`` when set, else the checkout that holds ``experiments/``."""
+    """The suite's root folder, where data, run outputs and the MLflow store go: ``$SUITE_ROOT`` when set; else
+    the checkout that holds ``experiments/`` (a clone, or an editable install of one); else, for an installed
+    package (nothing beside it but site-packages), the working directory."""
     env = os.environ.get("SUITE_ROOT")
-    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[1]
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "run.py").is_file() else Path.cwd().resolve()
+
+
+def conf_dir() -> Path:
+    """The folder of the suite's Hydra configs: the ``conf`` package (a checkout's ``conf/``, or the installed
+    package's copy); configs never move with ``SUITE_ROOT``."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("conf")))
 
 
 def use_project_root() -> Path:

@@ -290,10 +290,11 @@ def test_the_file_checks_can_fail():
 #: the source packages whose tests live in a folder of the same name under tests/
 MIRRORED = {"features": "features", "detectors": "detectors", "experiments/data": "data",
             "experiments/evaluation": "evaluation", "experiments/training": "training",
-            "experiments/inference": "inference", "experiments/tasks": "tasks", "experiments/bench": "bench"}
-#: whole-project and ground-floor tests (tracking store, server, process settings) stay at the top of tests/
+            "experiments/inference": "inference", "experiments/tasks": "tasks", "experiments/bench": "bench",
+            "hydra_plugins": "hydra_plugins"}
+#: whole-project and ground-floor tests (tracking store, server, process settings, the wheel) stay at the top of tests/
 TOP_LEVEL_TESTS = {"test_layers.py", "test_huge_pages.py", "test_mlflow_server.py", "test_tracking_store.py",
-                   "test_ui_screenshot.py", "test_progress.py"}
+                   "test_ui_screenshot.py", "test_progress.py", "test_packaging.py"}
 
 
 def test_tests_mirror_the_source_tree():

@@ -25,7 +25,7 @@ alternation, so a slow spell of a shared machine affects each alike. Usage::
 
 from __future__ import annotations
 
-from experiments.process import use_huge_pages
+from experiments.process import conf_dir, use_huge_pages
 
 if __name__ == "__main__":  # an entry point: before torch is imported
     use_huge_pages()
@@ -50,7 +50,7 @@ from experiments.bench import reference_numpy as ref
 from experiments.training.builders import build_kind, without_pretrained_weights
 from features import FFTMagnitude, GaussianBottleneck, LaplacianResidual, LocalPatchFFT, RadialAngularHistogram
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = conf_dir()
 def suite_detectors() -> tuple[str, ...]:
     """The suite's detectors, as ``conf/config.yaml`` lists them (``detectors:``)."""
     from omegaconf import OmegaConf

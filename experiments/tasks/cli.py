@@ -1,6 +1,6 @@
 """The suite's one command: ``python run.py ...`` and ``spectral-suite ...`` (its installed console script).
 
-:func:`main` is the one ``@hydra.main`` (configs: the project's ``conf/``); :func:`run_task` calls the
+:func:`main` is the one ``@hydra.main`` (configs: the project's ``conf/``, found as the package ``pkg://conf``); :func:`run_task` calls the
 function that ``cfg.task.fn`` names. A :class:`experiments.errors.UserError` (a missing ``data.root``, a wrong
 folder layout, an unknown run, ...) ends the command with its message alone and exit status 2;
 ``HYDRA_FULL_ERROR=1`` shows the traceback instead. A run folder that the failed launch left holding nothing
@@ -27,8 +27,9 @@ from experiments.process import use_huge_pages, use_plain_logs, use_project_root
 
 log = logging.getLogger(__name__)
 
-#: the project's config groups, beside this package (``SUITE_ROOT`` moves outputs and the store, not the configs)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+#: the project's config groups: the ``conf`` package, a checkout's ``conf/`` or the installed wheel's copy alike
+#: (``SUITE_ROOT`` moves outputs and the store, not the configs)
+CONF_DIR = "pkg://conf"
 #: what Hydra writes into every run folder before the task starts
 HYDRA_BOOKKEEPING = {".hydra"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,15 +22,19 @@ SPACE_DIR = Path(CONF_DIR) / "hparams_search" / "space"
 SHARED_SPACES = {"cnn"}
 
 
-def has_optuna_sweeper() -> bool:
+def has_optuna() -> bool:
+    """Optuna 3 or later and optuna-integration, as the `search` extra installs them."""
     try:
-        return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-    except ModuleNotFoundError:  # no hydra_plugins namespace at all
+        import optuna
+        import optuna_integration  # noqa: F401
+    except ImportError:
         return False
+    return int(optuna.__version__.split(".")[0]) >= 3
 
 
-HAS_OPTUNA = has_optuna_sweeper()
-needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason="needs hydra-optuna-sweeper (pip install -e '.[search]')")
+HAS_OPTUNA = has_optuna()
+needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason="needs optuna>=3 and optuna-integration "
+                                                         "(pip install -e '.[search]')")
 ABSENT = object()
 
 
@@ -75,13 +78,19 @@ def test_every_space_key_exists_in_its_model_and_is_a_sweep(space, tmp_path):
             assert override.is_discrete_sweep(), f"{space}: the basic sweeper needs a list or choice, got {value}"
 
 
-@needs_optuna
 def test_optuna_search_composes(tmp_path):
+    """The search composes without Optuna installed: the study in the project root, a pruning callback per job."""
     cfg = compose_config(["hparams_search=optuna", "model=spectraforge_dual"], tmp_path)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper._target_.endswith("suite_optuna_sweeper.optuna_sweeper.OptunaStudySweeper")
+    assert sweeper.direction == "maximize" and sweeper.study_name == "spectraforge_dual-demo"
+    assert sweeper.storage == f"sqlite:///{cfg.paths.root_dir}/optuna.db"
     assert cfg.optimized_metric == "val/auc" and cfg.logger.tags.search == "optuna"
     assert "model.net.blur_sigma" in sweep_params(cfg) and sweeper.sampler.seed == cfg.seed
+    pruning = cfg.callbacks.optuna_pruning
+    assert pruning.monitor == "val/auc" and pruning.trial_number is None and pruning.storage == sweeper.storage
+    assert pruning.pruner._target_ == sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+    assert compose_config(["hparams_search=optuna", "monitor_mode=min"], tmp_path).hydra.sweeper.direction == "minimize"
 
 
 # ---------------------------------------------------------------- end to end, on CPU
@@ -94,7 +103,9 @@ TINY = ["data=genimage_tiny", "data.crop_size=32", "data.resize_size=null", "dat
 
 
 def run_sweep(search: str, overrides: list[str], root: Path) -> float:
-    tree = make_genimage_tree(root / "genimage", n=6, size=32)
+    tree = root / "genimage"
+    if not tree.is_dir():
+        make_genimage_tree(tree, n=6, size=32)
     cmd = [sys.executable, "run.py", "-m", f"hparams_search={search}", f"data.root={tree}", *TINY, *overrides]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "SUITE_ROOT": str(root)}, capture_output=True,
@@ -123,6 +134,44 @@ def test_optuna_sweep_logs_every_trial_to_mlflow(tmp_path):
     assert len(results) == 1
     assert yaml.safe_load(results[0].read_text())["best_value"] == pytest.approx(best)
     print(f"2-trial optuna sweep: {seconds:.1f} s")
+
+
+def study_trials(root: Path, name: str = "resnet34_localfft-genimage_tiny"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}").trials
+
+
+ALWAYS_PRUNE = ["~hydra.sweeper.pruner", "+hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:2.0}"]
+
+
+@pytest.mark.slow
+@needs_optuna
+def test_optuna_study_persists_resumes_and_prunes(tmp_path):
+    """Three trials into the SQLite study; the same command again adds two more to the same study (five), and a
+    pruner that prunes every trial (val/auc is never above 2) gets them recorded PRUNED after their first epoch."""
+    import optuna
+
+    space = ["trainer.max_epochs=2", "model.net.patch_size=choice(8,16)"]
+    first = run_sweep("optuna", ["hydra.sweeper.n_trials=3", *space], tmp_path)
+    trials = study_trials(tmp_path)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)  # reported by each job, per epoch
+    assert all(t.params["model.net.patch_size"] in (8, 16) for t in trials)
+    second = run_sweep("optuna", ["hydra.sweeper.n_trials=2", *space, *ALWAYS_PRUNE], tmp_path)
+    trials = study_trials(tmp_path)
+    assert len(trials) == 5 and [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [t.state for t in trials[3:]] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(sorted(t.intermediate_values) == [0] for t in trials[3:])
+    runs = {r.data.tags["mlflow.runName"]: r for r in search_runs(tmp_path, "optuna")}
+    assert sorted(runs) == [f"resnet34_localfft-seed42-trial{n}" for n in range(5)]
+    assert runs["resnet34_localfft-seed42-trial4"].data.tags["pruned"] == "0"
+    results = sorted((tmp_path / "logs").rglob("optimization_results.yaml"))
+    assert len(results) == 2
+    summary = yaml.safe_load(results[-1].read_text())
+    assert summary["trials"] == {"COMPLETE": 3, "PRUNED": 2}
+    assert summary["best_value"] == pytest.approx(max(t.value for t in trials[:3]))
+    print(f"3-trial optuna study: {first:.1f} s, resumed with 2 pruned trials: {second:.1f} s")
 
 
 @pytest.mark.slow

@@ -21,8 +21,6 @@ def test_callbacks_and_optimized_metric_read_monitor(tmp_path):
 
 
 def test_optuna_direction_follows_monitor_mode(tmp_path):
-    import pytest
-
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = compose_config(["hparams_search=optuna", "monitor=val/eer", "monitor_mode=min"], tmp_path)
     assert cfg.hydra.sweeper.direction == "minimize" and cfg.optimized_metric == "val/eer"
+    assert cfg.callbacks.optuna_pruning.monitor == "val/eer"  # the pruner judges the same metric
