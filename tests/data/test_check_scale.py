@@ -189,3 +189,16 @@ def test_adding_a_file_lists_its_folder_again(tmp_path, count_listings):
     assert set(after) - set(before) == {added}
     added.unlink()
     assert ImageWalk(root, index_dir=index).images(root) == before
+
+
+def test_store_lookup_of_a_few_keys_in_a_large_table(tmp_path, monkeypatch):
+    from experiments.data.audit import store as store_module
+
+    fields = (None, "PNG", "RGB", 8, 8, None, None, "", 100)
+    monkeypatch.setattr(store_module, "LOOKUP_BATCH", 3)
+    with CheckStore(tmp_path / "s.sqlite") as store:
+        store.put([(f"f{i}.png", 100, i) for i in range(40)], [fields] * 40)
+        few = [("f3.png", 100, 3), ("f7.png", 100, 7), ("f8.png", 100, 0), ("f9.png", 100, 9), ("nope", 1, 1)]
+        assert store.lookup(few) == [fields, fields, None, fields, None]  # by index, in batches of 3
+        every = [(f"f{i}.png", 100, i) for i in range(40)]
+        assert store.lookup(every) == [fields] * 40  # one pass over the table

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 STORE_VERSION = 1
 #: rows per ``IN (...)`` query (below SQLite's default limit of bound variables)
 LOOKUP_BATCH = 900
+#: read the whole table in one pass when the keys asked for are at least 1/SCAN_ABOVE of its rows
+SCAN_ABOVE = 4
 
 _COLUMNS = ", ".join(CONTENT_FIELDS)
 _SCHEMA = (f"CREATE TABLE IF NOT EXISTS files (relpath TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
@@ -71,11 +73,16 @@ class CheckStore:
         try:
             db = self._connect()
             names = list(dict.fromkeys(k[0] for k in keys))
-            for i in range(0, len(names), LOOKUP_BATCH):
-                batch = names[i:i + LOOKUP_BATCH]
-                rows = db.execute(f"SELECT relpath, size, mtime_ns, {_COLUMNS} FROM files WHERE relpath IN "
-                                  f"({','.join('?' * len(batch))})", batch)
-                found.update((r[0], r[1:]) for r in rows)
+            stored = db.execute("SELECT MAX(rowid) FROM files").fetchone()[0] or 0
+            select = f"SELECT relpath, size, mtime_ns, {_COLUMNS} FROM files"
+            if len(names) * SCAN_ABOVE >= stored:  # most of the table: one pass beats many index look-ups
+                wanted = set(names)
+                found.update((r[0], r[1:]) for r in db.execute(select) if r[0] in wanted)
+            else:
+                for i in range(0, len(names), LOOKUP_BATCH):
+                    batch = names[i:i + LOOKUP_BATCH]
+                    rows = db.execute(f"{select} WHERE relpath IN ({','.join('?' * len(batch))})", batch)
+                    found.update((r[0], r[1:]) for r in rows)
         except (sqlite3.Error, OSError) as err:
             log.warning("data check: cannot read the store %s (%s); the files are inspected again", self.path, err)
             return [None] * len(keys)
