@@ -22,7 +22,7 @@ from experiments.data.dataset import ImageDataset, SampleDataset, collate_skippi
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
 from experiments.data.transforms import Preprocess
-from experiments.data.walk import ImageWalk, SkippedLink
+from experiments.data.walk import ImageWalk, SkippedLink, collector_paused
 from experiments.process import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,8 @@ class DetectorDataModule(L.LightningDataModule):
     def scan(self) -> dict[str, list[Sample]]:
         """Scan the tree into the suite's train / val / test splits (deterministic)."""
         walk = ImageWalk(self.root, self.follow_symlinks, index_dir=self.walk_index_dir)
-        train, val, test = self.layout.splits(self.root, self.selection, walk)
+        with collector_paused():
+            train, val, test = self.layout.splits(self.root, self.selection, walk)
         walk.save_index()
         self.skipped_links = walk.skipped
         if walk.skipped:

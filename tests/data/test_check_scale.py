@@ -202,3 +202,17 @@ def test_store_lookup_of_a_few_keys_in_a_large_table(tmp_path, monkeypatch):
         assert store.lookup(few) == [fields, fields, None, fields, None]  # by index, in batches of 3
         every = [(f"f{i}.png", 100, i) for i in range(40)]
         assert store.lookup(every) == [fields] * 40  # one pass over the table
+
+
+def test_collector_is_paused_during_a_scan_and_resumed_after(monkeypatch):
+    import gc
+
+    from experiments.data.walk import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a failing scan")
+    assert gc.isenabled()

@@ -33,6 +33,7 @@ from experiments.data.audit.report import DEFAULT_MAX_BAD_FRACTION, DataReport, 
 from experiments.data.audit.sampling import DataCheck, stratified_sample
 from experiments.data.audit.store import CheckStore, file_key
 from experiments.data.layouts import Sample
+from experiments.data.walk import collector_paused
 from experiments.safe_paths import plain_name
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def scan_dataset(
     population = len(jobs)
     if used.mode == "sample":
         jobs = [jobs[i] for i in stratified_sample(jobs, used.n, seed)]
-    records, inspected = inspect_with_store(jobs, check_store_path(cache_dir, source.name), workers, progress)
+    with collector_paused():
+        records, inspected = inspect_with_store(jobs, check_store_path(cache_dir, source.name), workers, progress)
     if cache_dir is not None:
         log.info("data check: %d of %d files from the store %s, %d inspected", len(jobs) - inspected, len(jobs),
                  check_store_path(cache_dir, source.name), inspected)
