@@ -107,6 +107,7 @@ def inspect_with_store(jobs: list[tuple[Sample, str]], store_path: Path | None, 
     return records_from(jobs, fields), len(missing)
 
 
+@collector_paused()  # a scan builds a record per file and no cycle (see collector_paused)
 def scan_dataset(
     datamodule_or_splits,
     min_size: int | None = None,
@@ -146,8 +147,7 @@ def scan_dataset(
     population = len(jobs)
     if used.mode == "sample":
         jobs = [jobs[i] for i in stratified_sample(jobs, used.n, seed)]
-    with collector_paused():
-        records, inspected = inspect_with_store(jobs, check_store_path(cache_dir, source.name), workers, progress)
+    records, inspected = inspect_with_store(jobs, check_store_path(cache_dir, source.name), workers, progress)
     if cache_dir is not None:
         log.info("data check: %d of %d files from the store %s, %d inspected", len(jobs) - inspected, len(jobs),
                  check_store_path(cache_dir, source.name), inspected)
