@@ -89,6 +89,9 @@ search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data
 bench: $(VENV)/.installed ## Throughput of features, data loading and training -> reports/bench.{md,csv}
 	$(PY) -m experiments.bench.throughput
 
+bench-scale: $(VENV)/.installed ## Start-up at 10k/50k/200k generated images: walk, data check, an epoch, peak RSS -> reports/bench_scale.{md,csv}
+	$(PY) -m experiments.bench.scale
+
 bench-gpu: $(VENV)/.installed ## GPU: bare step vs Lightning fit (files, cache), memory, finiteness per precision -> reports/bench_gpu.{md,csv}
 	$(PY) -m experiments.bench.gpu
 
@@ -117,4 +120,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out bench bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out bench bench-scale bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean

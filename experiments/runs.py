@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 import mlflow
 from hydra.experimental.callback import Callback
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 #: the filter of every query: training runs that ended normally.
 FINISHED_TRAINING = "tags.task = 'train' and attributes.status = 'FINISHED'"
-MAX_RUNS = 5000
+#: runs per page of a query (MLflow's ``search_runs`` returns at most this many with a token for the next page)
+PAGE_SIZE = 1000
 
 
 class ExperimentNotFound(LookupError, UserError):
@@ -85,8 +86,22 @@ def finished_training_runs(client: mlflow.MlflowClient, experiment_name: str, ex
             + (f". {hint}" if hint else "")
         )
     query = FINISHED_TRAINING + (f" and {extra_filter}" if extra_filter else "")
-    return list(client.search_runs([experiment.experiment_id], filter_string=query,
-                                   order_by=["attributes.start_time DESC"], max_results=MAX_RUNS))
+    return list(all_runs(client, [experiment.experiment_id], query))
+
+
+def all_runs(client: mlflow.MlflowClient, experiment_ids: list[str], filter_string: str = "",
+             order_by: tuple[str, ...] = ("attributes.start_time DESC",), page_size: int | None = None) -> Iterator[Run]:
+    """Every run of the query, however many: page after page of ``page_size`` runs, following MLflow's
+    ``page_token`` until the store has no next page (``search_runs`` alone stops at ``max_results``); None =
+    :data:`PAGE_SIZE`."""
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, order_by=list(order_by),
+                                  max_results=page_size or PAGE_SIZE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def newest_per_key(runs: Iterable[Run], key: Callable[[Run], Hashable | None]) -> list[Run]:

@@ -242,3 +242,29 @@ def test_the_http_policy_sets_mlflows_variables_and_names_an_unknown_setting(mon
     assert "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER" not in os.environ  # null: MLflow's default
     with pytest.raises(UnknownTrackingSetting, match="logger.http.retries is not a setting"):
         apply_http_policy({"retries": 3})
+def test_run_queries_page_through_every_run(tmp_path, monkeypatch):
+    from experiments import runs as run_queries
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'paged.db'}")
+    exp = client.create_experiment("detectors-paged", artifact_location=(tmp_path / "art").as_uri())
+    made = []
+    for i in range(5):
+        run = client.create_run(exp, tags={"task": "train", "model": f"m{i}"}, start_time=1_000 + i)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        made.append(run.info.run_id)
+    client.create_run(exp, tags={"task": "train", "model": "running"}, start_time=2_000)  # not finished
+    seen_pages = []
+    search = client.search_runs
+
+    def recording(*args, **kwargs):
+        page = search(*args, **kwargs)
+        seen_pages.append(len(page))
+        return page
+
+    monkeypatch.setattr(client, "search_runs", recording)
+    monkeypatch.setattr(run_queries, "PAGE_SIZE", 2)
+    found = run_queries.finished_training_runs(client, "detectors-paged")
+    assert [r.info.run_id for r in found] == made[::-1]  # all five, newest first
+    assert seen_pages[:3] == [2, 2, 1]
+    every = list(run_queries.all_runs(client, [exp], page_size=4))
+    assert len(every) == 6

@@ -16,12 +16,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
+from experiments.data.audit.sampling import DataCheck
 from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
 from experiments.data.transforms import Preprocess
-from experiments.data.walk import ImageWalk, SkippedLink
+from experiments.data.walk import ImageWalk, SkippedLink, collector_paused
 from experiments.process import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class DetectorDataModule(L.LightningDataModule):
         follow_symlinks: follow symlinks whose target lies outside ``root`` (default: skip them, count them as
             "link leaves the dataset" and list them in the data check; :mod:`experiments.data.walk`). Links inside
             ``root`` are always followed, each folder entered once.
+        check: how much the data check reads, ``auto``, ``full``, ``sample:N`` or ``off``
+            (:class:`~experiments.data.audit.sampling.DataCheck`).
+        walk_index_dir: keep the folder listings of the walk there (:class:`~experiments.data.walk.WalkIndex`),
+            so the jobs of a sweep list the tree once (None = list it every time).
 
     Under DDP the val and test loaders use Lightning's ``UnrepeatedDistributedSampler``: each image is
     scored by exactly one rank (no padding duplicates), so the torchmetrics computed over the gathered
@@ -128,6 +133,8 @@ class DetectorDataModule(L.LightningDataModule):
         cache: bool = False,
         cache_dir: str | None = None,
         follow_symlinks: bool = False,
+        check: str = "auto",
+        walk_index_dir: str | None = None,
     ) -> None:
         super().__init__()
         if decode not in DECODE_MODES:
@@ -154,6 +161,8 @@ class DetectorDataModule(L.LightningDataModule):
         self.demo = dict(demo) if demo else None
         self.max_bad_fraction = max_bad_fraction
         self.follow_symlinks = bool(follow_symlinks)
+        self.check = str(DataCheck.parse(check))
+        self.walk_index_dir = Path(walk_index_dir) if walk_index_dir else None
         #: the symlinks the scan did not follow (:class:`~experiments.data.walk.SkippedLink`), set by :meth:`scan`
         self.skipped_links: list[SkippedLink] = []
         self.cache = bool(cache)
@@ -198,8 +207,10 @@ class DetectorDataModule(L.LightningDataModule):
 
     def scan(self) -> dict[str, list[Sample]]:
         """Scan the tree into the suite's train / val / test splits (deterministic)."""
-        walk = ImageWalk(self.root, self.follow_symlinks)
-        train, val, test = self.layout.splits(self.root, self.selection, walk)
+        walk = ImageWalk(self.root, self.follow_symlinks, index_dir=self.walk_index_dir)
+        with collector_paused():
+            train, val, test = self.layout.splits(self.root, self.selection, walk)
+        walk.save_index()
         self.skipped_links = walk.skipped
         if walk.skipped:
             reasons = Counter(link.reason for link in walk.skipped)

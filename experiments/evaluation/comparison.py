@@ -1,8 +1,10 @@
 """Paired comparison of detectors scored on the same test images.
 
 Two detectors can only be compared pairwise on identical images: :func:`align` matches the per-image
-predictions of several runs by image path (``predictions_test.csv``, written by ``task=train``) and refuses
-when the sets differ. :func:`pairwise_tests` then runs, for every pair,
+predictions of several runs by image key (``predictions_test.csv``, written by ``task=train``) and refuses
+when the sets differ. :func:`pairing_keys` chooses the key: the content hash of each file, so runs made on
+other mounts or machines pair; for runs written before the hash column, the path relative to ``data.root``,
+then the absolute path, saying so. :func:`pairwise_tests` then runs, for every pair,
 
 * DeLong's test of the two AUROCs (DeLong, DeLong & Clarke-Pearson, 1988), with the interval of the
   difference, and
@@ -43,17 +45,67 @@ class DetectorScores:
     threshold: float = 0.5
 
 
-def read_predictions_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(path, label, prob)`` arrays of a ``predictions_<split>.csv`` (see
+@dataclass
+class PredictionFile:
+    """The columns of one ``predictions_<split>.csv``; ``relpath`` and ``hash`` hold empty strings in files
+    written before those columns."""
+
+    path: np.ndarray
+    relpath: np.ndarray
+    hash: np.ndarray
+    label: np.ndarray
+    prob: np.ndarray
+
+
+def read_prediction_file(path: str | Path) -> PredictionFile:
+    """Every column :func:`align` may pair by, of a ``predictions_<split>.csv`` (see
     :func:`experiments.evaluation.predictions.write_predictions_csv`)."""
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     missing = {"path", "label", "prob"} - set(rows[0] if rows else {})
     if rows and missing:
         raise ValueError(f"{path} lacks the columns {sorted(missing)}; it is not a predictions CSV of task=train")
-    return (np.array([r["path"] for r in rows], dtype=object),
-            np.array([int(r["label"]) for r in rows], dtype=np.int64),
-            np.array([float(r["prob"]) for r in rows], dtype=np.float64))
+
+    def column(name: str) -> np.ndarray:
+        return np.array([r.get(name) or "" for r in rows], dtype=object)
+
+    return PredictionFile(column("path"), column("relpath"), column("hash"),
+                          np.array([int(r["label"]) for r in rows], dtype=np.int64),
+                          np.array([float(r["prob"]) for r in rows], dtype=np.float64))
+
+
+def read_predictions_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(path, label, prob)`` arrays of a ``predictions_<split>.csv``."""
+    found = read_prediction_file(path)
+    return found.path, found.label, found.prob
+
+
+#: what :func:`pairing_keys` pairs images by, best first
+PAIRING = ("hash", "relpath", "path")
+
+
+def pairing_keys(files: Sequence[PredictionFile]) -> tuple[list[np.ndarray], str]:
+    """One key per image of each file, and which column they come from: the content hash when every file has
+    it for every image, else the path relative to ``data.root`` (older runs), else the absolute path (the oldest).
+
+    Files with identical bytes under two names get the hash and their rank among those copies by relative path
+    (then path), so each key is unique and the same on every mount."""
+    for kind in PAIRING:
+        if all(len(f.label) == 0 or all(getattr(f, kind)) for f in files):
+            break
+    if kind != "hash":
+        return [np.asarray(getattr(f, kind), dtype=object) for f in files], kind
+    keys = []
+    for f in files:
+        order = sorted(range(len(f.hash)), key=lambda i: (f.hash[i], f.relpath[i], f.path[i]))
+        key = np.empty(len(order), dtype=object)
+        previous, rank = None, 0
+        for i in order:
+            rank = rank + 1 if f.hash[i] == previous else 0
+            previous = f.hash[i]
+            key[i] = f.hash[i] if rank == 0 else f"{f.hash[i]}#{rank}"
+        keys.append(key)
+    return keys, kind
 
 
 def align(detectors: Sequence[DetectorScores]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from experiments.data.audit.inspection import file_content_hash
 from experiments.evaluation.metrics import (
     ALL_GROUPS,
     binary_metrics,
@@ -146,25 +149,37 @@ def _bounds(prob: np.ndarray, label: np.ndarray, threshold: float, bootstrap: Bo
 
 
 #: Columns of ``predictions_<split>.csv``.
-PREDICTION_COLUMNS = ("index", "path", "label", "generator", "prob")
+PREDICTION_COLUMNS = ("index", "path", "relpath", "hash", "label", "generator", "prob")
 
 
-def write_predictions_csv(pred: Predictions, samples: Sequence[Any], path: str | Path) -> Path:
-    """One row per scored image: ``index, path, label, generator, prob`` (see :data:`PREDICTION_COLUMNS`).
+def write_predictions_csv(pred: Predictions, samples: Sequence[Any], path: str | Path,
+                          hashes: Mapping[str, str] | None = None) -> Path:
+    """One row per scored image: ``index, path, relpath, hash, label, generator, prob`` (:data:`PREDICTION_COLUMNS`).
 
-    ``samples`` are the split's samples (``datamodule.splits[split]``), indexed by ``pred.index``; the path
-    is what ``task=compare`` matches images by. Probabilities are written at full precision (``repr``), so
-    paired tests read exactly the scores the run's metrics were computed from.
+    ``samples`` are the split's samples (``datamodule.splits[split]``), indexed by ``pred.index``. ``relpath`` is
+    the path relative to ``data.root`` and ``hash`` the content hash of the file
+    (:func:`~experiments.data.audit.inspection.content_hash`, the data check's; taken from ``hashes``, by path,
+    or read from the file, empty when it cannot be read): ``task=compare`` pairs images by it, so runs made on
+    other mounts or machines compare. Probabilities are written at full precision (``repr``), so paired tests
+    read exactly the scores the run's metrics were computed from.
     """
     path = Path(path)
+    for index in pred.index:
+        if not 0 <= index < len(samples):
+            raise IndexError(f"prediction index {index} is outside the split's {len(samples)} samples")
+    files = [samples[int(i)].path for i in pred.index]
+    known = dict(hashes or {})
+    missing = [f for f in dict.fromkeys(files) if f not in known]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:  # hashlib releases the GIL
+        known.update(zip(missing, pool.map(file_content_hash, missing)))
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(PREDICTION_COLUMNS)
         for index, label, generator, prob in zip(pred.index, pred.label, pred.generator, pred.prob):
-            if not 0 <= index < len(samples):
-                raise IndexError(f"prediction index {index} is outside the split's {len(samples)} samples")
+            sample = samples[index]
             name = pred.generator_names[generator] if 0 <= generator < len(pred.generator_names) else generator
-            writer.writerow([int(index), samples[index].path, int(label), name, repr(float(prob))])
+            writer.writerow([int(index), sample.path, getattr(sample, "relpath", "") or "", known.get(sample.path) or "",
+                             int(label), name, repr(float(prob))])
     return path
 
 

@@ -17,6 +17,7 @@ from experiments.data.audit import (
     DataReport,
     add_metadata_probe,
     check_bad_fraction,
+    data_check_cache_dir,
     scan_dataset,
     strict_problems,
     write_report,
@@ -32,11 +33,15 @@ def check_data(cfg: DictConfig) -> DataReport:
 
     The report includes the metadata probe (:func:`~experiments.data.audit.add_metadata_probe`): the AUROC of
     real vs synthetic from format, size, JPEG quality and bytes per pixel alone, on the files and after the
-    configured equalizer (``equalizer=extreme``), whose output the leakage warnings then judge."""
+    configured equalizer (``equalizer=extreme``), whose output the leakage warnings then judge. ``data.check``
+    chooses every file, a stratified sample or none; the per-file results are kept under
+    ``paths.cache_dir/data_checks`` (:class:`~experiments.data.audit.store.CheckStore`)."""
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
-    report = scan_dataset(datamodule)
-    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=int(cfg.get("seed", 0) or 0))
+    seed = int(cfg.get("seed", 0) or 0)
+    cache_dir = data_check_cache_dir((cfg.get("paths") or {}).get("cache_dir"))
+    report = scan_dataset(datamodule, cache_dir=cache_dir, seed=seed)
+    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=seed)
     limit = float(datamodule.max_bad_fraction)
     print(report.format_table(limit))
     json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)

@@ -1,8 +1,9 @@
 """``task=compare``: are the differences between the detectors of an experiment significant?
 
 For the newest finished training run of each detector in ``task.experiment_name``, reads the per-image test
-predictions (``predictions_test.csv``), matches the images by path (and refuses when the runs were not
-scored on identical images), and tests every pair of detectors:
+predictions (``predictions_test.csv``), matches the images by content hash (by relative path for runs written
+before the hash column, saying so; refusing when the runs were not scored on identical images), so runs made on
+other mounts or machines compare, and tests every pair of detectors:
 
 * ΔAUROC with DeLong's test (DeLong, DeLong & Clarke-Pearson, 1988): p-value and interval of the difference;
 * McNemar's test (McNemar, 1947) of the errors, each detector at its own val-chosen threshold
@@ -34,8 +35,9 @@ from experiments.evaluation.comparison import (
     PairResult,
     align,
     matrix,
+    pairing_keys,
     pairwise_tests,
-    read_predictions_csv,
+    read_prediction_file,
 )
 from experiments.evaluation.console_tables import print_fitted
 from experiments.evaluation.curves import plot_heatmap
@@ -92,19 +94,26 @@ def load_detectors(client: mlflow.MlflowClient, experiment: str, parent: str | N
     """
     runs = newest_per_key(finished_training_runs(client, experiment, parent=parent),
                           lambda r: tag(r, "model", "") or None)
-    detectors, skipped = [], []
+    found, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in sorted(runs, key=lambda r: tag(r, "model")):
             local = _download_predictions(client, run, Path(tmp))
             if local is None:
                 skipped.append(f"{tag(run, 'model')} (run {run.info.run_id})")
                 continue
-            path, label, prob = read_predictions_csv(local)
-            threshold = float(run.data.metrics.get(THRESHOLD_METRIC, math.nan))
-            if math.isnan(threshold):
-                log.warning("run %s (%s) has no %s; McNemar's test is skipped for it",
-                            run.info.run_id, tag(run, "model"), THRESHOLD_METRIC)
-            detectors.append(DetectorScores(tag(run, "model"), run.info.run_id, path, label, prob, threshold))
+            found.append((run, read_prediction_file(local)))
+    keys, kind = pairing_keys([f for _, f in found])
+    if found and kind != "hash":
+        log.warning("task=compare: images paired by %s: some runs predate the content-hash column of %s, so runs "
+                    "made on different mounts may not pair; retrain them to pair by content",
+                    "relative path" if kind == "relpath" else "absolute path", PREDICTIONS_ARTIFACT)
+    detectors = []
+    for (run, f), key in zip(found, keys):
+        threshold = float(run.data.metrics.get(THRESHOLD_METRIC, math.nan))
+        if math.isnan(threshold):
+            log.warning("run %s (%s) has no %s; McNemar's test is skipped for it",
+                        run.info.run_id, tag(run, "model"), THRESHOLD_METRIC)
+        detectors.append(DetectorScores(tag(run, "model"), run.info.run_id, key, f.label, f.prob, threshold))
     if skipped:
         log.warning("no %s in %s: retrain them to compare them", PREDICTIONS_ARTIFACT, ", ".join(skipped))
     if len(detectors) < 2:

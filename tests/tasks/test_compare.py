@@ -4,15 +4,24 @@ on a synthetic MLflow store with known answers."""
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-from experiments.evaluation.comparison import DetectorScores, MismatchedImages, align, matrix, pairwise_tests
+from experiments.evaluation.comparison import (
+    DetectorScores,
+    MismatchedImages,
+    align,
+    matrix,
+    pairing_keys,
+    pairwise_tests,
+)
 from experiments.evaluation.predictions import PREDICTION_COLUMNS
-from experiments.tasks.compare import NotEnoughDetectors, compare
+from experiments.tasks.compare import NotEnoughDetectors, compare, load_detectors
 from tests.conftest import assert_source_tags, compose_config
 
 N = 200
@@ -81,25 +90,42 @@ def test_mcnemar_uses_each_detectors_own_threshold():
 
 
 # ---------------------------------------------------------------- task=compare on a synthetic store
-def write_predictions(folder: Path, paths, labels, probs) -> Path:
+#: the columns of the predictions files written before the relative path and the content hash
+LEGACY_COLUMNS = ("index", "path", "label", "generator", "prob")
+
+
+def toy_hash(relpath: str) -> str:
+    return hashlib.sha1(relpath.encode()).hexdigest()
+
+
+def write_predictions(folder: Path, paths, labels, probs, root: str = "/data/genimage",
+                      columns: tuple[str, ...] = PREDICTION_COLUMNS) -> Path:
+    """A predictions CSV with ``columns``: ``path`` under ``root``, ``relpath`` the toy path, ``hash`` one per
+    image (the same on every root)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "predictions_test.csv"
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(PREDICTION_COLUMNS)
+        writer.writerow(columns)
         for i, (p, y, s) in enumerate(zip(paths, labels, probs)):
-            writer.writerow([i, p, int(y), "gen_a", repr(float(s))])
+            row = {"index": i, "path": f"{root}/{p}", "relpath": p, "hash": toy_hash(p), "label": int(y),
+                   "generator": "gen_a", "prob": repr(float(s))}
+            writer.writerow([row[c] for c in columns])
     return path
 
 
-def fake_store(tmp_path: Path, detectors: dict[str, tuple]) -> mlflow.MlflowClient:
+def fake_store(tmp_path: Path, detectors: dict[str, tuple], roots: dict[str, str] | None = None,
+               columns: dict[str, tuple[str, ...]] | None = None) -> mlflow.MlflowClient:
     """``detectors-demo`` with one finished training run per detector, its threshold and predictions CSV."""
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp_id = client.create_experiment("detectors-demo", artifact_location=(tmp_path / "mlartifacts").as_uri())
     for name, (paths, labels, probs) in detectors.items():
         run = client.create_run(exp_id, tags={"task": "train", "model": name, "seed": "42"})
         client.log_metric(run.info.run_id, "threshold/val_calibrated", 0.5)
-        client.log_artifact(run.info.run_id, str(write_predictions(tmp_path / "csv" / name, paths, labels, probs)))
+        written = write_predictions(tmp_path / "csv" / name, paths, labels, probs,
+                                    (roots or {}).get(name, "/data/genimage"),
+                                    (columns or {}).get(name, PREDICTION_COLUMNS))
+        client.log_artifact(run.info.run_id, str(written))
         client.set_terminated(run.info.run_id, "FINISHED")
     return client
 
@@ -168,3 +194,49 @@ def test_matrices_fold_to_one_row_per_pair_at_80_columns(capsys, monkeypatch):
     assert "…" not in printed and all(len(line) <= 80 for line in lines if "│" in line)
     assert sum("+0.100 (p=0.0004) *" in line for line in lines) == 6  # each pair once per direction, ΔAUROC
     assert any("radial_angular_logreg" in line and "efficientnet_spatial" in line for line in lines)
+
+
+def test_runs_scored_on_different_mounts_pair_by_content_hash(tmp_path, caplog):
+    paths, labels, probs = toy_scores()
+    order = np.random.default_rng(3).permutation(N)
+    client = fake_store(tmp_path, {"good": (paths, labels, probs["good"]),
+                                   "weak": (paths[order], labels[order], probs["weak"][order])},
+                        roots={"good": "/mnt/cluster/genimage", "weak": "/home/me/data/genimage"})
+    with caplog.at_level(logging.WARNING):
+        detectors = load_detectors(client, "detectors-demo")
+    assert not [r for r in caplog.records if "paired by" in r.message]
+    keys, aligned_labels, aligned = align(detectors)
+    assert set(keys) == {toy_hash(p) for p in paths}
+    by_hash = {toy_hash(p): i for i, p in enumerate(paths)}
+    index = [by_hash[k] for k in keys]
+    np.testing.assert_array_equal(aligned_labels, labels[index])
+    np.testing.assert_array_equal(aligned[1], probs["weak"][index])
+
+
+def test_old_runs_pair_by_relative_path_then_by_path_and_say_so(tmp_path, caplog):
+    paths, labels, probs = toy_scores()
+    old = ("index", "path", "relpath", "label", "generator", "prob")
+    client = fake_store(tmp_path, {"good": (paths, labels, probs["good"]), "weak": (paths, labels, probs["weak"])},
+                        roots={"good": "/mnt/a", "weak": "/mnt/b"}, columns={"weak": old})
+    with caplog.at_level(logging.WARNING):
+        detectors = load_detectors(client, "detectors-demo")
+    assert any("paired by relative path" in r.message for r in caplog.records)
+    assert align(detectors)[0].tolist() == sorted(paths)
+    oldest = fake_store(tmp_path / "oldest", {"good": (paths, labels, probs["good"]),
+                                              "weak": (paths, labels, probs["weak"])},
+                        columns={"good": LEGACY_COLUMNS, "weak": LEGACY_COLUMNS})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        detectors = load_detectors(oldest, "detectors-demo")
+    assert any("paired by absolute path" in r.message for r in caplog.records)
+    assert align(detectors)[0][0].startswith("/data/genimage/")
+
+
+def test_identical_files_get_distinct_hash_keys():
+    from experiments.evaluation.comparison import PredictionFile
+
+    same = PredictionFile(np.array(["/r/b.png", "/r/a.png", "/r/c.png"], dtype=object),
+                          np.array(["b.png", "a.png", "c.png"], dtype=object), np.array(["h1", "h1", "h2"], dtype=object),
+                          np.array([0, 0, 1]), np.array([0.1, 0.1, 0.9]))
+    (keys,), kind = pairing_keys([same])
+    assert kind == "hash" and keys.tolist() == ["h1#1", "h1", "h2"]  # a.png is the first copy by relative path

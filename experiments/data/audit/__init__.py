@@ -1,7 +1,11 @@
 """The data audit: scan a dataset before training and report what would hurt it.
 
-* :mod:`~experiments.data.audit.inspection`: one read of each file (:class:`FileRecord`, the JPEG quality), the
-  threaded scan and its per-file cache;
+* :mod:`~experiments.data.audit.inspection`: one read of each file (:class:`FileRecord`, the JPEG quality, the
+  content hash), the scan in a process pool;
+* :mod:`~experiments.data.audit.store`: the per-file results kept between runs (:class:`CheckStore`, SQLite, keyed
+  by the path relative to the dataset root, size and mtime);
+* :mod:`~experiments.data.audit.sampling`: ``data.check`` (:class:`DataCheck`: every file, a stratified sample,
+  or none);
 * :mod:`~experiments.data.audit.leakage`: duplicates across splits, the real-vs-synthetic leakage warnings and
   the metadata probe;
 * :mod:`~experiments.data.audit.report`: :class:`DataReport`, its table and JSON, ``data_stats.json``;
@@ -12,7 +16,7 @@ The report is returned; the tasks log it (``experiments.tasks.train``, ``experim
 """
 
 from experiments.data.audit.histograms import Histograms, quality_bin, shares, short_side_bin, total_variation
-from experiments.data.audit.inspection import FileRecord, estimate_jpeg_quality, inspect_file
+from experiments.data.audit.inspection import FileRecord, content_hash, estimate_jpeg_quality, inspect_file
 from experiments.data.audit.leakage import (
     DataLeakageWarning,
     DuplicateGroup,
@@ -25,6 +29,7 @@ from experiments.data.audit.leakage import (
 from experiments.data.audit.preflight import (
     PROBE_WARNING_AUROC,
     BadDataError,
+    DataCheckOff,
     PreflightSettings,
     check_bad_fraction,
     data_check_cache_dir,
@@ -33,6 +38,8 @@ from experiments.data.audit.preflight import (
     scan_dataset,
     strict_problems,
 )
+from experiments.data.audit.sampling import DataCheck, stratified_sample
+from experiments.data.audit.store import CheckStore
 from experiments.data.audit.report import (
     DATA_STATS_FILE,
     DEFAULT_MAX_BAD_FRACTION,
@@ -48,5 +55,5 @@ __all__ = [
     "data_check_cache_dir", "estimate_jpeg_quality", "find_duplicates", "inspect_file", "leakage_warnings",
     "loader_min_size", "metadata_features", "metadata_probe_auroc", "preflight", "quality_bin", "scan_dataset",
     "shares", "short_side_bin", "size_statistics", "total_variation", "write_data_stats",
-    "write_report",
+    "write_report", "CheckStore", "DataCheck", "DataCheckOff", "content_hash", "stratified_sample",
 ]

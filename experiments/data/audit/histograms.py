@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
@@ -16,6 +17,7 @@ SHORT_SIDE_EDGES = (0, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 204
 QUALITY_BIN_WIDTH = 5
 
 
+@lru_cache(maxsize=4096)
 def short_side_bin(side: int) -> str:
     """Label of the half-octave bin of ``SHORT_SIDE_EDGES`` holding ``side``, e.g. ``"256-383"``."""
     idx = int(np.searchsorted(SHORT_SIDE_EDGES, side, side="right")) - 1
@@ -56,6 +58,15 @@ class Histograms:
             if r.jpeg_quality is not None:
                 hist.jpeg_quality[r.jpeg_quality] += 1
         return hist
+
+    @classmethod
+    def merged(cls, parts: Iterable["Histograms"]) -> "Histograms":
+        """One histogram of the images of ``parts`` (their counts added)."""
+        out = cls()
+        for h in parts:
+            for name in ("formats", "modes", "short_side", "sizes", "jpeg_quality"):
+                getattr(out, name).update(getattr(h, name))
+        return out
 
     def to_dict(self, top_sizes: int = 10) -> dict[str, dict[str, int]]:
         def plain(counter: Counter) -> dict[str, int]:

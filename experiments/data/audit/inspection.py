@@ -1,6 +1,8 @@
 """What the data check learns about each file, read once: a :class:`FileRecord` (SHA-1 of the bytes, the
-format from the content, size, the estimated JPEG quality, or why the file cannot be decoded), and the threaded
-scan of many files with its per-file cache, so the jobs of a sweep decode a dataset once.
+format from the content, size, the estimated JPEG quality, or why the file cannot be decoded), and the scan of
+many files in a process pool, one worker per core, each sent chunks of files (decoding holds the GIL for part of
+the work, so threads do not scale). :func:`content_hash` is the suite's one hash of a file's bytes: the duplicate
+check, the per-file store (:mod:`~experiments.data.audit.store`) and the predictions files use it.
 
 The JPEG quality is the IJG quality whose scaled standard tables (JPEG Annex K, ITU-T T.81, 1992) are closest
 to the file's quantization tables.
@@ -9,17 +11,15 @@ to the file's quantization tables.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from experiments.data.cache import file_list_key
 from experiments.data.images import UnreadableImage, decode_image
 from experiments.data.layouts import Sample
 from experiments.process import progress_bar
@@ -95,65 +95,88 @@ class FileRecord:
         return min(self.width, self.height)
 
 
+def content_hash(data: bytes) -> str:
+    """The hash of a file's bytes the suite uses everywhere (SHA-1, hex): duplicates, the per-file store and
+    the ``hash`` column of the predictions files."""
+    return hashlib.sha1(data).hexdigest()
+
+
+def file_content_hash(path: str | Path) -> str | None:
+    """:func:`content_hash` of the file at ``path``, or None when it cannot be read."""
+    try:
+        return content_hash(Path(path).read_bytes())
+    except OSError:
+        return None
+
+
 def inspect_file(sample: Sample, split: str) -> FileRecord:
     """Read ``sample.path`` once, hash the bytes and decode them fully; never raises for a bad file."""
-    base = dict(path=sample.path, split=split, generator=sample.generator, label=sample.label)
+    return FileRecord(sample.path, split, sample.generator, sample.label, *inspect_path(sample.path))
+
+
+#: the fields of a :class:`FileRecord` that come from the file (not from the sample): what the store keeps
+CONTENT_FIELDS = ("sha1", "format", "mode", "width", "height", "jpeg_quality", "reason", "detail", "n_bytes")
+
+
+def inspect_path(path: str) -> tuple:
+    """The :data:`CONTENT_FIELDS` of the file at ``path``, as a tuple (cheap to send between processes)."""
     try:
-        data = Path(sample.path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as err:
-        return FileRecord(**base, reason="cannot read file", detail=str(err))
-    sha1 = hashlib.sha1(data).hexdigest()
+        return (None, None, None, 0, 0, None, "cannot read file", str(err), 0)
+    sha1 = content_hash(data)
     try:
-        decoded = decode_image(sample.path, data)
+        decoded = decode_image(path, data)
     except UnreadableImage as err:
-        return FileRecord(**base, sha1=sha1, reason=err.reason, detail=err.detail)
+        return (sha1, None, None, 0, 0, None, err.reason, err.detail, 0)
     width, height = decoded.image.size
-    return FileRecord(
-        **base,
-        sha1=sha1,
-        n_bytes=len(data),
-        format=decoded.format,
-        mode=decoded.mode,
-        width=width,
-        height=height,
-        jpeg_quality=estimate_jpeg_quality(decoded.quantization),
-    )
+    return (sha1, decoded.format, decoded.mode, width, height, estimate_jpeg_quality(decoded.quantization), None,
+            "", len(data))
 
 
-def inspect_all(jobs: list[tuple[Sample, str]], num_threads: int | None, progress: bool) -> list[FileRecord]:
-    threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, progress_bar(
-        len(jobs), "check data", unit="img", enabled=progress
-    ) as bar:
-        records = []
-        for record in pool.map(lambda job: inspect_file(*job), jobs, chunksize=1):
-            records.append(record)
-            bar.update()
-    return records
+def _inspect_chunk(paths: list[str]) -> list[tuple]:
+    return [inspect_path(p) for p in paths]
 
 
-def scan_cache_path(jobs: Sequence[tuple[Sample, str]], cache_dir: str | Path | None) -> Path | None:
-    """Where the per-file results of ``jobs`` (``(sample, split)`` pairs) are cached, or None without a cache."""
-    if cache_dir is None:
-        return None
-    key = file_list_key("data check v2", (s for s, _ in jobs), (split for _, split in jobs))
-    return Path(cache_dir) / f"{key}.json"
+#: below this many files the scan runs in the calling process (a pool costs more than it saves)
+POOL_MIN_FILES = 256
 
 
-def read_cached_scan(path: Path) -> list[FileRecord] | None:
-    """The cached records at ``path``, or None when there are none (or they cannot be read)."""
+def default_workers() -> int:
+    """One inspection process per core this process may use."""
     try:
-        return [FileRecord(**r) for r in json.loads(path.read_text())["records"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
-def write_cached_scan(path: Path, records: list[FileRecord]) -> None:
-    """Write atomically (temporary file, then rename), so a reader never sees half a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"records": [asdict(r) for r in records]}))
-        tmp.replace(path)
-    except OSError as err:  # a read-only cache folder only costs the next job a re-scan
-        log.warning("data check: cannot write the cache %s (%s); the next run scans again", path, err)
+def inspect_paths(paths: Sequence[str], workers: int | None = None, progress: bool = False) -> list[tuple]:
+    """:func:`inspect_path` of every path, in order: in a ``ProcessPoolExecutor`` of ``workers`` processes
+    (None = one per core) fed chunks of files, so the per-task overhead is paid per chunk, not per file."""
+    workers = workers or default_workers()
+    with progress_bar(len(paths), "check data", unit="img", enabled=progress) as bar:
+        if workers <= 1 or len(paths) < POOL_MIN_FILES:
+            out = []
+            for p in paths:
+                out.append(inspect_path(p))
+                bar.update()
+            return out
+        size = max(16, min(512, len(paths) // (workers * 8) or 1))
+        chunks = [list(paths[i:i + size]) for i in range(0, len(paths), size)]
+        out = []
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for part in pool.map(_inspect_chunk, chunks):
+                out += part
+                bar.update(len(part))
+        return out
+
+
+def inspect_all(jobs: Sequence[tuple[Sample, str]], workers: int | None = None,
+                progress: bool = False) -> list[FileRecord]:
+    """One :class:`FileRecord` per ``(sample, split)`` job, inspected by :func:`inspect_paths`."""
+    return records_from(jobs, inspect_paths([s.path for s, _ in jobs], workers, progress))
+
+
+def records_from(jobs: Iterable[tuple[Sample, str]], fields: Iterable[tuple]) -> list[FileRecord]:
+    """:class:`FileRecord` objects of ``jobs`` from their :data:`CONTENT_FIELDS` tuples."""
+    return [FileRecord(s.path, split, s.generator, s.label, *f) for (s, split), f in zip(jobs, fields)]

@@ -66,9 +66,13 @@ class DuplicateGroup:
 
 
 def find_duplicates(records: Iterable[FileRecord]) -> list[DuplicateGroup]:
+    """Groups of readable records with the same content hash, by hash (one count over the hashes first, so only
+    the repeated ones are grouped)."""
+    records = [r for r in records if r.readable and r.sha1]
+    repeated = {h for h, n in Counter(r.sha1 for r in records).items() if n > 1}
     by_hash: dict[str, list[FileRecord]] = defaultdict(list)
     for r in records:
-        if r.readable and r.sha1:
+        if r.sha1 in repeated:
             by_hash[r.sha1].append(r)
     return [
         DuplicateGroup(sha1, tuple((r.split, r.label, r.path) for r in group))

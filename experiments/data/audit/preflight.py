@@ -11,23 +11,37 @@ so a run that stops still records what it found). ``task=check_data`` runs the s
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 from experiments.errors import UserError
-from experiments.data.audit.inspection import inspect_all, read_cached_scan, scan_cache_path, write_cached_scan
+from experiments.data.audit.inspection import (
+    FileRecord,
+    inspect_all,
+    inspect_paths,
+    records_from,
+)
 from experiments.data.audit.leakage import DataLeakageWarning, add_metadata_probe, find_duplicates, leakage_warnings
 from experiments.data.audit.report import DEFAULT_MAX_BAD_FRACTION, DataReport, reason_counts
+from experiments.data.audit.sampling import DataCheck, stratified_sample
+from experiments.data.audit.store import CheckStore, file_key
 from experiments.data.layouts import Sample
+from experiments.data.walk import collector_paused
+from experiments.safe_paths import plain_name
 
 log = logging.getLogger(__name__)
 
 
 class BadDataError(ValueError, UserError):
     """Too many files cannot be used, or a split/class has no usable image at all."""
+
+
+class DataCheckOff(UserWarning):
+    """``data.check=off``: the files were not checked."""
 
 
 
@@ -40,50 +54,102 @@ def loader_min_size(datamodule) -> int:
     return int(prep.crop_size)
 
 
+@dataclass(frozen=True)
+class _Source:
+    splits: dict[str, list[Sample]]
+    root: str | None = None
+    min_size: int = 0
+    skipped_links: list = field(default_factory=list)
+    name: str = "splits"
+    check: str = "auto"
+
+
 def _as_splits(source) -> tuple[dict[str, list[Sample]], str | None, int, list]:
+    found = _source(source)
+    return found.splits, found.root, found.min_size, found.skipped_links
+
+
+def _source(source) -> _Source:
     if isinstance(source, Mapping):
-        return {str(k): list(v) for k, v in source.items()}, None, 0, []
+        return _Source({str(k): list(v) for k, v in source.items()})
     if hasattr(source, "scan") and hasattr(source, "preprocess"):
         splits = getattr(source, "splits", None) or source.scan()
-        return splits, str(source.root), loader_min_size(source), list(getattr(source, "skipped_links", []))
+        return _Source(splits, str(source.root), loader_min_size(source), list(getattr(source, "skipped_links", [])),
+                       str(getattr(source, "name", "dataset")), getattr(source, "check", "auto"))
     raise TypeError(
         f"scan_dataset expects a DetectorDataModule or a dict of split name -> samples, got {type(source).__name__}"
     )
 
 
+def check_store_path(cache_dir: str | Path | None, dataset: str) -> Path | None:
+    """The per-file store of ``dataset`` (``data.name``) under ``cache_dir`` (``<paths.cache_dir>/data_checks``)."""
+    return None if cache_dir is None else Path(cache_dir) / f"{plain_name(dataset, 'data.name')}.sqlite"
+
+
+def inspect_with_store(jobs: list[tuple[Sample, str]], store_path: Path | None, workers: int | None = None,
+                       progress: bool = False) -> tuple[list[FileRecord], int]:
+    """The records of ``jobs``, from the store where a file's relative path, size and mtime match, the others
+    inspected (:func:`~experiments.data.audit.inspection.inspect_paths`) and stored; and how many were inspected."""
+    if store_path is None:
+        return inspect_all(jobs, workers, progress), len(jobs)
+    keys = [file_key(s.path, s.relpath or os.path.abspath(s.path)) for s, _ in jobs]
+    with CheckStore(store_path) as store:
+        fields = store.lookup(keys)
+        missing = [i for i, f in enumerate(fields) if f is None]
+        if missing:
+            fresh = inspect_paths([jobs[i][0].path for i in missing], workers, progress)
+            for i, f in zip(missing, fresh):
+                fields[i] = f
+            store.put((keys[i] for i in missing), fresh)
+    return records_from(jobs, fields), len(missing)
+
+
+@collector_paused()  # a scan builds a record per file and no cycle (see collector_paused)
 def scan_dataset(
     datamodule_or_splits,
     min_size: int | None = None,
-    num_threads: int | None = None,
+    workers: int | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    check: "str | DataCheck | None" = None,
+    seed: int = 0,
 ) -> DataReport:
-    """Read, hash and fully decode every file of every split once, in a thread pool, into a :class:`DataReport`.
+    """Read, hash and fully decode the files of every split once, in a process pool, into a :class:`DataReport`.
 
     Args:
         datamodule_or_splits: a ``DetectorDataModule`` (its splits, scanning the tree if ``setup`` has not run)
             or a dict ``{split: [Sample, ...]}``.
         min_size: shortest usable side in pixels; None = the datamodule's loader limit (:func:`loader_min_size`),
             or 0 for a dict of splits.
-        num_threads: decoding threads (PIL and hashlib release the GIL); None = ``min(16, 2 * cpu count)``.
-        progress: show a tqdm bar.
-        cache_dir: keep the per-file results in ``<cache_dir>/<key>.json``, keyed by every file's path, size,
-            mtime, label, generator and split, so the jobs of a sweep decode the dataset once (None = no cache).
+        workers: inspection processes; None = one per core.
+        progress: show a progress bar.
+        cache_dir: keep the per-file results in ``<cache_dir>/<data.name>.sqlite``
+            (:class:`~experiments.data.audit.store.CheckStore`, keyed by the path relative to the dataset root,
+            size and mtime), so the jobs of a sweep, and the same dataset mounted elsewhere, decode it once.
+        check: ``data.check`` (:class:`~experiments.data.audit.sampling.DataCheck`); None = the datamodule's
+            ``check`` (``auto`` for a dict of splits). The report says which mode was used and why.
+        seed: the seed of the stratified sample.
     """
-    splits, root, default_min, skipped_links = _as_splits(datamodule_or_splits)
-    min_size = default_min if min_size is None else int(min_size)
-    jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
+    source = _source(datamodule_or_splits)
+    min_size = source.min_size if min_size is None else int(min_size)
+    jobs = [(sample, split) for split, samples in source.splits.items() for sample in samples]
     start = time.perf_counter()
-    cached = scan_cache_path(jobs, cache_dir)
-    records = read_cached_scan(cached) if cached is not None else None
-    if records is None:
-        records = inspect_all(jobs, num_threads, progress)
-        if cached is not None:
-            write_cached_scan(cached, records)
-    else:
-        log.info("data check: per-file results from the cache %s", cached)
-    return DataReport(records, min_size, root, time.perf_counter() - start, find_duplicates(records),
-                      skipped_links=skipped_links)
+    used, why = DataCheck.parse(source.check if check is None else check).resolve(len(jobs))
+    log.info("data check: %s", why)
+    if used.mode == "off":
+        warnings.warn(f"{why}: unreadable, too small and duplicate files are not looked for; training stops on "
+                      "none of them (data.check=auto turns the check back on)", DataCheckOff, stacklevel=2)
+        return DataReport([], min_size, source.root, 0.0, [], skipped_links=source.skipped_links, check=why,
+                          population=len(jobs), checked=False)
+    population = len(jobs)
+    if used.mode == "sample":
+        jobs = [jobs[i] for i in stratified_sample(jobs, used.n, seed)]
+    records, inspected = inspect_with_store(jobs, check_store_path(cache_dir, source.name), workers, progress)
+    if cache_dir is not None:
+        log.info("data check: %d of %d files from the store %s, %d inspected", len(jobs) - inspected, len(jobs),
+                 check_store_path(cache_dir, source.name), inspected)
+    return DataReport(records, min_size, source.root, time.perf_counter() - start, find_duplicates(records),
+                      skipped_links=source.skipped_links, check=why, population=population)
 
 
 def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
@@ -95,7 +161,8 @@ def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX
     if report.bad_fraction <= max_bad_fraction and not empty:
         return
     unreadable, small = report.unreadable, report.too_small
-    lines = []
+    lines = [f"(an estimate from a stratified sample of {report.n_images} of {report.population} files; "
+             "data.check=full reads them all)"] if report.sampled else []
     if empty:
         lines += ["A split or class has no usable image left:"] + [f"  - {p}" for p in empty]
     if report.bad_fraction > max_bad_fraction:
@@ -166,7 +233,7 @@ def preflight(datamodule, settings: PreflightSettings = PreflightSettings(),
     The report includes the metadata probe AUROC, raw and after the datamodule's equalizer
     (:func:`~experiments.data.audit.leakage.add_metadata_probe`). ``on_report`` (e.g. the task's logging of the
     counts and the report files) gets the report before the verdict, so a run that stops has recorded why."""
-    report = scan_dataset(datamodule, progress=settings.progress, cache_dir=settings.cache_dir)
+    report = scan_dataset(datamodule, progress=settings.progress, cache_dir=settings.cache_dir, seed=settings.seed)
     add_metadata_probe(report, datamodule.preprocess.equalizer, seed=settings.seed)
     log.info(
         "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s); "

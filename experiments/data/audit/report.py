@@ -50,6 +50,36 @@ class DataReport:
     equalizer: str = ""
     #: the symlinks the scan did not follow (a link out of the dataset, a broken link): not read, listed here
     skipped_links: list[SkippedLink] = field(default_factory=list)
+    #: which ``data.check`` mode was used and why (:meth:`~experiments.data.audit.sampling.DataCheck.resolve`)
+    check: str = ""
+    #: files in the splits; more than ``n_images`` when a sample was checked (0 = ``n_images``)
+    population: int = 0
+    #: False with ``data.check=off``: no file was read
+    checked: bool = True
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the records are a sample of the splits' files (the bad share is then an estimate)."""
+        return self.checked and self.population > len(self.records)
+
+    def _derived(self) -> dict[str, Any]:
+        """The per-record verdicts and per-group histograms, computed in one pass and kept (the report's
+        records do not change once scanned)."""
+        key = (id(self.records), len(self.records), self.min_size)
+        if self._memo.get("key") != key:
+            usable = [r.readable and r.short_side >= self.min_size for r in self.records]
+            groups: dict[tuple[str, str, int], list[FileRecord]] = defaultdict(list)
+            for r in self.records:
+                groups[(r.split, r.generator, r.label)].append(r)
+            order = {s: i for i, s in enumerate(dict.fromkeys(r.split for r in self.records))}
+            groups = dict(sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])))
+            self._memo.clear()
+            self._memo.update(
+                key=key, usable=usable, groups=groups,
+                bad=[r for r, ok in zip(self.records, usable) if not ok],
+                hist={k: Histograms.of(r for r in recs if self.usable(r)) for k, recs in groups.items()})
+        return self._memo
 
     def leakage_view(self) -> "DataReport":
         """The report the leakage warnings judge: the equalized files when an equalizer is configured."""
@@ -64,11 +94,11 @@ class DataReport:
 
     @property
     def unreadable(self) -> list[FileRecord]:
-        return [r for r in self.records if not r.readable]
+        return [r for r in self._derived()["bad"] if not r.readable]
 
     @property
     def too_small(self) -> list[FileRecord]:
-        return [r for r in self.records if r.readable and r.short_side < self.min_size]
+        return [r for r in self._derived()["bad"] if r.readable]
 
     def usable(self, record: FileRecord) -> bool:
         return record.readable and record.short_side >= self.min_size
@@ -76,7 +106,7 @@ class DataReport:
     @property
     def bad_files(self) -> list[FileRecord]:
         """Files a loader would drop: unreadable, or smaller than ``min_size``."""
-        return [r for r in self.records if not self.usable(r)]
+        return list(self._derived()["bad"])
 
     @property
     def bad_fraction(self) -> float:
@@ -93,11 +123,7 @@ class DataReport:
 
     def groups(self) -> dict[tuple[str, str, int], list[FileRecord]]:
         """Records per ``(split, generator, label)``, in a stable order."""
-        out: dict[tuple[str, str, int], list[FileRecord]] = defaultdict(list)
-        for r in self.records:
-            out[(r.split, r.generator, r.label)].append(r)
-        order = {s: i for i, s in enumerate(dict.fromkeys(r.split for r in self.records))}
-        return dict(sorted(out.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])))
+        return dict(self._derived()["groups"])
 
     def group_counts(self, records: list[FileRecord]) -> dict[str, int]:
         return {
@@ -111,24 +137,22 @@ class DataReport:
         self, split: str | None = None, generator: str | None = None, label: int | None = None
     ) -> Histograms:
         """Histograms over the usable images matching the given split / generator / label (None = any)."""
-        return Histograms.of(
-            r for r in self.records
-            if self.usable(r)
-            and (split is None or r.split == split)
-            and (generator is None or r.generator == generator)
-            and (label is None or r.label == label)
+        return Histograms.merged(
+            h for (s, g, lab), h in self._derived()["hist"].items()
+            if (split is None or s == split) and (generator is None or g == generator) and (label is None or lab == label)
         )
 
     def empty_classes(self) -> list[str]:
         """Problems of splits in which a class, or a generator's class, has no usable image."""
         problems, flagged = [], set()
-        for split in dict.fromkeys(r.split for r in self.records):
+        groups = self.groups()
+        for split in dict.fromkeys(s for s, _, _ in groups):
             for label, name in enumerate(CLASS_NAMES):
-                recs = [r for r in self.records if r.split == split and r.label == label]
+                recs = [r for (s, _, lab), rs in groups.items() if s == split and lab == label for r in rs]
                 if not any(self.usable(r) for r in recs):
                     flagged.add((split, label))
                     problems.append(f"the {split} split has no usable {name} image ({_unusable(recs)})")
-        for (split, gen, label), recs in self.groups().items():
+        for (split, gen, label), recs in groups.items():
             if (split, label) not in flagged and not any(self.usable(r) for r in recs):
                 problems.append(
                     f"the {split} split has no usable {CLASS_NAMES[label]} image of generator '{gen}' "
@@ -147,6 +171,7 @@ class DataReport:
             "data/duplicates_across_splits": float(self.cross_split_duplicate_pairs),
             "data/links_skipped": float(len(self.skipped_links)),
             "data/scan_seconds": float(self.seconds),
+            "data/checked_fraction": float(self.n_images / self.population) if self.population else 1.0,
             **{f"data/probe_auroc_{state}": float(value) for state, value in self.probe.items()},
         }
 
@@ -156,6 +181,10 @@ class DataReport:
             "root": self.root,
             "min_size": self.min_size,
             "seconds": round(self.seconds, 3),
+            "check": self.check,
+            "checked": self.checked,
+            "sampled": self.sampled,
+            "population": self.population or self.n_images,
             "images": self.n_images,
             "unreadable_count": len(self.unreadable),
             "too_small_count": len(self.too_small),
@@ -163,7 +192,7 @@ class DataReport:
             "unreadable_reasons": dict(Counter(r.reason for r in self.unreadable)),
             "groups": [
                 {"split": split, "generator": gen, "class": CLASS_NAMES[label], "label": label,
-                 **self.group_counts(recs), **Histograms.of(r for r in recs if self.usable(r)).to_dict()}
+                 **self.group_counts(recs), **self._derived()["hist"][(split, gen, label)].to_dict()}
                 for (split, gen, label), recs in self.groups().items()
             ],
             "unreadable": [
@@ -196,14 +225,18 @@ class DataReport:
         """A readable text report: per-group table, common sizes, bad files, duplicates and leakage warnings."""
         lines = [
             f"Data report: {self.root or '(splits)'}: {self.n_images} images, scanned in {self.seconds:.1f} s",
-            "",
         ]
+        if self.check:
+            lines.append(f"Check: {self.check}")
+        if not self.checked:
+            lines.append("NOT CHECKED: no file was read, so unreadable, too small and duplicate files are unknown")
+        lines.append("")
         header = ("split", "generator", "class", "images", "usable", "unreadable", "too_small",
                   "formats", "short side (px)", "JPEG quality")
         rows = []
         for (split, gen, label), recs in self.groups().items():
             c = self.group_counts(recs)
-            h = Histograms.of(r for r in recs if self.usable(r))
+            h = self._derived()["hist"][(split, gen, label)]
             rows.append((split, gen, CLASS_NAMES[label], c["images"], c["usable"], c["unreadable"], c["too_small"],
                          shares(h.formats, 2), shares(h.short_side, 2), _quality_summary(h.jpeg_quality)))
         lines += _columns(header, rows)
@@ -229,7 +262,8 @@ class DataReport:
         lines += _more(len(links))
 
         cross = [g for g in self.duplicates if len(g.splits) > 1]
-        lines += ["", f"Duplicates across splits: {self.cross_split_duplicate_pairs} pair(s) in {len(cross)} group(s)"
+        lines += ["", f"Duplicates across splits{' (among the sampled files)' if self.sampled else ''}: "
+                  f"{self.cross_split_duplicate_pairs} pair(s) in {len(cross)} group(s)"
                   f" (copies within a split: {self.within_split_duplicates})"]
         for g in cross[:LIST_LIMIT]:
             files = " | ".join(f"{s}/{CLASS_NAMES[lab]}: {p}" for s, lab, p in g.files)
@@ -246,8 +280,10 @@ class DataReport:
         limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
         empty = self.empty_classes()
         verdict = "OK" if self.bad_fraction <= limit and not empty else "TOO MANY: training stops"
-        lines += ["", f"Unusable files: {len(self.bad_files)} of {self.n_images} ({100 * self.bad_fraction:.2f}%), "
-                      f"limit data.max_bad_fraction={limit}: {verdict}"]
+        estimate = (f", an estimate from a stratified sample of {self.n_images} of {self.population} files"
+                    if self.sampled else "")
+        lines += ["", f"Unusable files: {len(self.bad_files)} of {self.n_images} ({100 * self.bad_fraction:.2f}%"
+                      f"{estimate}), limit data.max_bad_fraction={limit}: {verdict}"]
         lines += [f"  - {p}" for p in empty]
         return "\n".join(lines)
 

@@ -59,7 +59,11 @@ class Sample:
 
 def relative_name(path: str | Path, root: str | Path) -> str:
     """``path`` relative to ``root`` as a POSIX string, or its absolute path when it is not under ``root``."""
-    name, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    name, base = os.path.abspath(path), os.path.abspath(root)
+    prefix = base.rstrip("/") + "/"
+    if os.sep == "/" and name.startswith(prefix):  # the common case, without building Path objects
+        return name[len(prefix):]
+    name, base = Path(name), Path(base)
     return (name.relative_to(base) if name.is_relative_to(base) else name).as_posix()
 
 
@@ -171,7 +175,7 @@ def require_dir(path: Path, what: str, ctx: ScanContext) -> None:
         raise ctx.error(f"{what} {path} is not a directory.")
 
 
-def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[Path]:
+def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[str]:
     folder = split_dir / class_name
     if not folder.is_dir():
         found = subfolders(split_dir)
@@ -179,7 +183,7 @@ def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[Pat
             f"class folder {folder} is missing (found: {few(found) if found else 'no sub-folders'}).",
             "If your class folders have other names, set data.layout.real_dir / data.layout.fake_dir.",
         )
-    images = sorted(ctx.walk.images(folder))
+    images = sorted(ctx.walk.image_paths(folder), key=_path_order)
     if not images:
         links = [s for s in ctx.walk.skipped_under(folder) if s.reason == LINK_LEAVES_ROOT]
         if links:
@@ -199,6 +203,12 @@ def class_images(split_dir: Path, class_name: str, ctx: ScanContext) -> list[Pat
 
 def labelled(folder: Path, generator: str, ctx: ScanContext) -> list[Sample]:
     """The samples of ``folder/<real_dir>`` (label 0) and ``folder/<fake_dir>`` (label 1)."""
-    return [Sample(str(p), label, generator, relative_name(p, ctx.root))
+    root = os.path.abspath(ctx.root)
+    return [Sample(path, label, generator, relative_name(path, root))
             for label, cls in ((REAL, ctx.real_dir), (FAKE, ctx.fake_dir))
-            for p in class_images(folder, cls, ctx)]
+            for path in class_images(folder, cls, ctx)]
+
+
+def _path_order(path: str) -> list[str]:
+    """The order of ``Path`` objects (component by component) for path strings."""
+    return path.split(os.sep)

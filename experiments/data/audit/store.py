@@ -1,0 +1,116 @@
+"""The per-file results of the data check, kept between runs in one SQLite database per dataset.
+
+A row is keyed by the file's path relative to the dataset root, its size and its modification time (ns), so
+the same dataset mounted at another path (or copied with its times kept, ``rsync -a``) reuses the results, and a
+rewritten file is inspected again. SQLite (the Python standard library's ``sqlite3``) keeps millions of rows in
+one file, looks them up by primary key, and lets concurrent jobs of a sweep read while one writes (WAL mode).
+A store that cannot be opened or written only costs a re-scan, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from experiments.data.audit.inspection import CONTENT_FIELDS
+
+log = logging.getLogger(__name__)
+
+#: bump when what a row means changes (a new field, another hash)
+STORE_VERSION = 1
+#: rows per ``IN (...)`` query (below SQLite's default limit of bound variables)
+LOOKUP_BATCH = 900
+#: read the whole table in one pass when the keys asked for are at least 1/SCAN_ABOVE of its rows
+SCAN_ABOVE = 4
+
+_COLUMNS = ", ".join(CONTENT_FIELDS)
+_SCHEMA = (f"CREATE TABLE IF NOT EXISTS files (relpath TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+           f"{', '.join(f + ' ' + ('INTEGER' if f in ('width', 'height', 'jpeg_quality', 'n_bytes') else 'TEXT') for f in CONTENT_FIELDS)})")
+
+#: a file's key: ``(path relative to the dataset root, size in bytes, mtime in ns)``; size -1 = cannot stat
+FileKey = tuple[str, int, int]
+
+
+def file_key(path: str, relpath: str) -> FileKey:
+    """``(relpath, size, mtime_ns)`` of the file at ``path`` (size -1 when it cannot be stat-ed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return relpath, -1, 0
+    return relpath, st.st_size, st.st_mtime_ns
+
+
+class CheckStore:
+    """The per-file results of one dataset at ``path`` (``<paths.cache_dir>/data_checks/<dataset>.sqlite``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if version is None or int(version[0]) != STORE_VERSION:
+                db.execute("DROP TABLE IF EXISTS files")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(STORE_VERSION),))
+            db.execute(_SCHEMA)
+            db.commit()
+            self._db = db
+        return self._db
+
+    def lookup(self, keys: Sequence[FileKey]) -> list[tuple | None]:
+        """The stored :data:`~experiments.data.audit.inspection.CONTENT_FIELDS` of each key (None where the file
+        is not stored, or was stored with another size or mtime), in the order of ``keys``."""
+        found: dict[str, tuple] = {}
+        try:
+            db = self._connect()
+            names = list(dict.fromkeys(k[0] for k in keys))
+            stored = db.execute("SELECT MAX(rowid) FROM files").fetchone()[0] or 0
+            select = f"SELECT relpath, size, mtime_ns, {_COLUMNS} FROM files"
+            if len(names) * SCAN_ABOVE >= stored:  # most of the table: one pass beats many index look-ups
+                wanted = set(names)
+                found.update((r[0], r[1:]) for r in db.execute(select) if r[0] in wanted)
+            else:
+                for i in range(0, len(names), LOOKUP_BATCH):
+                    batch = names[i:i + LOOKUP_BATCH]
+                    rows = db.execute(f"{select} WHERE relpath IN ({','.join('?' * len(batch))})", batch)
+                    found.update((r[0], r[1:]) for r in rows)
+        except (sqlite3.Error, OSError) as err:
+            log.warning("data check: cannot read the store %s (%s); the files are inspected again", self.path, err)
+            return [None] * len(keys)
+        out: list[tuple | None] = []
+        for relpath, size, mtime in keys:
+            row = found.get(relpath)
+            out.append(row[2:] if row is not None and size >= 0 and row[0] == size and row[1] == mtime else None)
+        return out
+
+    def put(self, keys: Iterable[FileKey], fields: Iterable[tuple]) -> None:
+        """Store the results of files (keys with size -1, which could not be stat-ed, are not stored)."""
+        rows = [(*k, *f) for k, f in zip(keys, fields) if k[1] >= 0]
+        try:
+            db = self._connect()
+            with db:
+                db.executemany(f"INSERT OR REPLACE INTO files VALUES ({','.join('?' * (3 + len(CONTENT_FIELDS)))})",
+                               rows)
+        except (sqlite3.Error, OSError) as err:
+            log.warning("data check: cannot write the store %s (%s); the next run inspects these files again",
+                        self.path, err)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> "CheckStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
