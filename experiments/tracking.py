@@ -210,6 +210,8 @@ def mlflow_logger(
     run_tags: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     task_experiment_name: str | None = None,
+    register_as: str | None = None,
+    log_mlflow_model: bool = True,
 ) -> MLFlowLogger:
     """The run's ``MLFlowLogger`` (``conf/logger/mlflow.yaml`` builds it by ``_target_``).
 
@@ -222,6 +224,8 @@ def mlflow_logger(
         run_tags: the tags every run carries (model, data, seed, task); the git commit is added.
         tags: the user's extra tags (``logger.tags.<name>=...``, presets).
         task_experiment_name: where the non-training tasks log (read by :func:`task_experiment_name`; unused here).
+        register_as, log_mlflow_model: whether a training run logs its detector as an MLflow model and the
+            registered model it becomes a version of (read by ``task=train``; unused here).
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)
