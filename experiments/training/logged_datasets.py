@@ -80,10 +80,24 @@ def split_datasets(data_name: str, root: str | Path, splits: Mapping[str, Sequen
 def log_split_datasets(client: Any, run_id: str, data_name: str, root: str | Path,
                        splits: Mapping[str, Sequence[Sample]]) -> dict[str, SplitDataset]:
     """Log every split as a dataset input of the run (``client.log_inputs``: ``client`` is the run's
-    ``MlflowClient``, e.g. the Lightning ``MLFlowLogger.experiment``), tagged with its split as context."""
+    ``MlflowClient``, e.g. the Lightning ``MLFlowLogger.experiment``), tagged with its split as context.
+
+    The jobs of a parallel sweep log the same datasets into one experiment at the same moment. A SQL store adds a
+    dataset to the experiment the first time a run logs it, and the job that loses that race gets a unique
+    constraint error; logging again then finds the dataset in place. Each such failure means one more of
+    the splits' datasets now exists, so at most one attempt per split is repeated.
+    """
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     datasets = split_datasets(data_name, root, splits)
-    client.log_inputs(run_id, datasets=[DatasetInput(d._to_mlflow_entity(), tags=[InputTag(CONTEXT_TAG, split)])
-                                        for split, d in datasets.items()])
+    inputs = [DatasetInput(d._to_mlflow_entity(), tags=[InputTag(CONTEXT_TAG, split)]) for split, d in datasets.items()]
+    for attempt in range(len(inputs) + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            break
+        except MlflowException as err:
+            raced = "UNIQUE constraint" in str(err) or "IntegrityError" in str(err)
+            if not raced or attempt == len(inputs):
+                raise
     return datasets

@@ -153,3 +153,17 @@ def test_the_example_is_a_float_batch_of_the_crop_and_the_wrapper_returns_p_synt
     torch.testing.assert_close(prob, torch.sigmoid(net(torch.from_numpy(example))))
     assert pinned(["torch"])[0].startswith("torch==") and "+" not in pinned(["torch"])[0]
     assert pinned(["no-such-distribution-here"]) == ["no-such-distribution-here"]
+
+
+def test_detect_and_ood_stress_take_the_registered_model(sklearn_run, tmp_path):
+    from experiments.tasks.detect import detect
+    from experiments.tasks.ood_stress import resolve_detectors
+
+    run = sklearn_run["run"]
+    folder = Path(sklearn_run["cfg"].data.root) / "gen_a" / "val" / "ai"
+    result = detect(f"models:/{REGISTERED}/1", folder, tracking_uri=_uri(sklearn_run), progress=False)
+    assert len(result.rows) == 4
+    assert result.data_stats is not None and result.val_threshold is not None  # the run's files came with it
+    cfg = compose_config(["task=ood_stress", f"ckpt=[models:/{REGISTERED}/1]"], tmp_path)
+    detectors = resolve_detectors(cfg, sklearn_run["client"], _uri(sklearn_run))
+    assert [(d.ref, d.experiment_id) for d in detectors] == [(run.info.run_id, run.info.experiment_id)]
