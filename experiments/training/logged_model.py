@@ -16,7 +16,11 @@ Serialisation, pickle-free as the run's own weights files are:
   float32 copy of the net with a dynamic batch dimension (``torch.export.Dim.AUTO``; hence a batch of two).
 * scikit-learn pipelines: ``mlflow.sklearn.log_model(serialization_format="skops")`` with the suite's skops
   allow-list (:func:`experiments.training.sklearn_io.trusted_types`) recorded as ``skops_trusted_types``;
-  ``pyfunc`` serves ``predict_proba`` (``(B, 2)``: P(real), P(synthetic)).
+  ``pyfunc`` serves ``predict_proba`` (``(B, 2)``: P(real), P(synthetic)). skops rebuilds only the allowed types;
+  MLflow 3.17 nonetheless refuses to load any scikit-learn model, skops included, under
+  ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` (its default is ``true``), since the allow-list is read from the
+  model's own ``MLmodel``; the suite's loader (:func:`experiments.training.sklearn_io.load_estimator`) checks the
+  types itself.
 
 The pip requirements are given, not inferred: MLflow infers them by loading the model again in a subprocess,
 which costs more than the export itself.

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from omegaconf import open_dict
 
@@ -167,3 +168,33 @@ def test_detect_and_ood_stress_take_the_registered_model(sklearn_run, tmp_path):
     cfg = compose_config(["task=ood_stress", f"ckpt=[models:/{REGISTERED}/1]"], tmp_path)
     detectors = resolve_detectors(cfg, sklearn_run["client"], _uri(sklearn_run))
     assert [(d.ref, d.experiment_id) for d in detectors] == [(run.info.run_id, run.info.experiment_id)]
+
+
+class _Unexportable:
+    """A kind whose detector cannot be logged as an MLflow model."""
+
+    def log_mlflow_model(self, model, example, **log_args):
+        raise RuntimeError("this net does not export")
+
+
+def test_a_detector_that_cannot_be_logged_keeps_the_run_unless_it_was_to_be_registered(sklearn_run, caplog):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from experiments.tasks.train import _log_model
+
+    client = sklearn_run["client"]
+    experiment = client.create_experiment("unexportable")
+    logger = SimpleNamespace(experiment=client, run_id=client.create_run(experiment).info.run_id)
+    cfg = OmegaConf.create({"logger": {"log_mlflow_model": True, "register_as": None}, "data": {"crop_size": 8}})
+    _log_model(cfg, _Unexportable(), None, logger)
+    run = client.get_run(logger.run_id)
+    assert run.data.tags["mlflow_model_error"] == "RuntimeError: this net does not export"
+    assert run.info.status == "RUNNING" and "could not be logged as an MLflow model" in caplog.text
+    cfg.logger.register_as = "never-registered"
+    with pytest.raises(RuntimeError, match="does not export"):
+        _log_model(cfg, _Unexportable(), None, logger)
+    assert client.get_run(logger.run_id).info.status == "FAILED"
+    models = client.search_logged_models(experiment_ids=[experiment])
+    assert len(models) == 2 and all(m.status == LoggedModelStatus.FAILED for m in models)
