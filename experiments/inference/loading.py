@@ -137,7 +137,8 @@ def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
 
 
 def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> LoadedDetector:
-    """Rebuild a detector from its saved config and load its weights safely (``ref``: see :func:`resolve_checkpoint`)."""
+    """Rebuild a detector from its saved config and load its weights safely (``ref``: as
+    :func:`resolve_checkpoint` takes it)."""
     ref = resolve_reference(ref, tracking_uri)
     config, weights = resolve_checkpoint(ref, tracking_uri)
     cfg = without_pretrained_weights(OmegaConf.load(config))  # the trained weights replace ImageNet's

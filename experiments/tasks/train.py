@@ -123,7 +123,8 @@ def _check_registration(logger_cfg: DictConfig) -> None:
                               "logger.log_mlflow_model=false")
     if not str(name).strip() or any(c in str(name) for c in "/@:"):
         raise BadRegistration(f"logger.register_as={name!r}: a registered model name is not empty and holds no "
-                              "'/', '@' or ':' (it is read back as models:/<name>/<version> and models:/<name>@<alias>)")
+                              "'/', '@' or ':' (it is read back as models:/<name>/<version> and "
+                              "models:/<name>@<alias>)")
 
 
 def _log_model(cfg: DictConfig, kind, model, logger) -> None:
