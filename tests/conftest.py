@@ -95,10 +95,13 @@ def genimage_tree(tmp_path: Path) -> Path:
     return make_genimage_tree(tmp_path / "genimage")
 
 
-def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool = False) -> DictConfig:
+def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool = False,
+                   log_mlflow_model: bool = False) -> DictConfig:
     """Compose ``conf/config.yaml`` like ``run.py`` does, with outputs and MLflow under ``tmp_path``.
 
     Tests never download: pretrained weights are switched off unless ``keep_pretrained`` (config checks only).
+    Training runs skip their MLflow model (``logger.log_mlflow_model``: a ``torch.export`` of the net, seconds per
+    run) unless ``log_mlflow_model``; ``tests/training/test_logged_model.py`` tests it.
     """
     from experiments.training.builders import without_pretrained_weights
 
@@ -112,6 +115,8 @@ def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool =
         cfg.paths.output_dir = str(tmp_path / "out")
         cfg.hydra.runtime.output_dir = str(tmp_path / "out")
         cfg.hydra.job.num = 0
+        if cfg.get("logger") is not None and "log_mlflow_model" in cfg.logger:
+            cfg.logger.log_mlflow_model = log_mlflow_model
     HydraConfig.instance().set_config(cfg)
     return cfg
 

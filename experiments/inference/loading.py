@@ -1,4 +1,7 @@
-"""Loading trained detectors from a run folder, a weights file or an MLflow run id.
+"""Loading trained detectors from a run folder, a weights file, an MLflow run id or an MLflow model URI.
+
+``models:/<name>/<version>``, ``models:/<name>@<alias>`` and ``runs:/<run id>/model`` name the training run
+that logged the model (:mod:`experiments.inference.model_uris`); the detector is loaded from that run.
 
 A trained detector is a resolved ``config.yaml`` plus its weights: a plain
 state dict ``<model>.pth`` (loaded with ``torch.load(weights_only=True)``, so no
@@ -22,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
 from experiments.data.transforms import Preprocess
 from experiments.errors import UserError, instantiate
+from experiments.inference.model_uris import is_model_uri, source_run_id
 from experiments.tracking import RUN_ID, download_run_artifact, mlflow_client
 from experiments.training.builders import build_kind, without_pretrained_weights
 from experiments.training.kinds import WEIGHTS_SUFFIXES, DetectorKind, LightningDetector
 
 __all__ = ["RUN_ID", "CheckpointNotFound", "LoadedDetector", "find_calibration", "load_detector",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "resolve_reference"]
 
 
 class CheckpointNotFound(FileNotFoundError, UserError):
@@ -91,9 +95,15 @@ def _weights_in(folder: Path) -> Path | None:
     return None
 
 
+def resolve_reference(ref: str | Path, tracking_uri: str | None = None) -> str | Path:
+    """``ref`` with a ``models:/`` or ``runs:/`` URI replaced by the id of the training run behind it
+    (:func:`experiments.inference.model_uris.source_run_id`); any other reference unchanged."""
+    return source_run_id(str(ref), tracking_uri) if is_model_uri(ref) else ref
+
+
 def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None) -> tuple[Path, Path]:
-    """``(config.yaml, weights)`` for a run folder, a weights file, or an MLflow run id."""
-    ref_str = str(ref)
+    """``(config.yaml, weights)`` for a run folder, a weights file, an MLflow run id or model URI."""
+    ref_str = str(resolve_reference(ref, tracking_uri))
     path = Path(ref_str).expanduser()
     if path.is_dir():
         weights = _weights_in(path)
@@ -104,7 +114,8 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None) -> tupl
         return _download_run(ref_str, tracking_uri)
     else:
         raise CheckpointNotFound(
-            f"ckpt={ref_str} is neither a run folder, a weights file nor an MLflow run id (32 hex characters)"
+            f"ckpt={ref_str} is neither a run folder, a weights file, an MLflow run id (32 hex characters) nor an "
+            "MLflow model URI (models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model)"
         )
     if weights is None:
         raise CheckpointNotFound(f"{path} holds no <model>.pth or <model>.skops file")
@@ -126,7 +137,9 @@ def _download_run(run_id: str, tracking_uri: str | None) -> tuple[Path, Path]:
 
 
 def load_detector(ref: str | Path, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> LoadedDetector:
-    """Rebuild a detector from its saved config and load its weights safely."""
+    """Rebuild a detector from its saved config and load its weights safely (``ref``: as
+    :func:`resolve_checkpoint` takes it)."""
+    ref = resolve_reference(ref, tracking_uri)
     config, weights = resolve_checkpoint(ref, tracking_uri)
     cfg = without_pretrained_weights(OmegaConf.load(config))  # the trained weights replace ImageNet's
     kind = build_kind(cfg, pretrained=False)

@@ -2,7 +2,8 @@
 
 Usage::
 
-    spectral-detect <run id | run folder | weights file> <image or folder> [more images or folders]
+    spectral-detect <run id | run folder | weights file | models:/<name>/<version> | runs:/<run id>/model>
+        <image or folder> [more images or folders]
         [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32] [--tile]
         [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
 
@@ -64,7 +65,8 @@ from experiments.inference.device import DeviceUnavailable, resolve_device
 from experiments.inference.domain import domain_warnings, load_data_stats
 from experiments.inference.file_scoring import score_files
 from experiments.inference.files import collect_images
-from experiments.inference.loading import LoadedDetector, load_detector
+from experiments.inference.loading import LoadedDetector, load_detector, resolve_reference
+from experiments.inference.model_uris import is_model_uri
 from experiments.tracking import RUN_ID
 
 __all__ = ["CSV_COLUMNS", "DetectError", "Detection", "DetectionResult", "Skipped", "detect", "main"]
@@ -106,7 +108,8 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
            batch_size: int = 32, device: str = "cpu", recursive: bool = True, follow_symlinks: bool = False,
            tracking_uri: str | None = None, progress: bool | None = None, calibrated: bool = True,
            tile: bool = False) -> DetectionResult:
-    """Score every image in ``inputs`` with the detector ``ref`` (run id, run folder or weights file).
+    """Score every image in ``inputs`` with the detector ``ref`` (run id, run folder, weights file, or an MLflow
+    model URI: ``models:/<name>/<version>``, ``models:/<name>@<alias>``, ``runs:/<run id>/model``).
 
     ``threshold`` is a probability, ``"val"`` (the run's validation-calibrated threshold; an error when there is
     none) or ``"auto"`` (that threshold when there is one, else 0.5). ``calibrated``: apply the run's val-fitted
@@ -128,7 +131,8 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
         raise DetectError(f"--device {device} was asked for but CUDA is not available; use --device cpu or auto"
                           ) from None
     try:
-        detector = load_detector(ref, tracking_uri=tracking_uri, device=device)
+        run_ref = resolve_reference(ref, tracking_uri)  # a model URI -> its training run, asked once
+        detector = load_detector(run_ref, tracking_uri=tracking_uri, device=device)
     except Exception as err:  # noqa: BLE001 - any failure here means the reference is unusable
         raise DetectError(f"cannot load a detector from {ref}: {err}") from None
     use_calibration = calibrated and detector.calibrator is not None
@@ -150,7 +154,7 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
         raise DetectError(f"cannot rebuild the preprocessing of {ref} from its config: {err}") from None
     rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, tile,
                                    use_calibration)
-    stats = load_data_stats(ref, detector, tracking_uri)
+    stats = load_data_stats(run_ref, detector, tracking_uri)
     return DetectionResult(
         rows=rows, skipped=skipped + unreadable, threshold=float(wanted), val_threshold=val_threshold,
         val_threshold_source=val_source, ignored=ignored, source=str(detector.source), probability=probability,
@@ -221,6 +225,8 @@ def format_summary(result: DetectionResult) -> str:
 
 def detector_line(ref: str, tracking_uri: str | None) -> str:
     """The detector reference, with the MLflow UI link when it is a run id."""
+    if is_model_uri(ref):
+        return f"MLflow model {ref}"
     if not RUN_ID.match(str(ref)) or Path(str(ref)).exists():
         return str(Path(ref).resolve())
     from experiments.tracking import resolve_tracking_uri, run_link
@@ -234,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score images with a trained detector: P(synthetic) and a real/synthetic label for each file.",
         epilog="Exit status: 0 when at least one image was scored, 1 when none was, 2 for bad arguments.",
     )
-    parser.add_argument("ref", help="MLflow run id, run folder (config.yaml + weights) or weights file")
+    parser.add_argument("ref", help="MLflow run id, run folder (config.yaml + weights), weights file, or MLflow "
+                                    "model URI (models:/<name>/<version>, models:/<name>@<alias>, "
+                                    "runs:/<run id>/model)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--out", help="write a CSV with columns path, p_synthetic, label, threshold, status "
                                       "(every file: 'scored' or the reason it was skipped)")

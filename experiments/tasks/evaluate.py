@@ -3,6 +3,7 @@
 Usage::
 
     python run.py task=evaluate ckpt=<MLflow run id | run folder | weights file> [data=... data.root=...]
+    python run.py task=evaluate ckpt=models:/<name>/<version>   # or models:/<name>@<alias>, runs:/<run id>/model
 
 The detector is rebuilt from its own saved config and weights
 (:func:`experiments.inference.loading.load_detector`). The data come from the *current*
@@ -73,7 +74,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run ``task=evaluate`` and return the flat metrics (also in ``<output_dir>/metrics.json``)."""
     if not cfg.get("ckpt"):
         raise MissingCheckpoint(
-            "task=evaluate needs a trained detector: pass ckpt=<MLflow run id | run folder | weights file>, e.g. "
+            "task=evaluate needs a trained detector: pass ckpt=<MLflow run id | run folder | weights file | "
+            "models:/<name>/<version> | runs:/<run id>/model>, e.g. "
             "`python run.py task=evaluate ckpt=logs/train/runs/<run>` (the folder holding config.yaml and the "
             "weights) or `ckpt=<32-hex MLflow run id>`"
         )

@@ -19,8 +19,8 @@ Outputs:
   ``ood_metrics.csv`` (long format, every metric); these are logged to every
   detector run under ``ood_stress/`` and the table is printed.
 
-Which detectors: ``ckpt=<run id | run folder | weights file>`` or a list
-``ckpt=[id1,id2]``; with the default ``ckpt=null`` the latest finished
+Which detectors: ``ckpt=<run id | run folder | weights file | models:/<name>/<version> | runs:/<id>/model>``
+or a list ``ckpt=[id1,id2]``; with the default ``ckpt=null`` the latest finished
 ``task=train`` run of each model of ``task.models`` in the experiment
 ``cfg.logger.experiment_name``. When there is none, the task stops with the command that trains them
 (:class:`~experiments.runs.NoRunsFound`); on the demo data that is ``make demo``'s
@@ -43,7 +43,7 @@ from rich.console import Console
 from experiments.data.perturbations import Perturbation, perturbation_grid, perturbation_order
 from experiments.errors import instantiate
 from experiments.inference.device import resolve_device
-from experiments.inference.loading import load_detector
+from experiments.inference.loading import load_detector, resolve_reference
 from experiments.inference.stress import StressedDetector, deduplicate_labels, evaluate_detectors
 from experiments.inference.stress_tables import ood_metric_items, print_tables, write_curves, write_tables
 from experiments.runs import ExperimentNotFound, NoRunsFound, finished_training_runs, newest_per_key
@@ -99,6 +99,7 @@ def resolve_detectors(cfg: DictConfig, client: mlflow.MlflowClient, tracking_uri
     """Load the detectors named by ``cfg.ckpt``, or the latest training run of each model of ``task.models``."""
     refs = as_ref_list(cfg.get("ckpt"))
     if refs:
+        refs = [str(resolve_reference(ref, tracking_uri)) for ref in refs]  # a model URI -> its training run
         found = [(ref, None) if RUN_ID.match(ref) else (str(Path(ref).resolve()), None) for ref in refs]
     else:
         models = list(cfg.task.models) if cfg.task.get("models") else None

@@ -25,6 +25,7 @@ from experiments.evaluation.calibration import (
 from experiments.data.audit import write_data_stats, write_report
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
+from experiments.errors import UserError
 from experiments.safe_paths import plain_name
 from experiments.training.builders import (
     bootstrap_settings,
@@ -33,6 +34,8 @@ from experiments.training.builders import (
     check_pretrained_weights,
     diagnostics_settings,
 )
+from experiments.training.logged_datasets import log_split_datasets
+from experiments.training.logged_model import MODEL_NAME, log_detector_model
 from experiments.training.resume import RUN_ID_FILE, ResumePoint
 from experiments.training.slurm import in_slurm_job
 
@@ -47,6 +50,7 @@ def train(cfg: DictConfig) -> float | None:
     of the tree, no image opened), the tracking store, and last the pretrained weights (offline told at once).
     """
     plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
+    _check_registration(cfg.logger)
     L.seed_everything(cfg.seed, workers=True)
     resume = _resume_point(cfg)
     datamodule = build_datamodule(cfg)  # config errors (a missing data.root) first: they cost nothing
@@ -84,6 +88,7 @@ def train(cfg: DictConfig) -> float | None:
     if calibrator is not None:  # beside the weights: load_detector (evaluate, detect, ood_stress) finds it there
         tracking.log_artifact(logger, write_calibration(out_dir / CALIBRATION_FILE, calibrator,
                                                         metrics["threshold/val_calibrated"]))
+    _log_model(cfg, kind, model, logger)
     if cfg.get("diagnostics", True):
         write_diagnostics(kind, model, datamodule, test, out_dir, logger, diagnostics_settings(cfg),
                           calibrated_prob=None if calibrator is None else calibrated_probs(calibrator, test.prob),
@@ -104,6 +109,47 @@ def _fit_calibrator(calibrator: type[Calibrator], val) -> Calibrator | None:
         return None
 
 
+class BadRegistration(ValueError, UserError):
+    """``logger.register_as`` cannot be honoured."""
+
+
+def _check_registration(logger_cfg: DictConfig) -> None:
+    """Before anything trains: ``logger.register_as`` needs the run's MLflow model and a name that a
+    ``models:/<name>/<version>`` URI can hold."""
+    name = logger_cfg.get("register_as")
+    if name is None:
+        return
+    if not logger_cfg.get("log_mlflow_model", True):
+        raise BadRegistration(f"logger.register_as={name} registers the run's MLflow model: drop "
+                              "logger.log_mlflow_model=false")
+    if not str(name).strip() or any(c in str(name) for c in "/@:"):
+        raise BadRegistration(f"logger.register_as={name!r}: a registered model name is not empty and holds no "
+                              "'/', '@' or ':' (it is read back as models:/<name>/<version> and "
+                              "models:/<name>@<alias>)")
+
+
+def _log_model(cfg: DictConfig, kind, model, logger) -> None:
+    """Log the detector as the run's MLflow model ``runs:/<run id>/model`` (registered as ``logger.register_as``
+    when set). A detector that cannot be exported leaves the run with its weights file and a warning, unless it
+    was to be registered: then the run fails."""
+    register_as = cfg.logger.get("register_as")
+    if not cfg.logger.get("log_mlflow_model", True):
+        return
+    try:
+        info = log_detector_model(kind, model, int(cfg.data.crop_size), logger.experiment, logger.run_id,
+                                  None if register_as is None else str(register_as))
+    except Exception as err:  # noqa: BLE001 - the trained weights are logged already; say why the model is not
+        log.warning("the detector could not be logged as an MLflow model (%s: %s); runs:/%s/%s is missing, the "
+                    "run's weights file still loads it", type(err).__name__, err, logger.run_id, MODEL_NAME)
+        logger.experiment.set_tag(logger.run_id, "mlflow_model_error", f"{type(err).__name__}: {err}"[:5000])
+        if register_as is not None:  # asked for by name: the run fails rather than end without its version
+            tracking.end_run(logger.experiment, logger.run_id, "FAILED")
+            raise
+        return
+    registered = f", registered as models:/{register_as}/{info.registered_model_version}" if register_as else ""
+    log.info("MLflow model runs:/%s/%s (%s)%s", logger.run_id, MODEL_NAME, info.model_uri, registered)
+
+
 def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: ResumePoint | None) -> Exception | None:
     """Record the config, run id and data checks of a new run, or reopen an interrupted one; return what the data
     check raised (the run is then marked FAILED), for ``fit`` to raise on every rank."""
@@ -112,6 +158,7 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
         (out_dir / RUN_ID_FILE).write_text(logger.run_id)
         logger.experiment.set_tag(logger.run_id, "output_dir", str(out_dir.resolve()))
         tracking.log_metrics(logger, datamodule.counts(), step=0)
+        log_split_datasets(logger.experiment, logger.run_id, datamodule.name, datamodule.root, datamodule.splits)
     else:  # the same MLflow run goes on: params and step-0 records are already there
         logger.experiment.update_run(logger.run_id, status="RUNNING")
         logger.experiment.set_tag(logger.run_id, "resumed_from", str(resume.ckpt))

@@ -108,6 +108,11 @@ class DetectorKind(ABC):
         """The detector with the weights at ``path``, ready to score."""
 
     @abstractmethod
+    def log_mlflow_model(self, model: Any, example: np.ndarray, **log_args: Any) -> Any:
+        """Log the fitted detector as an MLflow model taking ``example``-like float batches
+        (:mod:`experiments.training.logged_model`, which gives ``log_args``); returns MLflow's ``ModelInfo``."""
+
+    @abstractmethod
     def throughput(self, size: int, batch: int, steps: int, device: str = "cpu",
                    precision: str = "32-true", warmup: int = 1) -> Throughput:
         """Training speed on synthetic images of ``size`` px (``make bench``, ``make bench-gpu``)."""
@@ -197,6 +202,12 @@ class LightningDetector(DetectorKind):
         net = self.net_factory()
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.to(device).eval()
+
+    def log_mlflow_model(self, model: torch.nn.Module, example: np.ndarray, **log_args: Any) -> Any:
+        """A ``pt2`` program of the net and its sigmoid (``mlflow.pytorch``, pickle-free)."""
+        from experiments.training.logged_model import log_torch_model
+
+        return log_torch_model(model, example, **log_args)
 
     def throughput(self, size: int, batch: int, steps: int, device: str = "cpu",
                    precision: str = "32-true", warmup: int = 1) -> Throughput:
@@ -310,6 +321,12 @@ class SklearnPipeline(DetectorKind):
         from experiments.training.sklearn_io import load_estimator
 
         return load_estimator(path)
+
+    def log_mlflow_model(self, model, example: np.ndarray, **log_args: Any) -> Any:
+        """The pipeline in skops format (``mlflow.sklearn``, pickle-free), serving ``predict_proba``."""
+        from experiments.training.logged_model import log_sklearn_model
+
+        return log_sklearn_model(model, example, **log_args)
 
     def throughput(self, size: int, batch: int, steps: int, device: str = "cpu",
                    precision: str = "32-true", warmup: int = 1) -> Throughput:

@@ -78,9 +78,18 @@ def load_estimator(path: str | Path):
     import skops.io as sio
 
     path = Path(path)
-    untrusted = sio.get_untrusted_types(file=path)
-    allowed = [t for t in untrusted if t.startswith(("detectors.", "sklearn.", "numpy."))]
+    return sio.load(path, trusted=trusted_types(sio.get_untrusted_types(file=path), str(path)))
+
+
+#: the modules whose types a saved pipeline may hold: the suite's detectors, scikit-learn and NumPy
+TRUSTED_MODULES = ("detectors.", "sklearn.", "numpy.")
+
+
+def trusted_types(untrusted: list[str], source: str) -> list[str]:
+    """The types skops reports as untrusted in ``source``, all of them from :data:`TRUSTED_MODULES`; raises
+    ``ValueError`` naming ``source`` and the others."""
+    allowed = [t for t in untrusted if t.startswith(TRUSTED_MODULES)]
     rejected = sorted(set(untrusted) - set(allowed))
     if rejected:
-        raise ValueError(f"{path} contains types outside the suite and scikit-learn: {rejected}")
-    return sio.load(path, trusted=allowed)
+        raise ValueError(f"{source} contains types outside the suite and scikit-learn: {rejected}")
+    return allowed
