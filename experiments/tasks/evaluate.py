@@ -74,8 +74,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run ``task=evaluate`` and return the flat metrics (also in ``<output_dir>/metrics.json``)."""
     if not cfg.get("ckpt"):
         raise MissingCheckpoint(
-            "task=evaluate needs a trained detector: pass ckpt=<MLflow run id | run folder | weights file | "
-            "models:/<name>/<version> | runs:/<run id>/model>, e.g. "
+            "task=evaluate needs a trained detector: pass ckpt=<MLflow run id | run folder | weights file> or an "
+            "MLflow model URI (models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model), e.g. "
             "`python run.py task=evaluate ckpt=logs/train/runs/<run>` (the folder holding config.yaml and the "
             "weights) or `ckpt=<32-hex MLflow run id>`"
         )
