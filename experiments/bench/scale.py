@@ -15,8 +15,8 @@ parallel once and kept under ``--cache``), each stage runs in its own subprocess
 * ``pack``: ``python run.py task=pack`` where the suite has it (``experiments/tasks/pack.py``), else
   "pack: not available".
 
-Every stage runs in a child forked from the bench once the suite is imported (so no stage pays the imports)
-and reports images/s and its own peak RSS. The bench then checks that the start-up scales: the cost per image
+Every stage runs in a child forked from a fork server that imported the suite once (so no stage pays the
+imports, and no child inherits the threads of a parent that has already computed something) and reports images/s and its own peak RSS. The bench then checks that the start-up scales: the cost per image
 of the walk and the checks at the largest size is within :data:`FLAT_RATIO` of the smallest, and their peak RSS
 grows by less than :data:`MAX_RSS_GROWTH_MB`; it prints PASS or FAIL for each. Usage::
 
@@ -205,9 +205,11 @@ def _stage_child(conn, stage: str, root: Path, work: Path, epoch_images: int) ->
 
 
 def measure(stage: str, root: Path, work: Path, timeout_s: float, epoch_images: int = 0) -> dict:
-    """Run ``stage`` in a child process forked from this one (the suite already imported, so the child pays no
-    start-up): its timing and its own peak RSS (MB; from the fork on, the imports included)."""
-    ctx = multiprocessing.get_context("fork")
+    """Run ``stage`` in a child process forked from the fork server (the suite already imported there, so the child
+    pays no start-up): its timing and its own peak RSS (MB; the imports included). A plain fork of this process
+    could hang in the child when this process has run OpenMP work before (libgomp is not fork-safe)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(SUITE_MODULES)
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_stage_child, args=(send, stage, root, work, epoch_images))
     child.start()
@@ -219,19 +221,14 @@ def measure(stage: str, root: Path, work: Path, timeout_s: float, epoch_images: 
     return got
 
 
-def _import_the_suite() -> None:
-    """Import what the stages use once, before the children are forked."""
-    import lightning  # noqa: F401
-    from hydra import compose  # noqa: F401
-
-    from experiments.data.audit import scan_dataset  # noqa: F401
-    from experiments.training.builders import build_kind  # noqa: F401
+#: what the fork server imports once, before it forks the stages
+SUITE_MODULES = ["lightning", "hydra", "experiments.data.audit", "experiments.training.builders",
+                 "experiments.bench.scale"]
 
 
 def bench(sizes: list[int], train_sizes: list[int], cache: Path, timeout_s: float = 1800.0,
           log=print, epoch_images: dict[str, int] | None = None) -> list[Row]:
     epoch_images = {**EPOCH_IMAGES, **(epoch_images or {})}
-    _import_the_suite()
     rows = []
     for n in sizes:
         start = time.perf_counter()
