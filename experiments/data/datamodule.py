@@ -16,10 +16,11 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
-from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
+from experiments.data.cache import cached_pack, is_cacheable
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
+from experiments.data.shards import PackedSplit, read_info
 from experiments.data.transforms import Preprocess
 from experiments.data.walk import ImageWalk, SkippedLink
 from experiments.process import default_cache_dir
@@ -87,14 +88,15 @@ class DetectorDataModule(L.LightningDataModule):
         max_bad_fraction: fraction of unreadable or too-small files tolerated before training stops.
         split_seed: seed of the deterministic hold-out split (kept apart from the training seed, so a
             multi-seed sweep measures training variance on one fixed split).
-        cache: decode and preprocess each split once into a uint8 array on disk and read batches from it
-            (``experiments.data.cache``); splits with random preprocessing (``random_crop``,
-            ``train_augment``) are still read from the files.
+        cache: decode and preprocess each split once into a decoded LitData pack and read batches from it
+            (``experiments.data.cache``, :mod:`experiments.data.shards`); built in :meth:`prepare_data`. Splits
+            with random preprocessing (``random_crop``, ``train_augment``) are still read from the files.
         cache_dir: where the cache lives (the configs pass ``paths.cache_dir``; None =
             ``$XDG_CACHE_HOME/spectral-detector-suite``); never inside the dataset, which may be read-only.
         follow_symlinks: follow symlinks whose target lies outside ``root`` (default: skip them, count them as
             "link leaves the dataset" and list them in the data check; :mod:`experiments.data.walk`). Links inside
             ``root`` are always followed, each folder entered once.
+        verify: a manifest (:mod:`experiments.data.integrity`) that ``task=check_data`` checks the tree against.
 
     Under DDP the val and test loaders use Lightning's ``UnrepeatedDistributedSampler``: each image is
     scored by exactly one rank (no padding duplicates), so the torchmetrics computed over the gathered
@@ -128,6 +130,7 @@ class DetectorDataModule(L.LightningDataModule):
         cache: bool = False,
         cache_dir: str | None = None,
         follow_symlinks: bool = False,
+        verify: str | None = None,
     ) -> None:
         super().__init__()
         if decode not in DECODE_MODES:
@@ -154,6 +157,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.demo = dict(demo) if demo else None
         self.max_bad_fraction = max_bad_fraction
         self.follow_symlinks = bool(follow_symlinks)
+        self.verify = verify
         #: the symlinks the scan did not follow (:class:`~experiments.data.walk.SkippedLink`), set by :meth:`scan`
         self.skipped_links: list[SkippedLink] = []
         self.cache = bool(cache)
@@ -169,10 +173,23 @@ class DetectorDataModule(L.LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        """Build the demo data (``data=demo``) and the decoded packs of ``data.cache=true``. Lightning calls it
+        on the local rank 0 of every node (``prepare_data_per_node``); the other ranks wait in its barrier."""
         if self.demo is not None:
             from experiments.data.demo import build_demo_dataset
 
             build_demo_dataset(self.root, **self.demo)
+        if self.cache:
+            for split in self.check_layout():
+                self._cached_pack(split)
+
+    def _cached_pack(self, split: str) -> Path | None:
+        """The decoded pack of ``split`` (built when missing), or None when its preprocessing is random."""
+        prep = self.preprocess_of(split)
+        if not is_cacheable(prep):
+            return None
+        return cached_pack(split, self.splits[split], prep, self.cache_dir, root=self.root,
+                           class_names=self.layout.class_names)
 
     def check_layout(self) -> dict[str, list[Sample]]:
         """The splits of :meth:`scan`, scanned once and kept for :meth:`setup`: the layout and class-count errors
@@ -187,9 +204,11 @@ class DetectorDataModule(L.LightningDataModule):
             return
         for split, samples in self.check_layout().items():
             prep = self.preprocess_of(split)
-            if self.cache and is_cacheable(prep):
-                folder = cached_split(samples, prep, self.cache_dir)
-                self.datasets[split] = CachedImageDataset(samples, folder, self.generator_names)
+            folder = self._cached_pack(split) if self.cache else None
+            if folder is not None:
+                n_bad = len(read_info(folder).bad[split])
+                self.datasets[split] = PackedSplit(samples, str(folder / split), self.generator_names, None,
+                                                   n_bad=n_bad)
             else:
                 if self.cache:
                     log.info("data.cache: the %s split has random preprocessing; it is read from the files", split)
@@ -285,7 +304,7 @@ class DetectorDataModule(L.LightningDataModule):
         """Whether ``split`` is read as JPEG bytes for :func:`~experiments.data.device_decode.decode_on_device`:
         with ``data.decode=device``, for a trainer on a CUDA device, when the split is not cached and its
         preprocessing has no PIL transform. Otherwise the workers decode (a warning says why, once)."""
-        if self.decode != "device" or isinstance(self.datasets[split], CachedImageDataset):
+        if self.decode != "device" or isinstance(self.datasets[split], PackedSplit):
             return False
         trainer = getattr(self, "trainer", None)
         prep = self.preprocess_of(split)
@@ -302,8 +321,10 @@ class DetectorDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        sampler = None if shuffle else self._eval_sampler(split)
         workers = self.num_workers
+        if isinstance(self.datasets[split], PackedSplit):
+            return self._streaming_loader(split, shuffle)
+        sampler = None if shuffle else self._eval_sampler(split)
         dataset, collate = self.datasets[split], collate_skipping
         if self._decodes_on_device(split):
             prep = self.preprocess_of(split)
@@ -320,6 +341,27 @@ class DetectorDataModule(L.LightningDataModule):
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             collate_fn=collate,
             drop_last=False,
+            multiprocessing_context=self._worker_context(),
+        )
+
+    def _streaming_loader(self, split: str, shuffle: bool) -> DataLoader:
+        """LitData's ``StreamingDataLoader`` over a packed split: LitData shuffles (per epoch, seeded by
+        ``split_seed``), shards the records by rank and worker, and resumes from the loader's ``state_dict``
+        (which Lightning saves in its checkpoints). Val and test keep every record (``drop_last=False``), each
+        on one rank."""
+        from litdata import StreamingDataLoader
+
+        workers = self.num_workers
+        dataset = self.datasets[split].streaming(shuffle=shuffle, drop_last=None if shuffle else False,
+                                                 seed=self.selection.split_seed)
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            pin_memory=self._pin(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            collate_fn=collate_skipping,
             multiprocessing_context=self._worker_context(),
         )
 

@@ -1,0 +1,304 @@
+"""Sharded, streamable copies of a dataset's splits, written and read with LitData (Lightning AI, ``litdata``).
+
+:func:`write_pack` writes each split once, in parallel (``litdata.optimize``, one process per core by
+default), as LitData chunks under ``<out>/<split>/``; ``out`` is a folder or an object-store URL
+(``s3://...``, as LitData supports). Every record holds
+
+* ``data``: the file's bytes (encoded pack, the default), or ``image``: the preprocessed uint8 crop
+  ``(3, crop, crop)`` (decoded pack, what ``data.cache=true`` builds);
+* ``ok`` (0 for a file that cannot be decoded, or is smaller than the crop in a decoded pack), ``index`` (its
+  place in the split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and
+  ``sha256`` of the file's bytes.
+
+Beside the chunks, ``pack.json`` holds what a reader needs without walking any folder (the mode, the
+preprocessing of a decoded pack, the generators, the class names, the unusable files of each split) and
+``manifest.csv`` the checksummed file list (:mod:`experiments.data.integrity`), whose rows are the splits'
+samples in index order.
+
+:class:`PackedSplit` reads one split: ``litdata.StreamingDataset`` (shuffling, DDP / multi-node sharding by
+rank, resumable iteration through ``StreamingDataLoader.state_dict``) with a transform that decodes and
+preprocesses an encoded record with the same :class:`~experiments.data.transforms.Preprocess` as file
+loading, so batches are identical to those read from the files; unusable records yield ``None`` and
+:func:`~experiments.data.dataset.collate_skipping` counts them as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from experiments.data import integrity
+from experiments.data.dataset import SampleDataset
+from experiments.data.images import UnreadableImage, decode_image
+from experiments.data.layouts import DatasetLayoutError, Sample
+from experiments.data.transforms import ImageTooSmall, Preprocess
+
+#: Bump when the record layout or ``pack.json`` changes.
+PACK_FORMAT = 1
+META_NAME = "pack.json"
+#: LitData's target chunk size: large enough that a chunk read amortises its request on object storage.
+CHUNK_BYTES = "64MB"
+#: the fewest records per packing process: below it a process costs more to start than it saves.
+MIN_PER_WORKER = 256
+ENCODED, DECODED = "encoded", "decoded"
+
+
+class NotAPackError(DatasetLayoutError):
+    """The folder or URL given as a pack holds no ``pack.json``."""
+
+
+def is_remote(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def join(location: str | Path, *names: str) -> str:
+    """``location/names...`` for a folder or a URL."""
+    return "/".join([str(location).rstrip("/"), *names]) if is_remote(location) else str(Path(location, *names))
+
+
+def _upload(local: Path, remote: str) -> None:
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    _get_fs_provider(remote).upload_file(str(local), remote)
+
+
+def _download(remote: str, local: Path) -> bool:
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    provider = _get_fs_provider(remote)
+    if not provider.exists(remote):
+        return False
+    provider.download_file(remote, str(local))
+    return True
+
+
+@dataclass(frozen=True)
+class Bad:
+    """An unusable file of a split, as the pack reports it."""
+
+    relpath: str
+    reason: str
+
+
+@dataclass
+class PackInfo:
+    """The contents of ``pack.json``."""
+
+    mode: str
+    generators: list[str]
+    class_names: list[str]
+    counts: dict[str, int]
+    bad: dict[str, list[Bad]]
+    root: str
+    preprocess: str | None = None
+    format: int = PACK_FORMAT
+
+    def to_json(self) -> str:
+        d = dict(self.__dict__)
+        d["bad"] = {s: [b.__dict__ for b in bad] for s, bad in self.bad.items()}
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PackInfo":
+        d = json.loads(text)
+        d["bad"] = {s: [Bad(**b) for b in bad] for s, bad in d["bad"].items()}
+        return cls(**d)
+
+    @property
+    def n_bad(self) -> int:
+        return sum(len(b) for b in self.bad.values())
+
+
+def not_a_pack(location: str | Path) -> NotAPackError:
+    return NotAPackError(
+        f"{location} is not a packed dataset (no {META_NAME}). Write one first with "
+        f"`python run.py task=pack data=<layout> data.root=/path/to/dataset pack.out={location}`, "
+        f"then read it with data=packed data.root={location}"
+    )
+
+
+def read_info(location: str | Path) -> PackInfo:
+    """The ``pack.json`` of the pack at ``location`` (folder or URL); :class:`NotAPackError` when it has none."""
+    if is_remote(location):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / META_NAME
+            if not _download(join(location, META_NAME), local):
+                raise not_a_pack(location)
+            return PackInfo.from_json(local.read_text())
+    path = Path(location) / META_NAME
+    if not path.is_file():
+        raise not_a_pack(location)
+    return PackInfo.from_json(path.read_text())
+
+
+def read_entries(location: str | Path) -> list[integrity.Entry]:
+    """The manifest rows of the pack at ``location`` (each split's samples in index order)."""
+    if is_remote(location):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / integrity.MANIFEST_NAME
+            if not _download(join(location, integrity.MANIFEST_NAME), local):
+                raise not_a_pack(location)
+            return integrity.read_manifest(local)
+    return integrity.read_manifest(Path(location) / integrity.MANIFEST_NAME)
+
+
+class _Record:
+    """``litdata.optimize``'s function: the record of sample ``index`` of one split (picklable, for its workers)."""
+
+    def __init__(self, samples: Sequence[Sample], entries: Sequence[integrity.Entry], split: str,
+                 preprocess: Preprocess | None, status_dir: str) -> None:
+        self.samples, self.entries, self.split = list(samples), list(entries), split
+        self.preprocess, self.status_dir = preprocess, status_dir
+
+    def __call__(self, index: int) -> dict:
+        sample, entry = self.samples[index], self.entries[index]
+        try:
+            data = Path(sample.path).read_bytes()
+        except OSError:
+            data = b""
+        reason = ""
+        try:
+            image = decode_image(sample.path, data).image
+            crop = self.preprocess(image).numpy() if self.preprocess is not None else None
+        except UnreadableImage as err:
+            reason, crop = err.reason, None
+        except ImageTooSmall as err:
+            reason, crop = f"too small: {err}", None
+        if reason:
+            with open(os.path.join(self.status_dir, f"{os.getpid()}.jsonl"), "a") as f:
+                f.write(json.dumps({"index": index, "relpath": entry.relpath, "reason": reason}) + "\n")
+        record = {"ok": int(not reason), "index": index, "label": int(sample.label), "generator": sample.generator,
+                  "split": self.split, "relpath": entry.relpath, "sha256": entry.sha256}
+        if self.preprocess is None:
+            record["data"] = data
+        else:
+            c = self.preprocess.crop_size
+            record["image"] = crop if crop is not None else np.zeros((3, c, c), dtype=np.uint8)
+        return record
+
+
+def _bad_of(status_dir: Path) -> list[Bad]:
+    rows = [json.loads(line) for f in sorted(status_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    return [Bad(r["relpath"], r["reason"]) for r in sorted(rows, key=lambda r: r["index"])]
+
+
+def _start_method() -> str:
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def write_pack(splits: dict[str, Sequence[Sample]], out: str | Path, root: str | Path,
+               class_names: Sequence[str], preprocess: Preprocess | None = None,
+               workers: int | None = None, chunk_bytes: str | int = CHUNK_BYTES) -> PackInfo:
+    """Write ``splits`` as a pack at ``out`` (folder or URL): encoded file bytes, or the ``preprocess`` crops
+    (a decoded pack; ``preprocess`` must be deterministic). ``workers`` = LitData's ``num_workers`` (None = one
+    per core). A local pack is written into a temporary folder beside ``out`` and renamed when complete, so a
+    reader never sees half a pack. Returns what ``pack.json`` holds."""
+    workers = integrity.default_workers() if workers is None else max(1, int(workers))
+    entries = integrity.build_manifest(splits, workers)
+    remote = is_remote(out)
+    if not remote:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{Path(str(out)).name}-", dir=None if remote else Path(out).parent))
+    target = out if remote else staging
+    bad: dict[str, list[Bad]] = {}
+    try:
+        from litdata import optimize
+
+        start = 0
+        for split, samples in splits.items():
+            split_entries = entries[start:start + len(samples)]
+            start += len(samples)
+            status = staging / f".status-{split}"
+            status.mkdir()
+            optimize(_Record(samples, split_entries, split, preprocess, str(status)), list(range(len(samples))),
+                     join(target, split), num_workers=max(1, min(workers, len(samples) // MIN_PER_WORKER)), chunk_bytes=chunk_bytes,
+                     reorder_files=False, keep_data_ordered=True, verbose=False, start_method=_start_method())
+            bad[split] = _bad_of(status)
+            shutil.rmtree(status)
+        info = PackInfo(mode=ENCODED if preprocess is None else DECODED,
+                        generators=sorted({s.generator for v in splits.values() for s in v}),
+                        class_names=list(class_names), counts={s: len(v) for s, v in splits.items()}, bad=bad,
+                        root=str(root), preprocess=None if preprocess is None else repr(preprocess))
+        integrity.write_manifest(entries, staging / integrity.MANIFEST_NAME)
+        (staging / META_NAME).write_text(info.to_json())
+        if remote:  # the metadata last: a pack without pack.json is not read
+            _upload(staging / integrity.MANIFEST_NAME, join(out, integrity.MANIFEST_NAME))
+            _upload(staging / META_NAME, join(out, META_NAME))
+        else:
+            try:
+                staging.rename(out)
+            except OSError:  # another process finished the same pack first
+                if not (Path(out) / META_NAME).is_file():
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def samples_of(entries: Sequence[integrity.Entry], root: str) -> dict[str, list[Sample]]:
+    """The splits of a pack's manifest rows, as :class:`Sample` (paths under the original ``root``)."""
+    out: dict[str, list[Sample]] = {}
+    for e in entries:
+        out.setdefault(e.split, []).append(Sample(join(root, e.relpath), e.label, e.generator, e.relpath))
+    return out
+
+
+class DecodeRecord:
+    """LitData transform: a record -> the batch item of :class:`~experiments.data.dataset.SampleDataset`, or
+    ``None`` when the record is unusable (decoded and preprocessed here for an encoded pack)."""
+
+    def __init__(self, preprocess: Preprocess | None, generator_index: dict[str, int]) -> None:
+        self.preprocess, self.generator_index = preprocess, generator_index
+
+    def __call__(self, record: dict) -> dict | None:
+        if not record["ok"]:
+            return None
+        if "image" in record:
+            image = torch.as_tensor(record["image"])
+        else:
+            try:
+                image = self.preprocess(decode_image(record["relpath"], record["data"]).image)
+            except (UnreadableImage, ImageTooSmall):
+                return None
+        return {"image": image, "label": torch.tensor(float(record["label"])),
+                "generator": torch.tensor(self.generator_index[record["generator"]]),
+                "index": torch.tensor(int(record["index"]))}
+
+
+class PackedSplit(SampleDataset):
+    """One split of a pack: its samples (from the pack's manifest, in index order) and its LitData chunks.
+
+    ``dataset[i]`` reads record ``i`` (random access, for checks and tests); :meth:`streaming` makes the
+    ``litdata.StreamingDataset`` a loader iterates (one per loader, so a shuffled and an ordered loader of the
+    same split do not share state).
+    """
+
+    def __init__(self, samples: Sequence[Sample], location: str, generator_names: Sequence[str],
+                 preprocess: Preprocess | None, cache_dir: str | None = None, n_bad: int = 0) -> None:
+        super().__init__(samples, generator_names)
+        self.location, self.preprocess, self.cache_dir = location, preprocess, cache_dir
+        self.n_bad = n_bad
+        self._reader = None
+
+    def streaming(self, shuffle: bool = False, drop_last: bool | None = None, seed: int = 0):
+        from litdata import StreamingDataset
+
+        return StreamingDataset(self.location, cache_dir=self.cache_dir, shuffle=shuffle, drop_last=drop_last,
+                                seed=seed, transform=DecodeRecord(self.preprocess, self.generator_index))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None}
+
+    def __getitem__(self, index: int) -> dict | None:
+        if self._reader is None:
+            self._reader = self.streaming()
+        return self._reader[int(index)]

@@ -1,0 +1,146 @@
+"""Packs (``task=pack`` / ``data=packed``): the same batches and the same detector scores as the files, the
+unusable files counted, resumable shuffled iteration, and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from experiments.data.integrity import read_manifest
+from experiments.data.layouts import DatasetLayoutError
+from experiments.data.packed import PackedDataModule
+from experiments.data.shards import NotAPackError, PackedSplit, read_info, write_pack
+from experiments.training.sklearn_io import collect_features
+from tests.conftest import compose_config, make_genimage_tree, small_datamodule as _dm
+
+SMALL = dict(crop_size=24, resize_size=None, batch_size=8, num_workers=0, val_fraction=0.25)
+
+
+def _all(loader) -> dict:
+    images, idx, skipped = [], [], 0
+    for b in loader:
+        skipped += int(b["skipped"])
+        if not b.get("empty"):
+            images.append(b["image"])
+            idx.append(b["index"])
+    return {"image": torch.cat(images), "index": torch.cat(idx), "skipped": skipped}
+
+
+def _packed(location, tmp_path, **kw) -> PackedDataModule:
+    dm = PackedDataModule(name="packed", root=str(location), cache_dir=str(tmp_path / "c"), **{**SMALL, **kw})
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """2 generators x 2 classes x 6 images of 32 px per folder, one empty and one broken file among them."""
+    root = make_genimage_tree(tmp_path_factory.mktemp("tree") / "g", n=6, size=32)
+    (root / "gen_a" / "val" / "ai" / "empty.png").write_bytes(b"")
+    (root / "gen_b" / "train" / "nature" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+@pytest.mark.parametrize("decoded", [False, True], ids=["encoded", "decoded"])
+def test_pack_batches_equal_file_batches(tree, tmp_path, decoded):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    info = write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names,
+                      preprocess=files.preprocess if decoded else None, workers=2)
+    assert info.mode == ("decoded" if decoded else "encoded") and info.n_bad == 2
+    packed = _packed(tmp_path / "pack", tmp_path)
+    assert packed.generator_names == files.generator_names == ["gen_a", "gen_b"]
+    for split in ("train", "val", "test"):
+        assert isinstance(packed.datasets[split], PackedSplit)
+        assert [s.relpath for s in packed.splits[split]] == [s.relpath for s in files.splits[split]]
+        a, b = _all(files._loader(split, shuffle=False)), _all(packed._loader(split, shuffle=False))
+        assert torch.equal(a["index"], b["index"]), split
+        assert torch.equal(a["image"], b["image"]), split  # bit for bit
+        assert a["skipped"] == b["skipped"]
+    assert sum(_all(packed._loader(s, False))["skipped"] for s in packed.splits) == 2
+
+
+def test_pack_records_hashes_and_unusable_files(tree, tmp_path):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
+    info = read_info(tmp_path / "pack")
+    assert {b.relpath: b.reason for bad in info.bad.values() for b in bad} == {
+        "gen_a/val/ai/empty.png": "empty file", "gen_b/train/nature/broken.png": "truncated"}
+    rows = read_manifest(tmp_path / "pack" / "manifest.csv")
+    assert len(rows) == sum(len(v) for v in files.splits.values())
+    row = rows[0]
+    data = (tree / row.relpath).read_bytes()
+    assert row.size == len(data) and row.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_trained_detector_scores_identically_from_pack_and_files(tree, tmp_path):
+    cfg = compose_config(["model=radial_angular_logreg", "model.estimator.features.n_radial=16",
+                          "model.estimator.features.n_angular=8"], tmp_path)
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
+    packed = _packed(tmp_path / "pack", tmp_path)
+    fitted = []
+    for dm in (files, packed):
+        pipeline = instantiate(cfg.model.estimator)
+        x, y, _, _ = collect_features(dm._loader("train", shuffle=False), pipeline[:1])
+        pipeline[1:].fit(x, y)
+        fitted.append(pipeline)
+    for split in ("val", "test"):
+        probs = []
+        for pipeline, dm in zip(fitted, (files, packed)):
+            x, _, _, index = collect_features(dm._loader(split, shuffle=False), pipeline[:1])
+            probs.append((pipeline[1:].predict_proba(x)[:, 1], index))
+        np.testing.assert_array_equal(probs[0][1], probs[1][1])
+        np.testing.assert_array_equal(probs[0][0], probs[1][0])  # same predictions, exactly
+
+
+def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
+    packed = _packed(tmp_path / "pack", tmp_path, batch_size=4)
+    loader = packed.train_dataloader()
+    full = torch.cat([b["index"] for b in loader]).tolist()
+    usable = sorted(set(range(len(files.splits["train"]))) - {12})  # gen_b/train/nature/broken.png is skipped
+    assert files.splits["train"][12].relpath == "gen_b/train/nature/broken.png"
+    assert sorted(full) == usable != full  # every usable image once, shuffled
+    interrupted = packed.train_dataloader()
+    seen = []
+    for i, batch in enumerate(interrupted):
+        seen.append(batch["index"])
+        if i == 1:
+            state = interrupted.state_dict()
+            break
+    resumed = packed.train_dataloader()
+    resumed.load_state_dict(state)
+    rest = [b["index"] for b in resumed]
+    assert len(seen) == 2 and sorted(torch.cat(seen + rest).tolist()) == usable  # the rest of the same epoch
+
+
+def test_packed_on_a_folder_that_is_not_a_pack_names_it(tree, tmp_path):
+    with pytest.raises(NotAPackError, match=r"g is not a packed dataset.*task=pack"):
+        _packed(tree, tmp_path)
+    with pytest.raises(DatasetLayoutError, match=r"nowhere does not exist.*task=pack"):
+        _packed(tmp_path / "nowhere", tmp_path)
+
+
+def test_pack_task_end_to_end_and_missing_out(tree, tmp_path):
+    from experiments.tasks.pack import pack
+
+    common = ["task=pack", "data=genimage_tiny", f"data.root={tree}", "data.crop_size=24", "data.resize_size=null",
+              "data.val_fraction=0.25"]
+    cfg = compose_config([*common, f"pack.out={tmp_path / 'pack'}", "pack.workers=1"], tmp_path)
+    info = pack(cfg)
+    assert sum(info.counts.values()) == 50 and info.counts["test"] == 25 and info.n_bad == 2
+    assert (tmp_path / "pack" / "manifest.csv").is_file()
+    read = compose_config(["data=packed", f"data.root={tmp_path / 'pack'}", "data.crop_size=24",
+                           "data.resize_size=null", "data.num_workers=0"], tmp_path)
+    dm = instantiate(read.data)
+    assert isinstance(dm, PackedDataModule)
+    dm.setup()
+    assert len(_all(dm.test_dataloader())["image"]) == 24
+    with pytest.raises(DatasetLayoutError, match=r"pack.out is not set"):
+        pack(compose_config(common, tmp_path))
