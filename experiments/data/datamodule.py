@@ -352,8 +352,9 @@ class DetectorDataModule(L.LightningDataModule):
         from litdata import StreamingDataLoader
 
         workers = self.num_workers
-        dataset = self.datasets[split].streaming(shuffle=shuffle, drop_last=None if shuffle else False,
-                                                 seed=self.selection.split_seed)
+        packed = self.datasets[split]
+        dataset = packed.streaming(shuffle=shuffle, drop_last=None if shuffle else False,
+                                   seed=self.selection.split_seed)
         return StreamingDataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -361,7 +362,7 @@ class DetectorDataModule(L.LightningDataModule):
             pin_memory=self._pin(),
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
-            collate_fn=collate_skipping,
+            collate_fn=packed.collate(),
             multiprocessing_context=self._worker_context(),
         )
 

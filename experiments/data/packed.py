@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from experiments.data.audit import BadDataError
 from experiments.data.datamodule import DetectorDataModule
 from experiments.data.layouts import DatasetLayoutError, Sample
 from experiments.data.shards import DECODED, PackedSplit, PackInfo, is_remote, join, read_entries, read_info, samples_of
@@ -57,6 +58,20 @@ class PackedDataModule(DetectorDataModule):
 
     def prepare_data(self) -> None:
         self.pack_info()
+
+    def check_unusable(self) -> None:
+        """The data gate of a pack: :class:`~experiments.data.audit.BadDataError` when more than
+        ``max_bad_fraction`` of its files were found unusable when it was packed (``pack.json``); the files
+        themselves are not read again. A decoded pack also counts the images smaller than the crop."""
+        info = self.pack_info()
+        total = sum(info.counts.values())
+        if total and info.n_bad / total > self.max_bad_fraction:
+            shown = [f"  {s}: {b.relpath} ({b.reason})" for s, bad in info.bad.items() for b in bad][:10]
+            raise BadDataError(f"{info.n_bad} of {total} images ({info.n_bad / total:.2%}) of the pack "
+                               f"{self.location} cannot be used, more than data.max_bad_fraction="
+                               f"{self.max_bad_fraction}:\n" + "\n".join(shown)
+                               + "\nFix or remove these files and pack again, or allow more with "
+                               "data.max_bad_fraction=<fraction>.")
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -18,8 +18,8 @@ samples in index order.
 :class:`PackedSplit` reads one split: ``litdata.StreamingDataset`` (shuffling, DDP / multi-node sharding by
 rank, resumable iteration through ``StreamingDataLoader.state_dict``) with a transform that decodes and
 preprocesses an encoded record with the same :class:`~experiments.data.transforms.Preprocess` as file
-loading, so batches are identical to those read from the files; unusable records yield ``None`` and
-:func:`~experiments.data.dataset.collate_skipping` counts them as skipped.
+loading, so batches are identical to those read from the files; :class:`CollateRecords` stacks a batch and
+counts the unusable records as skipped, as :func:`~experiments.data.dataset.collate_skipping` does for files.
 """
 
 from __future__ import annotations
@@ -253,25 +253,42 @@ def samples_of(entries: Sequence[integrity.Entry], root: str) -> dict[str, list[
 
 
 class DecodeRecord:
-    """LitData transform: a record -> the batch item of :class:`~experiments.data.dataset.SampleDataset`, or
-    ``None`` when the record is unusable (decoded and preprocessed here for an encoded pack)."""
+    """LitData transform: a record -> ``(index, uint8 image)``, or ``(index, None)`` when the record is unusable
+    (an encoded record is decoded and preprocessed here, in the loader worker)."""
 
-    def __init__(self, preprocess: Preprocess | None, generator_index: dict[str, int]) -> None:
-        self.preprocess, self.generator_index = preprocess, generator_index
+    def __init__(self, preprocess: Preprocess | None) -> None:
+        self.preprocess = preprocess
 
-    def __call__(self, record: dict) -> dict | None:
+    def __call__(self, record: dict) -> tuple[int, np.ndarray | torch.Tensor | None]:
+        index = int(record["index"])
         if not record["ok"]:
-            return None
+            return index, None
         if "image" in record:
-            image = torch.as_tensor(record["image"])
+            return index, record["image"]
+        try:
+            return index, self.preprocess(decode_image(record["relpath"], record["data"]).image)
+        except (UnreadableImage, ImageTooSmall):
+            return index, None
+
+
+class CollateRecords:
+    """The loader's ``collate_fn`` over :class:`DecodeRecord` items: the usable images stacked in one copy, the
+    labels and generators gathered from the split's tables by index (:meth:`SampleDataset.batch`), the unusable
+    ones counted in ``batch["skipped"]``: the dict :func:`~experiments.data.dataset.collate_skipping` makes,
+    without building and collating a dict of tensors per image."""
+
+    def __init__(self, split: SampleDataset) -> None:
+        self.split = split
+
+    def __call__(self, items: list[tuple[int, object]]) -> dict:
+        good = [(i, im) for i, im in items if im is not None]
+        index = torch.tensor([i for i, _ in good], dtype=torch.long)
+        images = [im for _, im in good]
+        if images and isinstance(images[0], np.ndarray):
+            stacked = torch.from_numpy(np.stack(images))
         else:
-            try:
-                image = self.preprocess(decode_image(record["relpath"], record["data"]).image)
-            except (UnreadableImage, ImageTooSmall):
-                return None
-        return {"image": image, "label": torch.tensor(float(record["label"])),
-                "generator": torch.tensor(self.generator_index[record["generator"]]),
-                "index": torch.tensor(int(record["index"]))}
+            stacked = torch.stack(images) if images else torch.empty(0, dtype=torch.uint8)
+        return self.split.batch(stacked, index, skipped=len(items) - len(good))
 
 
 class PackedSplit(SampleDataset):
@@ -293,7 +310,11 @@ class PackedSplit(SampleDataset):
         from litdata import StreamingDataset
 
         return StreamingDataset(self.location, cache_dir=self.cache_dir, shuffle=shuffle, drop_last=drop_last,
-                                seed=seed, transform=DecodeRecord(self.preprocess, self.generator_index))
+                                seed=seed, transform=DecodeRecord(self.preprocess))
+
+    def collate(self) -> CollateRecords:
+        """The ``collate_fn`` of a loader of :meth:`streaming`."""
+        return CollateRecords(self)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_reader": None}
@@ -301,4 +322,5 @@ class PackedSplit(SampleDataset):
     def __getitem__(self, index: int) -> dict | None:
         if self._reader is None:
             self._reader = self.streaming()
-        return self._reader[int(index)]
+        i, image = self._reader[int(index)]
+        return None if image is None else self.item(torch.as_tensor(image), i)

@@ -22,6 +22,7 @@ from experiments.evaluation.calibration import (
     write_calibration,
 )
 from experiments.data.audit import write_data_stats, write_report
+from experiments.data.packed import PackedDataModule
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
 from experiments.safe_paths import plain_name
@@ -59,6 +60,8 @@ def train(cfg: DictConfig) -> float | None:
     logger = tracking.build_logger(cfg)
     if rank_zero_only.rank == 0:  # under DDP, the other ranks only train
         _open_run(cfg, logger, datamodule, out_dir, resume)
+    elif isinstance(datamodule, PackedDataModule):  # checked when packed: the same verdict on every rank
+        datamodule.check_unusable()
     else:  # the same verdict on bad data as rank 0, from rank 0's cached data check
         preflight(datamodule, _preflight_settings(cfg, datamodule, rank=rank_zero_only.rank))
 
@@ -118,6 +121,9 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
     def log_report(report: DataReport) -> None:  # before the verdict: a run that stops records why
         log_data_report(report, logger, out_dir, datamodule.max_bad_fraction)
 
+    if isinstance(datamodule, PackedDataModule):  # its files were checked when packed (pack.json)
+        datamodule.check_unusable()
+        return
     try:
         report = preflight(datamodule, _preflight_settings(cfg, datamodule), log_report if resume is None else None)
     except BadDataError:

@@ -144,3 +144,21 @@ def test_pack_task_end_to_end_and_missing_out(tree, tmp_path):
     assert len(_all(dm.test_dataloader())["image"]) == 24
     with pytest.raises(DatasetLayoutError, match=r"pack.out is not set"):
         pack(compose_config(common, tmp_path))
+
+
+@pytest.mark.slow
+def test_train_task_on_a_pack_whose_files_are_gone(tree, tmp_path):
+    from experiments.tasks.train import train
+
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    copy = tmp_path / "copy"
+    __import__("shutil").copytree(tree, copy)
+    (copy / "gen_a" / "val" / "ai" / "empty.png").unlink()
+    (copy / "gen_b" / "train" / "nature" / "broken.png").unlink()
+    moved = _dm(copy, cache_dir=str(tmp_path / "x"))
+    write_pack(moved.splits, tmp_path / "pack", copy, files.layout.class_names, workers=1)
+    __import__("shutil").rmtree(copy)  # only the pack is left
+    cfg = compose_config(["data=packed", f"data.root={tmp_path / 'pack'}", "data.crop_size=24",
+                          "data.resize_size=null", "data.num_workers=0", "model=radial_angular_logreg",
+                          "diagnostics=false"], tmp_path)
+    assert train(cfg) is not None
