@@ -5,7 +5,7 @@ default), as LitData chunks under ``<out>/<split>/``; ``out`` is a folder or an 
 (``s3://...``, as LitData supports). Every record holds
 
 * ``data``: the file's bytes (encoded pack, the default), or ``image``: the preprocessed uint8 crop
-  ``(3, crop, crop)`` (decoded pack, what ``data.cache=true`` builds);
+  ``(3, crop, crop)`` as raw C-order bytes (decoded pack, what ``data.cache=true`` builds);
 * ``ok`` (0 for a file that cannot be decoded, or is smaller than the crop in a decoded pack), ``index`` (its
   place in the split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and
   ``sha256`` of the file's bytes.
@@ -25,6 +25,7 @@ counts the unusable records as skipped, as :func:`~experiments.data.dataset.coll
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -182,7 +183,8 @@ class _Record:
             record["data"] = data
         else:
             c = self.preprocess.crop_size
-            record["image"] = crop if crop is not None else np.zeros((3, c, c), dtype=np.uint8)
+            # raw C-order bytes, not LitData's array serializer: read back as a view, copied once into the batch
+            record["image"] = (crop if crop is not None else np.zeros((3, c, c), dtype=np.uint8)).tobytes()
         return record
 
 
@@ -264,7 +266,8 @@ class DecodeRecord:
         if not record["ok"]:
             return index, None
         if "image" in record:
-            return index, record["image"]
+            side = math.isqrt(len(record["image"]) // 3)
+            return index, np.frombuffer(record["image"], dtype=np.uint8).reshape(3, side, side)
         try:
             return index, self.preprocess(decode_image(record["relpath"], record["data"]).image)
         except (UnreadableImage, ImageTooSmall):
@@ -323,4 +326,4 @@ class PackedSplit(SampleDataset):
         if self._reader is None:
             self._reader = self.streaming()
         i, image = self._reader[int(index)]
-        return None if image is None else self.item(torch.as_tensor(image), i)
+        return None if image is None else self.item(torch.as_tensor(np.array(image)), i)
