@@ -11,9 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 from experiments.data.integrity import read_manifest
-from experiments.data.layouts import DatasetLayoutError
 from experiments.data.packed import PackedDataModule
-from experiments.data.shards import NotAPackError, PackedSplit, read_info, write_pack
+from experiments.data.shards import PackedSplit, read_info, write_pack
 from experiments.training.sklearn_io import collect_features
 from tests.conftest import compose_config, make_genimage_tree, small_datamodule as _dm
 
@@ -118,47 +117,3 @@ def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path):
     resumed.load_state_dict(state)
     rest = [b["index"] for b in resumed]
     assert len(seen) == 2 and sorted(torch.cat(seen + rest).tolist()) == usable  # the rest of the same epoch
-
-
-def test_packed_on_a_folder_that_is_not_a_pack_names_it(tree, tmp_path):
-    with pytest.raises(NotAPackError, match=r"g is not a packed dataset.*task=pack"):
-        _packed(tree, tmp_path)
-    with pytest.raises(DatasetLayoutError, match=r"nowhere does not exist.*task=pack"):
-        _packed(tmp_path / "nowhere", tmp_path)
-
-
-def test_pack_task_end_to_end_and_missing_out(tree, tmp_path):
-    from experiments.tasks.pack import pack
-
-    common = ["task=pack", "data=genimage_tiny", f"data.root={tree}", "data.crop_size=24", "data.resize_size=null",
-              "data.val_fraction=0.25"]
-    cfg = compose_config([*common, f"pack.out={tmp_path / 'pack'}", "pack.workers=1"], tmp_path)
-    info = pack(cfg)
-    assert sum(info.counts.values()) == 50 and info.counts["test"] == 25 and info.n_bad == 2
-    assert (tmp_path / "pack" / "manifest.csv").is_file()
-    read = compose_config(["data=packed", f"data.root={tmp_path / 'pack'}", "data.crop_size=24",
-                           "data.resize_size=null", "data.num_workers=0"], tmp_path)
-    dm = instantiate(read.data)
-    assert isinstance(dm, PackedDataModule)
-    dm.setup()
-    assert len(_all(dm.test_dataloader())["image"]) == 24
-    with pytest.raises(DatasetLayoutError, match=r"pack.out is not set"):
-        pack(compose_config(common, tmp_path))
-
-
-@pytest.mark.slow
-def test_train_task_on_a_pack_whose_files_are_gone(tree, tmp_path):
-    from experiments.tasks.train import train
-
-    files = _dm(tree, cache_dir=str(tmp_path / "x"))
-    copy = tmp_path / "copy"
-    __import__("shutil").copytree(tree, copy)
-    (copy / "gen_a" / "val" / "ai" / "empty.png").unlink()
-    (copy / "gen_b" / "train" / "nature" / "broken.png").unlink()
-    moved = _dm(copy, cache_dir=str(tmp_path / "x"))
-    write_pack(moved.splits, tmp_path / "pack", copy, files.layout.class_names, workers=1)
-    __import__("shutil").rmtree(copy)  # only the pack is left
-    cfg = compose_config(["data=packed", f"data.root={tmp_path / 'pack'}", "data.crop_size=24",
-                          "data.resize_size=null", "data.num_workers=0", "model=radial_angular_logreg",
-                          "diagnostics=false"], tmp_path)
-    assert train(cfg) is not None
