@@ -27,5 +27,7 @@ def test_pack_task_end_to_end_and_missing_out(tree, tmp_path):  # noqa: F811
     assert isinstance(dm, PackedDataModule)
     dm.setup()
     assert len(_all(dm.test_dataloader())["image"]) == 24
+    with pytest.raises(DatasetLayoutError, match=r"pack.out=.*pack exists and is not empty"):
+        pack(cfg)
     with pytest.raises(DatasetLayoutError, match=r"pack.out is not set"):
         pack(compose_config(common, tmp_path))
