@@ -206,9 +206,9 @@ class DetectorDataModule(L.LightningDataModule):
             prep = self.preprocess_of(split)
             folder = self._cached_pack(split) if self.cache else None
             if folder is not None:
-                n_bad = len(read_info(folder).bad[split])
+                info = read_info(folder)
                 self.datasets[split] = PackedSplit(samples, str(folder / split), self.generator_names, None,
-                                                   n_bad=n_bad)
+                                                   bad=info.bad[split], crop=info.crop)
             else:
                 if self.cache:
                     log.info("data.cache: the %s split has random preprocessing; it is read from the files", split)
@@ -322,7 +322,8 @@ class DetectorDataModule(L.LightningDataModule):
         if split not in self.datasets:
             self.setup()
         workers = self.num_workers
-        if isinstance(self.datasets[split], PackedSplit):
+        packed = isinstance(self.datasets[split], PackedSplit)
+        if packed and (shuffle or not self.datasets[split].batched):
             return self._streaming_loader(split, shuffle)
         sampler = None if shuffle else self._eval_sampler(split)
         dataset, collate = self.datasets[split], collate_skipping
@@ -348,7 +349,9 @@ class DetectorDataModule(L.LightningDataModule):
         """LitData's ``StreamingDataLoader`` over a packed split: LitData shuffles (per epoch, seeded by
         ``split_seed``), shards the records by rank and worker, and resumes from the loader's ``state_dict``
         (which Lightning saves in its checkpoints). Val and test keep every record (``drop_last=False``), each
-        on one rank."""
+        on one rank. An ordered loader of a local decoded pack is a plain ``DataLoader`` instead (see
+        :meth:`_loader`): it reads whole batches (:meth:`PackedSplit.__getitems__`), each image once on one rank
+        (:meth:`_eval_sampler`)."""
         from litdata import StreamingDataLoader
 
         workers = self.num_workers

@@ -86,6 +86,7 @@ class PackedDataModule(DetectorDataModule):
         for split, samples in self.splits.items():
             prep = None if info.mode == DECODED else self.preprocess_of(split)
             self.datasets[split] = PackedSplit(samples, join(self.location, split), self.generator_names, prep,
-                                               cache_dir=cache, n_bad=len(info.bad.get(split, [])))
+                                               cache_dir=cache, bad=info.bad.get(split, []),
+                                               crop=info.crop if info.mode == DECODED else None)
         log.info("data=%s root=%s (%s pack, %d unusable files)\n%s", self.name, self.location, info.mode,
                  info.n_bad, self.summary())

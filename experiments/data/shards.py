@@ -4,11 +4,15 @@
 default), as LitData chunks under ``<out>/<split>/``; ``out`` is a folder or an object-store URL
 (``s3://...``, as LitData supports). Every record holds
 
-* ``data``: the file's bytes (encoded pack, the default), or ``image``: the preprocessed uint8 crop
-  ``(3, crop, crop)`` as raw C-order bytes (decoded pack, what ``data.cache=true`` builds);
-* ``ok`` (0 for a file that cannot be decoded, or is smaller than the crop in a decoded pack), ``index`` (its
-  place in the split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and
-  ``sha256`` of the file's bytes.
+* ``data``: the file's bytes, ``ok`` (0 for a file that cannot be decoded), ``index`` (its place in the
+  split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and ``sha256`` of the
+  file's bytes (encoded pack, the default).
+
+A decoded pack (what ``data.cache=true`` builds) holds the preprocessed uint8 crops ``(3, crop, crop)`` as one
+flat token stream, written and read with LitData's ``TokensLoader`` (one block of ``3 * crop * crop`` bytes per
+sample, in index order; zeros for an unusable file): its chunks are raw uint8 arrays after a small header, so a
+batch is one gather from a memory map (:class:`TokenChunks`) instead of one deserialised record per image. The
+labels and generators come from the manifest, the unusable samples from ``pack.json``.
 
 Beside the chunks, ``pack.json`` holds what a reader needs without walking any folder (the mode, the
 preprocessing of a decoded pack, the generators, the class names, the unusable files of each split) and
@@ -44,7 +48,7 @@ from experiments.data.layouts import DatasetLayoutError, Sample
 from experiments.data.transforms import ImageTooSmall, Preprocess
 
 #: Bump when the record layout or ``pack.json`` changes.
-PACK_FORMAT = 1
+PACK_FORMAT = 2
 META_NAME = "pack.json"
 #: LitData's target chunk size: large enough that a chunk read amortises its request on object storage.
 CHUNK_BYTES = "64MB"
@@ -88,6 +92,7 @@ class Bad:
 
     relpath: str
     reason: str
+    index: int = -1  #: its place in the split
 
 
 @dataclass
@@ -101,6 +106,8 @@ class PackInfo:
     bad: dict[str, list[Bad]]
     root: str
     preprocess: str | None = None
+    #: the crop size of a decoded pack (its TokensLoader blocks hold ``3 * crop * crop`` bytes)
+    crop: int | None = None
     format: int = PACK_FORMAT
 
     def to_json(self) -> str:
@@ -134,11 +141,18 @@ def read_info(location: str | Path) -> PackInfo:
             local = Path(tmp) / META_NAME
             if not _download(join(location, META_NAME), local):
                 raise not_a_pack(location)
-            return PackInfo.from_json(local.read_text())
+            return _checked(PackInfo.from_json(local.read_text()), location)
     path = Path(location) / META_NAME
     if not path.is_file():
         raise not_a_pack(location)
-    return PackInfo.from_json(path.read_text())
+    return _checked(PackInfo.from_json(path.read_text()), location)
+
+
+def _checked(info: PackInfo, location: str | Path) -> PackInfo:
+    if info.format != PACK_FORMAT:
+        raise NotAPackError(f"{location} is a pack of format {info.format}; this version reads format "
+                            f"{PACK_FORMAT}. Write it again with task=pack (a data.cache entry is rebuilt by itself)")
+    return info
 
 
 def read_entries(location: str | Path) -> list[integrity.Entry]:
@@ -179,18 +193,16 @@ class _Record:
                 f.write(json.dumps({"index": index, "relpath": entry.relpath, "reason": reason}) + "\n")
         record = {"ok": int(not reason), "index": index, "label": int(sample.label), "generator": sample.generator,
                   "split": self.split, "relpath": entry.relpath, "sha256": entry.sha256}
-        if self.preprocess is None:
-            record["data"] = data
-        else:
+        if self.preprocess is not None:  # one TokensLoader block: the C-order crop, flat
             c = self.preprocess.crop_size
-            # raw C-order bytes, not LitData's array serializer: read back as a view, copied once into the batch
-            record["image"] = (crop if crop is not None else np.zeros((3, c, c), dtype=np.uint8)).tobytes()
+            return (crop if crop is not None else np.zeros((3, c, c), dtype=np.uint8)).reshape(-1)
+        record["data"] = data
         return record
 
 
 def _bad_of(status_dir: Path) -> list[Bad]:
     rows = [json.loads(line) for f in sorted(status_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
-    return [Bad(r["relpath"], r["reason"]) for r in sorted(rows, key=lambda r: r["index"])]
+    return [Bad(r["relpath"], r["reason"], r["index"]) for r in sorted(rows, key=lambda r: r["index"])]
 
 
 def _start_method() -> str:
@@ -214,6 +226,7 @@ def write_pack(splits: dict[str, Sequence[Sample]], out: str | Path, root: str |
     bad: dict[str, list[Bad]] = {}
     try:
         from litdata import optimize
+        from litdata.streaming.item_loader import TokensLoader
 
         start = 0
         for split, samples in splits.items():
@@ -223,13 +236,15 @@ def write_pack(splits: dict[str, Sequence[Sample]], out: str | Path, root: str |
             status.mkdir()
             optimize(_Record(samples, split_entries, split, preprocess, str(status)), list(range(len(samples))),
                      join(target, split), num_workers=max(1, min(workers, len(samples) // MIN_PER_WORKER)), chunk_bytes=chunk_bytes,
-                     reorder_files=False, keep_data_ordered=True, verbose=False, start_method=_start_method())
+                     reorder_files=False, keep_data_ordered=True, verbose=False, start_method=_start_method(),
+                     item_loader=None if preprocess is None else TokensLoader())
             bad[split] = _bad_of(status)
             shutil.rmtree(status)
         info = PackInfo(mode=ENCODED if preprocess is None else DECODED,
                         generators=sorted({s.generator for v in splits.values() for s in v}),
                         class_names=list(class_names), counts={s: len(v) for s, v in splits.items()}, bad=bad,
-                        root=str(root), preprocess=None if preprocess is None else repr(preprocess))
+                        root=str(root), preprocess=None if preprocess is None else repr(preprocess),
+                        crop=None if preprocess is None else preprocess.crop_size)
         integrity.write_manifest(entries, staging / integrity.MANIFEST_NAME)
         (staging / META_NAME).write_text(info.to_json())
         if remote:  # the metadata last: a pack without pack.json is not read
@@ -255,30 +270,104 @@ def samples_of(entries: Sequence[integrity.Entry], root: str) -> dict[str, list[
 
 
 class DecodeRecord:
-    """LitData transform: a record -> ``(index, uint8 image)``, or ``(index, None)`` when the record is unusable
-    (an encoded record is decoded and preprocessed here, in the loader worker)."""
+    """LitData transform: an encoded record -> ``(index, uint8 image)``, or ``(index, None)`` when the record is
+    unusable (decoded and preprocessed here, in the loader worker)."""
 
     def __init__(self, preprocess: Preprocess | None) -> None:
         self.preprocess = preprocess
 
-    def __call__(self, record: dict) -> tuple[int, np.ndarray | torch.Tensor | None]:
+    def __call__(self, record: dict) -> tuple[int, torch.Tensor | None]:
         index = int(record["index"])
         if not record["ok"]:
             return index, None
-        if "image" in record:
-            side = math.isqrt(len(record["image"]) // 3)
-            return index, np.frombuffer(record["image"], dtype=np.uint8).reshape(3, side, side)
         try:
             return index, self.preprocess(decode_image(record["relpath"], record["data"]).image)
         except (UnreadableImage, ImageTooSmall):
             return index, None
 
 
+def _stream_class():
+    from litdata import StreamingDataset
+    from litdata.streaming.sampler import ChunkedIndex
+
+    class TokenBlocks(StreamingDataset):
+        """``litdata.StreamingDataset`` over a decoded pack (``TokensLoader`` blocks): items are ``(index, crop)``,
+        or ``(index, None)`` for an unusable sample, so shuffling, rank sharding and resuming stay LitData's."""
+
+        def __init__(self, location: str, crop: int, ok: np.ndarray, **kwargs) -> None:
+            from litdata.streaming.item_loader import TokensLoader
+
+            super().__init__(location, item_loader=TokensLoader(block_size=3 * crop * crop), **kwargs)
+            self.crop, self.ok = crop, ok
+
+        def __getitem__(self, index):
+            block = super().__getitem__(index)
+            i = int(index.index if isinstance(index, ChunkedIndex) else index)
+            return i, (block.reshape(3, self.crop, self.crop) if self.ok[i] else None)
+
+    return TokenBlocks
+
+
+class TokenChunks:
+    """The chunks of one split of a local decoded pack, memory-mapped as ``(n, 3, crop, crop)`` uint8 arrays.
+
+    LitData's ``TokensLoader`` format: ``index.json`` lists each chunk file with its block count
+    (``chunk_size``); a chunk is a header of ``chunk_size + 2`` uint32 followed by the raw tokens, the layout
+    ``TokensLoader`` itself memory-maps. :meth:`gather` reads a batch with one fancy-index per chunk touched,
+    as the memory-mapped ``.npy`` cache did. Mapped lazily, once per process (workers share the page cache).
+    """
+
+    def __init__(self, folder: str | Path, crop: int) -> None:
+        from litdata.constants import _NUMPY_DTYPES_MAPPING
+
+        self.folder, self.crop = Path(folder), int(crop)
+        index = json.loads((self.folder / "index.json").read_text())
+        config = index["config"]
+        formats = config.get("data_format") or [""]
+        name, _, dtype = formats[0].partition(":")
+        if (config.get("item_loader") != "TokensLoader" or name != "no_header_numpy" or config.get("compression")
+                or _NUMPY_DTYPES_MAPPING.get(int(dtype or -1)) != np.dtype(np.uint8)):
+            raise NotAPackError(f"{self.folder} does not hold uncompressed uint8 TokensLoader chunks (a decoded "
+                                f"pack of format {PACK_FORMAT}); pack the dataset again")
+        self.chunks = [(c["filename"], int(c["chunk_size"])) for c in index["chunks"]]
+        self.starts = np.cumsum([0] + [n for _, n in self.chunks])
+        self._maps: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": None}
+
+    def maps(self) -> list[np.ndarray]:
+        if self._maps is None:
+            c = self.crop
+            # plain ndarray views of the maps: numpy's memmap subclass adds a Python call to every index
+            self._maps = [np.asarray(np.memmap(self.folder / name, dtype=np.uint8, mode="r", offset=(n + 2) * 4,
+                                               shape=(n, 3, c, c))) for name, n in self.chunks]
+        return self._maps
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """The crops of ``index`` (int64, any order), copied once into one array."""
+        maps, starts = self.maps(), self.starts
+        if len(index) == 0:
+            return np.empty((0, 3, self.crop, self.crop), dtype=np.uint8)
+        first = int(np.searchsorted(starts, index.min(), side="right")) - 1
+        if index.max() < starts[first + 1]:  # one chunk: the ordered loader's case but at chunk boundaries
+            return maps[first][index - starts[first] if first else index]
+        chunk = np.searchsorted(starts, index, side="right") - 1
+        out = np.empty((len(index), 3, self.crop, self.crop), dtype=np.uint8)
+        for k in np.unique(chunk):
+            sel = chunk == k
+            out[sel] = maps[k][index[sel] - self.starts[k]]
+        return out
+
+
 class CollateRecords:
-    """The loader's ``collate_fn`` over :class:`DecodeRecord` items: the usable images stacked in one copy, the
-    labels and generators gathered from the split's tables by index (:meth:`SampleDataset.batch`), the unusable
-    ones counted in ``batch["skipped"]``: the dict :func:`~experiments.data.dataset.collate_skipping` makes,
-    without building and collating a dict of tensors per image."""
+    """The loader's ``collate_fn`` over ``(index, image or None)`` items: the usable images stacked in one
+    copy, the labels and generators gathered from the split's tables by index (:meth:`SampleDataset.batch`),
+    the unusable ones counted in ``batch["skipped"]``: the dict :func:`~experiments.data.dataset.collate_skipping`
+    makes, without building and collating a dict of tensors per image."""
 
     def __init__(self, split: SampleDataset) -> None:
         self.split = split
@@ -297,23 +386,36 @@ class CollateRecords:
 class PackedSplit(SampleDataset):
     """One split of a pack: its samples (from the pack's manifest, in index order) and its LitData chunks.
 
-    ``dataset[i]`` reads record ``i`` (random access, for checks and tests); :meth:`streaming` makes the
-    ``litdata.StreamingDataset`` a loader iterates (one per loader, so a shuffled and an ordered loader of the
-    same split do not share state).
+    :meth:`streaming` makes the ``litdata.StreamingDataset`` a shuffled (training) loader iterates: LitData
+    shuffles, shards by rank and resumes. A local decoded pack (``crop`` given) is also a map-style dataset
+    that reads whole batches (:meth:`__getitems__`, one gather from :class:`TokenChunks`), what an ordered
+    loader uses; ``dataset[i]`` reads record ``i`` (random access, for checks and tests). ``bad`` lists the
+    split's unusable samples (``pack.json``).
     """
 
     def __init__(self, samples: Sequence[Sample], location: str, generator_names: Sequence[str],
-                 preprocess: Preprocess | None, cache_dir: str | None = None, n_bad: int = 0) -> None:
+                 preprocess: Preprocess | None, cache_dir: str | None = None, bad: Sequence[Bad] = (),
+                 crop: int | None = None) -> None:
         super().__init__(samples, generator_names)
-        self.location, self.preprocess, self.cache_dir = location, preprocess, cache_dir
-        self.n_bad = n_bad
+        self.location, self.preprocess, self.cache_dir, self.crop = location, preprocess, cache_dir, crop
+        self.n_bad = len(bad)
+        self.ok = np.ones(len(self.samples), dtype=bool)
+        self.ok[[b.index for b in bad if b.index >= 0]] = False
+        self.chunks = TokenChunks(location, crop) if crop is not None and not is_remote(location) else None
         self._reader = None
 
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`__getitems__` reads whole batches (a local decoded pack)."""
+        return self.chunks is not None
+
     def streaming(self, shuffle: bool = False, drop_last: bool | None = None, seed: int = 0):
+        kwargs = dict(cache_dir=self.cache_dir, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        if self.crop is not None:
+            return _stream_class()(self.location, self.crop, self.ok, **kwargs)
         from litdata import StreamingDataset
 
-        return StreamingDataset(self.location, cache_dir=self.cache_dir, shuffle=shuffle, drop_last=drop_last,
-                                seed=seed, transform=DecodeRecord(self.preprocess))
+        return StreamingDataset(self.location, transform=DecodeRecord(self.preprocess), **kwargs)
 
     def collate(self) -> CollateRecords:
         """The ``collate_fn`` of a loader of :meth:`streaming`."""
@@ -322,7 +424,19 @@ class PackedSplit(SampleDataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_reader": None}
 
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """The collated batch of ``indices`` (a local decoded pack): the usable crops gathered in one read, in
+        the sampler's order, the unusable ones counted as skipped."""
+        index = np.asarray(indices, dtype=np.int64)
+        valid = index[self.ok[index]]
+        images = torch.from_numpy(self.chunks.gather(valid)) if len(valid) else torch.empty(0, dtype=torch.uint8)
+        return self.batch(images, torch.from_numpy(valid), skipped=len(index) - len(valid))
+
     def __getitem__(self, index: int) -> dict | None:
+        if self.chunks is not None:
+            if not self.ok[index]:
+                return None
+            return self.item(torch.from_numpy(self.chunks.gather(np.array([int(index)]))[0]), int(index))
         if self._reader is None:
             self._reader = self.streaming()
         i, image = self._reader[int(index)]

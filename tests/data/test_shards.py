@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from experiments.data.integrity import read_manifest
 from experiments.data.packed import PackedDataModule
-from experiments.data.shards import PackedSplit, read_info, write_pack
+from experiments.data.shards import NotAPackError, PackedSplit, TokenChunks, read_info, write_pack
 from experiments.training.sklearn_io import collect_features
 from tests.conftest import compose_config, make_genimage_tree, small_datamodule as _dm
 
@@ -97,12 +97,18 @@ def test_trained_detector_scores_identically_from_pack_and_files(tree, tmp_path)
         np.testing.assert_array_equal(probs[0][0], probs[1][0])  # same predictions, exactly
 
 
-def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path):
+@pytest.mark.parametrize("decoded", [False, True], ids=["encoded", "decoded"])
+def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path, decoded):
     files = _dm(tree, cache_dir=str(tmp_path / "x"))
-    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1,
+               preprocess=files.preprocess if decoded else None)
     packed = _packed(tmp_path / "pack", tmp_path, batch_size=4)
     loader = packed.train_dataloader()
-    full = torch.cat([b["index"] for b in loader]).tolist()
+    batches = list(loader)
+    full = torch.cat([b["index"] for b in batches]).tolist()
+    ordered = _all(files._loader("train", shuffle=False))
+    order = torch.argsort(torch.cat([b["index"] for b in batches]))
+    assert torch.equal(torch.cat([b["image"] for b in batches])[order], ordered["image"])  # the same crops
     usable = sorted(set(range(len(files.splits["train"]))) - {12})  # gen_b/train/nature/broken.png is skipped
     assert files.splits["train"][12].relpath == "gen_b/train/nature/broken.png"
     assert sorted(full) == usable != full  # every usable image once, shuffled
@@ -117,3 +123,26 @@ def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path):
     resumed.load_state_dict(state)
     rest = [b["index"] for b in resumed]
     assert len(seen) == 2 and sorted(torch.cat(seen + rest).tolist()) == usable  # the rest of the same epoch
+
+
+def test_decoded_batches_are_gathered_across_chunks(tree, tmp_path):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1,
+               preprocess=files.preprocess, chunk_bytes=5 * 3 * 24 * 24)  # five crops a chunk
+    chunks = TokenChunks(tmp_path / "pack" / "train", 24)
+    assert len(chunks.chunks) > 2 and len(chunks) == len(files.splits["train"])
+    index = np.random.default_rng(0).permutation(len(chunks))
+    one_by_one = np.stack([chunks.gather(np.array([i]))[0] for i in index])
+    assert np.array_equal(chunks.gather(index), one_by_one)
+    assert np.array_equal(chunks.gather(index[:3]), one_by_one[:3])
+    file_ds = files.datasets["train"]
+    for i in index[:6]:
+        if file_ds[int(i)] is not None:
+            assert torch.equal(torch.from_numpy(chunks.gather(np.array([i]))[0]), file_ds[int(i)]["image"])
+
+
+def test_encoded_chunks_are_not_read_as_crops(tree, tmp_path):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
+    with pytest.raises(NotAPackError, match="TokensLoader"):
+        TokenChunks(tmp_path / "pack" / "train", 24)
