@@ -252,6 +252,10 @@ def bench_data(root: Path, repeats: int, num_workers: int = 0) -> list[Row]:
         t_cached = best_time(lambda: _one_pass(loader), repeats)
         rows.append(Row("data", "DataLoader", "decoded pack (LitData, data.cache=true)", n / t_cached, 64, 32,
                         speedup=t / t_cached, peak_rss_mb=peak_rss_mb(), note=note))
+        shuffled = cached._loader("train", shuffle=True)  # LitData's StreamingDataLoader: shuffled, resumable
+        t_shuffled = best_time(lambda: _one_pass(shuffled), repeats)
+        rows.append(Row("data", "DataLoader", "decoded pack, shuffled (StreamingDataLoader)", n / t_shuffled, 64,
+                        32, speedup=t / t_shuffled, peak_rss_mb=peak_rss_mb(), note=note))
         rows.append(Row("data", "pack build", "decode + write once (decoded)", n_all / build, 64, 32,
                         peak_rss_mb=peak_rss_mb(), note=f"{n_all} images, all splits, {build:.1f} s"))
         from experiments.data.packed import PackedDataModule

@@ -28,6 +28,7 @@ counts the unusable records as skipped, as :func:`~experiments.data.dataset.coll
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import multiprocessing
@@ -270,8 +271,8 @@ def samples_of(entries: Sequence[integrity.Entry], root: str) -> dict[str, list[
 
 
 class DecodeRecord:
-    """LitData transform: an encoded record -> ``(index, uint8 image)``, or ``(index, None)`` when the record is
-    unusable (decoded and preprocessed here, in the loader worker)."""
+    """LitData transform: an encoded record -> ``(index, uint8 image)`` (decoded in the loader worker), or
+    ``(index, None)`` when the record is unusable."""
 
     def __init__(self, preprocess: Preprocess | None) -> None:
         self.preprocess = preprocess
@@ -331,10 +332,8 @@ class TokenChunks:
                                 f"pack of format {PACK_FORMAT}); pack the dataset again")
         self.chunks = [(c["filename"], int(c["chunk_size"])) for c in index["chunks"]]
         self.starts = np.cumsum([0] + [n for _, n in self.chunks])
+        self.bounds = self.starts.tolist()
         self._maps: list[np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": None}
@@ -350,11 +349,11 @@ class TokenChunks:
     def gather(self, index: np.ndarray) -> np.ndarray:
         """The crops of ``index`` (int64, any order), copied once into one array."""
         maps, starts = self.maps(), self.starts
-        if len(index) == 0:
-            return np.empty((0, 3, self.crop, self.crop), dtype=np.uint8)
-        first = int(np.searchsorted(starts, index.min(), side="right")) - 1
-        if index.max() < starts[first + 1]:  # one chunk: the ordered loader's case but at chunk boundaries
-            return maps[first][index - starts[first] if first else index]
+        if len(maps) == 1 or not len(index):
+            return maps[0][index]
+        first = bisect.bisect_right(self.bounds, int(index.min())) - 1
+        if index.max() < self.bounds[first + 1]:  # one chunk: an ordered loader's case except at chunk boundaries
+            return maps[first][index - self.bounds[first]] if first else maps[0][index]
         chunk = np.searchsorted(starts, index, side="right") - 1
         out = np.empty((len(index), 3, self.crop, self.crop), dtype=np.uint8)
         for k in np.unique(chunk):
@@ -402,7 +401,7 @@ class PackedSplit(SampleDataset):
         self.ok = np.ones(len(self.samples), dtype=bool)
         self.ok[[b.index for b in bad if b.index >= 0]] = False
         self.chunks = TokenChunks(location, crop) if crop is not None and not is_remote(location) else None
-        self._reader = None
+        self._reader, self._tables = None, None
 
     @property
     def batched(self) -> bool:
@@ -422,15 +421,21 @@ class PackedSplit(SampleDataset):
         return CollateRecords(self)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_reader": None}
+        return {**self.__dict__, "_reader": None, "_tables": None}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         """The collated batch of ``indices`` (a local decoded pack): the usable crops gathered in one read, in
         the sampler's order, the unusable ones counted as skipped."""
         index = np.asarray(indices, dtype=np.int64)
         valid = index[self.ok[index]]
-        images = torch.from_numpy(self.chunks.gather(valid)) if len(valid) else torch.empty(0, dtype=torch.uint8)
-        return self.batch(images, torch.from_numpy(valid), skipped=len(index) - len(valid))
+        if not len(valid):
+            return self.batch(torch.empty(0, dtype=torch.uint8), torch.from_numpy(valid), skipped=len(index))
+        if self._tables is None:  # numpy views of the label and generator tables: cheaper to index than tensors
+            self._tables = (self.label_values.numpy(), self.generator_ids.numpy())
+        labels, generators = self._tables
+        return {"image": torch.from_numpy(self.chunks.gather(valid)), "label": torch.from_numpy(labels[valid]),
+                "generator": torch.from_numpy(generators[valid]), "index": torch.from_numpy(valid),
+                "skipped": torch.tensor(len(index) - len(valid))}
 
     def __getitem__(self, index: int) -> dict | None:
         if self.chunks is not None:
