@@ -8,11 +8,9 @@ default), as LitData chunks under ``<out>/<split>/``; ``out`` is a folder or an 
   split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and ``sha256`` of the
   file's bytes (encoded pack, the default).
 
-A decoded pack (what ``data.cache=true`` builds) holds the preprocessed uint8 crops ``(3, crop, crop)`` as one
-flat token stream, written and read with LitData's ``TokensLoader`` (one block of ``3 * crop * crop`` bytes per
-sample, in index order; zeros for an unusable file): its chunks are raw uint8 arrays after a small header, so a
-batch is one gather from a memory map (:class:`TokenChunks`) instead of one deserialised record per image. The
-labels and generators come from the manifest, the unusable samples from ``pack.json``.
+A decoded pack (``data.cache=true``) is one flat uint8 stream in LitData's ``TokensLoader`` format: a block of
+``3 * crop * crop`` bytes per sample, its crop (zeros if unusable), in index order; labels and generators come
+from the manifest, the unusable samples from ``pack.json``, and a batch is one gather (:class:`TokenChunks`).
 
 Beside the chunks, ``pack.json`` holds what a reader needs without walking any folder (the mode, the
 preprocessing of a decoded pack, the generators, the class names, the unusable files of each split) and
@@ -293,18 +291,22 @@ def _stream_class():
 
     class TokenBlocks(StreamingDataset):
         """``litdata.StreamingDataset`` over a decoded pack (``TokensLoader`` blocks): items are ``(index, crop)``,
-        or ``(index, None)`` for an unusable sample, so shuffling, rank sharding and resuming stay LitData's."""
+        or ``(index, None)`` for an unusable sample, so shuffling, rank sharding and resuming stay LitData's. A
+        local pack's blocks are views of its memory-mapped chunks (``chunks``), copied once by the collate."""
 
-        def __init__(self, location: str, crop: int, ok: np.ndarray, **kwargs) -> None:
+        def __init__(self, location: str, crop: int, ok: np.ndarray, chunks: "TokenChunks | None", **kwargs) -> None:
             from litdata.streaming.item_loader import TokensLoader
 
             super().__init__(location, item_loader=TokensLoader(block_size=3 * crop * crop), **kwargs)
-            self.crop, self.ok = crop, ok
+            self.crop, self.ok, self.chunks = crop, ok, chunks
 
         def __getitem__(self, index):
-            block = super().__getitem__(index)
             i = int(index.index if isinstance(index, ChunkedIndex) else index)
-            return i, (block.reshape(3, self.crop, self.crop) if self.ok[i] else None)
+            if not self.ok[i]:
+                return i, None
+            if self.chunks is not None:
+                return i, self.chunks.block(i)
+            return i, super().__getitem__(index).reshape(3, self.crop, self.crop)
 
     return TokenBlocks
 
@@ -324,8 +326,7 @@ class TokenChunks:
         self.folder, self.crop = Path(folder), int(crop)
         index = json.loads((self.folder / "index.json").read_text())
         config = index["config"]
-        formats = config.get("data_format") or [""]
-        name, _, dtype = formats[0].partition(":")
+        name, _, dtype = (config.get("data_format") or [""])[0].partition(":")
         if (config.get("item_loader") != "TokensLoader" or name != "no_header_numpy" or config.get("compression")
                 or _NUMPY_DTYPES_MAPPING.get(int(dtype or -1)) != np.dtype(np.uint8)):
             raise NotAPackError(f"{self.folder} does not hold uncompressed uint8 TokensLoader chunks (a decoded "
@@ -340,11 +341,14 @@ class TokenChunks:
 
     def maps(self) -> list[np.ndarray]:
         if self._maps is None:
-            c = self.crop
-            # plain ndarray views of the maps: numpy's memmap subclass adds a Python call to every index
+            shape = (3, self.crop, self.crop)  # ndarray views: numpy's memmap subclass slows every index
             self._maps = [np.asarray(np.memmap(self.folder / name, dtype=np.uint8, mode="r", offset=(n + 2) * 4,
-                                               shape=(n, 3, c, c))) for name, n in self.chunks]
+                                               shape=(n, *shape))) for name, n in self.chunks]
         return self._maps
+
+    def block(self, i: int) -> np.ndarray:  # a read-only view of crop i
+        k = bisect.bisect_right(self.bounds, i) - 1
+        return self.maps()[k][i - self.bounds[k]]
 
     def gather(self, index: np.ndarray) -> np.ndarray:
         """The crops of ``index`` (int64, any order), copied once into one array."""
@@ -397,21 +401,19 @@ class PackedSplit(SampleDataset):
                  crop: int | None = None) -> None:
         super().__init__(samples, generator_names)
         self.location, self.preprocess, self.cache_dir, self.crop = location, preprocess, cache_dir, crop
-        self.n_bad = len(bad)
-        self.ok = np.ones(len(self.samples), dtype=bool)
+        self.n_bad, self.ok = len(bad), np.ones(len(self.samples), dtype=bool)
         self.ok[[b.index for b in bad if b.index >= 0]] = False
         self.chunks = TokenChunks(location, crop) if crop is not None and not is_remote(location) else None
         self._reader, self._tables = None, None
 
     @property
-    def batched(self) -> bool:
-        """Whether :meth:`__getitems__` reads whole batches (a local decoded pack)."""
+    def batched(self) -> bool:  # whether __getitems__ reads whole batches (a local decoded pack)
         return self.chunks is not None
 
     def streaming(self, shuffle: bool = False, drop_last: bool | None = None, seed: int = 0):
         kwargs = dict(cache_dir=self.cache_dir, shuffle=shuffle, drop_last=drop_last, seed=seed)
         if self.crop is not None:
-            return _stream_class()(self.location, self.crop, self.ok, **kwargs)
+            return _stream_class()(self.location, self.crop, self.ok, self.chunks, **kwargs)
         from litdata import StreamingDataset
 
         return StreamingDataset(self.location, transform=DecodeRecord(self.preprocess), **kwargs)
