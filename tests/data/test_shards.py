@@ -146,3 +146,12 @@ def test_encoded_chunks_are_not_read_as_crops(tree, tmp_path):
     write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
     with pytest.raises(NotAPackError, match="TokensLoader"):
         TokenChunks(tmp_path / "pack" / "train", 24)
+
+
+def test_a_pack_of_another_format_is_refused_with_what_to_do(tree, tmp_path):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1)
+    meta = tmp_path / "pack" / "pack.json"
+    meta.write_text(meta.read_text().replace('"format": 2', '"format": 1'))
+    with pytest.raises(NotAPackError, match="format 1.*task=pack"):
+        read_info(tmp_path / "pack")
