@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -312,13 +311,10 @@ def _stream_class():
 
 
 class TokenChunks:
-    """The chunks of one split of a local decoded pack, memory-mapped as ``(n, 3, crop, crop)`` uint8 arrays.
-
-    LitData's ``TokensLoader`` format: ``index.json`` lists each chunk file with its block count
-    (``chunk_size``); a chunk is a header of ``chunk_size + 2`` uint32 followed by the raw tokens, the layout
-    ``TokensLoader`` itself memory-maps. :meth:`gather` reads a batch with one fancy-index per chunk touched,
-    as the memory-mapped ``.npy`` cache did. Mapped lazily, once per process (workers share the page cache).
-    """
+    """The chunks of a local decoded pack's split, memory-mapped (lazily, once per process) as ``(n, 3, crop,
+    crop)`` uint8 arrays. LitData's ``TokensLoader`` format: ``index.json`` lists each chunk with its block count
+    (``chunk_size``); a chunk is ``chunk_size + 2`` uint32 of header, then the tokens, as ``TokensLoader`` maps
+    it. :meth:`gather` reads a batch with one fancy-index per chunk it touches."""
 
     def __init__(self, folder: str | Path, crop: int) -> None:
         from litdata.constants import _NUMPY_DTYPES_MAPPING
@@ -332,8 +328,11 @@ class TokenChunks:
             raise NotAPackError(f"{self.folder} does not hold uncompressed uint8 TokensLoader chunks (a decoded "
                                 f"pack of format {PACK_FORMAT}); pack the dataset again")
         self.chunks = [(c["filename"], int(c["chunk_size"])) for c in index["chunks"]]
-        self.starts = np.cumsum([0] + [n for _, n in self.chunks])
-        self.bounds = self.starts.tolist()
+        self.bounds = np.cumsum([0] + [n for _, n in self.chunks]).tolist()
+        for name, n in self.chunks:  # a missing or truncated chunk: a clear error, not a failed memory map
+            path = self.folder / name
+            if not path.is_file() or path.stat().st_size < (n + 2) * 4 + n * 3 * self.crop ** 2:
+                raise NotAPackError(f"{path} is missing or holds fewer than {n} crops; pack the dataset again")
         self._maps: list[np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
@@ -352,17 +351,17 @@ class TokenChunks:
 
     def gather(self, index: np.ndarray) -> np.ndarray:
         """The crops of ``index`` (int64, any order), copied once into one array."""
-        maps, starts = self.maps(), self.starts
+        maps = self.maps()
         if len(maps) == 1 or not len(index):
             return maps[0][index]
         first = bisect.bisect_right(self.bounds, int(index.min())) - 1
         if index.max() < self.bounds[first + 1]:  # one chunk: an ordered loader's case except at chunk boundaries
             return maps[first][index - self.bounds[first]] if first else maps[0][index]
-        chunk = np.searchsorted(starts, index, side="right") - 1
+        chunk = np.searchsorted(self.bounds, index, side="right") - 1
         out = np.empty((len(index), 3, self.crop, self.crop), dtype=np.uint8)
         for k in np.unique(chunk):
             sel = chunk == k
-            out[sel] = maps[k][index[sel] - self.starts[k]]
+            out[sel] = maps[k][index[sel] - self.bounds[k]]
         return out
 
 

@@ -155,3 +155,12 @@ def test_a_pack_of_another_format_is_refused_with_what_to_do(tree, tmp_path):
     meta.write_text(meta.read_text().replace('"format": 2', '"format": 1'))
     with pytest.raises(NotAPackError, match="format 1.*task=pack"):
         read_info(tmp_path / "pack")
+
+
+def test_a_truncated_chunk_of_a_decoded_pack_is_named(tree, tmp_path):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1, preprocess=files.preprocess)
+    chunk = sorted((tmp_path / "pack" / "val").glob("*.bin"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:-100])
+    with pytest.raises(NotAPackError, match=chunk.name):
+        TokenChunks(tmp_path / "pack" / "val", 24)
