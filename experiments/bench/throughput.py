@@ -10,8 +10,8 @@ Sections:
    one-core reference, times the thread count, bounds what threading can give.
    Default: 224 px, batch 64.
 2. **data**: images/s of one pass over the demo train split, read from the
-   files and from the decode-once cache (``data.cache=true``), plus the time to
-   build the cache.
+   files, from the decoded pack of ``data.cache=true`` and from an encoded pack
+   (``task=pack`` / ``data=packed``, LitData shards), plus the time to build each pack.
 3. **train**: images/s of a few optimisation steps of each detector at its demo
    size (64 px) on CPU; the scikit-learn detector's ``fit``. GPU training is
    measured by ``make bench-gpu`` (:mod:`experiments.bench.gpu`).
@@ -244,14 +244,35 @@ def bench_data(root: Path, repeats: int, num_workers: int = 0) -> list[Row]:
     with tempfile.TemporaryDirectory() as cache_dir:
         start = time.perf_counter()
         cached = demo_datamodule(root, num_workers=num_workers, cache=True, cache_dir=cache_dir)
-        cached.setup()  # builds train, val and test caches
+        cached.prepare_data()  # packs train, val and test (decoded), as Lightning does on the local rank 0
+        cached.setup()
         build = time.perf_counter() - start
         n_all = sum(len(s) for s in cached.splits.values())
         loader = cached._loader("train", shuffle=False)
         t_cached = best_time(lambda: _one_pass(loader), repeats)
-        rows.append(Row("data", "DataLoader", "cache (memmap)", n / t_cached, 64, 32, speedup=t / t_cached,
-                        peak_rss_mb=peak_rss_mb(), note=note))
-        rows.append(Row("data", "cache build", "decode + write once", n_all / build, 64, 32,
+        rows.append(Row("data", "DataLoader", "decoded pack (LitData, data.cache=true)", n / t_cached, 64, 32,
+                        speedup=t / t_cached, peak_rss_mb=peak_rss_mb(), note=note))
+        shuffled = cached._loader("train", shuffle=True)  # LitData's StreamingDataLoader: shuffled, resumable
+        t_shuffled = best_time(lambda: _one_pass(shuffled), repeats)
+        rows.append(Row("data", "DataLoader", "decoded pack, shuffled (StreamingDataLoader)", n / t_shuffled, 64,
+                        32, speedup=t / t_shuffled, peak_rss_mb=peak_rss_mb(), note=note))
+        rows.append(Row("data", "pack build", "decode + write once (decoded)", n_all / build, 64, 32,
+                        peak_rss_mb=peak_rss_mb(), note=f"{n_all} images, all splits, {build:.1f} s"))
+        from experiments.data.packed import PackedDataModule
+        from experiments.data.shards import write_pack
+
+        start = time.perf_counter()
+        write_pack(files.splits, Path(cache_dir) / "encoded", root, files.layout.class_names)
+        build = time.perf_counter() - start
+        packed = PackedDataModule(name="packed", root=str(Path(cache_dir) / "encoded"), crop_size=64,
+                                  resize_size=None, batch_size=32, num_workers=num_workers, persistent_workers=False,
+                                  pin_memory=False)
+        packed.setup()
+        loader = packed._loader("train", shuffle=False)
+        t_packed = best_time(lambda: _one_pass(loader), repeats)
+        rows.append(Row("data", "DataLoader", "encoded pack (LitData, data=packed)", n / t_packed, 64, 32,
+                        speedup=t / t_packed, peak_rss_mb=peak_rss_mb(), note=note))
+        rows.append(Row("data", "pack build", "hash + write once (encoded, task=pack)", n_all / build, 64, 32,
                         peak_rss_mb=peak_rss_mb(), note=f"{n_all} images, all splits, {build:.1f} s"))
     return rows
 

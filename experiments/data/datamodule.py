@@ -17,10 +17,11 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
 from experiments.data.audit.sampling import DataCheck
-from experiments.data.cache import CachedImageDataset, cached_split, is_cacheable
+from experiments.data.cache import cached_pack, is_cacheable
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
+from experiments.data.shards import PackedSplit, read_info
 from experiments.data.transforms import Preprocess
 from experiments.data.walk import ImageWalk, SkippedLink, collector_paused
 from experiments.process import default_cache_dir
@@ -88,9 +89,9 @@ class DetectorDataModule(L.LightningDataModule):
         max_bad_fraction: fraction of unreadable or too-small files tolerated before training stops.
         split_seed: seed of the deterministic hold-out split (kept apart from the training seed, so a
             multi-seed sweep measures training variance on one fixed split).
-        cache: decode and preprocess each split once into a uint8 array on disk and read batches from it
-            (``experiments.data.cache``); splits with random preprocessing (``random_crop``,
-            ``train_augment``) are still read from the files.
+        cache: decode and preprocess each split once into a decoded LitData pack and read batches from it
+            (``experiments.data.cache``, :mod:`experiments.data.shards`); built in :meth:`prepare_data`. Splits
+            with random preprocessing (``random_crop``, ``train_augment``) are still read from the files.
         cache_dir: where the cache lives (the configs pass ``paths.cache_dir``; None =
             ``$XDG_CACHE_HOME/spectral-detector-suite``); never inside the dataset, which may be read-only.
         follow_symlinks: follow symlinks whose target lies outside ``root`` (default: skip them, count them as
@@ -100,6 +101,7 @@ class DetectorDataModule(L.LightningDataModule):
             (:class:`~experiments.data.audit.sampling.DataCheck`).
         walk_index_dir: keep the folder listings of the walk there (:class:`~experiments.data.walk.WalkIndex`),
             so the jobs of a sweep list the tree once (None = list it every time).
+        verify: a manifest (:mod:`experiments.data.integrity`) that ``task=check_data`` checks the tree against.
 
     Under DDP the val and test loaders use Lightning's ``UnrepeatedDistributedSampler``: each image is
     scored by exactly one rank (no padding duplicates), so the torchmetrics computed over the gathered
@@ -135,6 +137,7 @@ class DetectorDataModule(L.LightningDataModule):
         follow_symlinks: bool = False,
         check: str = "auto",
         walk_index_dir: str | None = None,
+        verify: str | None = None,
     ) -> None:
         super().__init__()
         if decode not in DECODE_MODES:
@@ -163,6 +166,7 @@ class DetectorDataModule(L.LightningDataModule):
         self.follow_symlinks = bool(follow_symlinks)
         self.check = str(DataCheck.parse(check))
         self.walk_index_dir = Path(walk_index_dir) if walk_index_dir else None
+        self.verify = verify
         #: the symlinks the scan did not follow (:class:`~experiments.data.walk.SkippedLink`), set by :meth:`scan`
         self.skipped_links: list[SkippedLink] = []
         self.cache = bool(cache)
@@ -178,10 +182,23 @@ class DetectorDataModule(L.LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        """Build the demo data (``data=demo``) and the decoded packs of ``data.cache=true``. Lightning calls it
+        on the local rank 0 of every node (``prepare_data_per_node``); the other ranks wait in its barrier."""
         if self.demo is not None:
             from experiments.data.demo import build_demo_dataset
 
             build_demo_dataset(self.root, **self.demo)
+        if self.cache:
+            for split in self.check_layout():
+                self._cached_pack(split)
+
+    def _cached_pack(self, split: str) -> Path | None:
+        """The decoded pack of ``split`` (built when missing), or None when its preprocessing is random."""
+        prep = self.preprocess_of(split)
+        if not is_cacheable(prep):
+            return None
+        return cached_pack(split, self.splits[split], prep, self.cache_dir, root=self.root,
+                           class_names=self.layout.class_names)
 
     def check_layout(self) -> dict[str, list[Sample]]:
         """The splits of :meth:`scan`, scanned once and kept for :meth:`setup`: the layout and class-count errors
@@ -196,9 +213,11 @@ class DetectorDataModule(L.LightningDataModule):
             return
         for split, samples in self.check_layout().items():
             prep = self.preprocess_of(split)
-            if self.cache and is_cacheable(prep):
-                folder = cached_split(samples, prep, self.cache_dir)
-                self.datasets[split] = CachedImageDataset(samples, folder, self.generator_names)
+            folder = self._cached_pack(split) if self.cache else None
+            if folder is not None:
+                info = read_info(folder)
+                self.datasets[split] = PackedSplit(samples, str(folder / split), self.generator_names, None,
+                                                   bad=info.bad[split], crop=info.crop)
             else:
                 if self.cache:
                     log.info("data.cache: the %s split has random preprocessing; it is read from the files", split)
@@ -296,7 +315,7 @@ class DetectorDataModule(L.LightningDataModule):
         """Whether ``split`` is read as JPEG bytes for :func:`~experiments.data.device_decode.decode_on_device`:
         with ``data.decode=device``, for a trainer on a CUDA device, when the split is not cached and its
         preprocessing has no PIL transform. Otherwise the workers decode (a warning says why, once)."""
-        if self.decode != "device" or isinstance(self.datasets[split], CachedImageDataset):
+        if self.decode != "device" or isinstance(self.datasets[split], PackedSplit):
             return False
         trainer = getattr(self, "trainer", None)
         prep = self.preprocess_of(split)
@@ -313,8 +332,11 @@ class DetectorDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        sampler = None if shuffle else self._eval_sampler(split)
         workers = self.num_workers
+        packed = isinstance(self.datasets[split], PackedSplit)
+        if packed and (shuffle or not self.datasets[split].batched):
+            return self._streaming_loader(split, shuffle)
+        sampler = None if shuffle else self._eval_sampler(split)
         dataset, collate = self.datasets[split], collate_skipping
         if self._decodes_on_device(split):
             prep = self.preprocess_of(split)
@@ -331,6 +353,30 @@ class DetectorDataModule(L.LightningDataModule):
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             collate_fn=collate,
             drop_last=False,
+            multiprocessing_context=self._worker_context(),
+        )
+
+    def _streaming_loader(self, split: str, shuffle: bool) -> DataLoader:
+        """LitData's ``StreamingDataLoader`` over a packed split: LitData shuffles (per epoch, seeded by
+        ``split_seed``), shards the records by rank and worker, and resumes from the loader's ``state_dict``
+        (which Lightning saves in its checkpoints). Val and test keep every record (``drop_last=False``), each
+        on one rank. An ordered loader of a local decoded pack is a plain ``DataLoader`` instead (see
+        :meth:`_loader`): it reads whole batches (:meth:`PackedSplit.__getitems__`), each image once on one rank
+        (:meth:`_eval_sampler`)."""
+        from litdata import StreamingDataLoader
+
+        workers = self.num_workers
+        packed = self.datasets[split]
+        dataset = packed.streaming(shuffle=shuffle, drop_last=None if shuffle else False,
+                                   seed=self.selection.split_seed)
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            pin_memory=self._pin(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            collate_fn=packed.collate(),
             multiprocessing_context=self._worker_context(),
         )
 

@@ -1,6 +1,10 @@
 """``task=check_data``: scan ``cfg.data`` and print what would hurt training (:mod:`experiments.data.audit`).
 
     python run.py task=check_data data=genimage_tiny data.root=/path/to/genimage_tiny [task.strict=true]
+        [data.verify=/path/to/manifest.csv]
+
+It also writes the tree's checksummed ``manifest.csv`` (:mod:`experiments.data.integrity`); with
+``data.verify`` it lists the missing, changed and extra files against that manifest and exits 2 if any.
 
 A gate for job scripts and CI: the command exits 0 when training on the data would go ahead, and 2, with the
 reason, whenever training would stop on it (too many unusable files, a class without usable images, a layout
@@ -9,6 +13,8 @@ above :data:`~experiments.data.audit.PROBE_WARNING_AUROC` and on duplicates acro
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -22,6 +28,7 @@ from experiments.data.audit import (
     strict_problems,
     write_report,
 )
+from experiments.data import integrity
 from experiments.training.builders import build_datamodule
 from experiments.tracking import announce_outputs
 
@@ -45,7 +52,11 @@ def check_data(cfg: DictConfig) -> DataReport:
     limit = float(datamodule.max_bad_fraction)
     print(report.format_table(limit))
     json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
-    print(f"\nWrote {txt_path} and {json_path}")
+    entries = integrity.build_manifest(datamodule.check_layout())
+    manifest = integrity.write_manifest(entries, Path(cfg.paths.output_dir) / integrity.MANIFEST_NAME)
+    print(f"\nWrote {txt_path}, {json_path} and {manifest}")
+    if datamodule.verify:  # data.verify=<manifest>: missing, changed and extra files end the check (exit 2)
+        print(integrity.verify(entries, datamodule.verify).describe(datamodule.verify))
     announce_outputs(cfg.paths.output_dir, None, cfg.logger.tracking_uri)
     check_bad_fraction(report, limit)  # the verdict training would reach: exit 2 with its message
     if (cfg.get("task") or {}).get("strict", False):

@@ -23,6 +23,7 @@ from experiments.evaluation.calibration import (
     write_calibration,
 )
 from experiments.data.audit import write_data_stats, write_report
+from experiments.data.packed import PackedDataModule
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
 from experiments.errors import UserError
@@ -167,6 +168,9 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
         log_data_report(report, logger, out_dir, datamodule.max_bad_fraction)
 
     try:
+        if isinstance(datamodule, PackedDataModule):  # its files were checked when packed (pack.json)
+            datamodule.check_unusable()
+            return None
         report = preflight(datamodule, _preflight_settings(cfg, datamodule), log_report if resume is None else None)
     except Exception as err:  # noqa: BLE001 - raised by fit on every rank, so no rank waits for a stopped rank 0
         tracking.end_run(logger.experiment, logger.run_id, "FAILED")

@@ -60,7 +60,7 @@ def test_bench_data_and_training_sections(tmp_path):
     rows = bench.main(["--only", "data,train", "--data-root", str(root), "--repeats", "1", "--train-steps", "1",
                        "--train-batch", "4", "--out", str(tmp_path)])
     names = {(r.section, r.name) for r in rows}
-    assert ("data", "DataLoader") in names and ("data", "cache build") in names
+    assert ("data", "DataLoader") in names and ("data", "pack build") in names
     assert {n for s, n in names if s == "train"} == set(bench.DETECTORS)
 
 

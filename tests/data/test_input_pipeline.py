@@ -1,4 +1,4 @@
-"""The input pipeline: uint8 batches, whole-batch cache reads, device-side JPEG decoding, caches outside the
+"""The input pipeline: uint8 batches, packed-split reads, device-side JPEG decoding, caches outside the
 dataset, and a data check that is decoded once (its per-file results kept for the jobs of a sweep)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from experiments.data.audit import scan_dataset
 from experiments.data import datamodule as datamodule_mod
-from experiments.data.cache import CachedImageDataset
+from experiments.data.shards import PackedSplit
 from experiments.process import default_cache_dir
 from experiments.data.dataset import ImageDataset, collate_skipping
 from experiments.data.datamodule import DetectorDataModule
@@ -29,24 +29,16 @@ from experiments.data.transforms import Preprocess
 from tests.conftest import make_genimage_tree, small_datamodule as _dm, toy_image
 
 
-def test_cache_reads_whole_batches_equal_to_item_by_item(tmp_path):
-    dm = _dm(make_genimage_tree(tmp_path / "g", n=5, size=32), cache=True)
+def test_packed_split_items_equal_file_items(tmp_path):
+    root = make_genimage_tree(tmp_path / "g", n=5, size=32)
+    dm, plain = _dm(root, cache=True), _dm(root)
     dataset = dm.datasets["train"]
-    assert isinstance(dataset, CachedImageDataset)
-    indices = [5, 0, 3, 7]
-    batch = dataset.__getitems__(indices)
-    expected = collate_skipping([dataset[i] for i in indices])
-    assert batch["image"].dtype == torch.uint8
-    for key in ("image", "label", "generator", "index", "skipped"):
-        assert torch.equal(batch[key], expected[key]), key
-    calls = []
-    original = dataset.__class__.__getitem__
-    dataset.__class__.__getitem__ = lambda self, i: calls.append(i) or original(self, i)
-    try:
-        loaded = list(dm.train_dataloader())
-    finally:
-        dataset.__class__.__getitem__ = original
-    assert calls == [] and sum(len(b["label"]) for b in loaded) == len(dataset)  # one gather per batch
+    assert isinstance(dataset, PackedSplit)
+    for i in [5, 0, 3, 7]:
+        got, expected = dataset[i], plain.datasets["train"][i]
+        assert got["image"].dtype == torch.uint8
+        for key in ("image", "label", "generator", "index"):
+            assert torch.equal(got[key], expected[key]), key
 
 
 def test_cache_works_on_a_read_only_dataset(tmp_path):
@@ -57,7 +49,7 @@ def test_cache_works_on_a_read_only_dataset(tmp_path):
         os.chmod(folder, stat.S_IRUSR | stat.S_IXUSR)
     try:
         dm = _dm(root, cache=True, cache_dir=str(tmp_path / "cache"))
-        assert all(isinstance(d, CachedImageDataset) for d in dm.datasets.values())
+        assert all(isinstance(d, PackedSplit) for d in dm.datasets.values())
         assert not (root / ".cache").exists()
         assert any((tmp_path / "cache").iterdir())
     finally:

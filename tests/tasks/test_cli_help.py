@@ -54,4 +54,5 @@ def test_every_listed_model_and_dataset_composes(choices, tmp_path):
         assert cfg.model.name == model and cfg.model.kind._target_.startswith("experiments.training.kinds.")
     for data in choices["data"]:
         cfg = compose_config([f"data={data}", "data.root=/data"], tmp_path)
-        assert cfg.data.name == data and cfg.data._target_ == "experiments.data.datamodule.DetectorDataModule"
+        assert cfg.data.name == data and cfg.data._target_ in ("experiments.data.datamodule.DetectorDataModule",
+                                                               "experiments.data.packed.PackedDataModule")
