@@ -12,11 +12,11 @@ parallel once and kept under ``--cache``), each stage runs in its own subprocess
   detector's features and fit, one Lightning epoch of NPR (Tan et al., CVPR 2024) at the tests' 32 px size, the
   loader in the main process. A full epoch over 200k images takes tens of minutes on two cores; the capped
   epoch measures the images/s of reading from a tree of that size;
-* ``pack``: ``python run.py task=pack`` where the suite has it (``experiments/tasks/pack.py``), else
-  "pack: not available".
+* ``pack``: ``python run.py task=pack`` (encoded shards), its start-up included.
 
 Every stage runs in a child forked from a fork server that imported the suite once (so no stage pays the
-imports, and no child inherits the threads of a parent that has already computed something) and reports images/s and its own peak RSS. The bench then checks that the start-up scales: the cost per image
+imports, and no child inherits the threads of a parent that has already computed something) and reports
+images/s and its own peak RSS. The bench then checks that the start-up scales: the cost per image
 of the walk and the checks at the largest size is within :data:`FLAT_RATIO` of the smallest, and their peak RSS
 grows by less than :data:`MAX_RSS_GROWTH_MB`; it prints PASS or FAIL for each. Usage::
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import multiprocessing
 import os
 import resource
@@ -164,16 +163,15 @@ def _lightning_epoch(cfg) -> dict:
     return {"seconds": time.perf_counter() - start, "images": len(dm.splits["train"])}
 
 
-def pack_available() -> bool:
-    """Whether the suite has ``task=pack`` (``experiments/tasks/pack.py``)."""
-    return importlib.util.find_spec("experiments.tasks.pack") is not None
-
 
 def pack_stage(root: Path, work: Path, timeout_s: float) -> dict:
-    """Time ``python run.py task=pack`` on the tree (the pack stage; only where :func:`pack_available`)."""
+    """Time ``python run.py task=pack`` on the tree (encoded file bytes, the default), its start-up included, into
+    ``work/pack`` (removed first: a pack folder must be new)."""
+    out = work / "pack"
+    shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, str(REPO / "run.py"), "task=pack", "data=genimage_tiny", f"data.root={root}",
                f"data.crop_size={IMAGE_PX}", "data.resize_size=null", f"paths.cache_dir={work}",
-               f"paths.log_dir={work / 'logs'}"]
+               f"paths.log_dir={work / 'logs'}", f"pack.out={out}"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
     if done.returncode != 0:
@@ -246,16 +244,13 @@ def bench(sizes: list[int], train_sizes: list[int], cache: Path, timeout_s: floa
         if n not in train_sizes:
             rows += [Row(n, f"epoch {m}", float("nan"), 0, float("nan"), float("nan"), float("nan"),
                          "not measured (--train-sizes)") for m in EPOCH_IMAGES]
-        # -- the pack stage: timed where the suite has task=pack ---------------------------------------------
-        if pack_available():
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            got = pack_stage(root, work, timeout_s)
-            rows.append(Row(n, "pack", got["seconds"], n, n / got["seconds"], 1000 * got["seconds"] / n,
-                            max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
-                            "python run.py task=pack"))
-        else:
-            log(f"[{n}] pack: not available")
-            rows.append(Row(n, "pack", float("nan"), 0, float("nan"), float("nan"), float("nan"), "not available"))
+        # -- the pack stage: python run.py task=pack, in its own process --------------------------------------
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        got = pack_stage(root, work, timeout_s)
+        rows.append(Row(n, "pack", got["seconds"], n, n / got["seconds"], 1000 * got["seconds"] / n,
+                        max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+                        "python run.py task=pack (start-up included)"))
+        log(f"[{n}] pack: {got['seconds']:.2f} s, {n} images")
     return rows
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from experiments.data.audit.inspection import CONTENT_HASH
 from experiments.data.layouts import Sample
 from experiments.errors import UserError
 
@@ -46,8 +47,9 @@ class Entry:
 
 
 def file_digest(path: str | Path) -> tuple[int, str]:
-    """``(size in bytes, SHA-256 hex digest)`` of ``path``; ``(-1, "")`` when it cannot be read."""
-    digest = hashlib.sha256()
+    """``(size in bytes, content hash)`` of ``path`` (the data check's
+    :data:`~experiments.data.audit.inspection.CONTENT_HASH`, streamed); ``(-1, "")`` when it cannot be read."""
+    digest = hashlib.new(CONTENT_HASH)
     size = 0
     try:
         with open(path, "rb") as f:

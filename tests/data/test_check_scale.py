@@ -73,7 +73,7 @@ def test_store_is_reused_by_the_same_dataset_mounted_elsewhere(tmp_path, count_i
     shutil.copytree(root, moved)  # copy2: sizes and mtimes kept, as rsync -a
     again = scan_dataset(make_dm(moved), progress=False, cache_dir=cache)
     assert count_inspected["files"] == 32  # nothing inspected again
-    assert [r.sha1 for r in again.records] == [r.sha1 for r in first.records]
+    assert [r.sha256 for r in again.records] == [r.sha256 for r in first.records]
     assert all(r.path.startswith(str(moved)) for r in again.records)
 
 

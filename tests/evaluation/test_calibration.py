@@ -184,7 +184,7 @@ def test_train_fits_temperature_on_val_and_applies_it_to_test(tmp_path, monkeypa
     rng = np.random.default_rng(0)
     val = _predictions(*_split(rng, 3.0))
     test = _predictions(*_split(rng, 0.5))
-    monkeypatch.setattr(LightningDetector, "fit", lambda self, dm, out, logger: FitResult(None, val, test, 1))
+    monkeypatch.setattr(LightningDetector, "fit", lambda self, dm, out, logger, data_error=None: FitResult(None, val, test, 1))
     from pathlib import Path
 
     # the simulated predictions index no real images: the per-image CSVs have nothing to name

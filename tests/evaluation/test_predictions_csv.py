@@ -30,7 +30,7 @@ def test_predictions_carry_relative_path_and_content_hash(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert tuple(rows[0]) == PREDICTION_COLUMNS
     assert [r["relpath"] for r in rows] == ["gen_a/2.png", "gen_a/1.png", "gen_a/0.png"]
-    assert rows[0]["hash"] == content_hash(b"first image") == hashlib.sha1(b"first image").hexdigest()
+    assert rows[0]["hash"] == content_hash(b"first image") == hashlib.sha256(b"first image").hexdigest()
     assert rows[1]["hash"] == "from-the-data-check" and rows[0]["hash"] == rows[2]["hash"]
     (keys,), kind = pairing_keys([read_prediction_file(out)])
     assert kind == "hash" and len(set(keys)) == 3

@@ -95,7 +95,7 @@ LEGACY_COLUMNS = ("index", "path", "label", "generator", "prob")
 
 
 def toy_hash(relpath: str) -> str:
-    return hashlib.sha1(relpath.encode()).hexdigest()
+    return hashlib.sha256(relpath.encode()).hexdigest()
 
 
 def write_predictions(folder: Path, paths, labels, probs, root: str = "/data/genimage",

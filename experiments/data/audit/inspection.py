@@ -1,4 +1,4 @@
-"""What the data check learns about each file, read once: a :class:`FileRecord` (SHA-1 of the bytes, the
+"""What the data check learns about each file, read once: a :class:`FileRecord` (SHA-256 of the bytes, the
 format from the content, size, the estimated JPEG quality, or why the file cannot be decoded), and the scan of
 many files in a process pool, one worker per core, each sent chunks of files (decoding holds the GIL for part of
 the work, so threads do not scale). :func:`content_hash` is the suite's one hash of a file's bytes: the duplicate
@@ -75,7 +75,7 @@ class FileRecord:
     split: str
     generator: str
     label: int
-    sha1: str | None = None
+    sha256: str | None = None
     format: str | None = None
     mode: str | None = None
     width: int = 0
@@ -95,10 +95,14 @@ class FileRecord:
         return min(self.width, self.height)
 
 
+#: the algorithm of the suite's one hash of a file's bytes (SHA-256, FIPS 180-4, through :mod:`hashlib`)
+CONTENT_HASH = "sha256"
+
+
 def content_hash(data: bytes) -> str:
-    """The hash of a file's bytes the suite uses everywhere (SHA-1, hex): duplicates, the per-file store and
-    the ``hash`` column of the predictions files."""
-    return hashlib.sha1(data).hexdigest()
+    """The hash of a file's bytes the suite uses everywhere (:data:`CONTENT_HASH`, hex): duplicates, the per-file
+    store, the ``hash`` column of the predictions files and the dataset manifests."""
+    return hashlib.new(CONTENT_HASH, data).hexdigest()
 
 
 def file_content_hash(path: str | Path) -> str | None:
@@ -115,7 +119,7 @@ def inspect_file(sample: Sample, split: str) -> FileRecord:
 
 
 #: the fields of a :class:`FileRecord` that come from the file (not from the sample): what the store keeps
-CONTENT_FIELDS = ("sha1", "format", "mode", "width", "height", "jpeg_quality", "reason", "detail", "n_bytes")
+CONTENT_FIELDS = ("sha256", "format", "mode", "width", "height", "jpeg_quality", "reason", "detail", "n_bytes")
 
 
 def inspect_path(path: str) -> tuple:
@@ -124,13 +128,13 @@ def inspect_path(path: str) -> tuple:
         data = Path(path).read_bytes()
     except OSError as err:
         return (None, None, None, 0, 0, None, "cannot read file", str(err), 0)
-    sha1 = content_hash(data)
+    digest = content_hash(data)
     try:
         decoded = decode_image(path, data)
     except UnreadableImage as err:
-        return (sha1, None, None, 0, 0, None, err.reason, err.detail, 0)
+        return (digest, None, None, 0, 0, None, err.reason, err.detail, 0)
     width, height = decoded.image.size
-    return (sha1, decoded.format, decoded.mode, width, height, estimate_jpeg_quality(decoded.quantization), None,
+    return (digest, decoded.format, decoded.mode, width, height, estimate_jpeg_quality(decoded.quantization), None,
             "", len(data))
 
 

@@ -50,7 +50,7 @@ class DataLeakageWarning(UserWarning):
 class DuplicateGroup:
     """Readable files with identical bytes; ``files`` are ``(split, label, path)``."""
 
-    sha1: str
+    sha256: str
     files: tuple[tuple[str, int, str], ...]
 
     @property
@@ -68,15 +68,15 @@ class DuplicateGroup:
 def find_duplicates(records: Iterable[FileRecord]) -> list[DuplicateGroup]:
     """Groups of readable records with the same content hash, by hash (one count over the hashes first, so only
     the repeated ones are grouped)."""
-    records = [r for r in records if r.readable and r.sha1]
-    repeated = {h for h, n in Counter(r.sha1 for r in records).items() if n > 1}
+    records = [r for r in records if r.readable and r.sha256]
+    repeated = {h for h, n in Counter(r.sha256 for r in records).items() if n > 1}
     by_hash: dict[str, list[FileRecord]] = defaultdict(list)
     for r in records:
-        if r.sha1 in repeated:
-            by_hash[r.sha1].append(r)
+        if r.sha256 in repeated:
+            by_hash[r.sha256].append(r)
     return [
-        DuplicateGroup(sha1, tuple((r.split, r.label, r.path) for r in group))
-        for sha1, group in sorted(by_hash.items())
+        DuplicateGroup(digest, tuple((r.split, r.label, r.path) for r in group))
+        for digest, group in sorted(by_hash.items())
         if len(group) > 1
     ]
 

@@ -7,7 +7,7 @@ decoded once, since truncation only shows on a full decode) gives the report:
 * image counts per split, generator and class;
 * format (from the content, not the extension), size and JPEG-quality histograms;
 * unreadable files with their reason, and images smaller than the crop;
-* identical files (SHA-1 of the bytes) shared by two splits;
+* identical files (SHA-256 of the bytes) shared by two splits;
 * the leakage warnings and the metadata probe (:mod:`experiments.data.audit.leakage`).
 """
 
@@ -211,7 +211,7 @@ class DataReport:
                 "across_splits_pairs": self.cross_split_duplicate_pairs,
                 "within_split_copies": self.within_split_duplicates,
                 "groups": [
-                    {"sha1": g.sha1, "labels_differ": g.labels_differ,
+                    {"sha256": g.sha256, "labels_differ": g.labels_differ,
                      "files": [{"split": s, "label": lab, "path": p} for s, lab, p in g.files]}
                     for g in self.duplicates
                 ],
@@ -267,7 +267,7 @@ class DataReport:
                   f" (copies within a split: {self.within_split_duplicates})"]
         for g in cross[:LIST_LIMIT]:
             files = " | ".join(f"{s}/{CLASS_NAMES[lab]}: {p}" for s, lab, p in g.files)
-            lines.append(f"  {g.sha1[:10]}  {files}" + ("  [LABELS DIFFER]" if g.labels_differ else ""))
+            lines.append(f"  {g.sha256[:10]}  {files}" + ("  [LABELS DIFFER]" if g.labels_differ else ""))
         lines += _more(len(cross))
 
         warns = leakage_warnings(self)

@@ -20,7 +20,7 @@ from experiments.data.audit.inspection import CONTENT_FIELDS
 log = logging.getLogger(__name__)
 
 #: bump when what a row means changes (a new field, another hash)
-STORE_VERSION = 1
+STORE_VERSION = 2
 #: rows per ``IN (...)`` query (below SQLite's default limit of bound variables)
 LOOKUP_BATCH = 900
 #: read the whole table in one pass when the keys asked for are at least 1/SCAN_ABOVE of its rows
