@@ -107,10 +107,10 @@ mlflow-server: $(VENV)/.installed ## Tracking server (http://127.0.0.1:5000 on t
 	$(VENV)/bin/mlflow server --backend-store-uri '$(BACKEND)' --artifacts-destination '$(ARTIFACTS)' --serve-artifacts --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 PLAYWRIGHT_DIR ?= $(or $(TMPDIR),/tmp)/mlflow-ui-shot
-ui-screenshot: $(VENV)/.installed ## Screenshot the MLflow compare view of the demo detectors -> docs/mlflow_compare.png
+ui-screenshot: $(VENV)/.installed ## Screenshot the MLflow UI after make demo -> docs/mlflow_{compare,datasets,sweep}.png
 	@command -v chromium >/dev/null || { echo "needs chromium: apt-get install -y chromium"; exit 1; }
 	test -d $(PLAYWRIGHT_DIR)/node_modules/playwright-core || npm install --prefix $(PLAYWRIGHT_DIR) playwright-core
-	PLAYWRIGHT_NODE_MODULES=$(PLAYWRIGHT_DIR)/node_modules $(PY) -m tests.test_ui_screenshot --out docs/mlflow_compare.png
+	PLAYWRIGHT_NODE_MODULES=$(PLAYWRIGHT_DIR)/node_modules $(PY) -m tests.test_ui_screenshot --out docs/mlflow_compare.png --pages docs
 
 PORT ?= 5000
 WORKERS ?= 1

@@ -37,6 +37,8 @@ def autocast_immune(method: Method) -> Method:
 
     @functools.wraps(method)
     def wrapper(self, x: torch.Tensor, *args, **kwargs):
+        if not torch.is_autocast_enabled(x.device.type):  # nothing to switch off (and no autocast region in an
+            return method(self, as_feature_float(x), *args, **kwargs)  # exported graph: torch.export.load refuses it)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return method(self, as_feature_float(x), *args, **kwargs)
 

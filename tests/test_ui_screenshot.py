@@ -9,7 +9,9 @@ latest finished run of each detector in ``detectors-demo`` (after ``make demo``;
 it trains four small runs into a temporary store instead), opens their compare view in headless Chromium
 (Debian's ``chromium``) driven by Playwright's ``playwright-core`` from npm, installed outside the repository
 (``npm install --prefix $TMPDIR/mlflow-ui-shot playwright-core``; set ``PLAYWRIGHT_NODE_MODULES`` to use another
-copy), and saves a PNG.
+copy), and saves a PNG. With ``--pages DIR`` it also saves the run page of a demo training run with its
+datasets panel (``mlflow_datasets.png``) and the demo experiment's run list with a sweep's parent run and its
+children unfolded (``mlflow_sweep.png``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,32 @@ const [url, out, exe, userDir, flags] = process.argv.slice(1);
     if (await close.count()) { await close.click({ timeout: 5000 }).catch(() => {}); }
     // the compare view scrolls inside its own panel: bring the run table to the top of the window
     await page.getByText('Run details', { exact: true }).first().evaluate((el) => el.scrollIntoView({ block: 'start' }));
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: out });
+    console.log('saved ' + out);
+  } finally {
+    await context.close();
+  }
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+# Playwright script: open a page, wait for a text, click the given texts or buttons (those present), screenshot.
+PAGE_JS = r"""
+const { chromium } = require('playwright-core');
+const [url, out, exe, userDir, flags, waitText, clicks] = process.argv.slice(1);
+(async () => {
+  const context = await chromium.launchPersistentContext(userDir, {
+    executablePath: exe, headless: true, args: JSON.parse(flags), viewport: { width: 1400, height: 1000 },
+  });
+  try {
+    const page = context.pages()[0] || await context.newPage();
+    await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 90000 });
+    await page.getByText(waitText).first().waitFor({ timeout: 90000 });
+    for (const text of JSON.parse(clicks)) {  // a text, or 'button:<name>' for a button by its accessible name
+      const target = text.startsWith('button:')
+        ? page.getByRole('button', { name: new RegExp(text.slice(7), 'i') }).first() : page.getByText(text).first();
+      if (await target.count()) { await target.click({ timeout: 10000 }).catch(() => {}); await page.waitForTimeout(1500); }
+    }
     await page.waitForTimeout(1500);
     await page.screenshot({ path: out });
     console.log('saved ' + out);
@@ -153,6 +181,54 @@ def take_screenshot(url: str, out: Path, folder: Path, timeout: float = 240) -> 
         raise RuntimeError(f"the browser could not take the screenshot:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
 
 
+def take_page_screenshot(url: str, out: Path, folder: Path, wait_text: str, clicks: list[str] = (),
+                         timeout: float = 240) -> None:
+    """Open ``url``, wait for ``wait_text``, click each of ``clicks`` that is on the page, save ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    user_dir = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=folder))
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run([NODE, "-e", PAGE_JS, url, str(out), CHROMIUM, str(user_dir), json.dumps(CHROMIUM_FLAGS),
+                           wait_text, json.dumps(list(clicks))], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"the browser could not take the screenshot:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def sweep_parent(tracking_uri: str, experiment: str = EXPERIMENT) -> mlflow.entities.Run | None:
+    """The newest finished sweep parent run (``task=sweep``) of ``experiment`` that has children, or None."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    for run in client.search_runs([exp.experiment_id], "tags.task = 'sweep'", order_by=["start_time DESC"]):
+        if client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=1):
+            return run
+    return None
+
+
+def screenshot_tracking_pages(db: Path, artifacts: Path, out_dir: Path, work: Path) -> dict[str, Path]:
+    """The run page of the newest demo training run, its datasets panel open (``mlflow_datasets.png``), and the
+    demo experiment's run list with the newest sweep's parent run unfolded (``mlflow_sweep.png``)."""
+    uri = f"sqlite:///{db}"
+    runs = detector_runs(uri)
+    parent = sweep_parent(uri)
+    if not runs or parent is None:
+        raise RuntimeError(f"{EXPERIMENT} in {db} has no finished sweep of the four detectors: run `make demo` first")
+    proc, base = serve_ui(db, artifacts, work)
+    saved = {}
+    try:
+        run = runs[0]
+        saved["datasets"] = out_dir / "mlflow_datasets.png"
+        take_page_screenshot(f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+                             saved["datasets"], work, "Datasets", ["demo-train"])
+        saved["sweep"] = out_dir / "mlflow_sweep.png"
+        take_page_screenshot(f"{base}/#/experiments/{parent.info.experiment_id}/runs", saved["sweep"], work,
+                             parent.info.run_name, [])
+    finally:
+        stop_server(proc)
+    return saved
+
+
 def screenshot_compare_view(db: Path, artifacts: Path, out: Path, work: Path) -> list[mlflow.entities.Run]:
     """Serve ``db``, screenshot the compare view of its four demo detector runs into ``out``; the runs."""
     runs = detector_runs(f"sqlite:///{db}")
@@ -186,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default=str(ROOT / "mlruns.db"), help="SQLite MLflow store")
     parser.add_argument("--artifacts", default=str(ROOT / "mlartifacts"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "mlflow_compare.png"))
+    parser.add_argument("--pages", default=None, help="also save the datasets panel and a sweep's parent run here")
     args = parser.parse_args(argv)
     reason = missing_tools()
     if reason:
@@ -195,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
                                        Path(work))
     names = ", ".join(f"{r.data.params['model/name']} ({r.info.run_id[:8]})" for r in runs)
     print(f"saved {args.out}: compare view of {names}")
+    if args.pages:
+        with tempfile.TemporaryDirectory(prefix="mlflow-ui-") as work:
+            saved = screenshot_tracking_pages(Path(args.store).resolve(), Path(args.artifacts).resolve(),
+                                              Path(args.pages), Path(work))
+        print("saved " + ", ".join(str(p) for p in saved.values()))
 
 
 if __name__ == "__main__":

@@ -235,3 +235,23 @@ def test_cuda_training_step_at_224_px_is_finite_and_close_to_fp32(name, dtype):
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
         got = net(x).float()
     torch.testing.assert_close(got, expected, atol=0.15, rtol=0.1)
+
+
+
+def test_a_detector_outside_autocast_exports_and_loads_back(tmp_path):
+    """torch.export (the logged model's pt2 program) keeps an autocast-off region as a node that
+    torch.export.load refuses (``wrap_with_autocast is missing val field``); outside autocast the features add
+    none, so the program of efficientnet_spatial (which failed so) loads and scores as the net."""
+    from experiments.training.builders import build_module
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=efficientnet_spatial", "experiment=demo", "++model.backbone.pretrained=false"],
+                         tmp_path)
+    net = build_module(cfg).net.eval()
+    x = torch.rand(2, 3, 32, 32)
+    program = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    torch.export.save(program, tmp_path / "net.pt2")
+    loaded = torch.export.load(tmp_path / "net.pt2").module()
+    y = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(y), net(y))
