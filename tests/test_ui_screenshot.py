@@ -88,9 +88,9 @@ const [url, out, exe, userDir, flags, waitText, clicks] = process.argv.slice(1);
     const page = context.pages()[0] || await context.newPage();
     await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 90000 });
     await page.getByText(waitText).first().waitFor({ timeout: 90000 });
-    for (const text of JSON.parse(clicks)) {  // a text, or 'button:<name>' for a button by its accessible name
-      const target = text.startsWith('button:')
-        ? page.getByRole('button', { name: new RegExp(text.slice(7), 'i') }).first() : page.getByText(text).first();
+    for (const text of JSON.parse(clicks)) {  // a text, or 'before:<text>' for the button just before that text
+      const target = text.startsWith('before:')
+        ? page.getByText(text.slice(7)).first().locator('xpath=preceding::button[1]') : page.getByText(text).first();
       if (await target.count()) { await target.click({ timeout: 10000 }).catch(() => {}); await page.waitForTimeout(1500); }
     }
     await page.waitForTimeout(1500);
@@ -223,7 +223,7 @@ def screenshot_tracking_pages(db: Path, artifacts: Path, out_dir: Path, work: Pa
                              saved["datasets"], work, "Datasets", ["demo-train"])
         saved["sweep"] = out_dir / "mlflow_sweep.png"
         take_page_screenshot(f"{base}/#/experiments/{parent.info.experiment_id}/runs", saved["sweep"], work,
-                             parent.info.run_name, [])
+                             parent.info.run_name, [f"before:{parent.info.run_name}"])
     finally:
         stop_server(proc)
     return saved
