@@ -121,6 +121,18 @@ def compose_config(overrides: list[str], tmp_path: Path, keep_pretrained: bool =
     return cfg
 
 
+def collect_batches(loader) -> dict:
+    """Every batch of ``loader`` joined: ``image`` and ``index`` concatenated (empty batches left out), and the
+    ``skipped`` files counted."""
+    images, idx, skipped = [], [], 0
+    for b in loader:
+        skipped += int(b["skipped"])
+        if not b.get("empty"):
+            images.append(b["image"])
+            idx.append(b["index"])
+    return {"image": torch.cat(images), "index": torch.cat(idx), "skipped": skipped}
+
+
 def small_datamodule(root: Path, **kw):
     """A set-up ``DetectorDataModule`` of a tiny tree: 24 px crops, batch 8, no workers, caches beside ``root``."""
     from experiments.data.datamodule import DetectorDataModule

@@ -43,10 +43,11 @@ EXPERIMENT = "detectors-demo"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 
-# Playwright script: open the compare view, fold the (long) parameter list away, wait for the metric rows.
-SCREENSHOT_JS = r"""
+# Playwright script around the page steps of one screenshot: launch Chromium, open the URL, run the steps, save.
+# The steps read ``args`` (the script's arguments after url, out, exe, userDir, flags).
+BROWSER_JS = r"""
 const { chromium } = require('playwright-core');
-const [url, out, exe, userDir, flags] = process.argv.slice(1);
+const [url, out, exe, userDir, flags, ...args] = process.argv.slice(1);
 (async () => {
   const context = await chromium.launchPersistentContext(userDir, {
     executablePath: exe, headless: true, args: JSON.parse(flags), viewport: { width: 1400, height: 1000 },
@@ -54,6 +55,18 @@ const [url, out, exe, userDir, flags] = process.argv.slice(1);
   try {
     const page = context.pages()[0] || await context.newPage();
     await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 90000 });
+    STEPS
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: out });
+    console.log('saved ' + out);
+  } finally {
+    await context.close();
+  }
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+# the compare view: fold the (long) parameter list away, wait for the metric rows
+COMPARE_STEPS = r"""
     await page.getByText('Run details', { exact: true }).first().waitFor({ timeout: 90000 });
     // fold the long parameter and tag lists so that the runs and their metrics fill the picture
     for (const section of ['Parameters', 'Tags', 'Artifacts']) {
@@ -67,39 +80,17 @@ const [url, out, exe, userDir, flags] = process.argv.slice(1);
     if (await close.count()) { await close.click({ timeout: 5000 }).catch(() => {}); }
     // the compare view scrolls inside its own panel: bring the run table to the top of the window
     await page.getByText('Run details', { exact: true }).first().evaluate((el) => el.scrollIntoView({ block: 'start' }));
-    await page.waitForTimeout(1500);
-    await page.screenshot({ path: out });
-    console.log('saved ' + out);
-  } finally {
-    await context.close();
-  }
-})().catch((err) => { console.error(err); process.exit(1); });
 """
 
-# Playwright script: open a page, wait for a text, click the given texts or buttons (those present), screenshot.
-PAGE_JS = r"""
-const { chromium } = require('playwright-core');
-const [url, out, exe, userDir, flags, waitText, clicks] = process.argv.slice(1);
-(async () => {
-  const context = await chromium.launchPersistentContext(userDir, {
-    executablePath: exe, headless: true, args: JSON.parse(flags), viewport: { width: 1400, height: 1000 },
-  });
-  try {
-    const page = context.pages()[0] || await context.newPage();
-    await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 90000 });
+# any page: wait for a text (args[0]), click the given texts (args[1], JSON) that are present
+PAGE_STEPS = r"""
+    const [waitText, clicks] = args;
     await page.getByText(waitText).first().waitFor({ timeout: 90000 });
     for (const text of JSON.parse(clicks)) {  // a text, or 'before:<text>' for the button just before that text
       const target = text.startsWith('before:')
         ? page.getByText(text.slice(7)).first().locator('xpath=preceding::button[1]') : page.getByText(text).first();
       if (await target.count()) { await target.click({ timeout: 10000 }).catch(() => {}); await page.waitForTimeout(1500); }
     }
-    await page.waitForTimeout(1500);
-    await page.screenshot({ path: out });
-    console.log('saved ' + out);
-  } finally {
-    await context.close();
-  }
-})().catch((err) => { console.error(err); process.exit(1); });
 """
 
 
@@ -171,27 +162,27 @@ def serve_ui(db: Path, artifacts: Path, folder: Path) -> tuple[subprocess.Popen,
     return proc, base
 
 
-def take_screenshot(url: str, out: Path, folder: Path, timeout: float = 240) -> None:
+def run_browser(steps: str, url: str, out: Path, folder: Path, args: list[str] = (), timeout: float = 240) -> None:
+    """Screenshot ``url`` into ``out`` in headless Chromium after the page ``steps`` (:data:`BROWSER_JS`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     user_dir = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=folder))
     env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
-    done = subprocess.run([NODE, "-e", SCREENSHOT_JS, url, str(out), CHROMIUM, str(user_dir),
-                           json.dumps(CHROMIUM_FLAGS)], env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([NODE, "-e", BROWSER_JS.replace("STEPS", steps), url, str(out), CHROMIUM, str(user_dir),
+                           json.dumps(CHROMIUM_FLAGS), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"the browser could not take the screenshot:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def take_screenshot(url: str, out: Path, folder: Path, timeout: float = 240) -> None:
+    """The compare view at ``url``, its metric rows in sight, saved as ``out``."""
+    run_browser(COMPARE_STEPS, url, out, folder, timeout=timeout)
 
 
 def take_page_screenshot(url: str, out: Path, folder: Path, wait_text: str, clicks: list[str] = (),
                          timeout: float = 240) -> None:
     """Open ``url``, wait for ``wait_text``, click each of ``clicks`` that is on the page, save ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    user_dir = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=folder))
-    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
-    done = subprocess.run([NODE, "-e", PAGE_JS, url, str(out), CHROMIUM, str(user_dir), json.dumps(CHROMIUM_FLAGS),
-                           wait_text, json.dumps(list(clicks))], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"the browser could not take the screenshot:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    run_browser(PAGE_STEPS, url, out, folder, [wait_text, json.dumps(list(clicks))], timeout)
 
 
 def sweep_parent(tracking_uri: str, experiment: str = EXPERIMENT) -> mlflow.entities.Run | None:

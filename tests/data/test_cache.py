@@ -10,17 +10,7 @@ import torch
 from experiments.data import cache as cache_mod
 from experiments.data.dataset import ImageDataset
 from experiments.data.shards import META_NAME, PackedSplit, read_info
-from tests.conftest import make_genimage_tree, small_datamodule as _dm
-
-
-def _all(loader) -> dict:
-    images, idx, skipped = [], [], 0
-    for b in loader:
-        skipped += int(b["skipped"])
-        if not b.get("empty"):
-            images.append(b["image"])
-            idx.append(b["index"])
-    return {"image": torch.cat(images), "index": torch.cat(idx), "skipped": skipped}
+from tests.conftest import collect_batches as _all, make_genimage_tree, small_datamodule as _dm
 
 
 def test_cached_batches_equal_file_batches(tmp_path):

@@ -14,19 +14,9 @@ from experiments.data.integrity import read_manifest
 from experiments.data.packed import PackedDataModule
 from experiments.data.shards import NotAPackError, PackedSplit, TokenChunks, read_info, write_pack
 from experiments.training.sklearn_io import collect_features
-from tests.conftest import compose_config, make_genimage_tree, small_datamodule as _dm
+from tests.conftest import collect_batches as _all, compose_config, make_genimage_tree, small_datamodule as _dm
 
 SMALL = dict(crop_size=24, resize_size=None, batch_size=8, num_workers=0, val_fraction=0.25)
-
-
-def _all(loader) -> dict:
-    images, idx, skipped = [], [], 0
-    for b in loader:
-        skipped += int(b["skipped"])
-        if not b.get("empty"):
-            images.append(b["image"])
-            idx.append(b["index"])
-    return {"image": torch.cat(images), "index": torch.cat(idx), "skipped": skipped}
 
 
 def _packed(location, tmp_path, **kw) -> PackedDataModule:
