@@ -95,6 +95,19 @@ bench-scale: $(VENV)/.installed ## Start-up at 10k/50k/200k generated images: wa
 bench-gpu: $(VENV)/.installed ## GPU: bare step vs Lightning fit (files, cache), memory, finiteness per precision -> reports/bench_gpu.{md,csv}
 	$(PY) -m experiments.bench.gpu
 
+# an offline GPU node: wheels of the locked packages its Python lacks, for `make gpu-check` there
+# (NODE_PACKAGES: a file of the names it has, one per line or comma-separated, e.g. from `pip list`)
+WHEELHOUSE ?= .whl
+NODE_PYTHON ?= 3.12
+NODE_PACKAGES ?=
+wheelhouse: ## Wheels of the locked runtime packages for an offline node (NODE_PYTHON=, NODE_PACKAGES=) -> .whl/
+	$(PYTHON) experiments/bench/wheelhouse.py --lock $(LOCK) --python-version $(NODE_PYTHON) \
+		--out $(WHEELHOUSE) $(if $(NODE_PACKAGES),--have $(NODE_PACKAGES))
+
+GPU_OUT ?= reports/gpu_check
+gpu-check: ## On a CUDA machine with torch: GPU tests, bench-gpu, one-epoch demo runs on the GPU -> $(GPU_OUT)
+	WHEELHOUSE=$(WHEELHOUSE) bash experiments/bench/gpu_check.sh $(GPU_OUT)
+
 # The tracking server's address and stores; for a cluster (docs/scaling.md):
 #   make mlflow-server HOST=0.0.0.0 BACKEND=postgresql+psycopg2://mlflow@db-host/mlflow ARTIFACTS=/shared/mlartifacts WORKERS=4
 # (not ?=: a HOST or PORT of the shell's environment is not taken for the server's)
@@ -120,4 +133,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out bench bench-scale bench-gpu mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out bench bench-scale bench-gpu wheelhouse gpu-check mlflow-server ui-screenshot test test-full mlflow-ui clean
