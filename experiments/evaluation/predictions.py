@@ -24,6 +24,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from experiments.data.audit.inspection import file_content_hash
+from experiments.data.layouts import real_source
 from experiments.evaluation.metrics import (
     ALL_GROUPS,
     binary_metrics,
@@ -149,19 +150,21 @@ def _bounds(prob: np.ndarray, label: np.ndarray, threshold: float, bootstrap: Bo
 
 
 #: Columns of ``predictions_<split>.csv``.
-PREDICTION_COLUMNS = ("index", "path", "relpath", "hash", "label", "generator", "prob")
+PREDICTION_COLUMNS = ("index", "path", "relpath", "hash", "label", "generator", "prob", "source")
 
 
 def write_predictions_csv(pred: Predictions, samples: Sequence[Any], path: str | Path,
                           hashes: Mapping[str, str] | None = None) -> Path:
-    """One row per scored image: ``index, path, relpath, hash, label, generator, prob`` (:data:`PREDICTION_COLUMNS`).
+    """One row per scored image: ``index, path, relpath, hash, label, generator, prob, source``
+    (:data:`PREDICTION_COLUMNS`).
 
     ``samples`` are the split's samples (``datamodule.splits[split]``), indexed by ``pred.index``. ``relpath`` is
     the path relative to ``data.root`` and ``hash`` the content hash of the file
     (:func:`~experiments.data.audit.inspection.content_hash`, the data check's; taken from ``hashes``, by path,
     or read from the file, empty when it cannot be read): ``task=compare`` pairs images by it, so runs made on
-    other mounts or machines compare. Probabilities are written at full precision (``repr``), so paired tests
-    read exactly the scores the run's metrics were computed from.
+    other mounts or machines compare. ``source`` is a real image's source
+    (:func:`~experiments.data.layouts.base.real_source`), empty for a synthetic one. Probabilities are written at
+    full precision (``repr``), so paired tests read exactly the scores the run's metrics were computed from.
     """
     path = Path(path)
     for index in pred.index:
@@ -179,7 +182,7 @@ def write_predictions_csv(pred: Predictions, samples: Sequence[Any], path: str |
             sample = samples[index]
             name = pred.generator_names[generator] if 0 <= generator < len(pred.generator_names) else generator
             writer.writerow([int(index), sample.path, getattr(sample, "relpath", "") or "", known.get(sample.path) or "",
-                             int(label), name, repr(float(prob))])
+                             int(label), name, repr(float(prob)), real_source(sample)])
     return path
 
 

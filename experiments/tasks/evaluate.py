@@ -62,6 +62,11 @@ from experiments.evaluation.predictions import (
     print_metrics_table,
     score,
 )
+from experiments.evaluation.real_sources import (
+    print_real_sources,
+    report_real_sources,
+    val_threshold_at_op,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         val = score_split(detector, datamodule.val_dataloader(), names)
         test = score_split(detector, datamodule.test_dataloader(), names)
         metrics = trained_threshold_metrics(detector, val, test, bootstrap_settings(eval_cfg))
+        op_threshold = val_threshold_at_op(val, eval_cfg.eval.operating_point)
+        metrics.update(report_real_sources(test, datamodule.splits["test"], op_threshold, bootstrap_settings(eval_cfg),
+                                           out_dir, logger))
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
             target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)
@@ -119,6 +127,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise
     tracking.end_run(logger.experiment, logger.run_id)
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
+    print_real_sources(metrics)
     tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
 

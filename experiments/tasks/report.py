@@ -27,6 +27,7 @@ from rich.table import Table
 
 from experiments.evaluation.curves import plot_bar_comparison
 from experiments.evaluation.plotting import with_subject
+from experiments.evaluation.real_sources import worst_source_lines
 from experiments.evaluation.console_tables import natural_width, print_fitted
 from experiments.evaluation.report_table import (
     FIT_SECONDS,
@@ -80,8 +81,10 @@ def report(cfg: DictConfig) -> dict:
     out_dir = inside(cfg.paths.report_dir, plain_name(experiment, "task.experiment_name"))
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "comparison.md"
+    worst = worst_source_lines([(f"{r.model} (seed {r.seed})", r.metrics) for r in rows])
+    worst_md = (f"\n## {WORST_SOURCE}\n\n" + "".join(f"- {w}\n" for w in worst)) if worst else ""
     md.write_text(f"# {experiment}: {split} metrics\n\n" + markdown_table(result.body)
-                  + f"\n{interval_note(confidence)}\n")
+                  + f"\n{interval_note(confidence)}\n" + worst_md)
     csv_path = out_dir / "comparison.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -109,11 +112,17 @@ def report(cfg: DictConfig) -> dict:
     print_fitted(console, f"{experiment}: {split} metrics ({len(rows)} runs)", HEADERS, result.body)
     console.print(interval_note(confidence), markup=False)
     print_runs(console, rows)
+    if worst:
+        console.print("\n".join([f"{WORST_SOURCE}:", *(f"  {w}" for w in worst)]), markup=False, soft_wrap=True)
     console.print(f"report table (Markdown): {md}", soft_wrap=True)
     console.print(f"report written to {md}, {csv_path}, {bars}", soft_wrap=True)
     announce_outputs(out_dir, run_id, uri)
     return {"table": table, "intervals": bounds, "rows": rows, "body": result.body, "markdown": md, "csv": csv_path,
             "plot": bars, "run_id": run_id}
+
+
+#: the heading of the lines naming each run's real source with the highest FPR (task=train's test/source/*)
+WORST_SOURCE = "Real source with the highest false-positive rate at the operating point"
 
 
 def interval_note(confidence: float) -> str:

@@ -26,6 +26,11 @@ from experiments.data.audit import write_data_stats, write_report
 from experiments.data.packed import PackedDataModule
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
+from experiments.evaluation.real_sources import (
+    print_real_sources,
+    report_real_sources,
+    val_threshold_at_op,
+)
 from experiments.errors import UserError
 from experiments.safe_paths import plain_name
 from experiments.training.builders import (
@@ -76,6 +81,9 @@ def train(cfg: DictConfig) -> float | None:
     fit_seconds = time.perf_counter() - start
 
     metrics = score(val, test, bootstrap=bootstrap_settings(cfg))
+    op_threshold = val_threshold_at_op(val, cfg.eval.operating_point)
+    metrics.update(report_real_sources(test, datamodule.splits["test"], op_threshold, bootstrap_settings(cfg),
+                                       out_dir, logger))
     calibrator = _fit_calibrator(kind.calibrator, val)
     if calibrator is not None:
         metrics.update(calibration_metrics(calibrator, test.prob, test.label))
@@ -96,6 +104,7 @@ def train(cfg: DictConfig) -> float | None:
                           calibration_label=f"{kind.calibrator.kind} scaling fitted on val")
     tracking.end_run(logger.experiment, logger.run_id)  # waits for the queued metrics
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
+    print_real_sources(metrics)
     tracking.announce_outputs(out_dir, logger.run_id, cfg.logger.tracking_uri)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None
 

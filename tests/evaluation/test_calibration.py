@@ -190,6 +190,7 @@ def test_train_fits_temperature_on_val_and_applies_it_to_test(tmp_path, monkeypa
     # the simulated predictions index no real images: the per-image CSVs have nothing to name
     monkeypatch.setattr("experiments.tasks.train.write_predictions_csv",
                         lambda pred, samples, path: (Path(path).write_text(""), Path(path))[1])
+    monkeypatch.setattr("experiments.tasks.train.report_real_sources", lambda *args: {})
     tree = make_genimage_tree(tmp_path / "genimage", n=2, size=32)
     cfg = compose_config(["data=genimage_tiny", f"data.root={tree}", "data.crop_size=32", "data.resize_size=null",
                           "data.num_workers=0", "diagnostics=false"], tmp_path)

@@ -174,6 +174,8 @@ def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_
     assert run.data.tags["model"] == "resnet34_localfft" and run.info.status == "FINISHED"
     assert run.data.metrics["test/auc"] == pytest.approx(metrics["test/auc"])
     assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")} == {f"{p}.png" for p in PLOTS}
+    assert 0.0 <= metrics["test/source/gen_a/fpr_at_op"] <= 1.0  # the real sources at the operating point
+    assert (out / "real_sources" / "source_generator_auc.csv").is_file()
 
 
 def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_path):

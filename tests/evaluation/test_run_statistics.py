@@ -119,6 +119,21 @@ def test_training_run_saves_predictions_and_intervals(model, trained_store):
     assert math.isclose(accuracy, metrics["test/accuracy"], abs_tol=1e-9)
     val_rows = list(csv.DictReader((out / "predictions_val.csv").open()))
     assert val_rows and "/train/" in val_rows[0]["path"]  # val is a hold-out of the train folders
+    assert {r["source"] for r in rows if r["label"] == "0"} == {"gen_a", "gen_b"}  # a real's generator folder
+    assert {r["source"] for r in rows if r["label"] == "1"} == {""}
+    for source in ("gen_a", "gen_b"):  # its FPR at the operating point chosen on val's reals
+        key = f"test/source/{source}/fpr_at_op"
+        reals = [float(r["prob"]) for r in rows if r["source"] == source]
+        assert 0.0 <= metrics[key] <= 1.0 and math.isclose(
+            metrics[key], np.mean(np.array(reals) >= _val_threshold(out)), abs_tol=1e-9)
+    assert {"real_sources/source_fpr.csv", "real_sources/source_generator_auc.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "real_sources")}
+
+
+def _val_threshold(out: Path) -> float:
+    """The fpr@0.05 threshold of a run's val reals, from its predictions_val.csv."""
+    reals = [float(r["prob"]) for r in csv.DictReader((out / "predictions_val.csv").open()) if r["label"] == "0"]
+    return float(np.quantile(reals, 0.95))
 
 
 def test_compare_reads_the_predictions_that_training_saved(trained_store, tmp_path):

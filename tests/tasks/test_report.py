@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from experiments.evaluation.report_table import HEADERS, markdown_headers
-from experiments.tasks.report import report
+from experiments.tasks.report import WORST_SOURCE, report
 from tests.conftest import assert_source_tags, compose_config
 
 
@@ -32,6 +32,10 @@ def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp
     for seed, auc in enumerate((0.80, 0.85, 0.90)):
         log_run(client, exp_id, "seeded", seed, {"test/auc": auc, "test/auc_ci_low": auc - 0.1,
                                                  "test/auc_ci_high": auc + 0.1})
+    log_run(client, exp_id, "sourced", 0, {"test/auc": 0.9, "test/source/camera/fpr_at_op": 0.04,  # real sources
+                                           "test/source/night_mode/fpr_at_op": 0.21,
+                                           "test/source/night_mode/fpr_at_op_ci_low": 0.15,
+                                           "test/source/night_mode/fpr_at_op_ci_high": 0.28})
 
     result = report(cfg)
     rows = {row[0]: dict(zip(HEADERS, row)) for row in result["body"]}
@@ -56,3 +60,6 @@ def test_report_shows_bootstrap_cells_for_one_run_and_t_intervals_over_seeds(tmp
     assert float(table["seeded"]["test/auc_ci_high"]) == pytest.approx(0.85 + half)
     assert table["single"]["interval"] == "bootstrap" and table["seeded"]["interval"] == "t over seeds"
     assert float(table["single"]["test/auc_mean"]) == pytest.approx(0.9421)  # the existing columns stay
+    worst = "sourced (seed 0): night_mode: FPR 0.210 [0.150, 0.280] (of 2 real sources)"  # the highest FPR named
+    assert f"## {WORST_SOURCE}\n\n- {worst}\n" in markdown and f"  {worst}" in printed
+    assert not any(line.startswith("  single") for line in printed)  # no per-source rates logged: no line

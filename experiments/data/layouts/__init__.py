@@ -11,7 +11,7 @@ Every layout checks the tree and raises :class:`DatasetLayoutError` with what it
 (``python -m experiments.data.layout_trees`` prints them) and the command that checks the data.
 """
 
-from experiments.data.layouts.base import CLASS_NAMES, FAKE, REAL, DatasetLayoutError, Layout, Sample
+from experiments.data.layouts.base import CLASS_NAMES, FAKE, REAL, DatasetLayoutError, Layout, Sample, real_source
 from experiments.data.layouts.cnndetection import CNNDetection
 from experiments.data.layouts.derm import Derm
 from experiments.data.layouts.genimage import GenImageFlat, GenImageNested
@@ -19,4 +19,5 @@ from experiments.data.layouts.manifest import Manifest
 from experiments.data.layouts.splits import Selection, holdout_split, limit_per_class
 
 __all__ = ["CLASS_NAMES", "CNNDetection", "DatasetLayoutError", "Derm", "FAKE", "GenImageFlat", "GenImageNested",
-           "Layout", "Manifest", "REAL", "Sample", "Selection", "holdout_split", "limit_per_class"]
+           "Layout", "Manifest", "REAL", "Sample", "Selection", "holdout_split", "limit_per_class",
+           "real_source"]

@@ -43,18 +43,30 @@ class Sample:
 
     ``path`` is the file as found (under the root the layout scanned); ``relpath`` is its path relative to
     that root (POSIX separators; the absolute path for a file outside it, which a manifest may name). The seeded
-    splits hash ``relpath``, so they are the same wherever the dataset or the clone lives.
+    splits hash ``relpath``, so they are the same wherever the dataset or the clone lives. ``source`` is where a
+    real image comes from (a camera, a photo collection), as a manifest's optional ``source`` column names it;
+    empty elsewhere: :func:`real_source` then takes the generator folder.
     """
 
     path: str
     label: int
     generator: str
     relpath: str = ""
+    source: str = ""
 
     @property
     def split_name(self) -> str:
         """The name the seeded splits hash: ``relpath``, or the absolute path when the sample has none."""
         return self.relpath or Path(os.path.abspath(self.path)).as_posix()
+
+
+def real_source(sample: Sample) -> str:
+    """The source of a real image: its ``source`` (a manifest's column) or else its generator, the folder a folder
+    layout found it in (GenImage's ``<generator>/.../nature``, CNNDetection's category, derm's one name); empty for
+    a synthetic image, which has a generator and no source."""
+    if sample.label != REAL:
+        return ""
+    return getattr(sample, "source", "") or sample.generator
 
 
 def relative_name(path: str | Path, root: str | Path) -> str:

@@ -1,6 +1,6 @@
 """The manifest layout: any image files, listed in a CSV.
 
-The CSV has the header ``path,label,generator,split`` (more columns are allowed and ignored):
+The CSV has the header ``path,label,generator,split``, optionally ``source`` (more columns are allowed and ignored):
 
 * ``path``: relative to the CSV's folder, or absolute;
 * ``label``: ``0``, ``real`` or ``nature`` for real images; ``1``, ``fake`` or ``ai`` for synthetic ones
@@ -9,6 +9,9 @@ The CSV has the header ``path,label,generator,split`` (more columns are allowed 
   as GenImage's ``nature`` folders do, or a name of their own);
 * ``split``: ``train``, ``val`` or ``test`` (case-insensitive). Without ``val`` rows, the datamodule holds
   out a seeded, stratified part of ``train`` as val, as for GenImage.
+* ``source`` (optional): where a real image comes from (a camera, a phone's night mode, a photo collection);
+  the per-source false-positive rates are reported by it. Without the column, or where it is empty, a real
+  image's source is its generator (:func:`~experiments.data.layouts.base.real_source`).
 
 Every row is checked (known label and split, non-empty generator, the file exists, no path listed twice)
 and the errors name the CSV, the line number and the bad value.
@@ -150,7 +153,7 @@ def _parse_row(row: dict[str, str], base: Path, root: Path) -> tuple[str | None,
     path = base / row["path"]
     if not path.is_file():
         return f"file '{row['path']}' does not exist (looked for {path})", None, ""
-    return None, Sample(str(path), label, row["generator"], relative_name(path, root)), split
+    return None, Sample(str(path), label, row["generator"], relative_name(path, root), row.get("source", "")), split
 
 
 def _read_manifest(csv_path: Path, ctx: ScanContext) -> dict[str, list[Sample]]:
