@@ -18,6 +18,16 @@ def test_generated_tree_has_the_layout_and_is_reused(tmp_path):
     assert scale.generated_tree(80, tmp_path) == root and files[0].stat().st_mtime_ns == stamp
 
 
+def test_a_smaller_tree_linked_from_a_larger_equals_one_written_afresh(tmp_path):
+    larger = scale.generated_tree(80, tmp_path / "linked")
+    linked = scale.generated_tree(40, tmp_path / "linked", larger=larger)
+    fresh = scale.generated_tree(40, tmp_path / "fresh")
+    names = sorted(p.relative_to(fresh) for p in fresh.rglob("*.png"))
+    assert len(names) == 40 and names == sorted(p.relative_to(linked) for p in linked.rglob("*.png"))
+    assert all((linked / n).read_bytes() == (fresh / n).read_bytes() for n in names)
+    assert (linked / names[0]).stat().st_ino == (larger / names[0]).stat().st_ino
+
+
 def test_verdicts_flag_a_cost_per_image_that_grows():
     def row(size, stage, seconds, rss):
         return scale.Row(size, stage, seconds, size, size / seconds, 1000 * seconds / size, rss)
