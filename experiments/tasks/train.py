@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if datamodule.chronology is not None:  # experiment=chronological: its tags are known once the order is
+    if getattr(datamodule, "chronology", None) is not None:  # experiment=chronological: tagged once the order is known
         OmegaConf.update(cfg, "logger.tags", datamodule.chronology.tags(), merge=True, force_add=True)
     logger = tracking.build_logger(cfg)
     data_error = None

@@ -73,7 +73,8 @@ def test_a_layout_without_dates_asks_for_the_order(tmp_path):
     root = make_genimage_tree(tmp_path / "g", n=2)
     with pytest.raises(DatasetLayoutError, match=r"data.generator_order=\[oldest"):
         DetectorDataModule("g", root, train_first=1)
-    assert DetectorDataModule("g", root, generator_order=["gen_b", "gen_a"], train_first=1).chronology.later == ["gen_a"]
+    given = DetectorDataModule("g", root, generator_order=["gen_b", "gen_a"], train_first=1)
+    assert given.chronology.later == ["gen_a"]
 
 
 def test_preset_trains_on_the_first_k_of_the_demo_order(tmp_path):
@@ -85,3 +86,24 @@ def test_preset_trains_on_the_first_k_of_the_demo_order(tmp_path):
     task = compose_config(["task=cross_generator", "experiment=chronological", "chronological.window=2"], tmp_path)
     assert task.task.protocol == "chronological" and task.task.window == 2
     assert compose_config(["task=cross_generator"], tmp_path).task.window == 1
+
+
+@pytest.mark.slow  # a whole training run (about 10 s alone, more on a busy machine)
+def test_a_chronological_training_run_is_tagged_with_its_horizon_and_order(tmp_path):
+    import mlflow
+
+    from experiments.tasks.train import train
+
+    root = make_genimage_tree(tmp_path / "g", generators=("gen_a", "gen_b", "gen_c"), n=4)
+    cfg = compose_config(["experiment=chronological", "data=genimage_tiny", f"data.root={root}", "data.crop_size=32",
+                          "data.resize_size=null", "data.num_workers=0", "diagnostics=false",
+                          "data.generator_order=[gen_c,gen_a,gen_b]", "chronological.k=2",
+                          "model=radial_angular_logreg", "model.estimator.features.n_radial=8",
+                          "model.estimator.features.n_angular=8"], tmp_path)
+    train(cfg)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("chronological-genimage_tiny").experiment_id])
+    assert {k: run.data.tags[k] for k in ("protocol", "train_generator", "generator_order", "chronological_k")} == {
+        "protocol": "chronological", "train_generator": "upto_gen_a", "generator_order": "gen_c,gen_a,gen_b",
+        "chronological_k": "2"}
+    assert {k.split("/")[1] for k in run.data.metrics if k.startswith("test/gen_")} == {"gen_b"}

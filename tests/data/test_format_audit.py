@@ -121,3 +121,18 @@ def test_a_probe_above_the_limit_after_the_equalizer_is_a_leakage_warning(tmp_pa
     assert probe_warnings(report) == [] and "Leakage warnings (after the equalizer" in report.format_table()
     report.equalized, report.probe = None, {"raw": 0.99}  # without an equalizer the raw probe is no such warning
     assert probe_warnings(report) == []
+
+
+def test_equalized_records_carry_the_header_of_the_re_encoded_jpeg(tmp_path):
+    from features.equalizer import JPEG_SUBSAMPLING, ExtremeEqualizer
+
+    report = add_metadata_probe(scan_dataset(_format_leak(tmp_path, n=6), progress=False),
+                                ExtremeEqualizer(size=32, jpeg_quality=90), seed=0)
+    assert {r.format for r in report.equalized} == {"JPEG"} and {r.exif for r in report.equalized} == {0}
+    assert len({r.quant_table for r in report.equalized}) == 1 and {r.bit_depth for r in report.equalized} == {8}
+    jpeg = next(r for r in report.records if r.format == "JPEG")
+    assert report.equalized[0].quant_table == jpeg.quant_table  # the same IJG tables at quality 90
+    expected = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JPEG_SUBSAMPLING, JPEG_SUBSAMPLING)
+    assert {r.subsampling for r in report.equalized} == {expected}
+    shares = report.probe_shares["equalized"]
+    assert shares["format"] == shares["quant table"] == shares["subsampling"] == 0.0  # equalized away

@@ -22,10 +22,9 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-
-from experiments.data.audit.histograms import QUALITY_BIN_WIDTH, quality_bin, shares, total_variation
 from PIL import Image
 
+from experiments.data.audit.histograms import QUALITY_BIN_WIDTH, quality_bin, shares, total_variation
 from experiments.data.audit.inspection import FileRecord, quant_table_fingerprint
 from experiments.data.images import UnreadableImage, header_facts, load_rgb
 
@@ -276,8 +275,8 @@ def probe_warnings(report: DataReport, limit: float = PROBE_WARNING_AUROC) -> li
     shares = report.probe_shares.get("equalized", {})
     top = ", ".join(f"{family} {share:.0%}" for family, share in sorted(shares.items(), key=lambda kv: -kv[1])
                     if share >= 0.1)
-    return [f"the metadata probe tells real from synthetic with AUROC {probe:.3f} after the equalizer {report.equalizer}"
-            f" (above {limit})" + (f"; its decision rests on {top}" if top else "")
+    return [f"the metadata probe tells real from synthetic with AUROC {probe:.3f} after the equalizer "
+            f"{report.equalizer} (above {limit})" + (f"; its decision rests on {top}" if top else "")
             + ". A detector can learn this instead of generator traces; equalise it with a stronger equalizer."]
 
 
