@@ -277,7 +277,7 @@ def probe_warnings(report: DataReport, limit: float = PROBE_WARNING_AUROC) -> li
                     if share >= 0.1)
     return [f"the metadata probe tells real from synthetic with AUROC {probe:.3f} after the equalizer "
             f"{report.equalizer} (above {limit})" + (f"; its decision rests on {top}" if top else "")
-            + ". A detector can learn this instead of generator traces; equalise it with a stronger equalizer."]
+            + ". The equalizer leaves this difference, and a detector can learn it instead of generator traces."]
 
 
 def equalized_record(record: FileRecord, equalizer) -> FileRecord:
