@@ -82,6 +82,10 @@ leave-one-out: demo-data ## Leave-one-out on the demo data (train on all generat
 	$(RUN) -m experiment=leave_one_out model=$(PROTOCOL_MODELS) $(PROTOCOL_CPU)
 	$(RUN) task=cross_generator experiment=leave_one_out
 
+chronological: demo-data ## Chronological protocol on the demo data (train on the first k generators, test on the later ones), then the table
+	$(RUN) -m experiment=chronological model=$(PROTOCOL_MODELS) $(PROTOCOL_CPU)
+	$(RUN) task=cross_generator experiment=chronological
+
 TRIALS ?= 20
 search: $(VENV)/.installed ## Optuna search (val/auc) for MODEL on the demo data, every trial an MLflow run
 	$(RUN) experiment=demo hparams_search=optuna model=$(or $(MODEL),resnet34_localfft) hydra.sweeper.n_trials=$(TRIALS)
@@ -133,4 +137,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out bench bench-scale bench-gpu wheelhouse gpu-check mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out chronological bench bench-scale bench-gpu wheelhouse gpu-check mlflow-server ui-screenshot test test-full mlflow-ui clean

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from experiments.data.audit.sampling import DataCheck
 from experiments.data.cache import cached_pack, is_cacheable
+from experiments.data.chronology import Chronology
 from experiments.data.dataset import ImageDataset, SampleDataset, collate_skipping
 from experiments.data.device_decode import EncodedImageDataset, collate_encoded
 from experiments.data.layouts import DatasetLayoutError, GenImageFlat, Layout, Sample, Selection, limit_per_class
@@ -69,6 +70,11 @@ class DetectorDataModule(L.LightningDataModule):
         test_generators: generators of the test split (None = ``generators``), for cross-generator protocols.
         exclude_generators: generators left out of the train and val splits (the held-out generator of
             ``experiment=leave_one_out``).
+        generator_order: the generators' release order, oldest first (``experiment=chronological``); None = the
+            layout's dates (a manifest's ``date`` column) when ``train_first`` is set.
+        train_first: train and validate on the first ``train_first`` generators of the release order and test on
+            every later one (:class:`~experiments.data.chronology.Chronology`, kept as :attr:`chronology`; it
+            replaces ``generators`` and ``test_generators``); None = no chronological split.
         crop_size, resize_size: preprocessing sizes (Synapse-7: 224, 256).
         batch_size: images per batch (Synapse-7: 96).
         num_workers: loader processes; None (``auto``) = the CPU cores this process may use, shared among the
@@ -116,6 +122,8 @@ class DetectorDataModule(L.LightningDataModule):
         generators: Sequence[str] | None = None,
         test_generators: Sequence[str] | None = None,
         exclude_generators: Sequence[str] | None = None,
+        generator_order: Sequence[str] | None = None,
+        train_first: int | None = None,
         crop_size: int = 224,
         resize_size: int | None = 256,
         batch_size: int = 96,
@@ -147,6 +155,12 @@ class DetectorDataModule(L.LightningDataModule):
         self.name = name
         self.root = Path(root)
         self.layout = layout if layout is not None else GenImageFlat()
+        #: the chronological split (``train_first``), whose :meth:`~Chronology.tags` the training run carries
+        self.chronology: Chronology | None = None
+        if train_first is not None:
+            order = list(generator_order) if generator_order else self.layout.release_order(self.root)
+            self.chronology = Chronology(tuple(order), int(train_first))
+            generators, test_generators = self.chronology.train, self.chronology.later
         self.selection = Selection(
             generators=list(generators) if generators else None,
             test_generators=list(test_generators) if test_generators else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +65,45 @@ class DecodedImage:
     ``image`` is 8-bit RGB with EXIF orientation applied; ``format`` is PIL's
     format read from the content ("JPEG", "PNG", ...), not from the extension;
     ``mode`` is the stored mode ("CMYK", "I;16", "P", ...); ``quantization``
-    holds the JPEG quantisation tables (natural order) and is None otherwise.
+    holds the JPEG quantisation tables (natural order) and is None otherwise; ``header`` what the header says
+    besides (:func:`header_facts`: EXIF, its Software tag, JPEG chroma subsampling and sample precision).
     """
 
     image: Image.Image
     format: str | None
     mode: str
     quantization: dict[int, list[int]] | None = None
+    header: dict = field(default_factory=dict)
+
+
+#: PIL's ``JpegImagePlugin.get_sampling`` codes, as the chroma subsampling is written
+JPEG_SAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+#: the EXIF Software tag (TIFF/EXIF tag 305, 0x0131)
+EXIF_SOFTWARE = 0x0131
+
+
+def header_facts(img: Image.Image) -> dict:
+    """What an open image's header says, no pixel read: ``exif`` (1 when the file carries EXIF data, else 0),
+    ``software`` (the EXIF Software tag, stripped, at most 64 characters; None without one), ``subsampling``
+    (JPEG chroma subsampling, ``4:4:4`` / ``4:2:2`` / ``4:2:0``, ``other`` for other or one-channel layouts;
+    None when not JPEG) and ``bits`` (the JPEG sample precision; None when not JPEG)."""
+    try:
+        exif = img.getexif()
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is read as none, not as an unreadable image
+        exif = {}
+    software = exif.get(EXIF_SOFTWARE) if exif else None
+    if isinstance(software, bytes):
+        software = software.decode("latin-1", "replace")
+    if software is not None:
+        software = str(software).strip("\x00 ").strip()[:64] or None
+    facts = {"exif": int(bool(exif) or bool(img.info.get("exif"))), "software": software,
+             "subsampling": None, "bits": None}
+    if img.format == "JPEG":
+        from PIL import JpegImagePlugin
+
+        facts["subsampling"] = JPEG_SAMPLING_NAMES.get(JpegImagePlugin.get_sampling(img), "other")
+        facts["bits"] = getattr(img, "bits", None)
+    return facts
 
 
 def _check_pixel_limit(path: Path, img: Image.Image) -> None:
@@ -107,9 +139,10 @@ def decode_image(path: str | Path, data: bytes | None = None) -> DecodedImage:
                 fmt, mode = img.format, img.mode
                 tables = getattr(img, "quantization", None) if fmt == "JPEG" else None
                 quantization = {int(k): list(v) for k, v in tables.items()} if tables else None
+                header = header_facts(img)
                 upright = ImageOps.exif_transpose(img)
                 upright.format = fmt
-                return DecodedImage(_to_rgb(upright), fmt, mode, quantization)
+                return DecodedImage(_to_rgb(upright), fmt, mode, quantization, header)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -2,7 +2,9 @@
 
 The protocols are those of GenImage (Zhu et al., 2023, "GenImage: a million-scale benchmark for detecting
 AI-generated image"): train on one generator and test on all (rows = train generator, columns = test
-generator), and its leave-one-out variant (train on all generators but one, test on the held-out one).
+generator), and its leave-one-out variant (train on all generators but one, test on the held-out one); and
+AI-GenBench's chronological protocol (Pellegrini et al., 2025: train on the generators released first, test on
+the later ones in windows, :func:`chronological_table`).
 A record is one (run, test generator) pair: ``model``, ``seed``, ``train``, ``test`` and the metric values
 ``test/<generator>/<metric>`` (with their bootstrap bounds) a training run logs. Everything here is pure.
 """
@@ -140,3 +142,56 @@ def held_out_summary(values: np.ndarray) -> dict[str, float]:
     finite = values[np.isfinite(values)]
     return {"held_out_mean": float(finite.mean()) if finite.size else math.nan,
             "held_out_min": float(finite.min()) if finite.size else math.nan}
+
+
+def chronological_table(records_by_model: Mapping[str, Iterable[Mapping[str, Any]]], metric: str = "auc",
+                        window: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]], list[str]]:
+    """The chronological protocol's table (AI-GenBench, Pellegrini et al. 2025): one row per (training horizon,
+    test window), one column per detector.
+
+    A record of a chronological run carries its release ``order`` (comma-joined, oldest first) and ``k`` (the
+    generators trained on, its ``train`` ``upto_<order[k-1]>``); the run's later generators are read in windows
+    of ``window`` generators (:func:`~experiments.data.chronology.later_windows`). A cell is the detector's score on
+    the window: the score of its one generator, with that generator's bootstrap interval; for a window of several
+    generators, the mean of their scores (no single interval). Seeds are averaged (and then have no interval, as
+    in :func:`cell_intervals`). Rows are ``(train, window)`` with ``window`` the window's generators joined by
+    ``+``, by order, ``k`` and window. Returns ``(values, low, high, rows, models)``, NaN where a detector has no
+    score for a row.
+    """
+    from experiments.data.chronology import later_windows
+
+    cells_by_model = {model: _finite_cells(records, metric) for model, records in records_by_model.items()}
+    horizons = {(str(r["order"]), int(r["k"]), str(r["train"])) for records in records_by_model.values()
+                for r in records}
+    rows: list[tuple[str, str]] = []
+    members: list[list[str]] = []
+    for order, k, train in sorted(horizons):
+        for generators in later_windows(order.split(","), k, window):
+            if (train, "+".join(generators)) not in rows:
+                rows.append((train, "+".join(generators)))
+                members.append(generators)
+    models = sorted(cells_by_model)
+    values = np.full((len(rows), len(models)), np.nan)
+    low, high = np.full_like(values, np.nan), np.full_like(values, np.nan)
+    for j, model in enumerate(models):
+        cells = cells_by_model[model]
+        for i, ((train, _), generators) in enumerate(zip(rows, members)):
+            scored = [cells[(train, g)] for g in generators if cells.get((train, g))]
+            if not scored:
+                continue
+            values[i, j] = float(np.mean([np.mean([float(r[metric]) for r in cell]) for cell in scored]))
+            if len(generators) == 1 and len(scored[0]) == 1:
+                low[i, j] = scored[0][0].get(f"{metric}_ci_low", math.nan)
+                high[i, j] = scored[0][0].get(f"{metric}_ci_high", math.nan)
+    return values, low, high, rows, models
+
+
+def chronological_summary(values: np.ndarray, first_window: np.ndarray) -> dict[str, float]:
+    """``window_mean`` and ``window_min`` (the worst window) of one detector's column of
+    :func:`chronological_table`, and ``next_window_mean``, over the rows where ``first_window`` is true (each
+    horizon's first window: the generators released right after it); finite cells only, NaN if none."""
+    finite = values[np.isfinite(values)]
+    nxt = values[first_window & np.isfinite(values)]
+    return {"window_mean": float(finite.mean()) if finite.size else math.nan,
+            "window_min": float(finite.min()) if finite.size else math.nan,
+            "next_window_mean": float(nxt.mean()) if nxt.size else math.nan}

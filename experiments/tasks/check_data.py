@@ -39,8 +39,10 @@ def check_data(cfg: DictConfig) -> DataReport:
     (exit status 2) when training would stop on the data, or, with ``task.strict=true``, on any strict problem.
 
     The report includes the metadata probe (:func:`~experiments.data.audit.add_metadata_probe`): the AUROC of
-    real vs synthetic from format, size, JPEG quality and bytes per pixel alone, on the files and after the
-    configured equalizer (``equalizer=extreme``), whose output the leakage warnings then judge. ``data.check``
+    real vs synthetic from the file metadata alone (format, size, bytes per pixel, JPEG quality, quantisation-table
+    fingerprint, chroma subsampling, EXIF and its Software tag, bit depth) and each feature family's share of its
+    decision, on the files and after the configured equalizer (``equalizer=extreme``), whose output the leakage
+    warnings then judge (a probe above :data:`~experiments.data.audit.PROBE_WARNING_AUROC` after it is one). ``data.check``
     chooses every file, a stratified sample or none; the per-file results are kept under
     ``paths.cache_dir/data_checks`` (:class:`~experiments.data.audit.store.CheckStore`)."""
     datamodule = build_datamodule(cfg)

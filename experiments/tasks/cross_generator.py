@@ -3,7 +3,10 @@
 ``protocol=train_on_one`` (GenImage's: train on one generator, test on all;
 ``experiment=train_on_one``) and
 ``protocol=leave_one_out`` (train on all generators but one, test on the
-held-out one; ``experiment=leave_one_out``, runs tagged ``train_generator=all_but_<generator>``).
+held-out one; ``experiment=leave_one_out``, runs tagged ``train_generator=all_but_<generator>``) and
+``protocol=chronological`` (AI-GenBench, Pellegrini et al. 2025: train on the first k generators of a release
+order, test on each later window; ``experiment=chronological``, runs tagged ``train_generator=upto_<generator>``,
+``generator_order`` and ``chronological_k``).
 
 The runs come from the protocol's preset (one training run per
 model and train generator, tagged ``protocol`` and ``train_generator``;
@@ -14,7 +17,9 @@ heatmap PNG and a CSV, and reports the diagonal mean (in-distribution) and the
 off-diagonal mean and minimum (unseen generators). Leave one out: for each metric
 one table with a row per held-out generator and a column per detector (the
 held-out score with its bootstrap interval; ``held_out_<metric>.{csv,png}``), and
-each detector's mean and worst held-out score. Tables fold to one row per cell on
+each detector's mean and worst held-out score. Chronological: for each metric one table with a row per
+(training horizon, test window of ``task.window`` generators) and a column per detector (``chronological_<metric>
+.{csv,png}``), and each detector's mean, worst and next-window score. Tables fold to one row per cell on
 a console too narrow for them. Everything is logged to MLflow in a run tagged
 ``task=cross_generator``.
 
@@ -38,6 +43,7 @@ from mlflow.entities import Metric
 from omegaconf import DictConfig
 from rich.console import Console
 
+from experiments.data.chronology import TRAIN_TAG_PREFIX
 from experiments.evaluation.curves import plot_heatmap
 from experiments.evaluation.console_tables import print_fitted
 from experiments.evaluation.generator_matrix import (
@@ -45,6 +51,8 @@ from experiments.evaluation.generator_matrix import (
     cell_intervals,
     held_out_summary,
     held_out_table,
+    chronological_summary,
+    chronological_table,
     records_from_run,
     summarize,
 )
@@ -55,7 +63,7 @@ from experiments.tracking import resolve_tracking_uri
 from experiments.tracking import announce_outputs, create_run, end_run, task_experiment_name
 
 #: The protocols, as the ``protocol`` tag of their training runs spells them.
-PROTOCOLS = ("train_on_one", "leave_one_out")
+PROTOCOLS = ("train_on_one", "leave_one_out", "chronological")
 
 # -- MLflow ---------------------------------------------------------------------------------------------------
 def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_names: Sequence[str],
@@ -71,16 +79,24 @@ def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_name
                                        f"model=..., then python run.py task=cross_generator experiment={protocol}")
     runs = [run for run in runs if run.data.tags.get("protocol") == protocol]
 
-    def key(run) -> tuple[str, str, str] | None:
+    def key(run) -> tuple[str, ...] | None:
         if "train_generator" not in run.data.tags:
             return None
-        return tag(run, "model"), tag(run, "train_generator"), tag(run, "seed")
+        if protocol == "chronological" and not {"generator_order", "chronological_k"} <= set(run.data.tags):
+            return None
+        return (tag(run, "model"), tag(run, "train_generator"), tag(run, "seed"),
+                run.data.tags.get("generator_order", ""))
 
     records: list[dict[str, Any]] = []
     for run in select_runs(runs, key, select):
-        model, train_generator, seed = key(run)
+        model, train_generator, seed, order = key(run)
         train = sanitize_metric_component(train_generator)  # as the metric names spell it
-        records += records_from_run(model, train, seed, run.data.metrics, metric_names)
+        found = records_from_run(model, train, seed, run.data.metrics, metric_names)
+        if protocol == "chronological":  # the release order and k, in the metric names' spelling
+            names = ",".join(sanitize_metric_component(g) for g in order.split(","))
+            for record in found:
+                record.update(order=names, k=int(run.data.tags["chronological_k"]))
+        records += found
     return records
 
 
@@ -126,7 +142,12 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     for record in records:
         by_model[record["model"]].append(record)
 
-    if protocol == "leave_one_out":
+    chronological: dict = {}
+    if protocol == "chronological":
+        chronological, summary, artifacts = _chronological_tables(by_model, metric_names, out_dir,
+                                                                  int(cfg.task.get("window", 1)))
+        matrices, intervals, held_out = {}, {}, {}
+    elif protocol == "leave_one_out":
         held_out, summary, artifacts = _held_out_tables(by_model, metric_names, out_dir)
         matrices: dict = {}
         intervals: dict = {}
@@ -147,12 +168,15 @@ def cross_generator(cfg: DictConfig) -> dict[str, Any]:
     run_id = _log_run(cfg, client, experiment, summary, artifacts, protocol)
     console = Console()
     confidence = float(cfg.stats.confidence)
-    if held_out:
+    if chronological:
+        _print_chronological(console, experiment, chronological, summary, confidence)
+    elif held_out:
         _print_held_out(console, experiment, held_out, summary, confidence)
     else:
         _print_summary(console, experiment, matrices, intervals, summary, confidence)
     announce_outputs(out_dir, run_id, uri)
-    return {"matrices": matrices, "intervals": intervals, "held_out": held_out, "summary": summary,
+    return {"matrices": matrices, "intervals": intervals, "held_out": held_out, "chronological": chronological,
+            "summary": summary,
             "records": records, "run_id": run_id, "out_dir": out_dir, "artifacts": artifacts}
 
 
@@ -201,6 +225,39 @@ def _held_out_tables(by_model: Mapping[str, list], metric_names: Sequence[str], 
         artifacts.append(path)
     summary = dict(sorted(summary.items()))
     return tables, summary, artifacts
+
+
+def _chronological_tables(by_model: Mapping[str, list], metric_names: Sequence[str], out_dir: Path, window: int):
+    """Chronological: per metric the (horizon, window) x detector table (:func:`chronological_table`), per model
+    and metric its summary (:func:`chronological_summary`), and a heatmap and CSV (``chronological_<metric>``)."""
+    tables: dict[str, tuple] = {}
+    summary: dict[tuple[str, str], dict[str, float]] = {}
+    artifacts: list[Path] = []
+    for metric in metric_names:
+        values, low, high, rows, models = chronological_table(by_model, metric, window)
+        tables[metric] = (values, low, high, rows, models)
+        first = np.array([all(r[0] != train for r in rows[:i]) for i, (train, _) in enumerate(rows)], dtype=bool)
+        for j, model in enumerate(models):
+            summary[(model, metric)] = chronological_summary(values[:, j], first)
+        labels = [f"{_horizon(train)} -> {test}" for train, test in rows]
+        artifacts.append(plot_heatmap(values, labels, models, out_dir / f"chronological_{metric}.png",
+                                      title=f"chronological: {metric} on later generators", fmt=".3f", vmin=0.0,
+                                      vmax=1.0, xlabel="detector", ylabel="trained up to -> test window"))
+        path = out_dir / f"chronological_{metric}.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["trained_up_to", "window",
+                             *(f"{m}{s}" for m in models for s in ("", "_ci_low", "_ci_high"))])
+            for i, (train, test) in enumerate(rows):
+                writer.writerow([_horizon(train), test, *(v for j in range(len(models))
+                                                           for v in (values[i, j], low[i, j], high[i, j]))])
+        artifacts.append(path)
+    return tables, dict(sorted(summary.items())), artifacts
+
+
+def _horizon(train: str) -> str:
+    """The newest generator of a chronological run's ``train_generator`` tag (``upto_<generator>``)."""
+    return train.removeprefix(TRAIN_TAG_PREFIX)
 
 
 def _log_run(cfg: DictConfig, client: mlflow.MlflowClient, experiment: str,
@@ -267,3 +324,22 @@ def _print_held_out(console: Console, experiment: str, tables: Mapping, summary:
             for (model, metric), values in summary.items()]
     print_fitted(console, f"{experiment}: leave-one-out summary",
                  ["model", "metric", "held-out mean", "worst held out"], body, keys=2, column_label="statistic")
+
+
+def _print_chronological(console: Console, experiment: str, tables: Mapping, summary: Mapping,
+                         confidence: float = 0.95) -> None:
+    """Chronological: per metric one row per (training horizon, test window) and one column per detector, then
+    each detector's mean, worst and next-window score."""
+    for metric, (values, low, high, rows, models) in tables.items():
+        body = [[_horizon(train), test, *(_cell_text(values[i, j], low[i, j], high[i, j])
+                                          for j in range(len(models)))]
+                for i, (train, test) in enumerate(rows)]
+        print_fitted(console, f"{experiment}: {metric} on generators released later (trained on every generator "
+                              f"up to the first column; [{confidence:.0%} bootstrap interval over the window's test "
+                              f"images])", ["trained up to", "test window", *models], body, keys=2,
+                     column_label="detector")
+    body = [[model, metric, *(_value_text(values[k]) for k in ("next_window_mean", "window_mean", "window_min"))]
+            for (model, metric), values in summary.items()]
+    print_fitted(console, f"{experiment}: chronological summary",
+                 ["model", "metric", "next window", "window mean", "worst window"], body, keys=2,
+                 column_label="statistic")

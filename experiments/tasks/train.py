@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(datamodule, "chronology", None) is not None:  # experiment=chronological: tagged once the order is known
+        OmegaConf.update(cfg, "logger.tags", datamodule.chronology.tags(), merge=True, force_add=True)
     logger = tracking.build_logger(cfg)
     data_error = None
     if rank_zero_only.rank == 0:  # under DDP rank 0 alone checks the data; fit hands its verdict to every rank

@@ -194,7 +194,7 @@ def test_adding_a_file_lists_its_folder_again(tmp_path, count_listings):
 def test_store_lookup_of_a_few_keys_in_a_large_table(tmp_path, monkeypatch):
     from experiments.data.audit import store as store_module
 
-    fields = (None, "PNG", "RGB", 8, 8, None, None, "", 100)
+    fields = (None, "PNG", "RGB", 8, 8, None, None, "", 100, 0, None, None, None, 8)
     monkeypatch.setattr(store_module, "LOOKUP_BATCH", 3)
     with CheckStore(tmp_path / "s.sqlite") as store:
         store.put([(f"f{i}.png", 100, i) for i in range(40)], [fields] * 40)

@@ -99,3 +99,26 @@ def test_held_out_table_has_a_row_per_held_out_generator_and_a_column_per_detect
     assert math.isnan(low[0, 0]) and (low[2, 0], high[2, 0]) == (0.5, 0.7) and (low[1, 1], high[1, 1]) == (0.8, 0.95)
     assert held_out_summary(values[:, 0]) == pytest.approx({"held_out_mean": 0.675, "held_out_min": 0.6})
     assert all(math.isnan(v) for v in held_out_summary(np.array([np.nan])).values())
+
+
+def test_chronological_table_reads_each_run_in_windows():
+    from experiments.evaluation.generator_matrix import chronological_summary, chronological_table
+
+    def record(model, k, test, auc, seed="1"):
+        return {"model": model, "seed": seed, "train": f"upto_{'abcd'[k - 1]}", "test": test, "order": "a,b,c,d",
+                "k": k, "auc": auc, "auc_ci_low": auc - 0.1, "auc_ci_high": auc + 0.1}
+
+    records = {"m": [record("m", 1, "b", 0.9), record("m", 1, "c", 0.8), record("m", 1, "d", 0.6),
+                     record("m", 2, "c", 0.9), record("m", 2, "d", 0.7), record("m", 2, "d", 0.5, seed="2")],
+               "n": [record("n", 1, "b", 0.7)]}
+    values, low, high, rows, models = chronological_table(records, "auc", window=2)
+    assert rows == [("upto_a", "b+c"), ("upto_a", "d"), ("upto_b", "c+d")] and models == ["m", "n"]
+    np.testing.assert_allclose(values[:, 0], [0.85, 0.6, (0.9 + 0.6) / 2])  # seeds averaged first
+    assert np.isnan(low[0, 0]) and low[1, 0] == pytest.approx(0.5)  # an interval only for a one-generator window
+    assert values[0, 1] == pytest.approx(0.7) and np.isnan(values[1:, 1]).all()
+    one = chronological_table(records, "auc", window=1)
+    assert one[3] == [("upto_a", "b"), ("upto_a", "c"), ("upto_a", "d"), ("upto_b", "c"), ("upto_b", "d")]
+    assert np.isnan(one[1][4, 0])  # two seeds: no single interval
+    first = np.array([True, False, False, True, False])
+    assert chronological_summary(one[0][:, 0], first) == pytest.approx(
+        {"window_mean": (0.9 + 0.8 + 0.6 + 0.9 + 0.6) / 5, "window_min": 0.6, "next_window_mean": 0.9})

@@ -143,3 +143,45 @@ def test_task_reads_train_on_one_runs_from_mlflow(tmp_path):
     assert_source_tags(client, result["run_id"], overrides, {"note": "matrices", "protocol": "train_on_one"})
     assert {a.path for a in client.list_artifacts(result["run_id"], "cross_generator")} >= {
         "cross_generator/m1_auc.png", "cross_generator/summary.csv"}
+
+
+def test_task_prints_one_row_per_chronological_window_and_a_column_per_detector(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    cfg = compose_config(["task=cross_generator", "experiment=chronological"], tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp_id = client.create_experiment("chronological-demo")
+    order = ("a", "b", "c", "d")
+    for model, shift in (("m", 0.0), ("npr", 0.05)):
+        for k in (1, 2):
+            run = client.create_run(exp_id, tags={"task": "train", "protocol": "chronological", "model": model,
+                                                  "train_generator": f"upto_{order[k - 1]}", "seed": "42",
+                                                  "generator_order": ",".join(order), "chronological_k": str(k)})
+            for j, test in enumerate(order[k:]):  # the score falls with the distance in release order
+                auc = 0.9 - 0.1 * j + shift
+                for key, value in (("auc", auc), ("auc_ci_low", auc - 0.05), ("auc_ci_high", auc + 0.05)):
+                    client.log_metric(run.info.run_id, f"test/{test}/{key}", value)
+                client.log_metric(run.info.run_id, f"test/{test}/accuracy", auc - 0.1)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    untagged = client.create_run(exp_id, tags={"task": "train", "protocol": "chronological", "model": "m",
+                                               "train_generator": "upto_c", "seed": "42"})  # no order: ignored
+    client.log_metric(untagged.info.run_id, "test/d/auc", 0.0)
+    client.set_terminated(untagged.info.run_id, "FINISHED")
+    result = cross_generator(cfg)
+    values, low, high, rows, models = result["chronological"]["auc"]
+    assert rows == [("upto_a", "b"), ("upto_a", "c"), ("upto_a", "d"), ("upto_b", "c"), ("upto_b", "d")]
+    assert models == ["m", "npr"]
+    np.testing.assert_allclose(values[:, 0], [0.9, 0.8, 0.7, 0.9, 0.8])
+    np.testing.assert_allclose(high - values, 0.05)
+    assert result["summary"][("m", "auc")] == pytest.approx(
+        {"window_mean": 0.82, "window_min": 0.7, "next_window_mean": 0.9})
+    assert result["held_out"] == {} and result["matrices"] == {}
+    out = tmp_path / "reports" / "cross_generator"
+    lines = (out / "chronological_auc.csv").read_text().splitlines()
+    assert lines[0].startswith("trained_up_to,window,m,m_ci_low,m_ci_high,npr") and len(lines) == 6
+    assert lines[1].split(",")[:3] == ["a", "b", "0.9"]
+    printed = capsys.readouterr().out
+    assert "n/a" not in printed and "nan" not in printed
+    row = next(line for line in printed.splitlines() if line.startswith("│ b ") and "│ d " in line)
+    assert "0.8000 [0.750, 0.850]" in row and "0.8500 [0.800, 0.900]" in row
+    assert client.get_run(result["run_id"]).data.metrics["cross_generator/npr/auc/window_min"] == pytest.approx(0.75)
+

@@ -25,6 +25,8 @@ from experiments.data.audit.leakage import (
     leakage_warnings,
     metadata_features,
     metadata_probe_auroc,
+    metadata_probe_shares,
+    probe_warnings,
 )
 from experiments.data.audit.preflight import (
     PROBE_WARNING_AUROC,
@@ -53,7 +55,8 @@ __all__ = [
     "PROBE_WARNING_AUROC", "strict_problems", "BadDataError", "DATA_STATS_FILE", "DEFAULT_MAX_BAD_FRACTION", "DataLeakageWarning", "DataReport",
     "DuplicateGroup", "FileRecord", "Histograms", "PreflightSettings", "add_metadata_probe", "check_bad_fraction",
     "data_check_cache_dir", "estimate_jpeg_quality", "find_duplicates", "inspect_file", "leakage_warnings",
-    "loader_min_size", "metadata_features", "metadata_probe_auroc", "preflight", "quality_bin", "scan_dataset",
+    "loader_min_size", "metadata_features", "metadata_probe_auroc",
+    "metadata_probe_shares", "probe_warnings", "preflight", "quality_bin", "scan_dataset",
     "shares", "short_side_bin", "size_statistics", "total_variation", "write_data_stats",
     "write_report", "CheckStore", "DataCheck", "DataCheckOff", "content_hash", "stratified_sample",
 ]

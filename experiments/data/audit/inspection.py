@@ -1,5 +1,6 @@
 """What the data check learns about each file, read once: a :class:`FileRecord` (SHA-256 of the bytes, the
-format from the content, size, the estimated JPEG quality, or why the file cannot be decoded), and the scan of
+format from the content, size, the estimated JPEG quality, the JPEG quantisation-table fingerprint and chroma
+subsampling, EXIF presence and its Software tag, the bit depth, or why the file cannot be decoded), and the scan of
 many files in a process pool, one worker per core, each sent chunks of files (decoding holds the GIL for part of
 the work, so threads do not scale). :func:`content_hash` is the suite's one hash of a file's bytes: the duplicate
 check, the per-file store (:mod:`~experiments.data.audit.store`) and the predictions files use it.
@@ -67,6 +68,31 @@ def estimate_jpeg_quality(quantization: Mapping[int, Sequence[int]] | None) -> i
     return int(np.argmin(error)) + 1
 
 
+def quant_table_fingerprint(quantization: Mapping[int, Sequence[int]] | None) -> str | None:
+    """A short hash (8 hex digits of SHA-256) of a JPEG's quantisation tables, luma and chroma in table order:
+    equal for files written with the same tables (one encoder at one quality), different across qualities and
+    across encoders with their own tables (cameras, Photoshop), which the IJG quality estimate folds together
+    (Kee, Johnson and Farid 2011, "Digital image authentication from JPEG headers"). None when not JPEG."""
+    if not quantization:
+        return None
+    text = ";".join(",".join(str(int(v)) for v in quantization[k]) for k in sorted(quantization))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+#: bits per sample of the PIL modes that are not 8-bit
+_MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
+def bit_depth(fmt: str | None, mode: str, data: bytes = b"", jpeg_bits: int | None = None) -> int:
+    """Bits per sample: a PNG's from its IHDR header (``data``: the file's bytes; PIL reads a 48-bit RGB PNG as
+    8-bit RGB), a JPEG's sample precision, else from the PIL ``mode`` (8 for the 8-bit modes)."""
+    if fmt == "PNG" and len(data) > 24 and data[12:16] == b"IHDR":
+        return int(data[24])
+    if fmt == "JPEG" and jpeg_bits:
+        return int(jpeg_bits)
+    return _MODE_BITS.get(mode, 8)
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """What the scan learned about one file. ``reason`` is set when the file cannot be decoded."""
@@ -85,6 +111,16 @@ class FileRecord:
     detail: str = ""
     #: size of the file in bytes (of the equalizer's re-encoded output for an equalized record)
     n_bytes: int = 0
+    #: 1 when the file carries EXIF data, else 0
+    exif: int = 0
+    #: the EXIF Software tag (None without one)
+    software: str | None = None
+    #: :func:`quant_table_fingerprint` of a JPEG's tables (None when not JPEG)
+    quant_table: str | None = None
+    #: JPEG chroma subsampling: ``4:4:4``, ``4:2:2``, ``4:2:0`` or ``other`` (None when not JPEG)
+    subsampling: str | None = None
+    #: bits per sample (8, or 16 for a 16-bit PNG; :func:`bit_depth`); 0 when unreadable
+    bit_depth: int = 0
 
     @property
     def readable(self) -> bool:
@@ -119,7 +155,10 @@ def inspect_file(sample: Sample, split: str) -> FileRecord:
 
 
 #: the fields of a :class:`FileRecord` that come from the file (not from the sample): what the store keeps
-CONTENT_FIELDS = ("sha256", "format", "mode", "width", "height", "jpeg_quality", "reason", "detail", "n_bytes")
+CONTENT_FIELDS = ("sha256", "format", "mode", "width", "height", "jpeg_quality", "reason", "detail", "n_bytes",
+                  "exif", "software", "quant_table", "subsampling", "bit_depth")
+#: the fields after ``n_bytes`` of a file that cannot be read or decoded
+_NO_HEADER = (0, None, None, None, 0)
 
 
 def inspect_path(path: str) -> tuple:
@@ -127,15 +166,18 @@ def inspect_path(path: str) -> tuple:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        return (None, None, None, 0, 0, None, "cannot read file", str(err), 0)
+        return (None, None, None, 0, 0, None, "cannot read file", str(err), 0, *_NO_HEADER)
     digest = content_hash(data)
     try:
         decoded = decode_image(path, data)
     except UnreadableImage as err:
-        return (digest, None, None, 0, 0, None, err.reason, err.detail, 0)
+        return (digest, None, None, 0, 0, None, err.reason, err.detail, 0, *_NO_HEADER)
     width, height = decoded.image.size
+    header = decoded.header
     return (digest, decoded.format, decoded.mode, width, height, estimate_jpeg_quality(decoded.quantization), None,
-            "", len(data))
+            "", len(data), int(header.get("exif", 0)), header.get("software"),
+            quant_table_fingerprint(decoded.quantization), header.get("subsampling"),
+            bit_depth(decoded.format, decoded.mode, data, header.get("bits")))
 
 
 def _inspect_chunk(paths: list[str]) -> list[tuple]:

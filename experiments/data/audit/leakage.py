@@ -3,8 +3,11 @@ systematic real-vs-synthetic differences in file format, JPEG quality or image s
 
 :func:`leakage_warnings` compares the real and synthetic histograms (total-variation distance);
 :func:`add_metadata_probe` measures the same leak as one number, the cross-validated AUROC of a logistic
-regression that sees only the metadata (format, width, height, JPEG quality, bytes per pixel), on the files as
-they are and again on what the configured equalizer (SPECTRAFORGE's Extreme Equalizer) makes of them.
+regression that sees only the metadata (:data:`PROBE_FEATURES`: format, size, bytes per pixel, JPEG quality,
+quantisation-table fingerprint, chroma subsampling, EXIF presence and Software tag, bit depth), on the files as
+they are and again on what the configured equalizer (SPECTRAFORGE's Extreme Equalizer) makes of them;
+:func:`metadata_probe_shares` says which of them carry its decision, and :func:`probe_warnings` warns when it
+still separates the classes after the equalizer.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from experiments.data.audit.histograms import QUALITY_BIN_WIDTH, quality_bin, shares, total_variation
-from experiments.data.audit.inspection import FileRecord
-from experiments.data.images import UnreadableImage, load_rgb
+from experiments.data.audit.inspection import FileRecord, quant_table_fingerprint
+from experiments.data.images import UnreadableImage, header_facts, load_rgb
 
 if TYPE_CHECKING:
     from experiments.data.audit.report import DataReport
@@ -138,45 +142,142 @@ def leakage_warnings(report: DataReport) -> list[str]:
     return out
 
 
-#: what the metadata probe sees of each file (the format one-hot encoded).
-PROBE_FEATURES = ("format", "width", "height", "jpeg_quality (-1 when not JPEG)", "bytes_per_pixel")
+#: the probe's feature families, in the order :func:`probe_design` lays them out (the decision shares group by them)
+PROBE_FAMILIES = ("format", "size", "bytes per pixel", "JPEG quality", "quant table", "subsampling", "EXIF",
+                  "software", "bit depth")
+#: what the metadata probe sees of each file, as the report names it
+PROBE_FEATURES = ("format", "width", "height", "bytes per pixel", "JPEG quality", "quantisation-table fingerprint",
+                  "chroma subsampling", "EXIF presence", "EXIF Software", "bit depth")
+#: EXIF Software values (lower case) of image editors; others read as "other software"
+KNOWN_EDITORS = ("photoshop", "lightroom", "gimp", "affinity", "pixelmator", "paint.net", "capture one",
+                 "darktable", "rawtherapee", "snapseed", "picasa", "facetune", "canva", "luminar", "acdsee")
+#: the metadata probe's AUROC above which it is a warning after the equalizer, and ``task=check_data
+#: task.strict=true`` fails (0.5 = the file metadata carry no label information)
+PROBE_WARNING_AUROC = 0.65
+
+
+def software_category(software: str | None) -> str:
+    """``none`` (no Software tag), ``editor`` (one of :data:`KNOWN_EDITORS`) or ``other``."""
+    if not software:
+        return "none"
+    return "editor" if any(name in software.lower() for name in KNOWN_EDITORS) else "other"
+
+
+def _one_hot(values: Sequence, categories: Sequence) -> list[list[float]]:
+    return [[float(v == c) for c in categories] for v in values]
+
+
+def _jpeg_only(columns: list[list[float]], is_jpeg: np.ndarray) -> np.ndarray:
+    """``columns`` (rows x k) with the non-JPEG rows set to the JPEG rows' mean: a JPEG-only property then
+    measures differences among the JPEG files, not the format again (constant when all JPEGs agree)."""
+    out = np.asarray(columns, dtype=np.float64).reshape(len(is_jpeg), -1)
+    if out.shape[1] and is_jpeg.any():
+        out[~is_jpeg] = out[is_jpeg].mean(axis=0)
+    elif out.shape[1]:
+        out[:] = 0.0
+    return out
+
+
+def probe_design(records: Sequence[FileRecord]) -> tuple[np.ndarray, list[str]]:
+    """``(X, families)``: the ``(N, F)`` probe inputs of readable records and the :data:`PROBE_FAMILIES` entry of
+    each column. Format, quantisation-table fingerprint (over the fingerprints seen), subsampling and software
+    category (:func:`software_category`) are one-hot; width, height, bytes per pixel (file size over width x
+    height), JPEG quality, EXIF presence (0/1) and bit depth are numbers. The JPEG-only properties (quality,
+    fingerprint, subsampling) of a non-JPEG file take the JPEG files' mean (:func:`_jpeg_only`)."""
+    formats = sorted({r.format or "unknown" for r in records})
+    is_jpeg = np.asarray([r.format == "JPEG" for r in records], dtype=bool)
+    tables = sorted({r.quant_table for r in records if r.quant_table})
+    samplings = sorted({r.subsampling for r in records if r.subsampling})
+    categories = sorted({software_category(r.software) for r in records})
+    blocks = [
+        ("format", np.asarray(_one_hot([r.format or "unknown" for r in records], formats))),
+        ("size", np.asarray([[float(r.width), float(r.height)] for r in records])),
+        ("bytes per pixel", np.asarray([[r.n_bytes / max(1, r.width * r.height)] for r in records])),
+        ("JPEG quality", _jpeg_only([[float(r.jpeg_quality or 0)] for r in records], is_jpeg)),
+        ("quant table", _jpeg_only(_one_hot([r.quant_table for r in records], tables), is_jpeg)),
+        ("subsampling", _jpeg_only(_one_hot([r.subsampling for r in records], samplings), is_jpeg)),
+        ("EXIF", np.asarray([[float(r.exif)] for r in records])),
+        ("software", np.asarray(_one_hot([software_category(r.software) for r in records], categories))),
+        ("bit depth", np.asarray([[float(r.bit_depth)] for r in records])),
+    ]
+    blocks = [(family, block.reshape(len(records), -1)) for family, block in blocks]
+    families = [family for family, block in blocks for _ in range(block.shape[1])]
+    return np.concatenate([block for _, block in blocks], axis=1), families
 
 
 def metadata_features(records: Sequence[FileRecord]) -> np.ndarray:
-    """``(N, F)`` probe inputs of readable records: one-hot format, width, height, JPEG quality (-1 when not
-    JPEG) and bytes per pixel (file size over width x height)."""
-    formats = sorted({r.format or "unknown" for r in records})
-    rows = []
-    for r in records:
-        one_hot = [float((r.format or "unknown") == f) for f in formats]
-        quality = -1.0 if r.jpeg_quality is None else float(r.jpeg_quality)
-        rows.append([*one_hot, float(r.width), float(r.height), quality, r.n_bytes / max(1, r.width * r.height)])
-    return np.asarray(rows, dtype=np.float64).reshape(len(records), len(formats) + 4)
+    """``(N, F)`` probe inputs of readable records (:func:`probe_design`)."""
+    return probe_design(records)[0]
+
+
+def _probe():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+def _labelled(records: Iterable[FileRecord]) -> tuple[list[FileRecord], np.ndarray, int]:
+    usable = [r for r in records if r.readable]
+    labels = np.asarray([r.label for r in usable], dtype=np.int64)
+    smallest = int(min(np.sum(labels == 0), np.sum(labels == 1))) if usable else 0
+    return usable, labels, smallest
 
 
 def metadata_probe_auroc(records: Iterable[FileRecord], seed: int = 0, folds: int = PROBE_FOLDS) -> float:
-    """Cross-validated AUROC of real vs synthetic from the metadata alone (:func:`metadata_features`).
+    """Cross-validated AUROC of real vs synthetic from the metadata alone (:func:`probe_design`).
 
     A standardised logistic regression (scikit-learn) is scored out of fold with a seeded stratified
     ``folds``-fold split (fewer folds when a class has fewer files), and the AUROC of the pooled out-of-fold
     probabilities is returned: 0.5 when the metadata carry no label information, 1.0 when they alone
     separate the classes (e.g. JPEG photos against PNG fakes). NaN with fewer than two files of a class.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    usable = [r for r in records if r.readable]
-    labels = np.asarray([r.label for r in usable], dtype=np.int64)
-    smallest = int(min(np.sum(labels == 0), np.sum(labels == 1))) if usable else 0
+    usable, labels, smallest = _labelled(records)
     if smallest < 2:
         return float("nan")
     split = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    probs = cross_val_predict(probe, metadata_features(usable), labels, cv=split, method="predict_proba")[:, 1]
+    probs = cross_val_predict(_probe(), metadata_features(usable), labels, cv=split, method="predict_proba")[:, 1]
     return float(roc_auc_score(labels, probs))
+
+
+def metadata_probe_shares(records: Iterable[FileRecord]) -> dict[str, float]:
+    """Each feature family's share of the probe's decision: the absolute standardised coefficients of the probe
+    (the logistic regression of :func:`metadata_probe_auroc` on standardised inputs, fitted on every file),
+    summed per :data:`PROBE_FAMILIES` entry and normalised to sum to 1 (standardised coefficients as relative
+    importance: Menard 2004, "Six approaches to calculating standardized logistic regression coefficients", The
+    American Statistician 58(3)). A feature constant over the files has no weight; collinear families (two
+    properties that always change together) share the weight between them. Empty with fewer than two files
+    of a class, or when no feature varies."""
+    usable, labels, smallest = _labelled(records)
+    if smallest < 2:
+        return {}
+    features, families = probe_design(usable)
+    weights = np.abs(_probe().fit(features, labels)[-1].coef_[0])
+    total = float(weights.sum())
+    if not total > 0:
+        return {}
+    shares = {family: 0.0 for family in PROBE_FAMILIES}
+    for family, weight in zip(families, weights):
+        shares[family] += float(weight) / total
+    return shares
+
+
+def probe_warnings(report: DataReport, limit: float = PROBE_WARNING_AUROC) -> list[str]:
+    """A warning when the metadata probe still tells real from synthetic after the configured equalizer
+    (AUROC above ``limit``), naming the families that carry its decision; empty without an equalizer."""
+    probe = report.probe.get("equalized", float("nan"))
+    if not probe > limit:
+        return []
+    shares = report.probe_shares.get("equalized", {})
+    top = ", ".join(f"{family} {share:.0%}" for family, share in sorted(shares.items(), key=lambda kv: -kv[1])
+                    if share >= 0.1)
+    return [f"the metadata probe tells real from synthetic with AUROC {probe:.3f} after the equalizer "
+            f"{report.equalizer} (above {limit})" + (f"; its decision rests on {top}" if top else "")
+            + ". The equalizer leaves this difference, and a detector can learn it instead of generator traces."]
 
 
 def equalized_record(record: FileRecord, equalizer) -> FileRecord:
@@ -193,8 +294,12 @@ def equalized_record(record: FileRecord, equalizer) -> FileRecord:
         return replace(record, width=width, height=height, n_bytes=int(round(per_pixel * width * height)))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING)
+    with Image.open(buffer) as encoded:  # the header only: its tables and subsampling
+        tables = {int(k): list(v) for k, v in encoded.quantization.items()}
+        header = header_facts(encoded)
     return replace(record, format="JPEG", width=width, height=height, jpeg_quality=int(quality),
-                   n_bytes=len(buffer.getvalue()))
+                   n_bytes=len(buffer.getvalue()), exif=0, software=None, quant_table=quant_table_fingerprint(tables),
+                   subsampling=header["subsampling"], bit_depth=8)
 
 
 def probe_sample(report: DataReport, max_per_class: int = PROBE_MAX_PER_CLASS, seed: int = 0) -> list[FileRecord]:
@@ -214,7 +319,9 @@ def add_metadata_probe(report: DataReport, equalizer=None, seed: int = 0, num_th
     """Set ``report.probe["raw"]`` (the files as they are) and, with an ``equalizer`` (PIL -> PIL, e.g.
     ``ExtremeEqualizer``), ``report.equalized`` (up to ``max_per_class`` files per class through it, seeded) and
     ``report.probe["equalized"]``; the leakage warnings then judge the equalized files. Returns ``report``."""
-    report.probe = {"raw": metadata_probe_auroc([r for r in report.records if report.usable(r)], seed)}
+    usable = [r for r in report.records if report.usable(r)]
+    report.probe = {"raw": metadata_probe_auroc(usable, seed)}
+    report.probe_shares = {"raw": metadata_probe_shares(usable)}
     if equalizer is None:
         return report
     sample = probe_sample(report, max_per_class, seed)
@@ -231,4 +338,5 @@ def add_metadata_probe(report: DataReport, equalizer=None, seed: int = 0, num_th
         report.equalized = [r for r in pool.map(equalize, sample) if r is not None]
     report.equalizer = repr(equalizer)
     report.probe["equalized"] = metadata_probe_auroc(report.equalized, seed)
+    report.probe_shares["equalized"] = metadata_probe_shares(report.equalized)
     return report

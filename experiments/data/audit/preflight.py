@@ -25,7 +25,14 @@ from experiments.data.audit.inspection import (
     inspect_paths,
     records_from,
 )
-from experiments.data.audit.leakage import DataLeakageWarning, add_metadata_probe, find_duplicates, leakage_warnings
+from experiments.data.audit.leakage import (
+    PROBE_WARNING_AUROC,
+    DataLeakageWarning,
+    add_metadata_probe,
+    find_duplicates,
+    leakage_warnings,
+    probe_warnings,
+)
 from experiments.data.audit.report import DEFAULT_MAX_BAD_FRACTION, DataReport, reason_counts
 from experiments.data.audit.sampling import DataCheck, stratified_sample
 from experiments.data.audit.store import CheckStore, file_key
@@ -186,11 +193,6 @@ def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX
     raise BadDataError("\n".join(lines))
 
 
-#: the metadata probe's AUROC above which ``task=check_data task.strict=true`` fails (0.5 = the file metadata
-#: carry no label information)
-PROBE_WARNING_AUROC = 0.65
-
-
 def strict_problems(report: DataReport, probe_limit: float = PROBE_WARNING_AUROC) -> list[str]:
     """What ``task.strict=true`` fails on besides unusable files: the leakage warnings, a metadata probe above
     ``probe_limit`` (after the equalizer when one is configured) and duplicates across splits."""
@@ -198,8 +200,8 @@ def strict_problems(report: DataReport, probe_limit: float = PROBE_WARNING_AUROC
     state = "equalized" if "equalized" in report.probe else "raw"
     probe = report.probe.get(state, float("nan"))
     if probe == probe and probe > probe_limit:
-        problems.append(f"metadata probe AUROC {probe:.3f} ({state}) is above {probe_limit}: format, size and JPEG "
-                        "quality alone tell real from synthetic")
+        problems.append(f"metadata probe AUROC {probe:.3f} ({state}) is above {probe_limit}: the file metadata "
+                        "alone tell real from synthetic")
     if report.cross_split_duplicate_pairs:
         problems.append(f"{report.cross_split_duplicate_pairs} duplicate pair(s) across splits (listed above)")
     return problems
@@ -243,7 +245,7 @@ def preflight(datamodule, settings: PreflightSettings = PreflightSettings(),
     )
     if on_report is not None:
         on_report(report)
-    for message in leakage_warnings(report):
+    for message in leakage_warnings(report) + probe_warnings(report):
         warnings.warn(message, DataLeakageWarning, stacklevel=2)
     check_bad_fraction(report, settings.max_bad_fraction)
     return report

@@ -23,7 +23,13 @@ import numpy as np
 
 from experiments.data.audit.histograms import Histograms, shares
 from experiments.data.audit.inspection import FileRecord
-from experiments.data.audit.leakage import PROBE_FEATURES, PROBE_FOLDS, DuplicateGroup, leakage_warnings
+from experiments.data.audit.leakage import (
+    PROBE_FEATURES,
+    PROBE_FOLDS,
+    DuplicateGroup,
+    leakage_warnings,
+    probe_warnings,
+)
 from experiments.data.layouts import CLASS_NAMES
 from experiments.data.walk import SkippedLink
 
@@ -47,6 +53,9 @@ class DataReport:
     equalized: list[FileRecord] | None = None
     #: ``{"raw": AUROC, "equalized": AUROC}`` of the metadata probe (:func:`metadata_probe_auroc`)
     probe: dict[str, float] = field(default_factory=dict)
+    #: ``{"raw": {family: share}, "equalized": ...}``: each feature family's share of the probe's decision
+    #: (:func:`~experiments.data.audit.leakage.metadata_probe_shares`)
+    probe_shares: dict[str, dict[str, float]] = field(default_factory=dict)
     equalizer: str = ""
     #: the symlinks the scan did not follow (a link out of the dataset, a broken link): not read, listed here
     skipped_links: list[SkippedLink] = field(default_factory=list)
@@ -216,9 +225,10 @@ class DataReport:
                     for g in self.duplicates
                 ],
             },
-            "leakage_warnings": leakage_warnings(self),
+            "leakage_warnings": leakage_warnings(self) + probe_warnings(self),
             "metadata_probe": {"auroc": dict(self.probe), "equalizer": self.equalizer or None,
-                               "features": list(PROBE_FEATURES), "folds": PROBE_FOLDS},
+                               "features": list(PROBE_FEATURES), "folds": PROBE_FOLDS,
+                               "shares": {state: dict(v) for state, v in self.probe_shares.items()}},
         }
 
     def format_table(self, max_bad_fraction: float | None = None) -> str:
@@ -270,13 +280,18 @@ class DataReport:
             lines.append(f"  {g.sha256[:10]}  {files}" + ("  [LABELS DIFFER]" if g.labels_differ else ""))
         lines += _more(len(cross))
 
-        warns = leakage_warnings(self)
+        warns = leakage_warnings(self) + probe_warnings(self)
         after = f" (after the equalizer {self.equalizer})" if self.equalized is not None else ""
         lines += ["", f"Leakage warnings{after}: {len(warns) or 'none'}"] + [f"  - {w}" for w in warns]
         if self.probe:
             probe = ", ".join(f"{state} {value:.3f}" for state, value in self.probe.items())
             lines += [f"Metadata probe AUROC ({', '.join(PROBE_FEATURES)}; logistic regression, stratified "
                       f"{PROBE_FOLDS}-fold; 0.5 = no leak, 1.0 = the metadata alone give the label): {probe}"]
+            for state, decision in self.probe_shares.items():
+                if decision:
+                    ranked = sorted(decision.items(), key=lambda kv: -kv[1])
+                    lines.append(f"  share of the {state} probe's decision (normalised |standardised coefficient| "
+                                 f"per feature family): " + ", ".join(f"{f} {v:.2f}" for f, v in ranked if v >= 0.005))
         limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
         empty = self.empty_classes()
         verdict = "OK" if self.bad_fraction <= limit and not empty else "TOO MANY: training stops"

@@ -20,7 +20,7 @@ from experiments.data.audit.inspection import CONTENT_FIELDS
 log = logging.getLogger(__name__)
 
 #: bump when what a row means changes (a new field, another hash)
-STORE_VERSION = 2
+STORE_VERSION = 3
 #: rows per ``IN (...)`` query (below SQLite's default limit of bound variables)
 LOOKUP_BATCH = 900
 #: read the whole table in one pass when the keys asked for are at least 1/SCAN_ABOVE of its rows
@@ -28,7 +28,7 @@ SCAN_ABOVE = 4
 
 _COLUMNS = ", ".join(CONTENT_FIELDS)
 _SCHEMA = (f"CREATE TABLE IF NOT EXISTS files (relpath TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-           f"{', '.join(f + ' ' + ('INTEGER' if f in ('width', 'height', 'jpeg_quality', 'n_bytes') else 'TEXT') for f in CONTENT_FIELDS)})")
+           f"{', '.join(f + ' ' + ('INTEGER' if f in ('width', 'height', 'jpeg_quality', 'n_bytes', 'exif', 'bit_depth') else 'TEXT') for f in CONTENT_FIELDS)})")
 
 #: a file's key: ``(path relative to the dataset root, size in bytes, mtime in ns)``; size -1 = cannot stat
 FileKey = tuple[str, int, int]

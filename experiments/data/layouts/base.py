@@ -136,6 +136,13 @@ class Layout:
         """The folders below the root, with this layout's class folder names."""
         raise NotImplementedError
 
+    def release_order(self, root: str | Path) -> list[str]:
+        """The generators oldest first, for ``experiment=chronological`` without ``data.generator_order``;
+        only a layout with dates (the manifest's ``date`` column) knows it."""
+        raise DatasetLayoutError(f"data.layout={self.name} has no release dates: give the release order with "
+                                 f"data.generator_order=[oldest,...,newest] (or list the images in a manifest with "
+                                 f"a date column, data=manifest)")
+
     def expected_tree(self, root: str | Path = "<root>") -> str:
         """The expected tree under ``root``, as the errors and ``python -m experiments.data.layout_trees`` show it."""
         return render_tree(f"{str(root).rstrip('/')}/", self.tree_nodes())

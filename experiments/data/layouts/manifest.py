@@ -12,6 +12,9 @@ The CSV has the header ``path,label,generator,split``, optionally ``source`` (mo
 * ``source`` (optional): where a real image comes from (a camera, a phone's night mode, a photo collection);
   the per-source false-positive rates are reported by it. Without the column, or where it is empty, a real
   image's source is its generator (:func:`~experiments.data.layouts.base.real_source`).
+* ``date`` (optional): when the generator of a synthetic image was released (``YYYY-MM-DD``, ``YYYY-MM`` or
+  ``YYYY``); ``experiment=chronological`` without ``data.generator_order`` orders the generators by their
+  earliest dated synthetic image (:func:`~experiments.data.chronology.order_from_dates`).
 
 Every row is checked (known label and split, non-empty generator, the file exists, no path listed twice)
 and the errors name the CSV, the line number and the bad value.
@@ -23,6 +26,7 @@ import csv
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from experiments.data.chronology import order_from_dates
 from experiments.data.layouts.base import Layout, Sample, ScanContext, check_known, few, relative_name
 from experiments.data.layouts.splits import Selection
 from experiments.data.layouts.tree import Node, render_tree
@@ -100,6 +104,21 @@ class Manifest(Layout):
         available = sorted({s.generator for samples in out.values() for s in samples})
         chosen = set(check_known(generators, available, "data.generators / data.test_generators", csv_path))
         return {split: [s for s in samples if s.generator in chosen] for split, samples in out.items()}
+
+    def release_order(self, root: str | Path) -> list[str]:
+        """The generators oldest first, from the ``date`` column of the synthetic images' rows."""
+        ctx = ScanContext(self, Path(root))
+        csv_path = self.csv_path(root)
+        if not csv_path.is_file():
+            raise ctx.error(f"manifest {csv_path} does not exist.")
+        dated: list[tuple[str, str]] = []
+        for line, row in _rows(csv_path, ctx):
+            if "date" not in row:
+                raise ctx.error(f"{csv_path} has no date column, so the generators have no release order.",
+                                "Add a date column (YYYY-MM-DD) or give data.generator_order=[oldest,...,newest].")
+            if MANIFEST_LABELS.get(row["label"].lower()) == 1 and row["generator"]:
+                dated.append((row["generator"], row["date"]))
+        return order_from_dates(dated)
 
     def check_command(self, root: str | Path) -> str:
         command = super().check_command(root)
