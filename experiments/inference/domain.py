@@ -37,9 +37,10 @@ def load_data_stats(ref: str | Path, detector: LoadedDetector, tracking_uri: str
     return stats if isinstance(stats, dict) and stats.get("n_images") else None
 
 
-def domain_warnings(rows: Sequence[Detection], stats: dict | None, tile: bool = False) -> list[str]:
+def domain_warnings(rows: Sequence[Detection], stats: dict | None) -> list[str]:
     """Warnings for inputs whose short side is more than :data:`DOMAIN_SIDE_RATIO` times off the training
-    median, and for crops that cover less than :data:`MIN_CROP_FRACTION` of the input."""
+    median, and for views that cover less than :data:`MIN_CROP_FRACTION` of the input (with the ``--views`` that
+    sees more)."""
     out: list[str] = []
     sized = [r for r in rows if r.width and r.height]
     if stats and sized:
@@ -54,7 +55,10 @@ def domain_warnings(rows: Sequence[Detection], stats: dict | None, tile: bool = 
                 f"px: {example.path}); scores outside the training domain are unreliable")
     small = [r for r in sized if r.crop_fraction < MIN_CROP_FRACTION]
     if small:
-        advice = "" if tile else "; pass --tile to score a grid of crops and average them"
+        if any(r.tiles == 1 for r in small):
+            advice = "; pass --views grid:4 (or --tile) to score a grid of crops and pool them"
+        else:
+            advice = "; pass --views all to score every crop position"
         out.append(f"the scored crop covers less than {MIN_CROP_FRACTION:.0%} of {len(small)} image(s) "
                    f"(e.g. {small[0].crop_fraction:.0%} of {small[0].path}){advice}")
     return out

@@ -73,6 +73,12 @@ class LoadedDetector:
         """The run's ``model.name``."""
         return str(self.cfg.model.name)
 
+    @property
+    def native_views(self) -> bool:
+        """``model.native_views`` of the run's config: ``eval.views=auto`` tiles large images at their native size
+        (:mod:`experiments.inference.tiling`); False for runs saved without the key."""
+        return bool(self.cfg.model.get("native_views", False))
+
     @functools.cached_property
     def preprocess(self) -> Preprocess:
         """The run's evaluation preprocessing (no random crop, no augmentation), from its training config."""

@@ -11,6 +11,8 @@ in one of two orders (``ood.order``):
 
 Detectors that share a preprocessing (:func:`preprocessing_of`) share the batches, so they see exactly the same
 pixels, and the noise of one image depends only on the seed, the perturbation and the image's dataset index.
+With views other than one centre crop (``eval.views``, :mod:`experiments.inference.tiling`), each perturbed
+image's views are scored and pooled (``eval.pooling``); detectors are grouped by their views as well.
 Only the scores are kept in memory, so large test sets stream. The robustness protocols are those of
 CNNDetection (Wang et al. 2020, "CNN-generated images are surprisingly easy to spot... for now") and the noise
 injection of SPECTRAFORGE.
@@ -34,6 +36,7 @@ from experiments.data.perturbations import Perturbation, apply, perturb_image, p
 from experiments.evaluation.metrics import binary_metrics
 from experiments.inference.loading import LoadedDetector
 from experiments.inference.scoring import SharedScores, readable_batches
+from experiments.inference.tiling import Views, views_loader
 from experiments.tracking import RUN_ID
 from features.precision import as_unit_float
 
@@ -77,9 +80,12 @@ def _perturb_file(perturbation: Perturbation, seed: int, image, index: int):
     return perturb_image(image, perturbation, seed, index)
 
 
-def perturbed_test_loader(datamodule, perturbation: Perturbation, seed: int) -> DataLoader:
+def perturbed_test_loader(datamodule, perturbation: Perturbation, seed: int, views: Views | None = None,
+                          ) -> DataLoader:
     """The test files of ``datamodule``, each perturbed as a decoded image and then preprocessed by the
-    datamodule's own (evaluation) preprocessing, equalizer included."""
+    datamodule's own (evaluation) preprocessing, equalizer included; cut into ``views`` when given."""
+    if views is not None and not views.center_only:
+        return views_loader(datamodule, "test", views, functools.partial(_perturb_file, perturbation, seed))
     dataset = PerturbedImageDataset(datamodule.datasets["test"].samples, datamodule.preprocess,
                                     datamodule.generator_names, functools.partial(_perturb_file, perturbation, seed))
     return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False, num_workers=datamodule.num_workers,
@@ -88,7 +94,7 @@ def perturbed_test_loader(datamodule, perturbation: Perturbation, seed: int) -> 
 
 # -- scoring -----------------------------------------------------------------------------------------------
 def score_group(detectors: Sequence[StressedDetector], loader: DataLoader, grid: Sequence[Perturbation],
-                seed: int) -> GroupScores:
+                seed: int, pooling: str = "mean") -> GroupScores:
     """P(synthetic) of each detector at each grid point over ``loader``: ``({label: {key: probs}}, labels)``.
 
     All ``detectors`` must share one preprocessing (they receive the same tensors). Grid points
@@ -96,13 +102,15 @@ def score_group(detectors: Sequence[StressedDetector], loader: DataLoader, grid:
     """
     probs: dict[str, dict[str, list[torch.Tensor]]] = {d.label: {p.key: [] for p in grid} for d in detectors}
     labels: list[torch.Tensor] = []
-    scores = SharedScores({d.label: d.loaded for d in detectors})
+    scores = SharedScores({d.label: d.loaded for d in detectors}, pooling)
     for batch in readable_batches(loader, f"OOD stress: {len(detectors)} detector(s) x {len(grid)} settings"):
-        images, ids = as_unit_float(batch["image"]), batch["index"]
+        images, ids, views = as_unit_float(batch["image"]), batch["index"], batch.get("views")
+        if views is not None:  # every view of an image is perturbed with the image's seed
+            ids = ids.repeat_interleave(views)
         labels.append(batch["label"].reshape(-1))
         scores.forget()  # identical inputs (noise 0, blur 0, scale 1) run once per batch
         for perturbation in grid:
-            scored = scores(apply(images, perturbation, seed, sample_ids=ids))
+            scored = scores(apply(images, perturbation, seed, sample_ids=ids), views=views)
             for det in detectors:
                 probs[det.label][perturbation.key].append(scored[det.label])
     if not labels:
@@ -112,18 +120,20 @@ def score_group(detectors: Sequence[StressedDetector], loader: DataLoader, grid:
 
 
 def score_group_before_preprocessing(detectors: Sequence[StressedDetector], datamodule,
-                                     grid: Sequence[Perturbation], seed: int) -> GroupScores:
+                                     grid: Sequence[Perturbation], seed: int, views: Views | None = None,
+                                     pooling: str = "mean") -> GroupScores:
     """As :func:`score_group`, in deployment order: each grid point perturbs the decoded files, then the shared
     preprocessing runs (:func:`perturbed_test_loader`). Batches identical to one already scored (the clean
     baselines) are scored once."""
     probs: dict[str, dict[str, np.ndarray]] = {d.label: {} for d in detectors}
     labels = None
-    scores = SharedScores({d.label: d.loaded for d in detectors})
+    scores = SharedScores({d.label: d.loaded for d in detectors}, pooling)
     for perturbation in grid:
         parts: dict[str, list[torch.Tensor]] = {d.label: [] for d in detectors}
         point_labels = []
-        for number, batch in enumerate(readable_batches(perturbed_test_loader(datamodule, perturbation, seed))):
-            scored = scores(as_unit_float(batch["image"]), key=number)
+        loader = perturbed_test_loader(datamodule, perturbation, seed, views)
+        for number, batch in enumerate(readable_batches(loader)):
+            scored = scores(as_unit_float(batch["image"]), key=number, views=batch.get("views"))
             for det in detectors:
                 parts[det.label].append(scored[det.label])
             point_labels.append(batch["label"].reshape(-1))
@@ -137,23 +147,28 @@ def score_group_before_preprocessing(detectors: Sequence[StressedDetector], data
 
 def evaluate_detectors(detectors: Sequence[StressedDetector], grid: Sequence[Perturbation], seed: int,
                        test_datamodule: Callable[[StressedDetector], Any], order: str | None = None,
+                       views: Views | None = None, pooling: str = "mean",
                        ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{detector label: {"<perturbation>/<strength>": {"auc", "ap", "accuracy", "n"}}}`` in ``order``.
+    """``{detector label: {"<perturbation>/<strength>": {"auc", "ap", "accuracy", "n"}}}`` in ``order``, each image
+    scored on its ``views`` (default ``auto``) pooled by ``pooling``.
 
-    Detectors are grouped by :func:`preprocessing_of`; ``test_datamodule(first detector of a group)`` gives the
-    set-up datamodule whose test split that group is scored on.
+    Detectors are grouped by :func:`preprocessing_of` and their views; ``test_datamodule(first detector of a
+    group)`` gives the set-up datamodule whose test split that group is scored on.
     """
     order = perturbation_order(order)
+    views = views or Views()
     groups: dict[tuple, list[StressedDetector]] = defaultdict(list)
     for det in detectors:
-        groups[preprocessing_of(det)].append(det)
+        groups[(preprocessing_of(det), views.for_detector(det.loaded.native_views))].append(det)
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for members in groups.values():
+    for (_, group_views), members in groups.items():
         datamodule = test_datamodule(members[0])
         if order == "before_preprocessing":
-            probs, labels = score_group_before_preprocessing(members, datamodule, grid, seed)
+            probs, labels = score_group_before_preprocessing(members, datamodule, grid, seed, group_views, pooling)
         else:
-            probs, labels = score_group(members, datamodule.test_dataloader(), grid, seed)
+            loader = (datamodule.test_dataloader() if group_views.center_only
+                      else views_loader(datamodule, "test", group_views))
+            probs, labels = score_group(members, loader, grid, seed, pooling)
         for det in members:
             results[det.label] = {}
             for p in grid:

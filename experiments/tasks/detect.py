@@ -4,7 +4,8 @@ Usage::
 
     spectral-detect <run id | run folder | weights file | models:/<name>/<version> | runs:/<run id>/model>
         <image or folder> [more images or folders]
-        [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32] [--tile]
+        [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32]
+        [--views auto|center|grid:K|all] [--pooling mean|max] [--tile]
         [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
 
 For every image it prints P(synthetic) and the label (``synthetic`` / ``real``)
@@ -14,7 +15,13 @@ same command.)
 
 The training run records its images' sizes (``data_stats.json``); ``detect`` warns when an input's short side
 is more than twice (or less than half) the training median, and when the crop covers less than a quarter of
-the input: ``--tile`` then scores a grid of crops and averages them.
+the input: ``--views grid:4`` (or ``--tile``, the same) then scores a grid of crops and pools them.
+
+``--views`` (default ``auto``) and ``--pooling`` (default ``mean``) are ``eval.views`` and ``eval.pooling`` of
+``task=evaluate`` (:mod:`experiments.inference.tiling`): ``center`` scores one crop, ``grid:K`` a ``K x K`` grid of
+crops at the training crop size cut from the image at its native size, ``all`` every crop position; ``auto``
+tiles (``grid:4``) an image more than twice the crop for a spectral detector (``model.native_views``). The
+header says which views and pooling were used.
 
 Preprocessing is exactly the detector's own evaluation preprocessing, read from
 the run's resolved config: ``Preprocess(cfg.data.crop_size, cfg.data.resize_size)``
@@ -67,6 +74,7 @@ from experiments.inference.file_scoring import score_files
 from experiments.inference.files import collect_images
 from experiments.inference.loading import LoadedDetector, load_detector, resolve_reference
 from experiments.inference.model_uris import is_model_uri
+from experiments.inference.tiling import TILE_GRID, ViewsError, parse_pooling, parse_views
 from experiments.tracking import RUN_ID
 
 __all__ = ["CSV_COLUMNS", "DetectError", "Detection", "DetectionResult", "Skipped", "detect", "main"]
@@ -107,13 +115,14 @@ def probability_note(detector: LoadedDetector, calibrated: bool) -> str:
 def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold: float | str = "auto",
            batch_size: int = 32, device: str = "cpu", recursive: bool = True, follow_symlinks: bool = False,
            tracking_uri: str | None = None, progress: bool | None = None, calibrated: bool = True,
-           tile: bool = False) -> DetectionResult:
+           tile: bool = False, views: str = "auto", pooling: str = "mean") -> DetectionResult:
     """Score every image in ``inputs`` with the detector ``ref`` (run id, run folder, weights file, or an MLflow
     model URI: ``models:/<name>/<version>``, ``models:/<name>@<alias>``, ``runs:/<run id>/model``).
 
     ``threshold`` is a probability, ``"val"`` (the run's validation-calibrated threshold; an error when there is
     none) or ``"auto"`` (that threshold when there is one, else 0.5). ``calibrated``: apply the run's val-fitted
-    calibrator to P(synthetic) when it has one. ``tile`` scores a grid of crops per image and averages them.
+    calibrator to P(synthetic) when it has one. ``views`` (``auto``, ``center``, ``grid:K``, ``all``) are the views
+    scored per image and ``pooling`` (``mean``, ``max``) how their scores are pooled; ``tile`` is ``views="grid:4"``.
     ``result.warnings`` says when the inputs are far from the training images' sizes (the run's
     ``data_stats.json``) or when the crop sees little of them.
     Raises :class:`DetectError` for a bad reference, input path or threshold; unreadable
@@ -124,6 +133,11 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
     if batch_size < 1:
         raise DetectError(f"--batch-size must be >= 1, not {batch_size}")
     wanted = parse_threshold(threshold)
+    try:
+        chosen = parse_views(f"grid:{TILE_GRID}" if tile else views, "--views")
+        pooling = parse_pooling(pooling, "--pooling")
+    except ViewsError as err:
+        raise DetectError(str(err)) from None
     files, skipped, ignored = collect_images(inputs, recursive=recursive, follow_symlinks=follow_symlinks)
     try:
         device = resolve_device(device)
@@ -152,15 +166,16 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
         preprocess = detector.preprocess
     except Exception as err:  # noqa: BLE001 - a config this command cannot reproduce
         raise DetectError(f"cannot rebuild the preprocessing of {ref} from its config: {err}") from None
-    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, tile,
-                                   use_calibration)
+    chosen = chosen.for_detector(detector.native_views)
+    rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, chosen,
+                                   use_calibration, pooling)
     stats = load_data_stats(run_ref, detector, tracking_uri)
     return DetectionResult(
         rows=rows, skipped=skipped + unreadable, threshold=float(wanted), val_threshold=val_threshold,
         val_threshold_source=val_source, ignored=ignored, source=str(detector.source), probability=probability,
         preprocess=f"crop {preprocess.crop_size}, resize {preprocess.resize_size or 'none (native resolution)'}"
-                   + (", mean of a grid of crops (--tile)" if tile else ""),
-        data_stats=stats, warnings=domain_warnings(rows, stats, tile),
+                   + f"; views {chosen.describe(preprocess.crop_size)}, pooling {pooling}",
+        data_stats=stats, warnings=domain_warnings(rows, stats),
     )
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -246,9 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--out", help="write a CSV with columns path, p_synthetic, label, threshold, status "
                                       "(every file: 'scored' or the reason it was skipped)")
-    parser.add_argument("--tile", action="store_true",
-                        help="score a grid of crops of each image (up to 4x4) and average them, for inputs much "
-                             "larger than the training crop")
+    parser.add_argument("--views", default="auto",
+                        help="views scored per image: auto (default: a 4x4 grid at native size for a spectral "
+                             "detector on images over twice the crop, else center), center, grid:K or all")
+    parser.add_argument("--pooling", default="mean", choices=("mean", "max"),
+                        help="how an image's view scores are pooled (default mean)")
+    parser.add_argument("--tile", action="store_true", help="the same as --views grid:4")
     parser.add_argument("--threshold", default="auto",
                         help="decision threshold on the printed P(synthetic), or 'val' for the run's "
                              "validation-calibrated threshold (default auto: 'val' when the run has one, else 0.5)")
@@ -270,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = detect(args.ref, args.inputs, threshold=args.threshold, batch_size=args.batch_size,
                         device=args.device, recursive=args.recursive, follow_symlinks=args.follow_symlinks,
-                        tracking_uri=args.tracking_uri, calibrated=not args.raw, tile=args.tile)
+                        tracking_uri=args.tracking_uri, calibrated=not args.raw, tile=args.tile,
+                        views=args.views, pooling=args.pooling)
     except DetectError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,6 +26,12 @@ them again on the target's val split is an explicit choice, ``task.recalibrate_o
 those figures are added under their own names: ``threshold/val_target_calibrated``,
 ``test/<m>_at_val_threshold_target_calibrated``, ``test/ece_target_calibrated``,
 ``test/brier_target_calibrated`` and ``plots/calibration_target_calibrated.png``.
+The views scored per image are ``eval.views`` (``auto``, ``center``, ``grid:K``, ``all``: crops at the training
+crop size cut from the image at its native size, :mod:`experiments.inference.tiling`), pooled by
+``eval.pooling`` (``mean``, ``max``); the run's tags ``views``, ``views_used`` (what they meant for this
+detector) and ``pooling`` record them, and ``views/<split>_per_image`` is the mean number of views an image got.
+``auto`` is one centre crop except for a spectral detector (``model.native_views``) on images more than twice
+the crop.
 Everything is logged to a new MLflow run of ``evaluate-detectors-<data>`` (``logger.task_experiment_name``) tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
@@ -35,6 +41,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,7 @@ from experiments.training.builders import bootstrap_settings, build_datamodule, 
 from experiments.inference.device import resolve_device
 from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.inference.scoring import score_split
+from experiments.inference.tiling import parse_pooling, parse_views, views_loader
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,
@@ -84,8 +92,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "`python run.py task=evaluate ckpt=logs/train/runs/<run>` (the folder holding config.yaml and the "
             "weights) or `ckpt=<32-hex MLflow run id>`"
         )
+    settings = cfg.get("eval") or {}
+    views, pooling = parse_views(settings.get("views")), parse_pooling(settings.get("pooling"))
     device = resolve_device(_device_name(cfg))
     detector = load_detector(cfg.ckpt, cfg.logger.tracking_uri, device=device)
+    requested, views = str(views), views.for_detector(detector.native_views)
     eval_cfg = evaluation_config(cfg, detector.cfg)
     datamodule = build_datamodule(eval_cfg)
     datamodule.prepare_data()
@@ -94,12 +105,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(eval_cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(eval_cfg, resolve=True))
+    with open_dict(eval_cfg):
+        eval_cfg.logger.tags.update({"views": requested, "views_used": views.describe(int(eval_cfg.data.crop_size)),
+                                     "pooling": pooling})
     logger = tracking.build_logger(eval_cfg)
     try:
         tracking.log_metrics(logger, datamodule.counts(), step=0)
         names = datamodule.generator_names
-        val = score_split(detector, datamodule.val_dataloader(), names)
-        test = score_split(detector, datamodule.test_dataloader(), names)
+        seen = {split: Counter() for split in ("val", "test")}
+        val, test = (score_split(detector, _loader(datamodule, split, views), names, pooling=pooling,
+                                 views_seen=seen[split]) for split in ("val", "test"))
+        tracking.log_metrics(logger, {f"views/{split}_per_image": sum(n * k for n, k in counts.items())
+                                      / max(sum(counts.values()), 1) for split, counts in seen.items()})
         metrics = trained_threshold_metrics(detector, val, test, bootstrap_settings(eval_cfg))
         op_threshold = val_threshold_at_op(val, eval_cfg.eval.operating_point)
         metrics.update(report_real_sources(test, datamodule.splits["test"], op_threshold, bootstrap_settings(eval_cfg),
@@ -130,6 +147,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     print_real_sources(metrics)
     tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
+
+
+def _loader(datamodule, split: str, views):
+    """The split's batches: the datamodule's own for one centre crop per image, else batches of views."""
+    if views.center_only:
+        return datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    return views_loader(datamodule, split, views)
 
 
 def trained_threshold_metrics(detector: LoadedDetector, val: Predictions, test: Predictions,

@@ -7,6 +7,10 @@ each decoded file is perturbed at its native size, then the detector's own prepr
 (``ood.order: after_preprocessing``). The grid is the ``_target_`` entries of ``cfg.ood.perturbations``
 (:mod:`experiments.data.perturbations`).
 
+Each image is scored on the views of ``eval.views`` (``auto``: one centre crop, or a grid at native size for a
+spectral detector on images more than twice the crop; :mod:`experiments.inference.tiling`) pooled by
+``eval.pooling``; the run records them (params ``stress/views``, ``stress/views_used``, ``stress/pooling``).
+
 Outputs:
 
 * MLflow: one new run per detector, tagged ``task=ood_stress``,
@@ -45,6 +49,7 @@ from experiments.errors import instantiate
 from experiments.inference.device import resolve_device
 from experiments.inference.loading import load_detector, resolve_reference
 from experiments.inference.stress import StressedDetector, deduplicate_labels, evaluate_detectors
+from experiments.inference.tiling import Views, parse_pooling, parse_views
 from experiments.inference.stress_tables import ood_metric_items, print_tables, write_curves, write_tables
 from experiments.runs import ExperimentNotFound, NoRunsFound, finished_training_runs, newest_per_key
 from experiments.tracking import RUN_ID, announce_outputs, create_run, end_run, mlflow_client, task_experiment_name
@@ -151,6 +156,10 @@ def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: StressedDetector,
               Param("stress/order", perturbation_order(cfg.ood.get("order"))),
               Param("stress/crop_size", str(det.loaded.cfg.data.crop_size)),
               Param("stress/resize_size", str(det.loaded.cfg.data.get("resize_size")))]
+    views, pooling = eval_views(cfg)
+    params += [Param("stress/views", str(views)), Param("stress/pooling", pooling),
+               Param("stress/views_used", views.for_detector(det.loaded.native_views).describe(
+                   int(det.loaded.cfg.data.crop_size))[:500])]
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i:i + 500])
     client.log_batch(run_id, params=params)
@@ -161,17 +170,24 @@ def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: StressedDetector,
 
 
 # -- the task ------------------------------------------------------------------------------------------
+def eval_views(cfg: DictConfig) -> tuple[Views, str]:
+    """``eval.views`` and ``eval.pooling`` of the config, parsed."""
+    settings = cfg.get("eval") or {}
+    return parse_views(settings.get("views")), parse_pooling(settings.get("pooling"))
+
+
 def ood_stress(cfg: DictConfig) -> dict[str, Any]:
     """Run the OOD grid on every detector; returns results, run ids and written paths."""
     client = mlflow_client(cfg.logger.tracking_uri)
     uri = client.tracking_uri
     grid = ood_grid(cfg.ood)
+    views, pooling = eval_views(cfg)
     detectors = resolve_detectors(cfg, client, uri)
     log.info("OOD stress: %d detectors x %d grid points on data=%s", len(detectors), len(grid), cfg.data.name)
 
     start = time.perf_counter()
     results = evaluate_detectors(detectors, grid, int(cfg.seed), lambda det: build_test_datamodule(cfg, det),
-                                 order=cfg.ood.get("order"))
+                                 order=cfg.ood.get("order"), views=views, pooling=pooling)
     seconds = time.perf_counter() - start
 
     out_dir = Path(cfg.paths.report_dir) / "ood_stress"

@@ -193,6 +193,24 @@ def test_evaluate_by_run_id_uses_the_detectors_sizes_on_other_data(trained, tmp_
     assert [r.data.tags["evaluated_run"] for r in runs] == [trained["run_id"]]
 
 
+def test_evaluate_scores_views_and_records_them(trained, tmp_path):
+    """eval.views=auto tiles this spectral detector's 80 px images (over twice its 32 px crop) as a 4 x 4 grid;
+    eval.views=center scores one crop; the views and the pooling are tags of the run."""
+    big = make_genimage_tree(tmp_path / "big", generators=("gen_c",), n=3, size=80, seed=2)
+    base = TINY + [f"data.root={big}", "task=evaluate", f"ckpt={trained['run_dir']}", "diagnostics=false",
+                   "stats.bootstrap_resamples=0"]
+    auto = evaluate(compose_config(base, tmp_path / "auto"))
+    center = evaluate(compose_config(base + ["eval.views=center", "eval.pooling=max"], tmp_path / "center"))
+    assert "test/auc" in auto and "test/auc" in center
+    _, run = _only_run(_store(tmp_path / "auto"), "evaluate-detectors-genimage_tiny", task="evaluate")
+    assert run.data.metrics["views/test_per_image"] == 16 and run.data.metrics["views/val_per_image"] == 16
+    assert run.data.tags["views"] == "auto" and run.data.tags["pooling"] == "mean"
+    assert run.data.tags["views_used"].startswith("auto: grid:4")
+    _, run = _only_run(_store(tmp_path / "center"), "evaluate-detectors-genimage_tiny", task="evaluate")
+    assert run.data.metrics["views/test_per_image"] == 1
+    assert (run.data.tags["views"], run.data.tags["pooling"]) == ("center", "max")
+
+
 def test_training_stores_the_val_calibration_beside_the_weights(trained):
     stored = json.loads((trained["run_dir"] / "calibration.json").read_text())
     assert stored["fitted_on"] == "val" and stored["calibrator"]["kind"] == "temperature"

@@ -240,3 +240,24 @@ def test_weights_are_loaded_with_weights_only(trained, messy_folder, monkeypatch
         text = (ROOT / source).read_text()
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call, f"{source}: torch.load({call})"
+
+
+def test_views_and_pooling_are_applied_and_printed(trained, tmp_path, capsys):
+    """``--views grid:3 --pooling max``: the max of the detector's own P(synthetic) over the nine native-size crops,
+    and the header says so; ``auto`` tiles this spectral detector's 100 x 80 input (over twice its 32 px crop)."""
+    from experiments.inference.tiling import parse_views, view_crops
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.fromarray(_rgb(np.random.default_rng(1), 80, 100)).save(folder / "wide.png")
+    result = detect(trained["run_dir"], folder, views="grid:3", pooling="max", calibrated=False, progress=False)
+    det = load_detector(trained["run_dir"])
+    crops, _ = view_crops(load_rgb(folder / "wide.png"), det.preprocess, parse_views("grid:3"))
+    assert result.rows[0].tiles == len(crops) == 9
+    assert result.rows[0].p_synthetic == pytest.approx(float(det.predict_proba(crops).max()), abs=1e-6)
+    assert [r.tiles for r in detect(trained["run_dir"], folder, progress=False).rows] == [16]
+
+    assert main([str(trained["run_dir"]), str(folder), "--views", "grid:3", "--pooling", "max"]) == 0
+    assert "views grid:3 (crops of 32 px at native size), pooling max" in capsys.readouterr().out
+    assert main([str(trained["run_dir"]), str(folder), "--views", "grid:0"]) == 2
+    assert "--views='grid:0'" in capsys.readouterr().err

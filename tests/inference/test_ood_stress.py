@@ -89,6 +89,8 @@ def test_logs_ood_metrics_per_detector(stressed):
                 key = f"{metric_prefix(p)}/{metric}"
                 assert 0.0 <= run.data.metrics[key] <= 1.0, key
                 assert run.data.metrics[key] == pytest.approx(result["results"][label][p.key][metric])
+        assert (run.data.params["stress/views"], run.data.params["stress/pooling"]) == ("auto", "mean")
+        assert run.data.params["stress/views_used"].startswith("auto: grid:4")  # both are spectral detectors
         artifacts = {a.path for a in client.list_artifacts(run_id, "ood_stress")}
         assert "ood_stress/ood_auroc.csv" in artifacts and "ood_stress/robustness_noise.png" in artifacts
 
@@ -160,6 +162,24 @@ def test_default_order_perturbs_the_file_before_preprocessing(stressed, tmp_path
                             for i, s in enumerate(samples)])
     assert torch.equal(noisy, as_unit_float(expected))
     assert not torch.equal(noisy, apply(clean, noise, cfg.seed, sample_ids=torch.arange(clean.shape[0])))
+
+
+@pytest.mark.parametrize("order", ["before_preprocessing", "after_preprocessing"])
+def test_views_are_scored_in_both_orders_and_recorded(stressed, tmp_path, monkeypatch, order):
+    """eval.views=grid:2 on 64 px images (32 px crops): every test image reaches the detectors as 4 crops, in one
+    batch per grid point, and the runs record the views and the pooling."""
+    seen = spy_on_detector_inputs(monkeypatch)
+    big = make_genimage_tree(tmp_path / "big", n=2, size=64, seed=3)
+    ids = [stressed["result"]["detectors"][m] for m in MODELS]
+    cfg = compose_config(DATA + ["task=ood_stress", "ood=noise", "ood.perturbations.noise.strengths=[0,10]",
+                                 f"ood.order={order}", "eval.views=grid:2", "eval.pooling=max",
+                                 f"data.root={big}", f"ckpt=[{ids[0]},{ids[1]}]",
+                                 f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
+    result = ood_stress(cfg)
+    n_test = result["results"][MODELS[0]]["noise/s0"]["n"]
+    assert n_test > 0 and [len(x) for x in seen[MODELS[0]]] == [4 * n_test] * 2
+    params = stressed["client"].get_run(result["run_ids"][MODELS[1]]).data.params
+    assert (params["stress/views"], params["stress/pooling"]) == ("grid:2", "max")
 
 
 def test_missing_runs_outside_demo_raise_with_a_command(stressed):

@@ -148,13 +148,17 @@ def test_training_records_its_image_sizes(trained64):
 
 
 def test_detect_warns_on_inputs_far_from_the_training_sizes(trained64, tmp_path):
-    result = detect(trained64["run_dir"], _inputs(tmp_path / "in"), progress=False)
-    assert len(result.rows) == 2
+    result = detect(trained64["run_dir"], _inputs(tmp_path / "in"), progress=False, views="center")
+    assert len(result.rows) == 2 and all(r.tiles == 1 for r in result.rows)
     assert any("far from the training images' sizes" in w and "64x64" in w for w in result.warnings)
     assert any("--tile" in w for w in result.warnings)  # a 64 px crop sees 6% of a 256 px image
     tiled = detect(trained64["run_dir"], tmp_path / "in", progress=False, tile=True)
     assert all(r.tiles == 16 for r in tiled.rows)
     assert not any("--tile" in w for w in tiled.warnings)
+    # the default, auto: a spectral detector (model.native_views) tiles an image over twice its crop
+    auto = detect(trained64["run_dir"], tmp_path / "in", progress=False)
+    assert [r.tiles for r in auto.rows] == [16, 16] and "views auto: grid:4" in auto.preprocess
+    assert [r.p_synthetic for r in auto.rows] == pytest.approx([r.p_synthetic for r in tiled.rows])
 
 
 def test_detect_csv_lists_every_file_with_its_status(trained64, tmp_path, capsys):
