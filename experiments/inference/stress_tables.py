@@ -169,9 +169,12 @@ def print_severity_table(results: Results, grid: Sequence[Perturbation]) -> None
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    resized: dict[tuple[str, int, int], list[str]] = defaultdict(list)
     for label, res in results.items():
         for p in grid:
             skipped, upscaled = res[p.key].get("skipped", 0), res[p.key].get("upscaled", 0)
             if skipped or upscaled:
-                console.print(f"{label} {p.key}: {skipped} image(s) skipped (smaller than the crop), "
-                              f"{upscaled} upscaled to the crop size (ood.too_small)")
+                resized[(p.key, skipped, upscaled)].append(label)
+    for (key, skipped, upscaled), labels in resized.items():
+        console.print(f"{key}: {skipped} image(s) skipped as smaller than the crop, {upscaled} upscaled to the crop "
+                      f"size (ood.too_small), for {', '.join(labels)}")
