@@ -48,6 +48,7 @@ demo: demo-data ## Build the env and demo data, train the four detectors on it, 
 	@echo "Next:"
 	@echo "  make mlflow-ui                    compare these runs in the MLflow UI (http://127.0.0.1:5000)"
 	@echo "  make ood-stress                   the four detectors under noise, JPEG, blur and down-scaling"
+	@echo "  make laundering                   the four detectors under re-share, WebP, screenshot, crop, greyscale"
 	@echo "  python run.py task=check_data data=genimage_tiny data.root=/path/to/your/data   check your own data"
 	@echo "  python run.py -m data=genimage_tiny data.root=/path/to/your/data model=$(MODELS)   then train on it"
 
@@ -60,12 +61,20 @@ test: $(VENV)/.installed ## Run the fast test suite (CPU, minutes)
 test-full: $(VENV)/.installed ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-ood-stress: demo-data ## OOD stress test (noise, JPEG, blur, down-scaling) of the demo detectors; prints the AUROC table
-	@# first train the demo detectors that have no finished run in the demo experiment (all four on a fresh clone)
+# first train the demo detectors that have no finished run in the demo experiment (all four on a fresh clone)
+define TRAIN_MISSING_DEMO
 	@runs=$$($(RUN) task=runs experiment=demo task.limit=1000 2>/dev/null | grep FINISHED); \
 	missing=$$(for m in $$(echo '$(MODELS)' | tr ',' ' '); do echo "$$runs" | grep -qw -- "$$m" || printf '%s,' "$$m"; done); \
 	if [ -n "$$missing" ]; then $(RUN) -m experiment=demo model=$${missing%,}; fi
+endef
+
+ood-stress: demo-data ## OOD stress test (noise, JPEG, blur, down-scaling) of the demo detectors; prints the AUROC table
+	$(TRAIN_MISSING_DEMO)
 	$(RUN) task=ood_stress experiment=demo
+
+laundering: demo-data ## Laundering chains (re-share, WebP, screenshot, crop, greyscale) of the demo detectors; prints the severity table
+	$(TRAIN_MISSING_DEMO)
+	$(RUN) task=ood_stress experiment=demo ood=laundering
 
 # the detectors of the cross-generator protocols on the demo data, and their CPU-sized training, from random
 # initialisation as the demo, every stage trained (no download; ++ because the scikit-learn and NPR detectors have
@@ -137,4 +146,4 @@ mlflow-ui: $(VENV)/.installed ## Open the MLflow UI on the project's store (http
 clean: ## Remove run outputs (logs/, reports/), keep data and the MLflow store
 	rm -rf logs reports
 
-.PHONY: help venv lock demo-data demo report search ood-stress train-on-one leave-one-out chronological bench bench-scale bench-gpu wheelhouse gpu-check mlflow-server ui-screenshot test test-full mlflow-ui clean
+.PHONY: help venv lock demo-data demo report search ood-stress laundering train-on-one leave-one-out chronological bench bench-scale bench-gpu wheelhouse gpu-check mlflow-server ui-screenshot test test-full mlflow-ui clean

@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from experiments.data.images import UnreadableImage, load_rgb
 from experiments.data.layouts import Sample
@@ -91,16 +93,28 @@ def collate_skipping(items: list[dict | None] | dict) -> dict:
 class PerturbedImageDataset(ImageDataset):
     """:class:`ImageDataset` whose files are perturbed before preprocessing (deployment order of the OOD stress
     test): decode, ``perturb(image, index)`` on the PIL image at its native size, then ``preprocess``
-    (equalizer included)."""
+    (equalizer included).
+
+    ``upscale_below``: a perturbed image whose short side fell below it (a laundering crop or resize of a file
+    that was large enough) is resized up (bicubic) to it, and its item says ``upscaled``; without it such an
+    image is skipped as too small. Files already below it before the perturbation are skipped either way."""
 
     def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, generator_names: Sequence[str],
-                 perturb: Callable[[Image.Image, int], Image.Image]) -> None:
+                 perturb: Callable[[Image.Image, int], Image.Image], upscale_below: int | None = None) -> None:
         super().__init__(samples, preprocess, generator_names)
         self.perturb = perturb
+        self.upscale_below = upscale_below
 
     def __getitem__(self, index: int) -> dict | None:
         try:
-            image = self.preprocess(self.perturb(load_rgb(self.samples[index].path), index))
+            original = load_rgb(self.samples[index].path)
+            image = self.perturb(original, index)
+            upscaled = self.upscale_below is not None and min(image.size) < self.upscale_below \
+                <= min(original.size)
+            if upscaled:
+                image = TF.resize(image, self.upscale_below, interpolation=InterpolationMode.BICUBIC, antialias=True)
+            item = self.item(self.preprocess(image), index)
         except (UnreadableImage, ImageTooSmall):
             return None
-        return self.item(image, index)
+        item["upscaled"] = torch.tensor(upscaled)
+        return item

@@ -101,12 +101,16 @@ class PerturbationKind:
 
     A subclass says how one strength becomes a step (:meth:`step`), how that strength is written in metric
     names (``prefix`` + the number: ``s5``, ``q50``, ``x0.75``), whether the step draws noise
-    (``stochastic``) and what the robustness curve's x axis shows (``axis``).
+    (``stochastic``) and what the robustness curve's x axis shows (``axis``). ``ordinal`` kinds (the laundering
+    chains of :mod:`experiments.data.laundering`) have named levels, drawn at their positions; ``changes_size``
+    kinds change the image size, so they run on decoded files only (``ood.order: before_preprocessing``).
     """
 
     prefix: str = ""
     stochastic: bool = False
     axis: str = "strength"
+    ordinal: bool = False
+    changes_size: bool = False
 
     def __init__(self, strengths: Sequence[Any] = ()) -> None:
         self.strengths = list(strengths)
@@ -280,7 +284,8 @@ def perturbation_grid(perturbations: Mapping[str, PerturbationKind]) -> list[Per
     for name, kind in perturbations.items():
         if not isinstance(kind, PerturbationKind):
             raise ValueError(f"ood.perturbations.{name}: unknown kind {kind!r}; give a `_target_` to a "
-                             f"PerturbationKind of {__name__} (GaussianNoise, JPEG, GaussianBlur, Downscale, Compose)")
+                             f"PerturbationKind of {__name__} (GaussianNoise, JPEG, GaussianBlur, Downscale, Compose) or "
+                             "of experiments.data.laundering (Reshare, WebP, Screenshot, Crop, Greyscale)")
         grid.extend(kind.points(str(name)))
     return grid
 

@@ -207,6 +207,34 @@ def plot_robustness_curves(
     return path
 
 
+def plot_severity_curves(
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    levels: Sequence[str],
+    path: str | Path,
+    title: str,
+    xlabel: str = "severity level",
+) -> str | Path:
+    """One panel per metric (``{ylabel: {model: one value per level}}``), side by side: x = the named ``levels``
+    at their positions (mildest first), one line per model; NaN points are skipped."""
+    with saved_figure(path, (4.6 * max(1, len(panels)), 4.2)) as fig:
+        axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+        for ax, (ylabel, curves) in zip(axes, panels.items()):
+            for name, values in curves.items():
+                finite = [(i, float(v)) for i, v in enumerate(values) if is_finite(v)]
+                if finite:
+                    xs, ys = zip(*finite)
+                    ax.plot(xs, ys, marker="o", linewidth=1.6, label=name)
+            ax.set_xticks(range(len(levels)), labels=list(levels), rotation=30, ha="right")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if curves:
+                ax.legend(fontsize=8, loc="best")
+        fig.suptitle(title)
+    return path
+
+
 def plot_heatmap(
     matrix: Any,
     row_names: Sequence[str],

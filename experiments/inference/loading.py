@@ -92,6 +92,16 @@ class LoadedDetector:
         """The decision threshold on raw P chosen on the training run's val split, when stored."""
         return None if self.calibration is None else float(self.calibration["threshold"])
 
+    @property
+    def operating_threshold(self) -> float | None:
+        """The run's operating-point threshold on raw P (``calibration.json`` -> ``"operating_point"`` ->
+        ``"threshold"``, chosen on val reals only: :mod:`experiments.evaluation.operating_point`). Runs saved
+        before operating points were stored fall back to :attr:`val_threshold`; None without ``calibration.json``."""
+        if self.calibration is None:
+            return None
+        threshold = (self.calibration.get("operating_point") or {}).get("threshold")
+        return self.val_threshold if threshold is None else float(threshold)
+
 
 def _weights_in(folder: Path) -> Path | None:
     for pattern in (f"*{suffix}" for suffix in WEIGHTS_SUFFIXES):

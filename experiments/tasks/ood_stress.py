@@ -16,12 +16,18 @@ Outputs:
 * MLflow: one new run per detector, tagged ``task=ood_stress``,
   ``evaluated_run=<source run id or path>`` and ``model``, in the experiment
   ``ood_stress-<training experiment>`` (``logger.task_experiment_name``), with the
-  metrics ``ood/<perturbation>/<strength>/{auc,ap,accuracy}``;
+  metrics ``ood/<perturbation>/<strength>/{auc,ap,accuracy,tpr_at_op,fpr_at_op}`` (the last two at the run's
+  operating-point threshold);
 * ``<paths.report_dir>/ood_stress/``: ``robustness_<perturbation>.png`` (AUROC
   versus strength, one line per detector), ``ood_auroc.md`` / ``ood_auroc.csv``
   (rows = detector, columns = ``<perturbation>/<strength>`` AUROC) and
   ``ood_metrics.csv`` (long format, every metric); these are logged to every
-  detector run under ``ood_stress/`` and the table is printed.
+  detector run under ``ood_stress/`` and the table is printed. With laundering chains (``ood=laundering``,
+  :mod:`experiments.data.laundering`): ``severity_<chain>.png`` (AUROC and TPR at the operating point per
+  level) and ``laundering_severity.md`` / ``.csv``, the severity table that is printed.
+
+``ood.too_small`` (``skip``, the default, or ``upscale``): what happens to a perturbed image that became
+smaller than a detector's crop; the counts per grid point are printed and in ``ood_metrics.csv``.
 
 Which detectors: ``ckpt=<run id | run folder | weights file | models:/<name>/<version> | runs:/<id>/model>``
 or a list ``ckpt=[id1,id2]``; with the default ``ckpt=null`` the latest finished
@@ -50,7 +56,8 @@ from experiments.inference.device import resolve_device
 from experiments.inference.loading import load_detector, resolve_reference
 from experiments.inference.stress import StressedDetector, deduplicate_labels, evaluate_detectors
 from experiments.inference.tiling import Views, parse_pooling, parse_views
-from experiments.inference.stress_tables import ood_metric_items, print_tables, write_curves, write_tables
+from experiments.inference.stress_tables import (ood_metric_items, print_severity_table, print_tables, write_curves,
+                                                 write_severity_table, write_tables)
 from experiments.runs import ExperimentNotFound, NoRunsFound, finished_training_runs, newest_per_key
 from experiments.tracking import RUN_ID, announce_outputs, create_run, end_run, mlflow_client, task_experiment_name
 
@@ -154,6 +161,7 @@ def log_run(client: mlflow.MlflowClient, cfg: DictConfig, det: StressedDetector,
     metrics.append(Metric("time/ood_seconds", float(seconds), now, 0))
     params = [Param("stress/ckpt", det.ref[:500]), Param("stress/grid", ",".join(p.key for p in grid)[:6000]),
               Param("stress/order", perturbation_order(cfg.ood.get("order"))),
+              Param("stress/too_small", str(cfg.ood.get("too_small") or "skip")),
               Param("stress/crop_size", str(det.loaded.cfg.data.crop_size)),
               Param("stress/resize_size", str(det.loaded.cfg.data.get("resize_size")))]
     views, pooling = eval_views(cfg)
@@ -187,20 +195,23 @@ def ood_stress(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     results = evaluate_detectors(detectors, grid, int(cfg.seed), lambda det: build_test_datamodule(cfg, det),
-                                 order=cfg.ood.get("order"), views=views, pooling=pooling)
+                                 order=cfg.ood.get("order"), too_small=cfg.ood.get("too_small"), views=views,
+                                 pooling=pooling)
     seconds = time.perf_counter() - start
 
     out_dir = Path(cfg.paths.report_dir) / "ood_stress"
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = write_curves(results, grid, out_dir)
     md, wide, long = write_tables(results, grid, out_dir)
-    artifacts = [*curves, md, wide, long]
+    severity = write_severity_table(results, grid, out_dir)
+    artifacts = [*curves, md, wide, long, *severity]
     run_ids = {d.label: log_run(client, cfg, d, results[d.label], grid, artifacts, seconds) for d in detectors}
 
     print_tables(results, grid)
+    print_severity_table(results, grid)
     Console().print(f"OOD stress of {len(detectors)} detectors x {len(grid)} settings in {seconds:.1f} s; "
                     f"written to {out_dir}")
     announce_outputs(out_dir, list(run_ids.values()), uri)
     return {"results": results, "run_ids": run_ids, "seconds": seconds, "curves": curves,
-            "markdown": md, "csv": wide, "metrics_csv": long,
+            "markdown": md, "csv": wide, "metrics_csv": long, "severity": severity,
             "detectors": {d.label: d.ref for d in detectors}}

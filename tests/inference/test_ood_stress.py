@@ -197,3 +197,49 @@ def test_missing_demo_runs_name_the_training_command_and_ckpt_lists(tmp_path):
     assert "'detectors-demo'" in str(raised.value)
     assert "train_if_missing" not in cfg.task
     assert as_ref_list(None) == [] and as_ref_list("a, b") == ["a", "b"] and as_ref_list(["x"]) == ["x"]
+
+
+def test_laundering_logs_chain_level_metrics_and_the_severity_table(stressed, tmp_path):
+    """ood=laundering on 40 px copies of the test split (the detector crops 32 px): every chain and level logs
+    ood/<chain>/<level>/{auc,tpr_at_op,fpr_at_op}; the half-area crop (28 px) and the screenshot (30 px) fall
+    below the crop and are upscaled back (ood.too_small=upscale), the 90 % crop (38 px) is not."""
+    tree = make_genimage_tree(tmp_path / "genimage40", n=3, size=40)  # 12 test images keep it short
+    ref = stressed["result"]["detectors"][MODELS[1]]  # the scikit-learn detector: the cheaper of the two
+    cfg = compose_config(DATA + ["task=ood_stress", "ood=laundering", f"data.root={tree}", f"ckpt={ref}",
+                                 f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
+    result = ood_stress(cfg)
+    grid = ood_grid(cfg.ood)
+    client = stressed["client"]
+    for label, run_id in result["run_ids"].items():
+        metrics = client.get_run(run_id).data.metrics
+        res = result["results"][label]
+        for p in grid:
+            for metric in ("auc", "tpr_at_op", "fpr_at_op"):
+                key = f"ood/{p.name}/{p.label}/{metric}"
+                assert 0.0 <= metrics[key] <= 1.0, key
+                assert metrics[key] == pytest.approx(res[p.key][metric])
+        assert res["crop/a50"]["upscaled"] == res["screenshot/x0.8_a90"]["upscaled"] == 12
+        assert res["crop/a90"]["upscaled"] == 0 and all(res[p.key]["skipped"] == 0 for p in grid)
+        assert res["greyscale/clean"]["auc"] == pytest.approx(res["crop/clean"]["auc"])
+    out = tmp_path / "reports" / "ood_stress"
+    chains = ("reshare", "double_reshare", "webp", "screenshot", "crop", "greyscale")
+    assert {p.name for p in result["curves"]} >= {f"severity_{c}.png" for c in chains}
+    md = (out / "laundering_severity.md").read_text()
+    assert all(f"## {c}" in md for c in chains) and "| detector | clean | l2048_q85 | l1080_q85 |" in md
+    assert (out / "laundering_severity.csv").read_text().count("\n") == 1 + len(grid)
+
+
+def test_laundered_images_below_the_crop_are_counted_and_skipped(stressed, tmp_path):
+    """With ood.too_small=skip, the half-area crop of the 32 px test images (23 px) leaves no image: its metrics
+    are NaN (so not logged) and all 24 are counted as skipped; the clean level is scored as usual."""
+    ids = [stressed["result"]["detectors"][m] for m in MODELS]
+    drop = [f"~ood.perturbations.{c}" for c in ("reshare", "double_reshare", "webp", "screenshot", "greyscale")]
+    cfg = compose_config(DATA + ["task=ood_stress", "ood=laundering", "ood.too_small=skip", *drop,
+                                 "ood.perturbations.crop.strengths=[clean,0.5]", f"data.root={stressed['tree']}",
+                                 f"ckpt=[{ids[0]}]", f"paths.report_dir={tmp_path / 'reports'}"], stressed["root"])
+    result = ood_stress(cfg)
+    res = result["results"][MODELS[0]]
+    assert res["crop/a50"]["skipped"] == 24 and res["crop/a50"]["n"] == 0
+    assert res["crop/clean"]["n"] == 24 and res["crop/clean"]["skipped"] == 0
+    metrics = stressed["client"].get_run(result["run_ids"][MODELS[0]]).data.metrics
+    assert "ood/crop/a50/auc" not in metrics and "ood/crop/clean/auc" in metrics
