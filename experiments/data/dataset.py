@@ -90,6 +90,15 @@ def collate_skipping(items: list[dict | None] | dict) -> dict:
     return batch
 
 
+def upscale_shrunk(original, image, upscale_below: int | None):
+    """``(image, upscaled)``: a perturbed ``image`` whose short side fell below ``upscale_below`` while its
+    ``original`` file was large enough, resized up (bicubic) to it; unchanged otherwise (or when ``None``)."""
+    upscaled = upscale_below is not None and min(image.size) < upscale_below <= min(original.size)
+    if upscaled:
+        image = TF.resize(image, upscale_below, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return image, upscaled
+
+
 class PerturbedImageDataset(ImageDataset):
     """:class:`ImageDataset` whose files are perturbed before preprocessing (deployment order of the OOD stress
     test): decode, ``perturb(image, index)`` on the PIL image at its native size, then ``preprocess``
@@ -108,11 +117,7 @@ class PerturbedImageDataset(ImageDataset):
     def __getitem__(self, index: int) -> dict | None:
         try:
             original = load_rgb(self.samples[index].path)
-            image = self.perturb(original, index)
-            upscaled = self.upscale_below is not None and min(image.size) < self.upscale_below \
-                <= min(original.size)
-            if upscaled:
-                image = TF.resize(image, self.upscale_below, interpolation=InterpolationMode.BICUBIC, antialias=True)
+            image, upscaled = upscale_shrunk(original, self.perturb(original, index), self.upscale_below)
             item = self.item(self.preprocess(image), index)
         except (UnreadableImage, ImageTooSmall):
             return None

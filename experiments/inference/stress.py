@@ -101,14 +101,15 @@ def too_small_policy(value: str | None = None) -> str:
 def perturbed_test_loader(datamodule, perturbation: Perturbation, seed: int, too_small: str | None = None,
                           views: Views | None = None) -> DataLoader:
     """The test files of ``datamodule``, each perturbed as a decoded image and then preprocessed by the
-    datamodule's own (evaluation) preprocessing, equalizer included; cut into ``views`` when given. With
+    datamodule's own (evaluation) preprocessing, equalizer included; cut into ``views`` when given (the same rule). With
     ``too_small="upscale"`` and no ``resize_size`` (which would resize it anyway), a perturbed image whose short
     side fell below the crop is resized up to it (counted per batch in ``upscaled``); with ``"skip"`` it is
-    dropped (counted in ``skipped``). Views are cut from images at least one crop wide; a smaller one is skipped."""
-    if views is not None and not views.center_only:
-        return views_loader(datamodule, "test", views, functools.partial(_perturb_file, perturbation, seed))
+    dropped (counted in ``skipped``)."""
     preprocess = datamodule.preprocess
     upscale = too_small_policy(too_small) == "upscale" and preprocess.resize_size is None
+    if views is not None and not views.center_only:
+        return views_loader(datamodule, "test", views, functools.partial(_perturb_file, perturbation, seed),
+                            upscale_below=preprocess.crop_size if upscale else None)
     dataset = PerturbedImageDataset(datamodule.datasets["test"].samples, preprocess, datamodule.generator_names,
                                     functools.partial(_perturb_file, perturbation, seed),
                                     upscale_below=preprocess.crop_size if upscale else None)

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from experiments.data.dataset import SampleDataset
+from experiments.data.dataset import SampleDataset, upscale_shrunk
 from experiments.data.images import UnreadableImage, load_rgb
 from experiments.data.layouts import Sample
 from experiments.data.transforms import ImageTooSmall, Preprocess
@@ -196,19 +196,23 @@ class ViewsDataset(SampleDataset):
     of ``task=ood_stress``)."""
 
     def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, generator_names: Sequence[str],
-                 views: Views, perturb: Callable[[Image.Image, int], Image.Image] | None = None) -> None:
+                 views: Views, perturb: Callable[[Image.Image, int], Image.Image] | None = None,
+                 upscale_below: int | None = None) -> None:
         super().__init__(samples, generator_names)
-        self.preprocess, self.views, self.perturb = preprocess, views, perturb
+        self.preprocess, self.views, self.perturb, self.upscale_below = preprocess, views, perturb, upscale_below
 
     def __getitem__(self, index: int) -> dict | None:
+        upscaled = False
         try:
             img = load_rgb(self.samples[index].path)
             if self.perturb is not None:
-                img = self.perturb(img, index)
+                img, upscaled = upscale_shrunk(img, self.perturb(img, index), self.upscale_below)
             crops, _ = view_crops(img, self.preprocess, self.views)
         except (UnreadableImage, ImageTooSmall):
             return None
-        return self.item(crops, index)
+        item = self.item(crops, index)
+        item["upscaled"] = torch.tensor(upscaled)
+        return item
 
 
 def collate_views(items: list[dict | None]) -> dict:
@@ -220,12 +224,13 @@ def collate_views(items: list[dict | None]) -> dict:
         return {"image": torch.empty(0), "skipped": skipped, "empty": True}
     return {"image": torch.cat([it["image"] for it in good]),
             "views": torch.tensor([len(it["image"]) for it in good]),
-            **{key: torch.stack([it[key] for it in good]) for key in ("label", "generator", "index")},
+            **{key: torch.stack([it[key] for it in good]) for key in ("label", "generator", "index", "upscaled")},
             "skipped": skipped}
 
 
 def views_loader(datamodule, split: str, views: Views,
-                 perturb: Callable[[Image.Image, int], Image.Image] | None = None) -> DataLoader:
+                 perturb: Callable[[Image.Image, int], Image.Image] | None = None,
+                 upscale_below: int | None = None) -> DataLoader:
     """The ``split`` of a set-up datamodule as batches of views (its batch size, workers and evaluation
     preprocessing), read from the image files. When the split has no files (a ``data=packed`` pack holds crops
     only), ``auto`` gives the datamodule's own batches (one crop per image, with a warning) and explicit views
@@ -238,6 +243,6 @@ def views_loader(datamodule, split: str, views: Views,
             return datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
         raise ViewsError(f"eval.views={views}: the {split} split's images are not files ({samples[0].path}); "
                          "views are cut from the image files, so use a data= layout of the files, or eval.views=center")
-    dataset = ViewsDataset(samples, datamodule.preprocess, datamodule.generator_names, views, perturb)
+    dataset = ViewsDataset(samples, datamodule.preprocess, datamodule.generator_names, views, perturb, upscale_below)
     return DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False, num_workers=datamodule.num_workers,
                       collate_fn=collate_views, multiprocessing_context=datamodule._worker_context())
