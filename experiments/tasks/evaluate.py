@@ -42,7 +42,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
 from experiments.errors import UserError
-from experiments.training.builders import bootstrap_settings, build_datamodule, diagnostics_settings
+from experiments.training.builders import (
+    bootstrap_settings,
+    build_datamodule,
+    deployment_settings,
+    diagnostics_settings,
+)
 from experiments.inference.device import resolve_device
 from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.inference.scoring import score_split
@@ -53,7 +58,9 @@ from experiments.evaluation.calibration import (
     calibration_metrics,
     fit_val_calibration,
 )
+from experiments.evaluation.abstention import fit_band
 from experiments.evaluation.curves import plot_calibration
+from experiments.evaluation.deployment import DeploymentSettings, deployment_summary, operating_point_metrics
 from experiments.evaluation.metrics import calibrated_threshold
 from experiments.evaluation.predictions import (
     BootstrapSettings,
@@ -96,6 +103,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         val = score_split(detector, datamodule.val_dataloader(), names)
         test = score_split(detector, datamodule.test_dataloader(), names)
         metrics = trained_threshold_metrics(detector, val, test, bootstrap_settings(eval_cfg))
+        metrics.update(stored_operating_point_metrics(detector, test, bootstrap_settings(eval_cfg),
+                                                      deployment_settings(cfg)))
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
             target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)
@@ -119,6 +128,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise
     tracking.end_run(logger.experiment, logger.run_id)
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
+    for line in deployment_summary(metrics):
+        print(line)
     tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
 
@@ -140,6 +151,26 @@ def trained_threshold_metrics(detector: LoadedDetector, val: Predictions, test: 
     if detector.calibrator is not None:
         metrics.update(calibration_metrics(detector.calibrator, test.prob, test.label))
     return metrics
+
+
+def stored_operating_point_metrics(detector: LoadedDetector, test: Predictions,
+                                   bootstrap: BootstrapSettings | None = None,
+                                   settings: DeploymentSettings | None = None) -> dict[str, float]:
+    """The operating point metrics (:func:`~experiments.evaluation.deployment.operating_point_metrics`) of ``test``
+    at the threshold the training run chose on *its* val reals, with *its* abstention band (or the band
+    ``eval.abstain=[low, high]`` gives here; a ``coverage@`` band is the training run's, never refitted on the
+    target). A run saved without an operating point gets none of these metrics, with a warning."""
+    record = detector.operating_point
+    if record is None:
+        log.warning("%s stored no operating point (trained before eval.operating_point existed, or its val split "
+                    "had no real image): test/tpr_at_op, test/fpr_at_op and the abstention metrics are skipped; "
+                    "re-train the detector to store one", detector.source)
+        return {}
+    band = detector.abstention
+    spec = None if settings is None else settings.abstain
+    if spec is not None and spec.band is not None:
+        band = fit_band(spec, [], float(record["threshold"]))
+    return operating_point_metrics(test, float(record["threshold"]), float(record["target_fpr"]), band, bootstrap)
 
 
 def target_calibrated_metrics(detector: LoadedDetector, val: Predictions, test: Predictions,
