@@ -26,6 +26,10 @@ them again on the target's val split is an explicit choice, ``task.recalibrate_o
 those figures are added under their own names: ``threshold/val_target_calibrated``,
 ``test/<m>_at_val_threshold_target_calibrated``, ``test/ece_target_calibrated``,
 ``test/brier_target_calibrated`` and ``plots/calibration_target_calibrated.png``.
+The training run's operating point (chosen on its val reals, ``eval.operating_point``) and abstention band
+travel the same way: ``op/threshold``, ``test/tpr_at_op``, ``test/fpr_at_op``, ``test/fpr_drift_at_op``,
+``test/<generator>/tpr_at_op`` and, with a band, ``test/coverage`` and ``test/selective_accuracy``
+(:mod:`experiments.evaluation.deployment`); a run that stored none gets a warning and none of them.
 Everything is logged to a new MLflow run of ``evaluate-detectors-<data>`` (``logger.task_experiment_name``) tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
@@ -86,6 +90,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "`python run.py task=evaluate ckpt=logs/train/runs/<run>` (the folder holding config.yaml and the "
             "weights) or `ckpt=<32-hex MLflow run id>`"
         )
+    deployment = deployment_settings(cfg)  # a bad eval.abstain stops here, before anything is loaded
     device = resolve_device(_device_name(cfg))
     detector = load_detector(cfg.ckpt, cfg.logger.tracking_uri, device=device)
     eval_cfg = evaluation_config(cfg, detector.cfg)
@@ -103,8 +108,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         val = score_split(detector, datamodule.val_dataloader(), names)
         test = score_split(detector, datamodule.test_dataloader(), names)
         metrics = trained_threshold_metrics(detector, val, test, bootstrap_settings(eval_cfg))
-        metrics.update(stored_operating_point_metrics(detector, test, bootstrap_settings(eval_cfg),
-                                                      deployment_settings(cfg)))
+        metrics.update(stored_operating_point_metrics(detector, test, bootstrap_settings(eval_cfg), deployment))
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
             target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)
