@@ -26,7 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import optimize, special
 
+from experiments.evaluation.abstention import ABSTAIN_KEY
 from experiments.evaluation.metrics import as_scores_and_labels, expected_calibration_error
+from experiments.evaluation.operating_point import RECORD_KEY
 from experiments.evaluation.score_counts import as_flat_numpy, finite_scores_and_labels
 
 #: Temperatures are searched in ``[1 / TEMPERATURE_BOUND, TEMPERATURE_BOUND]``.
@@ -279,18 +281,33 @@ def calibration_metrics(calibrator: Calibrator, test_probs: Any, test_labels: An
     return out
 
 
-def calibration_record(calibrator: Calibrator, threshold: float, split: str = "val") -> dict[str, Any]:
+def calibration_record(calibrator: Calibrator, threshold: float, split: str = "val",
+                       operating_point: Mapping[str, Any] | None = None,
+                       abstention: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What ``calibration.json`` holds: the calibrator's state, the decision threshold chosen on the same split on
     raw P(synthetic) (``threshold``), the same decision on calibrated P (``threshold_calibrated``; both
-    calibrators are increasing maps when fitted on informative scores, so the decisions agree) and the split."""
-    return {"calibrator": calibrator.state_dict(), "fitted_on": split, "threshold": float(threshold),
-            "threshold_calibrated": float(calibrated_probs(calibrator, [threshold])[0])}
+    calibrators are increasing maps when fitted on informative scores, so the decisions agree) and the split.
+
+    ``operating_point`` (:func:`~experiments.evaluation.operating_point.operating_point_record`) and
+    ``abstention`` (:meth:`~experiments.evaluation.abstention.AbstentionBand.record`), when given, are stored
+    under :data:`~experiments.evaluation.operating_point.RECORD_KEY` and
+    :data:`~experiments.evaluation.abstention.ABSTAIN_KEY`; files written without them still read back."""
+    record = {"calibrator": calibrator.state_dict(), "fitted_on": split, "threshold": float(threshold),
+              "threshold_calibrated": float(calibrated_probs(calibrator, [threshold])[0])}
+    if operating_point is not None:
+        record[RECORD_KEY] = dict(operating_point)
+    if abstention is not None:
+        record[ABSTAIN_KEY] = dict(abstention)
+    return record
 
 
-def write_calibration(path: Any, calibrator: Calibrator, threshold: float, split: str = "val") -> Any:
+def write_calibration(path: Any, calibrator: Calibrator, threshold: float, split: str = "val",
+                      operating_point: Mapping[str, Any] | None = None,
+                      abstention: Mapping[str, Any] | None = None) -> Any:
     """Write :func:`calibration_record` as JSON to ``path``; return ``path``."""
     path = Path(path)
-    path.write_text(json.dumps(calibration_record(calibrator, threshold, split), indent=2))
+    record = calibration_record(calibrator, threshold, split, operating_point, abstention)
+    path.write_text(json.dumps(record, indent=2))
     return path
 
 

@@ -22,10 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from experiments.errors import UserError
+
 #: key of the operating point in a run's ``calibration.json``
 RECORD_KEY = "operating_point"
 
 _SPEC = re.compile(r"^fpr@(?P<rate>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
+
+
+class BadDeploymentSetting(ValueError, UserError):
+    """``eval.operating_point`` or ``eval.abstain`` is not understood; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,10 @@ def parse_operating_point(spec: str) -> OperatingPointSpec:
     """``"fpr@0.05"`` -> ``OperatingPointSpec(0.05)``; a ``ValueError`` naming the key for anything else."""
     match = _SPEC.match(str(spec).strip())
     if match is None:
-        raise ValueError(f"eval.operating_point={spec!r} is not understood; write fpr@<rate>, e.g. fpr@0.05")
+        raise BadDeploymentSetting(f"eval.operating_point={spec!r} is not understood; write fpr@<rate>, e.g. fpr@0.05")
     rate = float(match.group("rate"))
     if not 0.0 < rate < 1.0:
-        raise ValueError(f"eval.operating_point={spec!r}: the false-positive rate must lie in (0, 1)")
+        raise BadDeploymentSetting(f"eval.operating_point={spec!r}: the false-positive rate must lie in (0, 1)")
     return OperatingPointSpec(rate)
 
 

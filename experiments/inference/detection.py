@@ -44,6 +44,12 @@ class DetectionResult:
     threshold: float
     val_threshold: float | None = None
     val_threshold_source: str = ""
+    #: the run's operating point threshold on the printed scale (None: the run stored none), and what it is
+    op_threshold: float | None = None
+    op_note: str = ""
+    #: the abstention band on the printed scale (None: always answer) and its ``eval.abstain`` spec
+    band: tuple[float, float] | None = None
+    band_note: str = ""
     ignored: int = 0  # files in scanned folders whose extension is not an image extension
     preprocess: str = ""
     source: str = ""

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.evaluation.abstention import ABSTAIN_KEY, AbstentionBand
 from experiments.evaluation.calibration import CALIBRATION_FILE, Calibrator, calibrated_probs, read_calibration
+from experiments.evaluation.operating_point import RECORD_KEY
 from experiments.data.transforms import Preprocess
 from experiments.errors import UserError, instantiate
 from experiments.inference.model_uris import is_model_uri, source_run_id
@@ -50,7 +52,8 @@ class LoadedDetector:
     kind: DetectorKind = field(default_factory=LightningDetector)
     #: the calibrator fitted on the training run's val split (None for runs saved without ``calibration.json``)
     calibrator: Calibrator | None = None
-    #: the rest of ``calibration.json``: ``threshold`` (on raw P), ``threshold_calibrated``, ``fitted_on``
+    #: the rest of ``calibration.json``: ``threshold`` (on raw P), ``threshold_calibrated``, ``fitted_on``, and the
+    #: operating point and abstention band when the run chose them (:attr:`operating_point`, :attr:`abstention`)
     calibration: dict[str, Any] | None = None
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
@@ -65,8 +68,10 @@ class LoadedDetector:
         return calibrated_probs(self.calibrator, probs)
 
     def predict_calibrated_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Calibrated P(synthetic) of a batch (see :meth:`calibrate`)."""
-        return torch.from_numpy(self.calibrate(self.predict_proba(images).double().numpy())).float()
+        """Calibrated P(synthetic) of a batch (see :meth:`calibrate`), in float64: near 0.5 a large temperature
+        puts distinct images closer than float32 resolves, and the threshold and the abstention band are compared
+        with it."""
+        return torch.from_numpy(self.calibrate(self.predict_proba(images).double().numpy()))
 
     @property
     def name(self) -> str:
@@ -93,14 +98,23 @@ class LoadedDetector:
         return None if self.calibration is None else float(self.calibration["threshold"])
 
     @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The operating point the training run chose on its val reals (``spec``, ``target_fpr``, ``threshold``
+        on raw P, ``fitted_on``, ``n_real``); None for runs saved without one."""
+        record = (self.calibration or {}).get(RECORD_KEY)
+        return None if record is None else dict(record)
+
+    @property
     def operating_threshold(self) -> float | None:
-        """The run's operating-point threshold on raw P (``calibration.json`` -> ``"operating_point"`` ->
-        ``"threshold"``, chosen on val reals only: :mod:`experiments.evaluation.operating_point`). Runs saved
-        before operating points were stored fall back to :attr:`val_threshold`; None without ``calibration.json``."""
-        if self.calibration is None:
-            return None
-        threshold = (self.calibration.get("operating_point") or {}).get("threshold")
-        return self.val_threshold if threshold is None else float(threshold)
+        """The operating point's threshold on raw P(synthetic), when the run stored one."""
+        record = self.operating_point
+        return None if record is None else float(record["threshold"])
+
+    @property
+    def abstention(self) -> AbstentionBand | None:
+        """The abstention band on raw P(synthetic) the training run stored (``eval.abstain``); None without one."""
+        record = (self.calibration or {}).get(ABSTAIN_KEY)
+        return None if record is None else AbstentionBand.from_record(record)
 
 
 def _weights_in(folder: Path) -> Path | None:

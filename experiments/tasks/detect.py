@@ -4,11 +4,11 @@ Usage::
 
     spectral-detect <run id | run folder | weights file | models:/<name>/<version> | runs:/<run id>/model>
         <image or folder> [more images or folders]
-        [--out results.csv] [--threshold val | --threshold 0.5] [--raw] [--batch-size 32]
+        [--out results.csv] [--threshold op | --threshold val | --threshold 0.5] [--raw] [--batch-size 32]
         [--views auto|center|grid:K|all] [--pooling mean|max] [--tile]
         [--device cpu|cuda|auto] [--follow-symlinks] [--tracking-uri URI] [--recursive/--no-recursive]
 
-For every image it prints P(synthetic) and the label (``synthetic`` / ``real``)
+For every image it prints P(synthetic) and the label (``synthetic`` / ``real`` / ``unsure``)
 at the threshold, then a summary of the files it skipped, counted by reason; the CSV (``--out``) lists every
 file with a ``status``: ``scored`` or the reason it was skipped. (``python -m experiments.tasks.detect`` is the
 same command.)
@@ -37,10 +37,13 @@ run's artifact), is applied, and the header says so; ``--raw`` prints the raw
 sigmoid / ``predict_proba`` output instead. A run saved without ``calibration.json``
 gives raw P(synthetic), and the header says that too.
 
-The threshold defaults to ``val``: the threshold the run chose on its validation
-split (``calibration.json``), expressed on the scale of the printed P(synthetic) (the
-calibrators are increasing, so the decisions are the same on both scales). A run
-without ``calibration.json`` has none: 0.5 is used and the header says so. A number (``--threshold 0.5``) applies to the printed P(synthetic).
+The threshold defaults to ``op``: the run's operating point, chosen on the real images of its validation split
+alone (``eval.operating_point=fpr@0.05``: about 5 % of such real photos are flagged), stored in
+``calibration.json`` and expressed on the scale of the printed P(synthetic) (the calibrators are increasing, so
+the decisions are the same on both scales). A run without one falls back to ``val``, the threshold the run chose
+on its validation split with both classes, and a run without ``calibration.json`` to 0.5; the header says which.
+A number (``--threshold 0.5``) applies to the printed P(synthetic). When the run stored an abstention band
+(``eval.abstain``), images inside it are labelled ``unsure``.
 
 Files that cannot be scored (corrupt, empty, not an image, decompression bombs,
 too small, broken symlinks, symlinks leading out of the scanned folder unless
@@ -81,18 +84,21 @@ __all__ = ["CSV_COLUMNS", "DetectError", "Detection", "DetectionResult", "Skippe
 
 CSV_COLUMNS = ("path", "p_synthetic", "label", "threshold", "status")
 
+#: the label of an image inside the run's abstention band (``eval.abstain``)
+UNSURE = "unsure"
+
 
 # -- the threshold --------------------------------------------------------------------------------
 
 
 def parse_threshold(text: str | float) -> float | str:
-    """``"val"``, ``"auto"`` or a probability in [0, 1]."""
-    if isinstance(text, str) and text.strip().lower() in ("val", "auto"):
+    """``"op"``, ``"val"``, ``"auto"`` or a probability in [0, 1]."""
+    if isinstance(text, str) and text.strip().lower() in ("op", "val", "auto"):
         return text.strip().lower()
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise DetectError(f"--threshold must be a number in [0, 1] or 'val', not {text!r}") from None
+        raise DetectError(f"--threshold must be a number in [0, 1], 'op' or 'val', not {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise DetectError(f"--threshold must be in [0, 1], not {value}")
     return value
@@ -156,12 +162,18 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
         val_source = f"{CALIBRATION_FILE} of {ref}, on {'calibrated' if use_calibration else 'raw'} P(synthetic)"
     else:
         val_threshold, val_source = None, f"{ref} has no {CALIBRATION_FILE}"
+    op_threshold, op_note = operating_threshold(detector, use_calibration)
     if wanted == "val":
         if val_threshold is None:
             raise DetectError(f"--threshold val: no validation-calibrated threshold is available ({val_source})")
         wanted = val_threshold
+    elif wanted == "op":
+        if op_threshold is None:
+            raise DetectError(f"--threshold op: {ref} stored no operating point (re-train it to store one)")
+        wanted = op_threshold
     elif wanted == "auto":
-        wanted = 0.5 if val_threshold is None else val_threshold
+        wanted = op_threshold if op_threshold is not None else 0.5 if val_threshold is None else val_threshold
+    band = printed_band(detector, use_calibration)
     try:
         preprocess = detector.preprocess
     except Exception as err:  # noqa: BLE001 - a config this command cannot reproduce
@@ -169,14 +181,49 @@ def detect(ref: str | Path, inputs: str | Path | Iterable[str | Path], threshold
     chosen = chosen.for_detector(detector.native_views)
     rows, unreadable = score_files(detector, files, preprocess, float(wanted), batch_size, progress, chosen,
                                    use_calibration, pooling)
+    mark_unsure(rows, band)
     stats = load_data_stats(run_ref, detector, tracking_uri)
     return DetectionResult(
         rows=rows, skipped=skipped + unreadable, threshold=float(wanted), val_threshold=val_threshold,
-        val_threshold_source=val_source, ignored=ignored, source=str(detector.source), probability=probability,
+        val_threshold_source=val_source, op_threshold=op_threshold, op_note=op_note, band=band,
+        band_note="" if detector.abstention is None else detector.abstention.spec, ignored=ignored,
+        source=str(detector.source), probability=probability,
         preprocess=f"crop {preprocess.crop_size}, resize {preprocess.resize_size or 'none (native resolution)'}"
                    + f"; views {chosen.describe(preprocess.crop_size)}, pooling {pooling}",
         data_stats=stats, warnings=domain_warnings(rows, stats),
     )
+
+def operating_threshold(detector: LoadedDetector, calibrated: bool) -> tuple[float | None, str]:
+    """The run's operating point threshold on the printed scale (calibrated P when ``calibrated``), and what it
+    is; ``(None, "")`` for a run without one."""
+    record = detector.operating_point
+    if record is None:
+        return None, ""
+    raw = float(record["threshold"])
+    value = float(detector.calibrate([raw])[0]) if calibrated else raw
+    return value, (f"{record.get('spec', '?')} chosen on {record.get('n_real', '?')} real images of the training "
+                   f"run's {record.get('fitted_on', 'val')} split (raw P(synthetic) {raw:.4f})")
+
+
+def printed_band(detector: LoadedDetector, calibrated: bool) -> tuple[float, float] | None:
+    """The run's abstention band on the printed scale (both calibrators are increasing maps); None without one."""
+    band = detector.abstention
+    if band is None:
+        return None
+    if not calibrated:
+        return band.low, band.high
+    low, high = detector.calibrate([band.low, band.high])
+    return float(low), float(high)
+
+
+def mark_unsure(rows: list[Detection], band: tuple[float, float] | None) -> None:
+    """Label ``unsure`` every row whose P(synthetic) lies in ``band`` (inclusive)."""
+    if band is None:
+        return
+    for row in rows:
+        if band[0] <= row.p_synthetic <= band[1]:
+            row.label = UNSURE
+
 
 # -- reporting ------------------------------------------------------------------------------------
 
@@ -207,7 +254,15 @@ def format_header(result: DetectionResult) -> str:
         if result.threshold != result.val_threshold:
             val += "; pass --threshold val to use it"
     lines.append(val)
+    if result.op_threshold is None:
+        lines.append("operating point: not available (the run stored none)")
+    else:
+        used = "; the verdict uses it" if result.threshold == result.op_threshold else "; pass --threshold op to use it"
+        lines.append(f"operating point: {result.op_threshold:.4f} ({result.op_note}){used}")
     lines.append(f"threshold: {result.threshold:.4g} (label 'synthetic' when P(synthetic) >= threshold)")
+    if result.band is not None:
+        lines.append(f"abstention band: [{result.band[0]:.4f}, {result.band[1]:.4f}] of the printed P(synthetic) "
+                     f"(eval.abstain={result.band_note}): label '{UNSURE}' inside")
     if result.data_stats:
         st = result.data_stats
         lines.append(f"trained on: {st['n_images']} images, median {st['width_median']:.0f}x{st['height_median']:.0f}"
@@ -223,8 +278,10 @@ def format_rows(result: DetectionResult) -> str:
 
 def format_summary(result: DetectionResult) -> str:
     n_syn = sum(r.label == "synthetic" for r in result.rows)
-    lines = [f"scored {len(result.rows)} image(s): {n_syn} synthetic, {len(result.rows) - n_syn} real; "
-             f"skipped {len(result.skipped)}"]
+    n_unsure = sum(r.label == UNSURE for r in result.rows)
+    unsure = f", {n_unsure} {UNSURE}" if result.band is not None else ""
+    lines = [f"scored {len(result.rows)} image(s): {n_syn} synthetic, {len(result.rows) - n_syn - n_unsure} real"
+             f"{unsure}; skipped {len(result.skipped)}"]
     if result.skipped:
         counts = ", ".join(f"{reason}: {n}" for reason, n in result.skipped_by_reason().items())
         lines.append(f"skipped by reason: {counts}")
@@ -268,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how an image's view scores are pooled (default mean)")
     parser.add_argument("--tile", action="store_true", help="the same as --views grid:4")
     parser.add_argument("--threshold", default="auto",
-                        help="decision threshold on the printed P(synthetic), or 'val' for the run's "
-                             "validation-calibrated threshold (default auto: 'val' when the run has one, else 0.5)")
+                        help="decision threshold on the printed P(synthetic), 'op' for the run's operating point "
+                             "(chosen on its val reals, eval.operating_point) or 'val' for its "
+                             "validation-calibrated threshold (default auto: 'op', else 'val', else 0.5)")
     parser.add_argument("--raw", action="store_true",
                         help="print the raw P(synthetic), without the run's val-fitted calibrator")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")

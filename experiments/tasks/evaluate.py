@@ -32,6 +32,10 @@ crop size cut from the image at its native size, :mod:`experiments.inference.til
 detector) and ``pooling`` record them, and ``views/<split>_per_image`` is the mean number of views an image got.
 ``auto`` is one centre crop except for a spectral detector (``model.native_views``) on images more than twice
 the crop.
+The training run's operating point (chosen on its val reals, ``eval.operating_point``) and abstention band
+travel the same way: ``op/threshold``, ``test/tpr_at_op``, ``test/fpr_at_op``, ``test/fpr_drift_at_op``,
+``test/<generator>/tpr_at_op`` and, with a band, ``test/coverage`` and ``test/selective_accuracy``
+(:mod:`experiments.evaluation.deployment`); a run that stored none gets a warning and none of them.
 Everything is logged to a new MLflow run of ``evaluate-detectors-<data>`` (``logger.task_experiment_name``) tagged
 ``task=evaluate`` and ``evaluated_run=<ckpt>``.
 """
@@ -49,7 +53,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import tracking
 from experiments.errors import UserError
-from experiments.training.builders import bootstrap_settings, build_datamodule, diagnostics_settings
+from experiments.training.builders import (
+    bootstrap_settings,
+    build_datamodule,
+    deployment_settings,
+    diagnostics_settings,
+)
 from experiments.inference.device import resolve_device
 from experiments.inference.loading import LoadedDetector, load_detector
 from experiments.inference.scoring import score_split
@@ -61,7 +70,9 @@ from experiments.evaluation.calibration import (
     calibration_metrics,
     fit_val_calibration,
 )
+from experiments.evaluation.abstention import fit_band
 from experiments.evaluation.curves import plot_calibration
+from experiments.evaluation.deployment import DeploymentSettings, deployment_summary, operating_point_metrics
 from experiments.evaluation.metrics import calibrated_threshold
 from experiments.evaluation.predictions import (
     BootstrapSettings,
@@ -73,7 +84,6 @@ from experiments.evaluation.predictions import (
 from experiments.evaluation.real_sources import (
     print_real_sources,
     report_real_sources,
-    val_threshold_at_op,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     settings = cfg.get("eval") or {}
     views, pooling = parse_views(settings.get("views")), parse_pooling(settings.get("pooling"))
+    deployment = deployment_settings(cfg)  # a bad eval.abstain stops here, before anything is loaded
     device = resolve_device(_device_name(cfg))
     detector = load_detector(cfg.ckpt, cfg.logger.tracking_uri, device=device)
     requested, views = str(views), views.for_detector(detector.native_views)
@@ -118,9 +129,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tracking.log_metrics(logger, {f"views/{split}_per_image": sum(n * k for n, k in counts.items())
                                       / max(sum(counts.values()), 1) for split, counts in seen.items()})
         metrics = trained_threshold_metrics(detector, val, test, bootstrap_settings(eval_cfg))
-        op_threshold = val_threshold_at_op(val, eval_cfg.eval.operating_point)
-        metrics.update(report_real_sources(test, datamodule.splits["test"], op_threshold, bootstrap_settings(eval_cfg),
-                                           out_dir, logger))
+        metrics.update(stored_operating_point_metrics(detector, test, bootstrap_settings(eval_cfg), deployment))
+        metrics.update(report_real_sources(test, datamodule.splits["test"], detector.operating_threshold,
+                                           bootstrap_settings(eval_cfg), out_dir, logger))
         recalibrated = None
         if (cfg.get("task") or {}).get("recalibrate_on_target", False):
             target_metrics, recalibrated = target_calibrated_metrics(detector, val, test)
@@ -144,6 +155,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise
     tracking.end_run(logger.experiment, logger.run_id)
     print_metrics_table(f"{eval_cfg.model.name} on {eval_cfg.data.name} (ckpt={cfg.ckpt})", metrics)
+    for line in deployment_summary(metrics):
+        print(line)
     print_real_sources(metrics)
     tracking.announce_outputs(out_dir, logger.run_id, eval_cfg.logger.tracking_uri)
     return metrics
@@ -173,6 +186,26 @@ def trained_threshold_metrics(detector: LoadedDetector, val: Predictions, test: 
     if detector.calibrator is not None:
         metrics.update(calibration_metrics(detector.calibrator, test.prob, test.label))
     return metrics
+
+
+def stored_operating_point_metrics(detector: LoadedDetector, test: Predictions,
+                                   bootstrap: BootstrapSettings | None = None,
+                                   settings: DeploymentSettings | None = None) -> dict[str, float]:
+    """The operating point metrics (:func:`~experiments.evaluation.deployment.operating_point_metrics`) of ``test``
+    at the threshold the training run chose on *its* val reals, with *its* abstention band (or the band
+    ``eval.abstain=[low, high]`` gives here; a ``coverage@`` band is the training run's, never refitted on the
+    target). A run saved without an operating point gets none of these metrics, with a warning."""
+    record = detector.operating_point
+    if record is None:
+        log.warning("%s stored no operating point (trained before eval.operating_point existed, or its val split "
+                    "had no real image): test/tpr_at_op, test/fpr_at_op and the abstention metrics are skipped; "
+                    "re-train the detector to store one", detector.source)
+        return {}
+    band = detector.abstention
+    spec = None if settings is None else settings.abstain
+    if spec is not None and spec.band is not None:
+        band = fit_band(spec, [], float(record["threshold"]))
+    return operating_point_metrics(test, float(record["threshold"]), float(record["target_fpr"]), band, bootstrap)
 
 
 def target_calibrated_metrics(detector: LoadedDetector, val: Predictions, test: Predictions,

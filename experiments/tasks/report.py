@@ -3,7 +3,8 @@
 Reads the finished training runs of the experiment, keeps the latest run per
 (model, seed) unless told to keep all, and prints and writes (``comparison.md``,
 ``comparison.csv``, a bar plot) the table of :mod:`experiments.evaluation.report_table`:
-accuracy at 0.5 and at the val-chosen threshold, AUROC, AP, TPR at 5% FPR, ECE before
+accuracy at 0.5 and at the val-chosen threshold, AUROC, TPR and FPR at the operating point chosen on val's
+reals, AP, TPR at 5% FPR, ECE before
 and after calibration, fit time and parameter count. A metric with an interval is shown
 as ``0.942 [0.918, 0.963]``: for one run, the stratified bootstrap interval the run
 logged (``test/<metric>_ci_low`` / ``_ci_high``); with several seeds per model,
@@ -129,7 +130,9 @@ def interval_note(confidence: float) -> str:
     """What the intervals of the table are."""
     return (f"[low, high]: {confidence:.0%} interval. One run: stratified bootstrap over the test images. "
             f"Several seeds: mean ± std and the Student-t interval over the seeds. Accuracy at val threshold: "
-            f"at the threshold chosen on val, applied unchanged to test; AUROC, AP and TPR at 5% FPR do not "
+            f"at the threshold chosen on val, applied unchanged to test; TPR / FPR at val op: at the threshold "
+            f"chosen on val's real images alone for the FPR of the header (eval.operating_point), applied "
+            f"unchanged to test; AUROC, AP and TPR at 5% FPR do not "
             f"depend on a threshold; ECE → calibrated: before and after the calibrator fitted on val. "
             f"Paired tests: task=compare.")
 

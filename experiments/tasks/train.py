@@ -24,12 +24,12 @@ from experiments.evaluation.calibration import (
 )
 from experiments.data.audit import write_data_stats, write_report
 from experiments.data.packed import PackedDataModule
+from experiments.evaluation.deployment import deployment_summary, fit_deployment, operating_point_metrics
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
 from experiments.evaluation.real_sources import (
     print_real_sources,
     report_real_sources,
-    val_threshold_at_op,
 )
 from experiments.errors import UserError
 from experiments.safe_paths import plain_name
@@ -38,6 +38,7 @@ from experiments.training.builders import (
     build_datamodule,
     build_kind,
     check_pretrained_weights,
+    deployment_settings,
     diagnostics_settings,
 )
 from experiments.training.logged_datasets import log_split_datasets
@@ -57,6 +58,7 @@ def train(cfg: DictConfig) -> float | None:
     """
     plain_name(cfg.model.name, "model.name")  # fail before any training when it would escape the run folder
     _check_registration(cfg.logger)
+    deployment = deployment_settings(cfg)  # eval.operating_point and eval.abstain, before anything trains
     L.seed_everything(cfg.seed, workers=True)
     resume = _resume_point(cfg)
     datamodule = build_datamodule(cfg)  # config errors (a missing data.root) first: they cost nothing
@@ -83,9 +85,13 @@ def train(cfg: DictConfig) -> float | None:
     fit_seconds = time.perf_counter() - start
 
     metrics = score(val, test, bootstrap=bootstrap_settings(cfg))
-    op_threshold = val_threshold_at_op(val, cfg.eval.operating_point)
-    metrics.update(report_real_sources(test, datamodule.splits["test"], op_threshold, bootstrap_settings(cfg),
-                                       out_dir, logger))
+    operating_point, band = fit_deployment(val, deployment)  # on val (its reals alone for the threshold)
+    if operating_point is not None:
+        metrics.update(operating_point_metrics(test, operating_point["threshold"], operating_point["target_fpr"],
+                                               band, bootstrap_settings(cfg)))
+    metrics.update(report_real_sources(test, datamodule.splits["test"],
+                                       None if operating_point is None else operating_point["threshold"],
+                                       bootstrap_settings(cfg), out_dir, logger))
     calibrator = _fit_calibrator(kind.calibrator, val)
     if calibrator is not None:
         metrics.update(calibration_metrics(calibrator, test.prob, test.label))
@@ -97,8 +103,9 @@ def train(cfg: DictConfig) -> float | None:
         path = write_predictions_csv(predictions, datamodule.splits[split], out_dir / f"predictions_{split}.csv")
         tracking.log_artifact(logger, path)
     if calibrator is not None:  # beside the weights: load_detector (evaluate, detect, ood_stress) finds it there
-        tracking.log_artifact(logger, write_calibration(out_dir / CALIBRATION_FILE, calibrator,
-                                                        metrics["threshold/val_calibrated"]))
+        tracking.log_artifact(logger, write_calibration(
+            out_dir / CALIBRATION_FILE, calibrator, metrics["threshold/val_calibrated"],
+            operating_point=operating_point, abstention=None if band is None else band.record()))
     _log_model(cfg, kind, model, logger)
     if cfg.get("diagnostics", True):
         write_diagnostics(kind, model, datamodule, test, out_dir, logger, diagnostics_settings(cfg),
@@ -106,6 +113,8 @@ def train(cfg: DictConfig) -> float | None:
                           calibration_label=f"{kind.calibrator.kind} scaling fitted on val")
     tracking.end_run(logger.experiment, logger.run_id)  # waits for the queued metrics
     print_metrics_table(f"{cfg.model.name}: best checkpoint", metrics)
+    for line in deployment_summary(metrics):
+        print(line)
     print_real_sources(metrics)
     tracking.announce_outputs(out_dir, logger.run_id, cfg.logger.tracking_uri)
     return metrics.get(f"best_{cfg.optimized_metric}") if cfg.get("optimized_metric") else None

@@ -27,7 +27,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from experiments.data.datamodule import DetectorDataModule, missing_root_error
 from experiments.errors import instantiate
+from experiments.evaluation.abstention import parse_abstain
+from experiments.evaluation.deployment import DeploymentSettings
 from experiments.evaluation.diagnostics import DiagnosticsSettings, plot_subject
+from experiments.evaluation.operating_point import parse_operating_point
 from experiments.evaluation.predictions import BootstrapSettings
 from experiments.training.kinds import DetectorKind
 from experiments.training.lit_module import DetectorModule
@@ -118,6 +121,15 @@ def single_device_trainer(cfg: DictConfig) -> Trainer:
 def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
     """The intervals of a run's test metrics: ``stats.bootstrap_resamples``, ``stats.confidence`` and ``seed``."""
     return BootstrapSettings(int(cfg.stats.bootstrap_resamples), float(cfg.stats.confidence), int(cfg.seed or 0))
+
+
+def deployment_settings(cfg: DictConfig) -> DeploymentSettings:
+    """The operating point and abstention band of a run: ``eval.operating_point`` (default ``fpr@0.05``; null: none)
+    and ``eval.abstain`` (default null); a bad value raises a user error naming the key."""
+    settings = cfg.get("eval") or {}
+    spec = settings.get("operating_point", "fpr@0.05")
+    return DeploymentSettings(None if spec is None else parse_operating_point(spec),
+                              parse_abstain(settings.get("abstain")))
 
 
 def diagnostics_settings(cfg: DictConfig) -> DiagnosticsSettings:

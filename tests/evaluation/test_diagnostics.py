@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,8 @@ def tree(tmp_path_factory) -> Path:
 def trained(tree, tmp_path_factory) -> dict:
     """A tiny LocalFFT-ResNet trained for one full epoch (every test image scored), diagnostics strict."""
     tmp = tmp_path_factory.mktemp("train")
-    cfg = compose_config(TINY + [f"data.root={tree}", "debug=cpu", "trainer.max_epochs=1", STRICT], tmp)
+    cfg = compose_config(TINY + [f"data.root={tree}", "debug=cpu", "trainer.max_epochs=1", STRICT,
+                                 "eval.abstain=coverage@0.9"], tmp)
     train(cfg)
     client, run = _only_run(_store(tmp))
     out = Path(cfg.paths.output_dir)
@@ -162,7 +164,10 @@ def test_evaluate_run_folder_reproduces_the_training_metrics(trained, tree, tmp_
                         "+logger.tags.note=scored"]
     cfg = compose_config(overrides, tmp_path)
     metrics = evaluate(cfg)
-    for key in ("test/auc", "test/gen_a/auc", "test/gen_b/auc", "test/accuracy", "best_val/auc"):
+    for key in ("test/auc", "test/gen_a/auc", "test/gen_b/auc", "test/accuracy", "best_val/auc",
+                # the training run's operating point and abstention band, applied unchanged
+                "op/threshold", "op/abstain_low", "test/tpr_at_op", "test/fpr_at_op", "test/gen_b/tpr_at_op",
+                "test/tpr_at_op_ci_low", "test/coverage", "test/selective_accuracy_ci_high"):
         assert metrics[key] == pytest.approx(trained["metrics"][key], abs=1e-6), key
     out = Path(cfg.paths.output_dir)
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == pytest.approx(metrics["test/auc"])
@@ -220,6 +225,37 @@ def test_training_stores_the_val_calibration_beside_the_weights(trained):
         assert key in trained["metrics"], key
     root = {a.path for a in trained["client"].list_artifacts(trained["run_id"])}
     assert {"calibration.json", "metrics_by_generator_vs_all_reals.csv"} <= root
+
+
+def test_training_fits_the_abstention_band_on_val_for_its_coverage(trained):
+    stored = json.loads((trained["run_dir"] / "calibration.json").read_text())
+    band, op = stored["abstention"], stored["operating_point"]
+    assert band["spec"] == "coverage@0.9" and band["fitted_on"] == "val"
+    assert band["low"] <= op["threshold"] <= band["high"]
+    with (trained["run_dir"] / "predictions_val.csv").open() as handle:
+        val = np.array([float(r["prob"]) for r in csv.DictReader(handle)])
+    answered = (val < band["low"]) | (val > band["high"])
+    assert abs(answered.mean() - 0.9) <= 1.0 / val.size  # the quantile of |p - t| on this val split
+    m = trained["metrics"]
+    assert m["op/abstain_low"] == band["low"] and 0.0 <= m["test/coverage"] <= 1.0
+    assert m["test/coverage_ci_low"] <= m["test/coverage"] <= m["test/coverage_ci_high"]
+
+
+def test_evaluate_without_a_stored_operating_point_warns_and_skips_its_metrics(trained, caplog):
+    from experiments.evaluation.predictions import BootstrapSettings, Predictions
+    from experiments.tasks.evaluate import stored_operating_point_metrics
+
+    test = Predictions(np.array([0.2, 0.9]), np.array([0, 1]), np.array([0, 0]), np.arange(2), ["gen_a"])
+    record = json.loads((trained["run_dir"] / "calibration.json").read_text())
+    old = {k: v for k, v in record.items() if k not in ("operating_point", "abstention")}
+    detector = LoadedDetector(None, {}, Path("old_run"), calibration=old)
+    with caplog.at_level("WARNING"):
+        assert stored_operating_point_metrics(detector, test, BootstrapSettings(50)) == {}
+    assert "stored no operating point" in caplog.text
+    stored = LoadedDetector(None, {}, Path("run"), calibration=record)
+    metrics = stored_operating_point_metrics(stored, test)
+    assert metrics["op/threshold"] == record["operating_point"]["threshold"]
+    assert metrics["op/abstain_low"] == record["abstention"]["low"]
 
 
 def test_evaluate_on_other_data_keeps_the_training_threshold_and_calibrator(trained, tmp_path):

@@ -114,9 +114,11 @@ def test_probabilities_equal_the_detectors_own_predict_proba(trained, messy_fold
     plain = detect(trained["run_dir"], messy_folder, batch_size=4, progress=False, calibrated=False)
     torch.testing.assert_close(torch.tensor([r.p_synthetic for r in plain.rows]), raw, atol=1e-5, rtol=0)
     assert plain.probability == "raw (--raw)"
-    # the default threshold is the run's val threshold, on the scale of the printed P(synthetic)
-    assert result.threshold == pytest.approx(det.calibration["threshold_calibrated"])
-    assert plain.threshold == pytest.approx(det.calibration["threshold"]) == pytest.approx(trained["val_threshold"])
+    # the default threshold is the run's operating point, on the scale of the printed P(synthetic)
+    assert result.threshold == pytest.approx(float(det.calibrate([det.operating_threshold])[0]))
+    assert plain.threshold == pytest.approx(det.operating_threshold)
+    assert plain.val_threshold == pytest.approx(det.calibration["threshold"]) == pytest.approx(trained["val_threshold"])
+    assert result.val_threshold == pytest.approx(det.calibration["threshold_calibrated"])
 
 
 def test_cli_prints_rows_summary_and_writes_csv(trained, messy_folder, tmp_path, capsys):
@@ -159,9 +161,9 @@ def test_val_threshold_from_mlflow_run_id(trained, messy_folder, capsys):
     printed = capsys.readouterr().out
     assert "val-calibrated threshold: " in printed and "--threshold val" in printed
     assert "threshold: 0.5 " in printed
-    # by default the run's own threshold travels with it (calibration.json, downloaded from the MLflow run)
+    # by default the run's own operating point travels with it (calibration.json, downloaded from the MLflow run)
     default = detect(trained["run_id"], messy_folder, tracking_uri=trained["uri"], progress=False)
-    assert default.threshold == pytest.approx(default.val_threshold) and default.probability.startswith("calibrated")
+    assert default.threshold == pytest.approx(default.op_threshold) and default.probability.startswith("calibrated")
 
 
 def test_loading_by_run_id_keeps_one_copy_of_the_artifacts(trained, monkeypatch, tmp_path):
@@ -261,3 +263,57 @@ def test_views_and_pooling_are_applied_and_printed(trained, tmp_path, capsys):
     assert "views grid:3 (crops of 32 px at native size), pooling max" in capsys.readouterr().out
     assert main([str(trained["run_dir"]), str(folder), "--views", "grid:0"]) == 2
     assert "--views='grid:0'" in capsys.readouterr().err
+
+
+def _column(path: Path, name: str, label: int) -> np.ndarray:
+    with path.open() as handle:
+        return np.array([float(r[name]) for r in csv.DictReader(handle) if int(r["label"]) == label])
+
+
+def test_training_stores_an_operating_point_chosen_on_val_reals_and_detect_uses_it(trained, messy_folder, capsys):
+    run_dir = trained["run_dir"]
+    op = json.loads((run_dir / "calibration.json").read_text())["operating_point"]
+    assert op["spec"] == "fpr@0.05" and op["fitted_on"] == "val" and "abstention" not in op
+    val_reals = _column(run_dir / "predictions_val.csv", "prob", 0)
+    assert op["threshold"] == pytest.approx(np.quantile(val_reals, 0.95)) and op["n_real"] == val_reals.size
+    # the test rates at it are those of the per-image test scores the run saved
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test_reals, test_fakes = (_column(run_dir / "predictions_test.csv", "prob", c) for c in (0, 1))
+    assert metrics["op/threshold"] == op["threshold"]
+    assert metrics["test/fpr_at_op"] == pytest.approx(np.mean(test_reals >= op["threshold"]))
+    assert metrics["test/tpr_at_op"] == pytest.approx(np.mean(test_fakes >= op["threshold"]))
+    assert metrics["test/fpr_drift_at_op"] == pytest.approx(metrics["test/fpr_at_op"] - 0.05)
+    per_generator = [k for k in metrics if k.endswith("/tpr_at_op") and k.count("/") == 2]
+    assert per_generator and "test/gen_a/tpr_at_op" in per_generator
+    for key in ("test/tpr_at_op", "test/fpr_at_op", *per_generator):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert "test/coverage" not in metrics  # eval.abstain=null: always answers
+
+    result = detect(run_dir, messy_folder, progress=False, calibrated=False)
+    assert result.threshold == pytest.approx(op["threshold"])
+    assert all(r.label == ("synthetic" if r.p_synthetic >= op["threshold"] else "real") for r in result.rows)
+    assert main([str(run_dir), str(messy_folder), "--raw"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"operating point: \S+ \(fpr@0.05 chosen on \d+ real images of the training run's val split.*"
+                     r"the verdict uses it", printed), printed
+    assert main([str(run_dir), str(messy_folder), "--threshold", "val"]) == 0
+    assert "pass --threshold op to use it" in capsys.readouterr().out
+
+
+def test_an_image_inside_the_abstention_band_is_unsure(trained, messy_folder, tmp_path, capsys):
+    run_dir = shutil.copytree(trained["run_dir"], tmp_path / "run")
+    raw = detect(run_dir, messy_folder, progress=False, calibrated=False)
+    target = raw.rows[0]
+    assert all(abs(r.p_synthetic - target.p_synthetic) > 1e-5 for r in raw.rows[1:])
+    stored = json.loads((run_dir / "calibration.json").read_text())
+    stored["abstention"] = {"spec": "[low, high]", "low": target.p_synthetic - 1e-6,
+                            "high": target.p_synthetic + 1e-6, "fitted_on": None}
+    (run_dir / "calibration.json").write_text(json.dumps(stored))
+    for flags in ([], ["--raw"]):  # the band is stored on raw P and follows the printed scale
+        assert main([str(run_dir), str(messy_folder), *flags]) == 0
+        printed = capsys.readouterr().out
+        rows = {line.split()[-1]: line.split()[1] for line in printed.splitlines() if line.endswith(GOOD)}
+        assert rows[target.path] == "unsure", printed
+        assert all(label in ("synthetic", "real") for path, label in rows.items() if path != target.path)
+        assert "abstention band: [" in printed and "label 'unsure' inside" in printed
+        assert re.search(r"scored 6 image\(s\): \d+ synthetic, \d+ real, 1 unsure", printed), printed
