@@ -32,11 +32,10 @@ from typing import Any
 import numpy as np
 
 from experiments.data.layouts import real_source
-from experiments.evaluation.bootstrap import stratified_bootstrap_ci
 from experiments.evaluation.curves import plot_heatmap
+from experiments.evaluation.deployment import fpr_at_threshold_by_group
 from experiments.evaluation.generator_matrix import build_matrix
 from experiments.evaluation.metrics import sanitize_metric_component
-from experiments.evaluation.operating_point import parse_operating_point, threshold_at_fpr
 from experiments.evaluation.predictions import BootstrapSettings, Predictions
 from experiments.evaluation.score_counts import (
     CountMetric,
@@ -66,18 +65,6 @@ class SourceRate:
     n_real: int
 
 
-def fpr_metric(threshold: float) -> CountMetric:
-    """The false-positive rate of ``score >= threshold`` as a count metric (NaN without reals), so the bootstrap
-    evaluates it for blocks of resamples at once."""
-    threshold = float(threshold)
-
-    def fpr_from_counts(counts: ScoreCounts) -> np.ndarray:
-        _, fp, _, _ = confusion_from_counts(counts, threshold)
-        return np.divide(fp, counts.n_neg, out=np.full_like(fp, math.nan), where=counts.n_neg > 0)
-
-    return CountMetric(fpr_from_counts, "fpr")
-
-
 def _arrays(scores: Any, labels: Any, *groups: Any) -> tuple[np.ndarray, ...]:
     out = (np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel().astype(np.int64),
            *(np.asarray(g, dtype=object).ravel().astype(str) for g in groups))
@@ -90,20 +77,14 @@ def source_fprs(scores: Any, labels: Any, sources: Any, threshold: float,
                 bootstrap: BootstrapSettings | None = None) -> list[SourceRate]:
     """The test FPR at ``threshold`` of the reals of each source (sorted by name; fakes and an empty source are
     left out), with the stratified bootstrap's percentile interval at ``bootstrap.confidence`` (NaN without
-    ``bootstrap`` or with 0 resamples)."""
+    ``bootstrap`` or with 0 resamples): :func:`~experiments.evaluation.deployment.fpr_at_threshold_by_group`."""
     scores, labels, sources = _arrays(scores, labels, sources)
-    metric = fpr_metric(threshold)
-    real = (labels == 0) & (sources != "")
-    rates = []
-    for source in sorted(set(sources[real].tolist())):
-        mine = scores[real & (sources == source)]
-        zeros = np.zeros(mine.size, np.int64)
-        low = high = math.nan
-        if bootstrap is not None and bootstrap.resamples > 0:
-            low, high = stratified_bootstrap_ci(mine, zeros, {"fpr": metric}, bootstrap.resamples,
-                                                bootstrap.confidence, bootstrap.seed)["fpr"]
-        rates.append(SourceRate(source, metric(mine, zeros), low, high, int(mine.size)))
-    return rates
+    keep = (labels == 0) & (sources != "")
+    by_source = fpr_at_threshold_by_group(scores[keep], labels[keep], sources[keep], threshold, bootstrap)
+    counts = dict(zip(*np.unique(sources[keep], return_counts=True)))
+    return [SourceRate(name, rates["fpr_at_op"], rates.get("fpr_at_op_ci_low", math.nan),
+                       rates.get("fpr_at_op_ci_high", math.nan), int(counts[name]))
+            for name, rates in sorted(by_source.items())]
 
 
 def source_generator_auroc(scores: Any, labels: Any, sources: Any, generators: Any
@@ -160,18 +141,6 @@ def worst_source_text(rate: SourceRate | None) -> str:
         return "n/a"
     interval = f" [{rate.ci_low:.3f}, {rate.ci_high:.3f}]" if math.isfinite(rate.ci_low) else ""
     return f"{rate.source}: FPR {rate.fpr:.3f}{interval}"
-
-
-def val_threshold_at_op(val: Predictions, operating_point: str) -> float | None:
-    """The threshold of ``operating_point`` (``fpr@<rate>``, ``eval.operating_point``): the ``(1 - rate)``
-    quantile of the val split's real scores (:func:`~experiments.evaluation.operating_point.threshold_at_fpr`);
-    None, with a warning, when val has no real image."""
-    spec = parse_operating_point(operating_point)
-    try:
-        return threshold_at_fpr(val.prob[val.label == 0], spec.target_fpr)
-    except ValueError as err:
-        log.warning("no operating point %s: %s", spec.name, err)
-        return None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from experiments.evaluation.real_sources import (
     source_fprs,
     source_generator_auroc,
     source_metrics,
-    val_threshold_at_op,
     worst_source,
     worst_source_lines,
 )
@@ -74,15 +73,6 @@ def test_worst_source_named_and_metrics_round_trip():
     assert lines == ["cnn (seed 0): A: FPR 1.000 [1.000, 1.000] (of 3 real sources)"]
     assert source_metrics([SourceRate("night mode/raw", 0.1, 0.0, 0.2, 3)]).keys() >= {
         "test/source/night_mode_raw/fpr_at_op"}
-
-
-def test_threshold_from_uniform_val_reals():
-    reals = np.linspace(0.0, 1.0, 1001)
-    val = Predictions(np.concatenate([reals, [0.01]]), np.array([0] * 1001 + [1]), np.zeros(1002, np.int64),
-                      np.arange(1002))
-    assert val_threshold_at_op(val, "fpr@0.05") == pytest.approx(0.95)  # the fake at 0.01 does not enter
-    assert val_threshold_at_op(Predictions(np.array([0.3]), np.array([1]), np.zeros(1, np.int64),
-                                           np.zeros(1, np.int64)), "fpr@0.05") is None
 
 
 def _samples_and_predictions(tmp_path):

@@ -21,9 +21,9 @@ def loaded(calibration) -> LoadedDetector:
     return LoadedDetector(model=None, cfg=OmegaConf.create({}), source=Path("x.pth"), calibration=calibration)
 
 
-def test_operating_threshold_reads_the_operating_point_and_falls_back_to_the_val_threshold():
+def test_operating_threshold_is_the_stored_operating_point_only():
     assert loaded({"threshold": 0.3, "operating_point": {"threshold": 0.7}}).operating_threshold == 0.7
-    assert loaded({"threshold": 0.3}).operating_threshold == 0.3  # runs saved before operating points
+    assert loaded({"threshold": 0.3}).operating_threshold is None  # saved before operating points: no rates at op
     assert loaded(None).operating_threshold is None
 
 
