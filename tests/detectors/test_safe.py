@@ -76,9 +76,10 @@ def test_config_builds_the_paper_detector_with_its_transformations(tmp_path):
 
 
 def test_detector_learns_separable_toy_set():
-    """The toy fakes carry a +-12 grey-level period-2 checkerboard, whose HH band is 24 / 255 everywhere."""
+    """The toy fakes carry a +-12 grey-level period-2 checkerboard, whose HH band is 24 / 255 everywhere: 3 steps
+    already reach AUROC 1.0 for init seeds 0-2, so 5 steps keep the test short."""
     torch.manual_seed(0)
-    assert fit_auroc(SAFEResNet(**DEMO_NET), size=32, steps=8) >= 0.9
+    assert fit_auroc(SAFEResNet(**DEMO_NET), size=32, steps=5) >= 0.9
 
 
 def test_trains_through_the_composed_config_with_its_augmentation(tmp_path):
