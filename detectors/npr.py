@@ -53,6 +53,41 @@ def bottleneck_stage(in_chans: int, width: int, blocks: int, stride: int) -> nn.
     return nn.Sequential(*layers)
 
 
+def truncated_resnet50(in_chans: int, blocks: Sequence[int], stem_width: int = 64) -> tuple[nn.Sequential, nn.Sequential, int]:
+    """``(stem, stages, out_chans)`` of a ResNet-50 kept up to ``len(blocks)`` stages, as NPR and SAFE use it.
+
+    The stem is one 3x3 stride-2 convolution from ``in_chans`` to ``stem_width`` channels, BatchNorm, ReLU and a
+    3x3 stride-2 max-pool; stage ``i`` (``layer{i+1}``) holds ``blocks[i]`` Bottlenecks of inner width
+    ``stem_width * 2**i``, with stride 2 except the first. :func:`init_resnet_weights` initialises them.
+    """
+    blocks = [int(b) for b in blocks]
+    if not 1 <= len(blocks) <= len(RESNET50_BLOCKS) or min(blocks) < 1:
+        raise ValueError(f"model.net.blocks must hold 1 to 4 positive block counts, got {blocks}")
+    stem = nn.Sequential(
+        nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(stem_width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    chans = stem_width
+    for i, n in enumerate(blocks):
+        width = stem_width * 2**i
+        stages[f"layer{i + 1}"] = bottleneck_stage(chans, width, n, stride=1 if i == 0 else 2)
+        chans = width * Bottleneck.expansion
+    return stem, nn.Sequential(stages), chans
+
+
+def init_resnet_weights(module: nn.Module) -> None:
+    """Initialise ``module``'s convolutions and BatchNorms as torchvision's ResNet does (Kaiming-normal, 1 / 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class NPRResNet(Detector):
     """``ImageNet normalisation -> NPRResidual -> x residual_scale -> truncated ResNet-50 -> pool -> head``.
 
@@ -79,37 +114,13 @@ class NPRResNet(Detector):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        blocks = [int(b) for b in blocks]
-        if not 1 <= len(blocks) <= len(RESNET50_BLOCKS) or min(blocks) < 1:
-            raise ValueError(f"model.net.blocks must hold 1 to 4 positive block counts, got {blocks}")
         self.normalize = ImageNetNormalize() if normalize_input else nn.Identity()
         self.npr = NPRResidual(factor=factor)
         self.residual_scale = float(residual_scale)
-        self.stem = nn.Sequential(
-            nn.Conv2d(self.npr.out_chans, stem_width, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(stem_width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        )
-        stages: OrderedDict[str, nn.Module] = OrderedDict()
-        in_chans = stem_width
-        for i, n in enumerate(blocks):
-            width = stem_width * 2**i
-            stages[f"layer{i + 1}"] = bottleneck_stage(in_chans, width, n, stride=1 if i == 0 else 2)
-            in_chans = width * Bottleneck.expansion
-        self.stages = nn.Sequential(stages)
+        self.stem, self.stages, self.num_features = truncated_resnet50(self.npr.out_chans, blocks, stem_width)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.num_features = in_chans
         self.head = mlp_head(self.num_features, head_hidden, dropout)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The scaled NPR map the stem sees, ``(B, 3, H, W)``."""

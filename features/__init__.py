@@ -18,11 +18,13 @@ from features.spectrum import (
     rfft_power,
     to_grayscale,
 )
+from features.wavelet import HaarDWT
 
 __all__ = [
     "ExtremeEqualizer",
     "FFTMagnitude",
     "GaussianBottleneck",
+    "HaarDWT",
     "LaplacianResidual",
     "LocalPatchFFT",
     "NPRResidual",

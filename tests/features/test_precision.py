@@ -18,6 +18,7 @@ from experiments.training.lit_module import DetectorModule
 from features import (
     FFTMagnitude,
     GaussianBottleneck,
+    HaarDWT,
     LaplacianResidual,
     LocalPatchFFT,
     RadialAngularHistogram,
@@ -33,6 +34,7 @@ FEATURES = {
     "laplacian_residual": lambda: LaplacianResidual(),
     "radial_angular": lambda: RadialAngularHistogram(n_radial=64, n_angular=64, use_residual=True),
     "radial_angular_log": lambda: RadialAngularHistogram(n_radial=32, n_angular=16, log_power=True),
+    "haar_dwt": lambda: HaarDWT(bands=["LH", "HL", "HH"]),
 }
 
 
