@@ -54,7 +54,8 @@ def score_views(detector: LoadedDetector, images: torch.Tensor, views: torch.Ten
     ``calibrated`` (it is increasing, so decisions are the same on both scales)."""
     raw = torch.cat([detector.predict_proba(chunk).reshape(-1).float() for chunk in images.split(max_crops)])
     pooled = pool_views(raw, views, pooling)
-    return torch.from_numpy(detector.calibrate(pooled.double().numpy())).float() if calibrated else pooled
+    # calibrated P stays float64, as predict_calibrated_proba: a steep calibrator separates scores float32 merges
+    return torch.from_numpy(detector.calibrate(pooled.double().numpy())) if calibrated else pooled
 
 
 def score_batch(detector: LoadedDetector, batch: Mapping, pooling: str = "mean") -> torch.Tensor:
