@@ -251,6 +251,9 @@ class DetectorDataModule(L.LightningDataModule):
         with collector_paused():
             train, val, test = self.layout.splits(self.root, self.selection, walk)
         walk.save_index()
+        if walk.index is not None:  # a later job of a sweep lists no folder: it reads the index
+            log.info("data=%s: walk of %s: %d folder(s) listed from the disk, the others read from the walk index %s",
+                     self.name, self.root, walk.index.listed, walk.index.path)
         self.skipped_links = walk.skipped
         if walk.skipped:
             reasons = Counter(link.reason for link in walk.skipped)

@@ -92,10 +92,10 @@ def build_manifest(splits: dict[str, Sequence[Sample]], workers: int | None = No
     check and its manifest hash each file once."""
     pairs = [(split, s) for split, samples in splits.items() for s in samples]
     known = known or {}
-    todo = [i for i, (_, s) in enumerate(pairs) if s.path not in known]
-    hashed = iter(digests([pairs[i][1].path for i in todo], workers))
-    todo_set = set(todo)
-    found = [next(hashed) if i in todo_set else known[s.path] for i, (_, s) in enumerate(pairs)]
+    todo = [s.path for _, s in pairs if s.path not in known]
+    if todo:
+        known = {**known, **dict(zip(todo, digests(todo, workers)))}
+    found = [known[s.path] for _, s in pairs]
     return [Entry(s.split_name, size, sha, int(s.label), s.generator, split)
             for (split, s), (size, sha) in zip(pairs, found)]
 

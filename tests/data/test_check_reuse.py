@@ -49,7 +49,8 @@ def test_probe_is_computed_again_when_its_inputs_change(tmp_path, monkeypatch):
     add_stored_probe(report, None, 1, store)  # another seed
     add_stored_probe(report, ExtremeEqualizer(size=32, jpeg_quality=90), 0, store)  # an equalizer
     changed = scan_dataset(dm, progress=False, cache_dir=cache)
-    changed.records[0] = type(changed.records[0])(**{**changed.records[0].__dict__, "width": 7})
+    rewritten = changed.records[0]
+    changed.records[0] = type(rewritten)(**{**rewritten.__dict__, "sha256": "0" * 64})
     assert probe_key(changed, None, 0) != probe_key(report, None, 0)
     assert len(calls) == 2
     with CheckStore(store) as kept:
@@ -101,3 +102,16 @@ def test_the_datamodules_own_their_data_gate(tmp_path):
     packed.info.bad["train"] = [Bad(f"x{i}.png", "truncated") for i in range(5)]
     with pytest.raises(BadDataError, match="of the pack"):
         packed.preflight(PreflightSettings(progress=False))
+
+
+@pytest.mark.parametrize("path, root, expected", [
+    ("/d/gen/train/ai/x.png", "/d", "gen/train/ai/x.png"),  # the walk's paths: no abspath needed
+    ("/d/gen/../gen/x.png", "/d", "gen/x.png"),  # not normalised: the general path
+    ("/d//gen/./x.png", "/d/", "gen/x.png"),
+    ("/d/.hidden/x.png", "/d", ".hidden/x.png"),
+    ("/elsewhere/x.png", "/d", "/elsewhere/x.png"),
+])
+def test_relative_name_of_normalised_and_other_paths(path, root, expected):
+    from experiments.data.layouts.base import relative_name
+
+    assert relative_name(path, root) == expected

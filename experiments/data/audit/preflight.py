@@ -170,11 +170,13 @@ PROBE_RESULT_VERSION = 1
 
 def probe_key(report: DataReport, equalizer, seed: int, max_per_class: int = PROBE_MAX_PER_CLASS) -> str:
     """A digest of what :func:`~experiments.data.audit.leakage.add_metadata_probe` computes from: every record's
-    split, generator, label and :data:`~experiments.data.audit.inspection.CONTENT_FIELDS`, in order, the shortest
-    usable side, the equalizer, the seed and the probe's features, folds and sample size."""
+    split, generator, label and content (its hash and why it is unreadable: the other
+    :data:`~experiments.data.audit.inspection.CONTENT_FIELDS` follow from the bytes, under one
+    :data:`~experiments.data.audit.store.STORE_VERSION`), in order, the shortest usable side, the equalizer, the
+    seed and the probe's features, folds and sample size."""
     digest = hashlib.sha256(repr((PROBE_RESULT_VERSION, STORE_VERSION, PROBE_FEATURES, PROBE_FOLDS, int(seed),
                                   int(max_per_class), report.min_size, repr(equalizer))).encode())
-    get = attrgetter("split", "generator", "label", *CONTENT_FIELDS)
+    get = attrgetter("split", "generator", "label", "sha256", "reason")
     digest.update(repr([get(r) for r in report.records]).encode())
     return "probe:" + digest.hexdigest()
 
