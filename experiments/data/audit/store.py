@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: bump when what a row means changes (a new field, another hash)
 STORE_VERSION = 2
+#: the newest results kept (a sweep over seeds or equalizers adds one each); older ones are computed again
+KEEP_RESULTS = 64
 _RESULTS = "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT)"
 #: rows per ``IN (...)`` query (below SQLite's default limit of bound variables)
 LOOKUP_BATCH = 900
@@ -126,6 +128,7 @@ class CheckStore:
             db = self._connect()
             with db:
                 db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (key, json.dumps(value)))
+                db.execute("DELETE FROM results WHERE rowid <= (SELECT MAX(rowid) FROM results) - ?", (KEEP_RESULTS,))
         except (sqlite3.Error, OSError, TypeError, ValueError) as err:
             log.warning("data check: cannot write the store %s (%s); the next run computes it again", self.path, err)
 
