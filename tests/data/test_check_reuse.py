@@ -115,3 +115,13 @@ def test_relative_name_of_normalised_and_other_paths(path, root, expected):
     from experiments.data.layouts.base import relative_name
 
     assert relative_name(path, root) == expected
+
+
+def test_store_keeps_the_newest_results(tmp_path):
+    from experiments.data.audit.store import KEEP_RESULTS
+
+    with CheckStore(tmp_path / "s.sqlite") as store:
+        for i in range(KEEP_RESULTS + 3):
+            store.put_result(f"k{i}", {"i": i})
+        assert store.result("k0") is None and store.result("k2") is None
+        assert store.result("k3") == {"i": 3} and store.result(f"k{KEEP_RESULTS + 2}") == {"i": KEEP_RESULTS + 2}
