@@ -16,6 +16,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, DistributedSampler
 
+from experiments.data.audit.preflight import PreflightSettings, preflight as scan_and_gate
+from experiments.data.audit.report import DataReport
 from experiments.data.audit.sampling import DataCheck
 from experiments.data.cache import cached_pack, is_cacheable
 from experiments.data.chronology import Chronology
@@ -193,26 +195,45 @@ class DetectorDataModule(L.LightningDataModule):
         self.generator_names: list[str] = []
         self.datasets: dict[str, SampleDataset] = {}
         self._decode_warnings: set[str] = set()
+        self._packs: dict[str, Path] = {}
 
     # -- Lightning hooks -------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        """Build the demo data (``data=demo``) and the decoded packs of ``data.cache=true``. Lightning calls it
-        on the local rank 0 of every node (``prepare_data_per_node``); the other ranks wait in its barrier."""
+    def prepare_tree(self) -> None:
+        """Build the demo data (``data=demo``): what the walk (:meth:`check_layout`) needs, and all a task does
+        before it; the packs wait for :meth:`prepare_data`."""
         if self.demo is not None:
             from experiments.data.demo import build_demo_dataset
 
             build_demo_dataset(self.root, **self.demo)
+
+    def prepare_data(self) -> None:
+        """Build the demo data (:meth:`prepare_tree`) and the decoded packs of ``data.cache=true``. Under
+        ``trainer.fit`` Lightning calls it on the local rank 0 of every node (``prepare_data_per_node=True``), so
+        with a node-local ``paths.cache_dir`` each node builds its own pack once, while the other ranks wait in
+        Lightning's barrier (``torch.distributed``) and then read it in :meth:`setup`."""
+        self.prepare_tree()
         if self.cache:
             for split in self.check_layout():
                 self._cached_pack(split)
 
     def _cached_pack(self, split: str) -> Path | None:
-        """The decoded pack of ``split`` (built when missing), or None when its preprocessing is random."""
+        """The decoded pack of ``split`` (built when missing), or None when its preprocessing is random; its
+        folder is kept, so :meth:`setup` after :meth:`prepare_data` does not stat the files again."""
         prep = self.preprocess_of(split)
         if not is_cacheable(prep):
             return None
-        return cached_pack(split, self.splits[split], prep, self.cache_dir, root=self.root,
-                           class_names=self.layout.class_names)
+        if split not in self._packs:
+            self._packs[split] = cached_pack(split, self.splits[split], prep, self.cache_dir, root=self.root,
+                                             class_names=self.layout.class_names)
+        return self._packs[split]
+
+    def preflight(self, settings: PreflightSettings = PreflightSettings(),
+                  on_report: Callable[[DataReport], None] | None = None) -> DataReport | None:
+        """The data gate before training (:func:`~experiments.data.audit.preflight.preflight`: scan, probe,
+        verdict) with ``settings`` (:class:`~experiments.data.audit.preflight.PreflightSettings`); returns the
+        :class:`~experiments.data.audit.report.DataReport`, or None for a datamodule whose files are checked
+        otherwise (a pack). Raises :class:`~experiments.data.audit.preflight.BadDataError` on bad data."""
+        return scan_and_gate(self, settings, on_report)
 
     def check_layout(self) -> dict[str, list[Sample]]:
         """The splits of :meth:`scan`, scanned once and kept for :meth:`setup`: the layout and class-count errors
@@ -244,6 +265,9 @@ class DetectorDataModule(L.LightningDataModule):
         with collector_paused():
             train, val, test = self.layout.splits(self.root, self.selection, walk)
         walk.save_index()
+        if walk.index is not None:  # a later job of a sweep lists no folder: it reads the index
+            log.info("data=%s: walk of %s: %d folder(s) listed from the disk, the others read from the walk index %s",
+                     self.name, self.root, walk.index.listed, walk.index.path)
         self.skipped_links = walk.skipped
         if walk.skipped:
             reasons = Counter(link.reason for link in walk.skipped)

@@ -16,7 +16,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from experiments.data.audit.inspection import CONTENT_HASH
 from experiments.data.layouts import Sample
@@ -83,10 +83,19 @@ def digests(paths: Sequence[str], workers: int | None = None) -> list[tuple[int,
         return [d for batch in pool.map(_digests, batches) for d in batch]
 
 
-def build_manifest(splits: dict[str, Sequence[Sample]], workers: int | None = None) -> list[Entry]:
-    """The manifest rows of every sample of ``splits`` (split order kept), hashed in parallel."""
+def build_manifest(splits: dict[str, Sequence[Sample]], workers: int | None = None,
+                   known: Mapping[str, tuple[int, str]] | None = None) -> list[Entry]:
+    """The manifest rows of every sample of ``splits`` (split order kept), hashed in parallel.
+
+    ``known``: ``{path: (size, content hash)}`` already computed in this launch (the data check's records,
+    :meth:`~experiments.data.audit.report.DataReport.content_digests`): those files are not read again, so the
+    check and its manifest hash each file once."""
     pairs = [(split, s) for split, samples in splits.items() for s in samples]
-    found = digests([s.path for _, s in pairs], workers)
+    known = known or {}
+    todo = [s.path for _, s in pairs if s.path not in known]
+    if todo:
+        known = {**known, **dict(zip(todo, digests(todo, workers)))}
+    found = [known[s.path] for _, s in pairs]
     return [Entry(s.split_name, size, sha, int(s.label), s.generator, split)
             for (split, s), (size, sha) in zip(pairs, found)]
 

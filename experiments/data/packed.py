@@ -59,6 +59,12 @@ class PackedDataModule(DetectorDataModule):
     def prepare_data(self) -> None:
         self.pack_info()
 
+    def preflight(self, settings=None, on_report=None) -> None:
+        """The data gate of a pack (:meth:`check_unusable`): its files were checked when it was packed
+        (``pack.json``), so no report; ``settings`` and ``on_report`` are not used."""
+        self.check_unusable()
+        return None
+
     def check_unusable(self) -> None:
         """The data gate of a pack: :class:`~experiments.data.audit.BadDataError` when more than
         ``max_bad_fraction`` of its files were found unusable when it was packed (``pack.json``); the files

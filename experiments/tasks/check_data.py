@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 from experiments.data.audit import (
     BadDataError,
     DataReport,
-    add_metadata_probe,
     check_bad_fraction,
     data_check_cache_dir,
     scan_dataset,
@@ -29,16 +28,20 @@ from experiments.data.audit import (
     write_report,
 )
 from experiments.data import integrity
+from experiments.data.walk import collector_paused
+from experiments.data.audit.preflight import add_stored_probe, check_store_path
 from experiments.training.builders import build_datamodule
 from experiments.tracking import announce_outputs
 
 
+@collector_paused()  # the report's records and the manifest's rows hold no cycles (see collector_paused)
 def check_data(cfg: DictConfig) -> DataReport:
     """Scan ``cfg.data``, print the report, write ``data_report.{json,txt}`` to ``cfg.paths.output_dir`` and
     return the :class:`~experiments.data.audit.DataReport`; then raise :class:`~experiments.data.audit.BadDataError`
     (exit status 2) when training would stop on the data, or, with ``task.strict=true``, on any strict problem.
 
-    The report includes the metadata probe (:func:`~experiments.data.audit.add_metadata_probe`): the AUROC of
+    The report includes the metadata probe (:func:`~experiments.data.audit.add_metadata_probe`, kept in the
+    store by :func:`~experiments.data.audit.preflight.add_stored_probe`): the AUROC of
     real vs synthetic from the file metadata alone (format, size, bytes per pixel, JPEG quality, quantisation-table
     fingerprint, chroma subsampling, EXIF and its Software tag, bit depth) and each feature family's share of its
     decision, on the files and after the configured equalizer (``equalizer=extreme``), whose output the leakage
@@ -46,15 +49,17 @@ def check_data(cfg: DictConfig) -> DataReport:
     chooses every file, a stratified sample or none; the per-file results are kept under
     ``paths.cache_dir/data_checks`` (:class:`~experiments.data.audit.store.CheckStore`)."""
     datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
+    datamodule.prepare_tree()
+    splits = datamodule.check_layout()  # one walk: the check and the manifest share it
     seed = int(cfg.get("seed", 0) or 0)
     cache_dir = data_check_cache_dir((cfg.get("paths") or {}).get("cache_dir"))
     report = scan_dataset(datamodule, cache_dir=cache_dir, seed=seed)
-    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=seed)
+    add_stored_probe(report, datamodule.preprocess.equalizer, seed, check_store_path(cache_dir, datamodule.name))
     limit = float(datamodule.max_bad_fraction)
-    print(report.format_table(limit))
-    json_path, txt_path = write_report(report, cfg.paths.output_dir, limit)
-    entries = integrity.build_manifest(datamodule.check_layout())
+    table = report.format_table(limit)
+    print(table)
+    json_path, txt_path = write_report(report, cfg.paths.output_dir, limit, table)
+    entries = integrity.build_manifest(splits, known=report.content_digests())  # one hash pass: the check's
     manifest = integrity.write_manifest(entries, Path(cfg.paths.output_dir) / integrity.MANIFEST_NAME)
     print(f"\nWrote {txt_path}, {json_path} and {manifest}")
     if datamodule.verify:  # data.verify=<manifest>: missing, changed and extra files end the check (exit 2)

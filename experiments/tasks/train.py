@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning.pytorch.utilities import rank_zero_only
 
 from experiments import tracking
-from experiments.data.audit import DataReport, PreflightSettings, data_check_cache_dir, preflight
+from experiments.data.audit import DataReport, PreflightSettings, data_check_cache_dir
 from experiments.evaluation.calibration import (
     CALIBRATION_FILE,
     Calibrator,
@@ -23,7 +23,6 @@ from experiments.evaluation.calibration import (
     write_calibration,
 )
 from experiments.data.audit import write_data_stats, write_report
-from experiments.data.packed import PackedDataModule
 from experiments.evaluation.deployment import deployment_summary, fit_deployment, operating_point_metrics
 from experiments.evaluation.diagnostics import write_diagnostics
 from experiments.evaluation.predictions import print_metrics_table, score, write_predictions_csv
@@ -63,11 +62,10 @@ def train(cfg: DictConfig) -> float | None:
     resume = _resume_point(cfg)
     datamodule = build_datamodule(cfg)  # config errors (a missing data.root) first: they cost nothing
     kind = build_kind(cfg)  # the kind's _target_ and its factories; nothing is built yet
-    datamodule.prepare_data()
+    datamodule.prepare_tree()  # the demo data; the packs of data.cache are built by Lightning's prepare_data in fit
     datamodule.check_layout()  # the expected tree, or a split without both classes; setup() keeps this scan
     tracking.check_store(cfg.logger.tracking_uri)  # a server that does not answer, a store that cannot be opened
     check_pretrained_weights(cfg.model)  # download, or find in the cache, ImageNet/CLIP weights
-    datamodule.setup()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if getattr(datamodule, "chronology", None) is not None:  # experiment=chronological: tagged once the order is known
@@ -187,15 +185,13 @@ def _open_run(cfg: DictConfig, logger, datamodule, out_dir: Path, resume: Resume
     def log_report(report: DataReport) -> None:  # before the verdict: a run that stops records why
         log_data_report(report, logger, out_dir, datamodule.max_bad_fraction)
 
-    try:
-        if isinstance(datamodule, PackedDataModule):  # its files were checked when packed (pack.json)
-            datamodule.check_unusable()
-            return None
-        report = preflight(datamodule, _preflight_settings(cfg, datamodule), log_report if resume is None else None)
+    try:  # the datamodule's own gate: a scan of the files, or a pack's record of them (no report)
+        report = datamodule.preflight(_preflight_settings(cfg, datamodule), log_report if resume is None else None)
     except Exception as err:  # noqa: BLE001 - raised by fit on every rank, so no rank waits for a stopped rank 0
         tracking.end_run(logger.experiment, logger.run_id, "FAILED")
         return err
-    _record_data_stats(cfg, report, logger, out_dir)
+    if report is not None:
+        _record_data_stats(cfg, report, logger, out_dir)
     return None
 
 

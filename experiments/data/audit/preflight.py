@@ -10,22 +10,28 @@ so a run that stops still records what it found). ``task=check_data`` runs the s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Callable, Mapping
 
 from experiments.errors import UserError
 from experiments.data.audit.inspection import (
+    CONTENT_FIELDS,
     FileRecord,
     inspect_all,
     inspect_paths,
     records_from,
 )
 from experiments.data.audit.leakage import (
+    PROBE_FEATURES,
+    PROBE_FOLDS,
+    PROBE_MAX_PER_CLASS,
     PROBE_WARNING_AUROC,
     DataLeakageWarning,
     add_metadata_probe,
@@ -35,7 +41,7 @@ from experiments.data.audit.leakage import (
 )
 from experiments.data.audit.report import DEFAULT_MAX_BAD_FRACTION, DataReport, reason_counts
 from experiments.data.audit.sampling import DataCheck, stratified_sample
-from experiments.data.audit.store import CheckStore, file_key
+from experiments.data.audit.store import STORE_VERSION, CheckStore, file_key
 from experiments.data.layouts import Sample
 from experiments.data.walk import collector_paused
 from experiments.safe_paths import plain_name
@@ -80,7 +86,8 @@ def _source(source) -> _Source:
     if isinstance(source, Mapping):
         return _Source({str(k): list(v) for k, v in source.items()})
     if hasattr(source, "scan") and hasattr(source, "preprocess"):
-        splits = getattr(source, "splits", None) or source.scan()
+        keep = getattr(source, "check_layout", None)  # the datamodule's walk, done once and kept
+        splits = keep() if callable(keep) else (getattr(source, "splits", None) or source.scan())
         return _Source(splits, str(source.root), loader_min_size(source), list(getattr(source, "skipped_links", [])),
                        str(getattr(source, "name", "dataset")), getattr(source, "check", "auto"))
     raise TypeError(
@@ -159,6 +166,62 @@ def scan_dataset(
                       skipped_links=source.skipped_links, check=why, population=population)
 
 
+#: bump when what the stored metadata probe means changes
+PROBE_RESULT_VERSION = 2
+
+
+def probe_key(report: DataReport, equalizer, seed: int, max_per_class: int = PROBE_MAX_PER_CLASS) -> str:
+    """A digest of what :func:`~experiments.data.audit.leakage.add_metadata_probe` computes from: every record's
+    split, generator, label and content (its hash and why it is unreadable: the other
+    :data:`~experiments.data.audit.inspection.CONTENT_FIELDS` follow from the bytes, under one
+    :data:`~experiments.data.audit.store.STORE_VERSION`), in order, the shortest usable side, the equalizer, the
+    seed and the probe's features, folds and sample size."""
+    digest = hashlib.sha256(repr((PROBE_RESULT_VERSION, STORE_VERSION, PROBE_FEATURES, PROBE_FOLDS, int(seed),
+                                  int(max_per_class), report.min_size, repr(equalizer))).encode())
+    get = attrgetter("split", "generator", "label", "sha256", "reason")
+    digest.update(repr([get(r) for r in report.records]).encode())
+    return "probe:" + digest.hexdigest()
+
+
+def _probe_value(report: DataReport) -> dict:
+    index = {r.path: i for i, r in enumerate(report.records)}  # an equalized record keeps its file's path
+    equalized = None if report.equalized is None else [
+        [index[r.path], [getattr(r, f) for f in CONTENT_FIELDS]] for r in report.equalized]
+    return {"probe": report.probe, "shares": report.probe_shares, "equalizer": report.equalizer,
+            "equalized": equalized}
+
+
+def _restore_probe(report: DataReport, value: dict) -> None:
+    report.probe = {k: float(v) for k, v in value["probe"].items()}
+    report.probe_shares = {k: {f: float(w) for f, w in v.items()} for k, v in value["shares"].items()}
+    report.equalizer = value["equalizer"]
+    if value["equalized"] is not None:
+        report.equalized = [replace(report.records[i], **dict(zip(CONTENT_FIELDS, fields)))
+                            for i, fields in value["equalized"]]
+
+
+def add_stored_probe(report: DataReport, equalizer=None, seed: int = 0, store_path: Path | None = None,
+                     max_per_class: int = PROBE_MAX_PER_CLASS) -> DataReport:
+    """:func:`~experiments.data.audit.leakage.add_metadata_probe`, kept in the per-file store at ``store_path``
+    under :func:`probe_key`: a check of unchanged files (same records, settings and equalizer) reads the AUROCs
+    and the equalized records back instead of fitting and equalizing again. Returns ``report``."""
+    if store_path is None:
+        return add_metadata_probe(report, equalizer, seed=seed, max_per_class=max_per_class)
+    key = probe_key(report, equalizer, seed, max_per_class)
+    with CheckStore(store_path) as store:
+        value = store.result(key)
+        if value is not None:
+            try:
+                _restore_probe(report, value)
+                log.info("data check: metadata probe from the store %s", store_path)
+                return report
+            except (KeyError, IndexError, TypeError, ValueError) as err:
+                log.warning("data check: the stored metadata probe cannot be read (%s); it is computed again", err)
+        add_metadata_probe(report, equalizer, seed=seed, max_per_class=max_per_class)
+        store.put_result(key, _probe_value(report))
+    return report
+
+
 def check_bad_fraction(report: DataReport, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
     """Raise :class:`BadDataError` when more than ``max_bad_fraction`` of the files are unreadable or too
     small, or when a split / class is left without any usable image."""
@@ -227,6 +290,7 @@ def data_check_cache_dir(cache_dir: str | Path | None) -> Path | None:
     return Path(cache_dir) / "data_checks" if cache_dir else None
 
 
+@collector_paused()  # the report's records hold no cycles (see collector_paused)
 def preflight(datamodule, settings: PreflightSettings = PreflightSettings(),
               on_report: Callable[[DataReport], None] | None = None) -> DataReport:
     """Scan the datamodule's splits before fitting, warn about format leakage, and raise :class:`BadDataError`
@@ -236,7 +300,8 @@ def preflight(datamodule, settings: PreflightSettings = PreflightSettings(),
     (:func:`~experiments.data.audit.leakage.add_metadata_probe`). ``on_report`` (e.g. the task's logging of the
     counts and the report files) gets the report before the verdict, so a run that stops has recorded why."""
     report = scan_dataset(datamodule, progress=settings.progress, cache_dir=settings.cache_dir, seed=settings.seed)
-    add_metadata_probe(report, datamodule.preprocess.equalizer, seed=settings.seed)
+    add_stored_probe(report, datamodule.preprocess.equalizer, settings.seed,
+                     check_store_path(settings.cache_dir, str(getattr(datamodule, "name", "dataset"))))
     log.info(
         "data check: %d images, %d unreadable, %d too small, %d duplicate pairs across splits (%.1f s); "
         "metadata probe AUROC %s",

@@ -87,7 +87,8 @@ class DataReport:
             self._memo.update(
                 key=key, usable=usable, groups=groups,
                 bad=[r for r, ok in zip(self.records, usable) if not ok],
-                hist={k: Histograms.of(r for r in recs if self.usable(r)) for k, recs in groups.items()})
+                hist={k: Histograms.of(r for r in recs if self.usable(r)) for k, recs in groups.items()},
+                counts={k: self._count(recs) for k, recs in groups.items()})
         return self._memo
 
     def leakage_view(self) -> "DataReport":
@@ -95,6 +96,11 @@ class DataReport:
         if self.equalized is None:
             return self
         return DataReport(self.equalized, 0, self.root)
+
+    def content_digests(self) -> dict[str, tuple[int, str]]:
+        """``{path: (size in bytes, content hash)}`` of the readable files the check hashed, for the manifest
+        (:func:`experiments.data.integrity.build_manifest`), so it does not hash them again."""
+        return {r.path: (r.n_bytes, r.sha256) for r in self.records if r.readable and r.sha256 and r.n_bytes > 0}
 
     # counts
     @property
@@ -135,12 +141,20 @@ class DataReport:
         return dict(self._derived()["groups"])
 
     def group_counts(self, records: list[FileRecord]) -> dict[str, int]:
-        return {
-            "images": len(records),
-            "usable": sum(self.usable(r) for r in records),
-            "unreadable": sum(not r.readable for r in records),
-            "too_small": sum(r.readable and r.short_side < self.min_size for r in records),
-        }
+        """Images, usable, unreadable and too-small files among ``records`` (those of a group are kept)."""
+        derived = self._derived()
+        if records:
+            first = records[0]
+            kept = derived["counts"].get((first.split, first.generator, first.label))
+            if kept is not None and derived["groups"][(first.split, first.generator, first.label)] is records:
+                return dict(kept)
+        return self._count(records)
+
+    def _count(self, records: list[FileRecord]) -> dict[str, int]:
+        unreadable = sum(1 for r in records if r.reason is not None)
+        small = sum(1 for r in records if r.reason is None and min(r.width, r.height) < self.min_size)
+        return {"images": len(records), "usable": len(records) - unreadable - small, "unreadable": unreadable,
+                "too_small": small}
 
     def histograms(
         self, split: str | None = None, generator: str | None = None, label: int | None = None
@@ -331,13 +345,15 @@ def _columns(header: Sequence[str], rows: list[Sequence[Any]]) -> list[str]:
             for row in cells]
 
 
-def write_report(report: DataReport, out_dir: str | Path, max_bad_fraction: float | None = None) -> tuple[Path, Path]:
-    """Write ``data_report.json`` and ``data_report.txt`` into ``out_dir``; return their paths."""
+def write_report(report: DataReport, out_dir: str | Path, max_bad_fraction: float | None = None,
+                 table: str | None = None) -> tuple[Path, Path]:
+    """Write ``data_report.json`` and ``data_report.txt`` into ``out_dir``; return their paths. ``table``: the
+    text report when the caller has it already (``report.format_table(max_bad_fraction)``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, txt_path = out_dir / "data_report.json", out_dir / "data_report.txt"
     json_path.write_text(json.dumps(report.to_dict(), indent=2))
-    txt_path.write_text(report.format_table(max_bad_fraction) + "\n")
+    txt_path.write_text((report.format_table(max_bad_fraction) if table is None else table) + "\n")
     return json_path, txt_path
 
 

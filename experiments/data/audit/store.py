@@ -5,22 +5,30 @@ the same dataset mounted at another path (or copied with its times kept, ``rsync
 rewritten file is inspected again. SQLite (the Python standard library's ``sqlite3``) keeps millions of rows in
 one file, looks them up by primary key, and lets concurrent jobs of a sweep read while one writes (WAL mode).
 A store that cannot be opened or written only costs a re-scan, with a warning.
+
+Besides the rows of files, the store keeps results computed over many files (the metadata probe): JSON values
+keyed by a digest of their inputs (:meth:`CheckStore.result`, :meth:`CheckStore.put_result`), so a check whose
+files are all stored redoes none of its work.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from experiments.data.audit.inspection import CONTENT_FIELDS
 
 log = logging.getLogger(__name__)
 
 #: bump when what a row means changes (a new field, another hash)
-STORE_VERSION = 3
+STORE_VERSION = 4
+#: the newest results kept (a sweep over seeds or equalizers adds one each); older ones are computed again
+KEEP_RESULTS = 64
+_RESULTS = "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT)"
 #: rows per ``IN (...)`` query (below SQLite's default limit of bound variables)
 LOOKUP_BATCH = 900
 #: read the whole table in one pass when the keys asked for are at least 1/SCAN_ABOVE of its rows
@@ -60,8 +68,10 @@ class CheckStore:
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version is None or int(version[0]) != STORE_VERSION:
                 db.execute("DROP TABLE IF EXISTS files")
+                db.execute("DROP TABLE IF EXISTS results")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(STORE_VERSION),))
             db.execute(_SCHEMA)
+            db.execute(_RESULTS)
             db.commit()
             self._db = db
         return self._db
@@ -76,8 +86,7 @@ class CheckStore:
             stored = db.execute("SELECT MAX(rowid) FROM files").fetchone()[0] or 0
             select = f"SELECT relpath, size, mtime_ns, {_COLUMNS} FROM files"
             if len(names) * SCAN_ABOVE >= stored:  # most of the table: one pass beats many index look-ups
-                wanted = set(names)
-                found.update((r[0], r[1:]) for r in db.execute(select) if r[0] in wanted)
+                found = {r[0]: r[1:] for r in db.execute(select)}  # rows not asked for are never looked up
             else:
                 for i in range(0, len(names), LOOKUP_BATCH):
                     batch = names[i:i + LOOKUP_BATCH]
@@ -103,6 +112,25 @@ class CheckStore:
         except (sqlite3.Error, OSError) as err:
             log.warning("data check: cannot write the store %s (%s); the next run inspects these files again",
                         self.path, err)
+
+    def result(self, key: str) -> Any | None:
+        """The JSON value stored under ``key`` by :meth:`put_result` (None when there is none)."""
+        try:
+            row = self._connect().execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
+            return None if row is None else json.loads(row[0])
+        except (sqlite3.Error, OSError, ValueError) as err:
+            log.warning("data check: cannot read the store %s (%s); the result is computed again", self.path, err)
+            return None
+
+    def put_result(self, key: str, value: Any) -> None:
+        """Keep the JSON-ready ``value`` under ``key`` (a digest of everything it was computed from)."""
+        try:
+            db = self._connect()
+            with db:
+                db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (key, json.dumps(value)))
+                db.execute("DELETE FROM results WHERE rowid <= (SELECT MAX(rowid) FROM results) - ?", (KEEP_RESULTS,))
+        except (sqlite3.Error, OSError, TypeError, ValueError) as err:
+            log.warning("data check: cannot write the store %s (%s); the next run computes it again", self.path, err)
 
     def close(self) -> None:
         if self._db is not None:

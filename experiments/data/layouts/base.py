@@ -71,12 +71,21 @@ def real_source(sample: Sample) -> str:
 
 def relative_name(path: str | Path, root: str | Path) -> str:
     """``path`` relative to ``root`` as a POSIX string, or its absolute path when it is not under ``root``."""
-    name, base = os.path.abspath(path), os.path.abspath(root)
+    name, base = str(path), str(root)
+    if not (_normal(name) and _normal(base)):  # the walk's paths are: no abspath (a syscall-free, but slow, call)
+        name, base = os.path.abspath(name), os.path.abspath(base)
     prefix = base.rstrip("/") + "/"
     if os.sep == "/" and name.startswith(prefix):  # the common case, without building Path objects
         return name[len(prefix):]
     name, base = Path(name), Path(base)
     return (name.relative_to(base) if name.is_relative_to(base) else name).as_posix()
+
+
+def _normal(path: str) -> bool:
+    """Whether ``path`` is absolute and normalised on POSIX (what ``os.path.abspath`` returns unchanged)."""
+    marked = path + "/"
+    return (os.sep == "/" and path[:1] == "/" and "//" not in path and "/./" not in marked
+            and "/../" not in marked and (path == "/" or path[-1] != "/"))
 
 
 def few(names: Iterable[object], limit: int = FOUND_LIMIT) -> str:
