@@ -1,13 +1,15 @@
 """The crops of a local decoded pack: written with LitData's ``BinaryWriter`` (:func:`write_crops`), read a
 batch at a time from the memory-mapped chunks (:class:`TokenChunks`).
 
-A decoded pack's split is one flat uint8 stream in LitData's ``TokensLoader`` format (:mod:`experiments.data.shards`).
-:func:`write_crops` writes the same chunks and ``index.json`` that ``litdata.optimize`` writes for it (a test
-compares them byte for byte), without ``optimize``'s orchestration: its worker processes, upload thread and
-index merge cost a fixed second or more per split, several times what decoding a small split costs (``docs/scaling.md``
-has the figures). Here each file is read once, hashed (its manifest row) and decoded and preprocessed from the
-same bytes, by a ``fork`` process pool when the split is large enough to repay one; the writer, in this
-process, takes the crops in index order. Object-store packs still go through ``optimize``, which uploads.
+A decoded pack's split is one flat uint8 stream in LitData's ``TokensLoader`` format
+(:mod:`experiments.data.shards`). :func:`write_crops` writes it with LitData's ``BinaryWriter`` (the writer
+``litdata.optimize`` runs in its workers) without ``optimize``'s orchestration: its worker processes, upload
+thread and index merge cost a fixed second or so per split, more than decoding a small split costs
+(``docs/scaling.md`` has the figures). Each file is read once, hashed (its manifest row) and decoded and
+preprocessed from the same bytes, by a ``fork`` process pool when the split is large enough to repay one;
+the writer, in this process, takes the crops in index order, a block of them per item (``TokensLoader``'s
+``block_size`` cuts the stream into crops, so LitData's own ``StreamingDataset`` reads the chunks, as a test
+checks). Object-store packs still go through ``optimize``, which uploads.
 """
 
 from __future__ import annotations
@@ -58,27 +60,31 @@ def _set_preprocess(preprocess: Preprocess) -> None:
     _PREPROCESS = preprocess
 
 
-def read_crop(path: str, preprocess: Preprocess) -> Crop:
-    """Read ``path`` once: its size and hash, and its decoded, preprocessed crop (zeros when unusable)."""
+def read_crop(path: str, preprocess: Preprocess, out: np.ndarray) -> Crop:
+    """Read ``path`` once: its size and hash, and its decoded, preprocessed crop, written into ``out`` (a
+    ``(3, crop, crop)`` uint8 array; zeros when unusable). The returned :class:`Crop` holds ``out``."""
     try:
         data = Path(path).read_bytes()
         size, sha = len(data), hashlib.new(CONTENT_HASH, data).hexdigest()
     except OSError:
         data, size, sha = b"", -1, ""
-    c = preprocess.crop_size
     try:
-        return Crop(size, sha, "", preprocess(decode_image(path, data).image).numpy().reshape(-1))
+        out[...] = preprocess(decode_image(path, data).image).numpy()  # the one copy of the crop
+        return Crop(size, sha, "", out)
     except UnreadableImage as err:
         reason = err.reason
     except ImageTooSmall as err:
         reason = f"too small: {err}"
-    return Crop(size, sha, reason, np.zeros(3 * c * c, dtype=np.uint8))
+    out[...] = 0
+    return Crop(size, sha, reason, out)
 
 
 def _read_block(paths: Sequence[str]) -> tuple[np.ndarray, list[Crop]]:
     """The crops of ``paths`` as one flat array (one writer item), and each one's size, hash and reason."""
-    crops = [read_crop(p, _PREPROCESS) for p in paths]
-    return np.concatenate([c.crop for c in crops]), [Crop(c.size, c.sha256, c.reason, _EMPTY) for c in crops]
+    c = _PREPROCESS.crop_size
+    block = np.empty((len(paths), 3, c, c), dtype=np.uint8)
+    crops = [read_crop(p, _PREPROCESS, out) for p, out in zip(paths, block)]
+    return block.reshape(-1), [Crop(k.size, k.sha256, k.reason, _EMPTY) for k in crops]
 
 
 _EMPTY = np.empty(0, dtype=np.uint8)

@@ -1,8 +1,9 @@
 """Sharded, streamable copies of a dataset's splits, written and read with LitData (Lightning AI, ``litdata``).
 
-:func:`write_pack` writes each split once, in parallel (``litdata.optimize``, one process per core by
-default), as LitData chunks under ``<out>/<split>/``; ``out`` is a folder or an object-store URL
-(``s3://...``, as LitData supports). Every record holds
+:func:`write_pack` writes each split once, in parallel, as LitData chunks under ``<out>/<split>/``; ``out`` is
+a folder or an object-store URL (``s3://...``, as LitData supports). An encoded or remote pack is written by
+``litdata.optimize`` (one process per core by default), a local decoded pack by LitData's ``BinaryWriter``
+with each file read once (:func:`~experiments.data.crops.write_crops`). Every record holds
 
 * ``data``: the file's bytes, ``ok`` (0 for a file that cannot be decoded), ``index`` (its place in the
   split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and ``sha256`` of the
@@ -17,11 +18,14 @@ preprocessing of a decoded pack, the generators, the class names, the unusable f
 ``manifest.csv`` the checksummed file list (:mod:`experiments.data.integrity`), whose rows are the splits'
 samples in index order.
 
-:class:`PackedSplit` reads one split: ``litdata.StreamingDataset`` (shuffling, DDP / multi-node sharding by
-rank, resumable iteration through ``StreamingDataLoader.state_dict``) with a transform that decodes and
-preprocesses an encoded record with the same :class:`~experiments.data.transforms.Preprocess` as file
-loading, so batches are identical to those read from the files; :class:`CollateRecords` stacks a batch and
-counts the unusable records as skipped, as :func:`~experiments.data.dataset.collate_skipping` does for files.
+:class:`PackedSplit` reads one split. An encoded or remote pack is a ``litdata.StreamingDataset`` (shuffling,
+DDP / multi-node sharding by rank, resumable iteration through ``StreamingDataLoader.state_dict``) with a
+transform that decodes and preprocesses an encoded record with the same
+:class:`~experiments.data.transforms.Preprocess` as file loading, so batches are identical to those read from
+the files; :class:`CollateRecords` stacks a batch and counts the unusable records as skipped, as
+:func:`~experiments.data.dataset.collate_skipping` does for files. A local decoded pack is a map-style
+dataset whose batches are one gather from the memory-mapped chunks (:meth:`PackedSplit.__getitems__`), shuffled
+or not by the loader's sampler.
 """
 
 from __future__ import annotations
@@ -347,10 +351,10 @@ class CollateRecords:
 class PackedSplit(SampleDataset):
     """One split of a pack: its samples (from the pack's manifest, in index order) and its LitData chunks.
 
-    :meth:`streaming` makes the ``litdata.StreamingDataset`` a shuffled (training) loader iterates: LitData
-    shuffles, shards by rank and resumes. A local decoded pack (``crop`` given) is also a map-style dataset
-    that reads whole batches (:meth:`__getitems__`, one gather from :class:`TokenChunks`), what an ordered
-    loader uses; ``dataset[i]`` reads record ``i`` (random access, for checks and tests). ``bad`` lists the
+    :meth:`streaming` makes the ``litdata.StreamingDataset`` the loaders of an encoded or remote pack iterate:
+    LitData shuffles, shards by rank and resumes. A local decoded pack (``crop`` given) is a map-style dataset
+    that reads whole batches (:meth:`__getitems__`, one gather from :class:`TokenChunks`), what its ordered and
+    shuffled loaders use; ``dataset[i]`` reads record ``i`` (random access, for checks and tests). ``bad`` lists the
     split's unusable samples (``pack.json``).
     """
 
