@@ -58,7 +58,7 @@ def _ensure_demo(root: Path, size: int) -> None:
         build_demo_dataset(root, progress=False, **(DEMO_224 if size == 224 else {}))
 
 
-def bench_data(roots: dict[int, Path], repeats: int, num_workers: int = 0, build_repeats: int = 3) -> list[Row]:
+def bench_data(roots: dict[int, Path], repeats: int, num_workers: int = 0, build_repeats: int = 5) -> list[Row]:
     """The data rows at each ``size: demo root`` of ``roots`` (a missing demo is built first; the encoded pack
     at the smallest size only)."""
     from experiments.data.cache import cached_pack, file_list_key
@@ -88,12 +88,13 @@ def bench_data(roots: dict[int, Path], repeats: int, num_workers: int = 0, build
                     cached_pack(split, samples, files.preprocess, out, root=root,
                                 class_names=files.layout.class_names)
 
-            def cleanup() -> None:  # each build writes afresh; the disk holds one of each at most
-                for sub in ("old", "new"):
-                    shutil.rmtree(tmp / sub, ignore_errors=True)
+            def fresh(sub: str) -> None:  # each build writes afresh, after removing its own previous output
+                shutil.rmtree(tmp / sub, ignore_errors=True)
 
             t_old_build, t_new_build = best_times_interleaved(
-                [lambda: (cleanup(), build_old()), lambda: (cleanup(), build_new())], build_repeats, min_total=0)
+                [lambda: (fresh("old"), build_old()), lambda: (fresh("new"), build_new())], build_repeats,
+                min_total=0)
+            fresh("old")
             build_old()
             old_folder = next((tmp / "old").iterdir()) / file_list_key(repr(files.preprocess), train)
             old = ArrayDataset(train, old_folder, files.generator_names)
