@@ -9,9 +9,11 @@ Sections:
    The torch side is also timed on one thread: its speed-up over the
    one-core reference, times the thread count, bounds what threading can give.
    Default: 224 px, batch 64.
-2. **data**: images/s of one pass over the demo train split, read from the
-   files, from the decoded pack of ``data.cache=true`` and from an encoded pack
-   (``task=pack`` / ``data=packed``, LitData shards), plus the time to build each pack.
+2. **data** (:mod:`experiments.bench.loading`): images/s of one pass over the
+   demo train split, read from the files, from the decoded pack of
+   ``data.cache=true`` (ordered and shuffled) beside the ``.npy`` memmap cache it
+   replaced (:mod:`experiments.bench.reference_cache`), and from an encoded pack
+   (``task=pack`` / ``data=packed``), plus the time to build each, at 64 and 224 px.
 3. **train**: images/s of a few optimisation steps of each detector at its demo
    size (64 px) on CPU; the scikit-learn detector's ``fit``. GPU training is
    measured by ``make bench-gpu`` (:mod:`experiments.bench.gpu`).
@@ -21,6 +23,7 @@ Timings are the best of ``--repeats`` after a warm-up; a feature and its referen
 alternation, so a slow spell of a shared machine affects each alike. Usage::
 
     python -m experiments.bench.throughput [--size 224] [--batch 64] [--repeats 3] [--out reports] [--only features,data,train]
+        [--data-sizes 64,224]
 """
 
 from __future__ import annotations
@@ -36,9 +39,6 @@ import csv
 import math
 import os
 import platform
-import resource
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from experiments.bench import reference_numpy as ref
+from experiments.bench.timing import Row, best_time, best_times_interleaved, peak_rss_mb  # noqa: F401
 from experiments.training.builders import build_kind, without_pretrained_weights
 from features import FFTMagnitude, GaussianBottleneck, LaplacianResidual, LocalPatchFFT, RadialAngularHistogram
 
@@ -59,52 +60,6 @@ def suite_detectors() -> tuple[str, ...]:
 
 
 DETECTORS = suite_detectors()
-
-
-@dataclass
-class Row:
-    section: str
-    name: str
-    impl: str
-    images_per_s: float
-    size: int
-    batch: int
-    speedup: float = float("nan")
-    max_rel_err: float = float("nan")
-    peak_rss_mb: float = float("nan")
-    cuda_max_alloc_mb: float = float("nan")
-    note: str = ""
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def best_times_interleaved(fns: list[Callable[[], object]], repeats: int, min_total: float = 0.5,
-                           max_rounds: int = 100, warmup: int = 1) -> list[float]:
-    """Fastest call of each of ``fns``, timed in alternation (one call of each per round) so that a slow
-    spell of a shared machine falls on all of them alike; at least ``repeats`` rounds, repeated until each
-    has run ``min_total`` seconds (at most ``max_rounds``). On a shared machine the minimum is the least
-    disturbed measurement."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    rounds = 0
-    while rounds < repeats or (min(sum(t) for t in times) < min_total and rounds < max_rounds):
-        for fn, spent in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
-        rounds += 1
-    return [min(t) for t in times]
-
-
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, min_total: float = 0.5,
-              max_repeats: int = 100) -> float:
-    """:func:`best_times_interleaved` of one function."""
-    return best_times_interleaved([fn], repeats, min_total=min_total, max_rounds=max_repeats, warmup=warmup)[0]
 
 
 @contextlib.contextmanager
@@ -211,72 +166,6 @@ def bench_features(size: int, batch: int, repeats: int, seed: int = 0, min_time:
     return rows
 
 
-# -- 2. data loading ----------------------------------------------------------------------------------------
-def demo_datamodule(root: Path, **kw):
-    from experiments.data.datamodule import DetectorDataModule
-
-    args = dict(name="demo", root=str(root), crop_size=64, resize_size=None, batch_size=32, num_workers=0,
-                persistent_workers=False, pin_memory=False, val_fraction=0.15)
-    args.update(kw)
-    return DetectorDataModule(**args)
-
-
-def _one_pass(loader) -> int:
-    n = 0
-    for batch in loader:
-        n += 0 if batch.get("empty") else int(batch["image"].shape[0])
-    return n
-
-
-def bench_data(root: Path, repeats: int, num_workers: int = 0) -> list[Row]:
-    if not root.exists():
-        from experiments.data.demo import build_demo_dataset
-
-        build_demo_dataset(root, progress=False)
-    rows = []
-    files = demo_datamodule(root, num_workers=num_workers)
-    files.setup()
-    loader = files._loader("train", shuffle=False)
-    n = _one_pass(loader)
-    t = best_time(lambda: _one_pass(loader), repeats, warmup=0)
-    note = f"demo train split, {num_workers} workers, batch 32"
-    rows.append(Row("data", "DataLoader", "decode files", n / t, 64, 32, peak_rss_mb=peak_rss_mb(), note=note))
-    with tempfile.TemporaryDirectory() as cache_dir:
-        start = time.perf_counter()
-        cached = demo_datamodule(root, num_workers=num_workers, cache=True, cache_dir=cache_dir)
-        cached.prepare_data()  # packs train, val and test (decoded), as Lightning does on the local rank 0
-        cached.setup()
-        build = time.perf_counter() - start
-        n_all = sum(len(s) for s in cached.splits.values())
-        loader = cached._loader("train", shuffle=False)
-        t_cached = best_time(lambda: _one_pass(loader), repeats)
-        rows.append(Row("data", "DataLoader", "decoded pack (LitData, data.cache=true)", n / t_cached, 64, 32,
-                        speedup=t / t_cached, peak_rss_mb=peak_rss_mb(), note=note))
-        shuffled = cached._loader("train", shuffle=True)  # LitData's StreamingDataLoader: shuffled, resumable
-        t_shuffled = best_time(lambda: _one_pass(shuffled), repeats)
-        rows.append(Row("data", "DataLoader", "decoded pack, shuffled (StreamingDataLoader)", n / t_shuffled, 64,
-                        32, speedup=t / t_shuffled, peak_rss_mb=peak_rss_mb(), note=note))
-        rows.append(Row("data", "pack build", "decode + write once (decoded)", n_all / build, 64, 32,
-                        peak_rss_mb=peak_rss_mb(), note=f"{n_all} images, all splits, {build:.1f} s"))
-        from experiments.data.packed import PackedDataModule
-        from experiments.data.shards import write_pack
-
-        start = time.perf_counter()
-        write_pack(files.splits, Path(cache_dir) / "encoded", root, files.layout.class_names)
-        build = time.perf_counter() - start
-        packed = PackedDataModule(name="packed", root=str(Path(cache_dir) / "encoded"), crop_size=64,
-                                  resize_size=None, batch_size=32, num_workers=num_workers, persistent_workers=False,
-                                  pin_memory=False)
-        packed.setup()
-        loader = packed._loader("train", shuffle=False)
-        t_packed = best_time(lambda: _one_pass(loader), repeats)
-        rows.append(Row("data", "DataLoader", "encoded pack (LitData, data=packed)", n / t_packed, 64, 32,
-                        speedup=t / t_packed, peak_rss_mb=peak_rss_mb(), note=note))
-        rows.append(Row("data", "pack build", "hash + write once (encoded, task=pack)", n_all / build, 64, 32,
-                        peak_rss_mb=peak_rss_mb(), note=f"{n_all} images, all splits, {build:.1f} s"))
-    return rows
-
-
 # -- 3. training --------------------------------------------------------------------------------------------
 def compose_model(model: str, overrides: list[str] = ()):
     from hydra import compose, initialize_config_dir
@@ -373,7 +262,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--min-time", type=float, default=0.5, help="keep repeating a feature timing this long")
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=32)
-    parser.add_argument("--data-root", default=os.path.join(os.environ.get("SUITE_ROOT", "."), "data", "demo"))
+    data = os.path.join(os.environ.get("SUITE_ROOT", "."), "data")
+    parser.add_argument("--data-root", default=os.path.join(data, "demo"), help="the 64 px demo (built if missing)")
+    parser.add_argument("--data-root-224", default=os.path.join(data, "demo_224"),
+                        help="the 224 px demo of the data rows (built if missing: 100 images per class and generator)")
+    parser.add_argument("--data-sizes", default="64,224", help="image sides of the data rows")
     parser.add_argument("--out", default=os.path.join(os.environ.get("SUITE_ROOT", "."), "reports"))
     parser.add_argument("--only", default="features,data,train", help="comma-separated sections to run")
     args = parser.parse_args(argv)
@@ -383,7 +276,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if "features" in sections:
         rows += bench_features(args.size, args.batch, args.repeats, min_time=args.min_time)
     if "data" in sections:
-        rows += bench_data(Path(args.data_root), args.repeats)
+        from experiments.bench.loading import bench_data
+
+        roots = {64: Path(args.data_root), 224: Path(args.data_root_224)}
+        rows += bench_data({int(z): roots[int(z)] for z in args.data_sizes.split(",")}, args.repeats)
     if "train" in sections:
         rows += bench_training(args.train_steps, args.train_batch)
     info["load_avg_end"] = machine()["load_avg"]

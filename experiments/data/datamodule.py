@@ -345,6 +345,17 @@ class DetectorDataModule(L.LightningDataModule):
         return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=trainer.world_size,
                                             rank=trainer.global_rank, shuffle=False)
 
+    def _shuffle_sampler(self, split: str) -> DistributedSampler:
+        """The training order of a local decoded pack, read a batch at a time (one gather per batch,
+        :meth:`PackedSplit.__getitems__`): a seeded ``DistributedSampler``, the one Lightning injects for a
+        map-style dataset under DDP, made here so that it also shuffles on one device. Each rank gets its
+        share; the order depends on the seed (``PL_GLOBAL_SEED`` from the run's ``seed``, else ``split_seed``)
+        and the epoch (Lightning calls ``set_epoch``), not on the global random state."""
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.selection.split_seed))
+        return DistributedSampler(self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=seed)
+
     def preprocess_of(self, split: str) -> Preprocess:
         """The preprocessing of ``split``: the training one (random crop, augmentation) for train, else the plain one."""
         return self.train_preprocess if split == "train" else self.preprocess
@@ -372,9 +383,12 @@ class DetectorDataModule(L.LightningDataModule):
             self.setup()
         workers = self.num_workers
         packed = isinstance(self.datasets[split], PackedSplit)
-        if packed and (shuffle or not self.datasets[split].batched):
+        if packed and not self.datasets[split].batched:  # a remote or encoded pack: LitData streams it
             return self._streaming_loader(split, shuffle)
-        sampler = None if shuffle else self._eval_sampler(split)
+        if shuffle:  # a local decoded pack: its own seeded order; files: the loader's RandomSampler
+            sampler = self._shuffle_sampler(split) if packed else None
+        else:
+            sampler = self._eval_sampler(split)
         dataset, collate = self.datasets[split], collate_skipping
         if self._decodes_on_device(split):
             prep = self.preprocess_of(split)
@@ -383,7 +397,7 @@ class DetectorDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=workers,
             pin_memory=self._pin(),
@@ -398,9 +412,9 @@ class DetectorDataModule(L.LightningDataModule):
         """LitData's ``StreamingDataLoader`` over a packed split: LitData shuffles (per epoch, seeded by
         ``split_seed``), shards the records by rank and worker, and resumes from the loader's ``state_dict``
         (which Lightning saves in its checkpoints). Val and test keep every record (``drop_last=False``), each
-        on one rank. An ordered loader of a local decoded pack is a plain ``DataLoader`` instead (see
-        :meth:`_loader`): it reads whole batches (:meth:`PackedSplit.__getitems__`), each image once on one rank
-        (:meth:`_eval_sampler`)."""
+        on one rank. A local decoded pack is read by a plain ``DataLoader`` instead (see :meth:`_loader`): it
+        reads whole batches (:meth:`PackedSplit.__getitems__`), shuffled by :meth:`_shuffle_sampler`, ordered
+        with each image once on one rank (:meth:`_eval_sampler`)."""
         from litdata import StreamingDataLoader
 
         workers = self.num_workers

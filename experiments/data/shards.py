@@ -1,8 +1,9 @@
 """Sharded, streamable copies of a dataset's splits, written and read with LitData (Lightning AI, ``litdata``).
 
-:func:`write_pack` writes each split once, in parallel (``litdata.optimize``, one process per core by
-default), as LitData chunks under ``<out>/<split>/``; ``out`` is a folder or an object-store URL
-(``s3://...``, as LitData supports). Every record holds
+:func:`write_pack` writes each split once, in parallel, as LitData chunks under ``<out>/<split>/``; ``out`` is
+a folder or an object-store URL (``s3://...``, as LitData supports). An encoded or remote pack is written by
+``litdata.optimize`` (one process per core by default), a local decoded pack by LitData's ``BinaryWriter``
+with each file read once (:func:`~experiments.data.crops.write_crops`). Every record holds
 
 * ``data``: the file's bytes, ``ok`` (0 for a file that cannot be decoded), ``index`` (its place in the
   split), ``label``, ``generator``, ``split``, ``relpath`` (relative to ``data.root``) and ``sha256`` of the
@@ -17,16 +18,18 @@ preprocessing of a decoded pack, the generators, the class names, the unusable f
 ``manifest.csv`` the checksummed file list (:mod:`experiments.data.integrity`), whose rows are the splits'
 samples in index order.
 
-:class:`PackedSplit` reads one split: ``litdata.StreamingDataset`` (shuffling, DDP / multi-node sharding by
-rank, resumable iteration through ``StreamingDataLoader.state_dict``) with a transform that decodes and
-preprocesses an encoded record with the same :class:`~experiments.data.transforms.Preprocess` as file
-loading, so batches are identical to those read from the files; :class:`CollateRecords` stacks a batch and
-counts the unusable records as skipped, as :func:`~experiments.data.dataset.collate_skipping` does for files.
+:class:`PackedSplit` reads one split. An encoded or remote pack is a ``litdata.StreamingDataset`` (shuffling,
+DDP / multi-node sharding by rank, resumable iteration through ``StreamingDataLoader.state_dict``) with a
+transform that decodes and preprocesses an encoded record with the same
+:class:`~experiments.data.transforms.Preprocess` as file loading, so batches are identical to those read from
+the files; :class:`CollateRecords` stacks a batch and counts the unusable records as skipped, as
+:func:`~experiments.data.dataset.collate_skipping` does for files. A local decoded pack is a map-style
+dataset whose batches are one gather from the memory-mapped chunks (:meth:`PackedSplit.__getitems__`), shuffled
+or not by the loader's sampler.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import multiprocessing
 import os
@@ -40,9 +43,10 @@ import numpy as np
 import torch
 
 from experiments.data import integrity
+from experiments.data.crops import NotAPackError, TokenChunks, write_crops
 from experiments.data.dataset import SampleDataset
 from experiments.data.images import UnreadableImage, decode_image
-from experiments.data.layouts import DatasetLayoutError, Sample
+from experiments.data.layouts import Sample
 from experiments.data.transforms import ImageTooSmall, Preprocess
 
 #: Bump when the record layout or ``pack.json`` changes.
@@ -53,10 +57,6 @@ CHUNK_BYTES = "64MB"
 #: the fewest records per packing process: below it a process costs more to start than it saves.
 MIN_PER_WORKER = 256
 ENCODED, DECODED = "encoded", "decoded"
-
-
-class NotAPackError(DatasetLayoutError):
-    """The folder or URL given as a pack holds no ``pack.json``."""
 
 
 def is_remote(location: str | Path) -> bool:
@@ -211,33 +211,33 @@ def write_pack(splits: dict[str, Sequence[Sample]], out: str | Path, root: str |
                class_names: Sequence[str], preprocess: Preprocess | None = None,
                workers: int | None = None, chunk_bytes: str | int = CHUNK_BYTES) -> PackInfo:
     """Write ``splits`` as a pack at ``out`` (folder or URL): encoded file bytes, or the ``preprocess`` crops
-    (a decoded pack; ``preprocess`` must be deterministic). ``workers`` = LitData's ``num_workers`` (None = one
-    per core). A local pack is written into a temporary folder beside ``out`` and renamed when complete, so a
-    reader never sees half a pack. Returns what ``pack.json`` holds."""
+    (a decoded pack; ``preprocess`` must be deterministic). ``workers`` = the writing processes (None = one
+    per core). A local decoded pack is written by :func:`~experiments.data.crops.write_crops` (LitData's
+    ``BinaryWriter``, each file read once for its hash and its crop), the others by ``litdata.optimize``. A
+    local pack is written into a temporary folder beside ``out`` and renamed when complete, so a reader never
+    sees half a pack. Returns what ``pack.json`` holds."""
     workers = integrity.default_workers() if workers is None else max(1, int(workers))
-    entries = integrity.build_manifest(splits, workers)
     remote = is_remote(out)
+    direct = preprocess is not None and not remote
+    entries = [] if direct else integrity.build_manifest(splits, workers)
     if not remote:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{Path(str(out)).name}-", dir=None if remote else Path(out).parent))
     target = out if remote else staging
     bad: dict[str, list[Bad]] = {}
     try:
-        from litdata import optimize
-        from litdata.streaming.item_loader import TokensLoader
-
         start = 0
         for split, samples in splits.items():
-            split_entries = entries[start:start + len(samples)]
+            if direct:
+                crops = write_crops(samples, staging / split, preprocess, workers, chunk_bytes)
+                entries += [integrity.Entry(s.split_name, c.size, c.sha256, int(s.label), s.generator, split)
+                            for s, c in zip(samples, crops)]
+                bad[split] = [Bad(s.split_name, c.reason, i) for i, (s, c) in enumerate(zip(samples, crops))
+                              if c.reason]
+                continue
+            bad[split] = _optimize(samples, entries[start:start + len(samples)], split, preprocess, staging,
+                                   join(target, split), workers, chunk_bytes)
             start += len(samples)
-            status = staging / f".status-{split}"
-            status.mkdir()
-            optimize(_Record(samples, split_entries, split, preprocess, str(status)), list(range(len(samples))),
-                     join(target, split), num_workers=max(1, min(workers, len(samples) // MIN_PER_WORKER)), chunk_bytes=chunk_bytes,
-                     reorder_files=False, keep_data_ordered=True, verbose=False, start_method=_start_method(),
-                     item_loader=None if preprocess is None else TokensLoader())
-            bad[split] = _bad_of(status)
-            shutil.rmtree(status)
         info = PackInfo(mode=ENCODED if preprocess is None else DECODED,
                         generators=sorted({s.generator for v in splits.values() for s in v}),
                         class_names=list(class_names), counts={s: len(v) for s, v in splits.items()}, bad=bad,
@@ -257,6 +257,24 @@ def write_pack(splits: dict[str, Sequence[Sample]], out: str | Path, root: str |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def _optimize(samples: Sequence[Sample], entries: Sequence[integrity.Entry], split: str,
+              preprocess: Preprocess | None, staging: Path, target: str, workers: int,
+              chunk_bytes: str | int) -> list[Bad]:
+    """One split written by ``litdata.optimize`` into ``target``; returns its unusable samples."""
+    from litdata import optimize
+    from litdata.streaming.item_loader import TokensLoader
+
+    status = staging / f".status-{split}"
+    status.mkdir()
+    optimize(_Record(samples, entries, split, preprocess, str(status)), list(range(len(samples))), target,
+             num_workers=max(1, min(workers, len(samples) // MIN_PER_WORKER)), chunk_bytes=chunk_bytes,
+             reorder_files=False, keep_data_ordered=True, verbose=False, start_method=_start_method(),
+             item_loader=None if preprocess is None else TokensLoader())
+    bad = _bad_of(status)
+    shutil.rmtree(status)
+    return bad
 
 
 def samples_of(entries: Sequence[integrity.Entry], root: str) -> dict[str, list[Sample]]:
@@ -310,61 +328,6 @@ def _stream_class():
     return TokenBlocks
 
 
-class TokenChunks:
-    """The chunks of a local decoded pack's split, memory-mapped (lazily, once per process) as ``(n, 3, crop,
-    crop)`` uint8 arrays. LitData's ``TokensLoader`` format: ``index.json`` lists each chunk with its block count
-    (``chunk_size``); a chunk is ``chunk_size + 2`` uint32 of header, then the tokens, as ``TokensLoader`` maps
-    it. :meth:`gather` reads a batch with one fancy-index per chunk it touches."""
-
-    def __init__(self, folder: str | Path, crop: int) -> None:
-        from litdata.constants import _NUMPY_DTYPES_MAPPING
-
-        self.folder, self.crop = Path(folder), int(crop)
-        index = json.loads((self.folder / "index.json").read_text())
-        config = index["config"]
-        name, _, dtype = (config.get("data_format") or [""])[0].partition(":")
-        if (config.get("item_loader") != "TokensLoader" or name != "no_header_numpy" or config.get("compression")
-                or _NUMPY_DTYPES_MAPPING.get(int(dtype or -1)) != np.dtype(np.uint8)):
-            raise NotAPackError(f"{self.folder} does not hold uncompressed uint8 TokensLoader chunks (a decoded "
-                                f"pack of format {PACK_FORMAT}); pack the dataset again")
-        self.chunks = [(c["filename"], int(c["chunk_size"])) for c in index["chunks"]]
-        self.bounds = np.cumsum([0] + [n for _, n in self.chunks]).tolist()
-        for name, n in self.chunks:  # a missing or truncated chunk: a clear error, not a failed memory map
-            path = self.folder / name
-            if not path.is_file() or path.stat().st_size < (n + 2) * 4 + n * 3 * self.crop ** 2:
-                raise NotAPackError(f"{path} is missing or holds fewer than {n} crops; pack the dataset again")
-        self._maps: list[np.ndarray] | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": None}
-
-    def maps(self) -> list[np.ndarray]:
-        if self._maps is None:
-            shape = (3, self.crop, self.crop)  # ndarray views: numpy's memmap subclass slows every index
-            self._maps = [np.asarray(np.memmap(self.folder / name, dtype=np.uint8, mode="r", offset=(n + 2) * 4,
-                                               shape=(n, *shape))) for name, n in self.chunks]
-        return self._maps
-
-    def block(self, i: int) -> np.ndarray:  # a read-only view of crop i
-        k = bisect.bisect_right(self.bounds, i) - 1
-        return self.maps()[k][i - self.bounds[k]]
-
-    def gather(self, index: np.ndarray) -> np.ndarray:
-        """The crops of ``index`` (int64, any order), copied once into one array."""
-        maps = self.maps()
-        if len(maps) == 1 or not len(index):
-            return maps[0][index]
-        first = bisect.bisect_right(self.bounds, int(index.min())) - 1
-        if index.max() < self.bounds[first + 1]:  # one chunk: an ordered loader's case except at chunk boundaries
-            return maps[first][index - self.bounds[first]] if first else maps[0][index]
-        chunk = np.searchsorted(self.bounds, index, side="right") - 1
-        out = np.empty((len(index), 3, self.crop, self.crop), dtype=np.uint8)
-        for k in np.unique(chunk):
-            sel = chunk == k
-            out[sel] = maps[k][index[sel] - self.bounds[k]]
-        return out
-
-
 class CollateRecords:
     """The loader's ``collate_fn`` over ``(index, image or None)`` items: the usable images stacked in one
     copy, the labels and generators gathered from the split's tables by index (:meth:`SampleDataset.batch`),
@@ -388,10 +351,10 @@ class CollateRecords:
 class PackedSplit(SampleDataset):
     """One split of a pack: its samples (from the pack's manifest, in index order) and its LitData chunks.
 
-    :meth:`streaming` makes the ``litdata.StreamingDataset`` a shuffled (training) loader iterates: LitData
-    shuffles, shards by rank and resumes. A local decoded pack (``crop`` given) is also a map-style dataset
-    that reads whole batches (:meth:`__getitems__`, one gather from :class:`TokenChunks`), what an ordered
-    loader uses; ``dataset[i]`` reads record ``i`` (random access, for checks and tests). ``bad`` lists the
+    :meth:`streaming` makes the ``litdata.StreamingDataset`` the loaders of an encoded or remote pack iterate:
+    LitData shuffles, shards by rank and resumes. A local decoded pack (``crop`` given) is a map-style dataset
+    that reads whole batches (:meth:`__getitems__`, one gather from :class:`TokenChunks`), what its ordered and
+    shuffled loaders use; ``dataset[i]`` reads record ``i`` (random access, for checks and tests). ``bad`` lists the
     split's unusable samples (``pack.json``).
     """
 

@@ -57,10 +57,13 @@ def test_bench_data_and_training_sections(tmp_path):
     from tests.conftest import make_genimage_tree
 
     root = make_genimage_tree(tmp_path / "demo", n=8, size=64)
-    rows = bench.main(["--only", "data,train", "--data-root", str(root), "--repeats", "1", "--train-steps", "1",
-                       "--train-batch", "4", "--out", str(tmp_path)])
+    rows = bench.main(["--only", "data,train", "--data-root", str(root), "--data-sizes", "64", "--repeats", "1",
+                       "--train-steps", "1", "--train-batch", "4", "--out", str(tmp_path)])
     names = {(r.section, r.name) for r in rows}
     assert ("data", "DataLoader") in names and ("data", "pack build") in names
+    impls = {r.impl for r in rows if r.section == "data"}
+    assert {"previous cache: .npy memmap, shuffled", "decoded pack, shuffled (seeded DistributedSampler)",
+            "previous cache: decode + write .npy (1 process)", "decoded pack: decode + write once"} <= impls
     assert {n for s, n in names if s == "train"} == set(bench.DETECTORS)
 
 
@@ -85,3 +88,21 @@ def test_bench_gpu_code_path_runs_on_cpu_at_toy_size(tmp_path):
     assert all(r.images_per_s > 0 for r in rows)
     assert rows[0].note == "16-mixed: finite, bf16-mixed: finite, 32-true: finite"
     assert (tmp_path / "bench_gpu.md").exists()
+
+
+def test_the_previous_cache_reference_holds_the_crops_of_the_decoded_pack(tmp_path):
+    """The build and read the pack rows are compared with store the same crops (a like-for-like timing)."""
+    from experiments.bench.reference_cache import ArrayDataset, build_array
+    from experiments.data.shards import TokenChunks, write_pack
+    from tests.conftest import make_genimage_tree, small_datamodule
+
+    root = make_genimage_tree(tmp_path / "g", n=3, size=32)
+    dm = small_datamodule(root)
+    train = dm.splits["train"]
+    build_array(train, dm.preprocess, tmp_path / "old")
+    write_pack({"train": train}, tmp_path / "pack", root, dm.layout.class_names, preprocess=dm.preprocess, workers=1)
+    old = ArrayDataset(train, tmp_path / "old", dm.generator_names)
+    index = np.random.default_rng(0).permutation(len(train))
+    batch = old.__getitems__(index.tolist())
+    assert np.array_equal(batch["image"].numpy(), TokenChunks(tmp_path / "pack" / "train", 24).gather(index))
+    assert torch.equal(batch["index"], torch.from_numpy(index))

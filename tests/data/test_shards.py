@@ -4,6 +4,7 @@ unusable files counted, resumable shuffled iteration, and clear errors."""
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,7 +94,10 @@ def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path, decode
     write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1,
                preprocess=files.preprocess if decoded else None)
     packed = _packed(tmp_path / "pack", tmp_path, batch_size=4)
-    loader = packed.train_dataloader()
+    # LitData's StreamingDataLoader: the training read of an encoded or remote pack (a local decoded pack's
+    # is a map-style loader, test_decoded_training_order_is_seeded_per_epoch_and_sharded_by_rank)
+    stream = lambda: packed._streaming_loader("train", shuffle=True)  # noqa: E731
+    loader = stream()
     batches = list(loader)
     full = torch.cat([b["index"] for b in batches]).tolist()
     ordered = _all(files._loader("train", shuffle=False))
@@ -102,14 +106,14 @@ def test_shuffled_iteration_resumes_from_the_loader_state(tree, tmp_path, decode
     usable = sorted(set(range(len(files.splits["train"]))) - {12})  # gen_b/train/nature/broken.png is skipped
     assert files.splits["train"][12].relpath == "gen_b/train/nature/broken.png"
     assert sorted(full) == usable != full  # every usable image once, shuffled
-    interrupted = packed.train_dataloader()
+    interrupted = stream()
     seen = []
     for i, batch in enumerate(interrupted):
         seen.append(batch["index"])
         if i == 1:
             state = interrupted.state_dict()
             break
-    resumed = packed.train_dataloader()
+    resumed = stream()
     resumed.load_state_dict(state)
     rest = [b["index"] for b in resumed]
     assert len(seen) == 2 and sorted(torch.cat(seen + rest).tolist()) == usable  # the rest of the same epoch
@@ -154,3 +158,68 @@ def test_a_truncated_chunk_of_a_decoded_pack_is_named(tree, tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-100])
     with pytest.raises(NotAPackError, match=chunk.name):
         TokenChunks(tmp_path / "pack" / "val", 24)
+
+
+def _order(loader, epoch: int) -> list[int]:
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([b["index"] for b in loader]).tolist()
+
+
+def test_decoded_training_order_is_seeded_per_epoch_and_sharded_by_rank(tree, tmp_path, monkeypatch):
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=1,
+               preprocess=files.preprocess, chunk_bytes=5 * 3 * 24 * 24)  # several chunks
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    packed = _packed(tmp_path / "pack", tmp_path, batch_size=4)
+    monkeypatch.setattr(PackedSplit, "__getitem__", lambda *a: pytest.fail("read item by item"))
+    loader = packed.train_dataloader()  # whole batches (__getitems__), not LitData's item stream
+    assert isinstance(loader.sampler, torch.utils.data.DistributedSampler) and loader.sampler.shuffle
+    ordered = _all(files._loader("train", shuffle=False))
+    usable = ordered["index"].tolist()
+    epochs = []
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        got = _all(loader)
+        order = torch.argsort(got["index"])
+        assert torch.equal(got["index"][order], ordered["index"])  # every usable image once per epoch
+        assert torch.equal(got["image"][order], ordered["image"])  # and its crop, bit for bit
+        assert sorted(got["index"].tolist()) == usable != got["index"].tolist()  # shuffled
+        epochs.append(got["index"].tolist())
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    again = _packed(tmp_path / "pack", tmp_path, batch_size=4)
+    assert _order(again.train_dataloader(), 1) == epochs[1]  # the same seed and epoch: the same order
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    assert _order(again.train_dataloader(), 1) != epochs[1]  # the run's seed changes it
+    ranks, read = [], []
+    for rank in (0, 1):  # under DDP each rank reads its share (the sampler Lightning would inject)
+        monkeypatch.setattr(again, "trainer", SimpleNamespace(world_size=2, global_rank=rank, num_devices=1,
+                                                          strategy=SimpleNamespace(root_device=torch.device("cpu"))))
+        ranks.append(list(again.train_dataloader().sampler))
+        read += _order(again.train_dataloader(), 0)
+    n = len(files.splits["train"])
+    assert len(set(ranks[0]) & set(ranks[1])) == n % 2 and set(ranks[0]) | set(ranks[1]) == set(range(n))
+    assert set(read) == set(usable)
+
+
+def test_decoded_chunks_are_litdata_token_streams(tree, tmp_path, monkeypatch):
+    from litdata import StreamingDataset
+    from litdata.streaming.item_loader import TokensLoader
+
+    from experiments.data import crops
+
+    monkeypatch.setattr(crops, "MIN_PER_PROCESS", 4)  # two decoding processes for this small split
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    write_pack(files.splits, tmp_path / "pack", tree, files.layout.class_names, workers=2,
+               preprocess=files.preprocess, chunk_bytes=7 * 3 * 24 * 24)
+    chunks = TokenChunks(tmp_path / "pack" / "train", 24)
+    stream = StreamingDataset(str(tmp_path / "pack" / "train"), item_loader=TokensLoader(block_size=3 * 24 * 24))
+    assert len(stream) == chunks.bounds[-1] == len(files.splits["train"]) and len(chunks.chunks) > 2
+    litdata_crops = np.stack([np.asarray(stream[i]).reshape(3, 24, 24) for i in range(len(stream))])
+    assert np.array_equal(litdata_crops, chunks.gather(np.arange(len(stream))))
+    ordered = _all(files._loader("train", shuffle=False))
+    assert np.array_equal(litdata_crops[ordered["index"].numpy()], ordered["image"].numpy())  # the files' crops
+    info = read_info(tmp_path / "pack")
+    assert [b.relpath for b in info.bad["train"]] == ["gen_b/train/nature/broken.png"]
+    rows = read_manifest(tmp_path / "pack" / "manifest.csv")
+    data = (tree / rows[0].relpath).read_bytes()
+    assert rows[0].size == len(data) and rows[0].sha256 == hashlib.sha256(data).hexdigest()
