@@ -101,7 +101,12 @@ def write_crops(samples: Sequence[Sample], folder: str | Path, preprocess: Prepr
     from litdata.streaming.writer import BinaryWriter
 
     paths = [s.path for s in samples]
+    from litdata.utilities.env import _DistributedEnv
+
     writer = BinaryWriter(str(folder), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
+    # This process writes the whole pack alone (under DDP, the local rank 0 of its node): the writer must not
+    # take the training job's ranks for co-writers, or it waits for index files no other rank writes.
+    writer._distributed_env, writer._rank = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1), 0
     c = preprocess.crop_size
     per_item = max(1, min(BLOCK, _bytes(chunk_bytes) // (6 * c * c)))  # at most half a chunk per item
     blocks = [paths[i:i + per_item] for i in range(0, len(paths), per_item)]

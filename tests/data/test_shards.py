@@ -223,3 +223,22 @@ def test_decoded_chunks_are_litdata_token_streams(tree, tmp_path, monkeypatch):
     rows = read_manifest(tmp_path / "pack" / "manifest.csv")
     data = (tree / rows[0].relpath).read_bytes()
     assert rows[0].size == len(data) and rows[0].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_decoded_pack_is_written_alone_on_any_rank_of_a_training_job(tree, tmp_path, monkeypatch):
+    """The local rank 0 of node 2 (global rank 8 of 16) writes its node's pack alone: the writer must neither wait
+    for the other ranks' index files nor leave the merge to a global rank 0 on another node."""
+    import threading
+
+    from litdata.utilities import env
+
+    monkeypatch.setattr(env._DistributedEnv, "detect", classmethod(lambda cls: cls(16, 8, 2)))
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    done = []
+    writer = threading.Thread(target=lambda: done.append(write_pack(
+        {"train": files.splits["train"]}, tmp_path / "pack", tree, files.layout.class_names,
+        preprocess=files.preprocess, workers=1)), daemon=True)
+    writer.start()
+    writer.join(30)
+    assert done, "the decoded pack's writer waits for co-writers that do not exist"
+    assert TokenChunks(tmp_path / "pack" / "train", 24).bounds[-1] == len(files.splits["train"])

@@ -109,7 +109,7 @@ def write_predictions(folder: Path, paths, labels, probs, root: str = "/data/gen
         writer.writerow(columns)
         for i, (p, y, s) in enumerate(zip(paths, labels, probs)):
             row = {"index": i, "path": f"{root}/{p}", "relpath": p, "hash": toy_hash(p), "label": int(y),
-                   "generator": "gen_a", "prob": repr(float(s))}
+                   "generator": "gen_a", "prob": repr(float(s)), "source": "gen_a" if int(y) == 0 else ""}
             writer.writerow([row[c] for c in columns])
     return path
 
