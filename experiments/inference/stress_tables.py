@@ -39,12 +39,13 @@ def _ordinal(points: Sequence[Perturbation]) -> bool:
 
 def write_curves(results: Results, grid: Sequence[Perturbation], out_dir: Path) -> list[Path]:
     """One ``robustness_<perturbation>.png`` per perturbation: AUROC versus strength, one line per detector; for
-    a laundering chain (ordinal levels) ``severity_<chain>.png``: AUROC and TPR at the operating point per level."""
+    a laundering chain (ordinal levels) ``severity_<chain>.png``: AUROC, and TPR and FPR at the operating point, per level."""
     paths = []
     for name, points in _by_name(grid).items():
         if _ordinal(points):
             panels = {ylabel: {label: [res[p.key][metric] for p in points] for label, res in results.items()}
-                      for metric, ylabel in (("auc", "AUROC"), ("tpr_at_op", "TPR at the operating point"))}
+                      for metric, ylabel in (("auc", "AUROC"), ("tpr_at_op", "TPR at the operating point"),
+                                             ("fpr_at_op", "FPR at the operating point"))}
             path = out_dir / f"severity_{name}.png"
             plot_severity_curves(panels, [p.label for p in points], path, title=f"laundering: {name}",
                                  xlabel=points[0].kind.axis_label(points))
@@ -117,12 +118,12 @@ def ood_metric_items(result: dict[str, dict[str, float]], grid: Sequence[Perturb
 
 # -- the laundering severity table ---------------------------------------------------------------------
 def _cell(metrics: dict[str, float]) -> str:
-    return f"{_fmt(metrics['auc'])} / {_fmt(metrics.get('tpr_at_op', math.nan))}"
+    return " / ".join(_fmt(metrics.get(m, math.nan)) for m in ("auc", "tpr_at_op", "fpr_at_op"))
 
 
 def severity_rows(results: Results, grid: Sequence[Perturbation]) -> dict[str, tuple[list[str], list[list[str]]]]:
     """``{chain: (level labels, rows)}`` of the ordinal chains of ``grid``: a row is the detector then one
-    ``"AUROC / TPR@op"`` cell per level; empty when the grid has no laundering chain."""
+    ``"AUROC / TPR@op / FPR@op"`` cell per level; empty when the grid has no laundering chain."""
     out = {}
     for name, points in _by_name(grid).items():
         if _ordinal(points):
@@ -133,13 +134,13 @@ def severity_rows(results: Results, grid: Sequence[Perturbation]) -> dict[str, t
 
 def write_severity_table(results: Results, grid: Sequence[Perturbation], out_dir: Path) -> list[Path]:
     """``laundering_severity.md`` (a table per chain: one row per detector, one column per level, cells
-    ``AUROC / TPR@op``) and the long ``laundering_severity.csv`` (one row per detector, chain and level, with
+    ``AUROC / TPR@op / FPR@op``) and the long ``laundering_severity.csv`` (one row per detector, chain and level, with
     the counts of skipped and upscaled images); nothing when the grid has no laundering chain."""
     tables = severity_rows(results, grid)
     if not tables:
         return []
     md = out_dir / "laundering_severity.md"
-    lines = ["# Laundering: AUROC / TPR at the operating point per chain and level", ""]
+    lines = ["# Laundering: AUROC / TPR / FPR at the operating point per chain and level", ""]
     for name, (levels, rows) in tables.items():
         lines += [f"## {name}", "", "| detector | " + " | ".join(levels) + " |", "|---|" + "---:|" * len(levels)]
         lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
@@ -162,7 +163,7 @@ def print_severity_table(results: Results, grid: Sequence[Perturbation]) -> None
     per level whose images were skipped or upscaled for being smaller than the crop."""
     console = Console(width=max(100, Console().width))
     for name, (levels, rows) in severity_rows(results, grid).items():
-        table = Table(title=f"laundering: {name} (AUROC / TPR at the operating point)")
+        table = Table(title=f"laundering: {name} (AUROC / TPR / FPR at the operating point)")
         table.add_column("detector")
         for level in levels:
             table.add_column(level, justify="right")

@@ -62,11 +62,11 @@ def test_severity_table_and_figure(tmp_path):
                "det_b": {"crop/clean": point(0.6, 0.5), "crop/a50": point(float("nan"), float("nan")),
                          "greyscale/clean": point(0.6, 0.5), "greyscale/grey": point(0.55, 0.3)}}
     rows = severity_rows(results, grid)
-    assert rows["crop"] == (["clean", "a50"], [["det_a", "0.9000 / 0.8000", "0.7000 / 0.4000"],
-                                               ["det_b", "0.6000 / 0.5000", "n/a / n/a"]])
+    assert rows["crop"] == (["clean", "a50"], [["det_a", "0.9000 / 0.8000 / 0.0500", "0.7000 / 0.4000 / 0.0500"],
+                                               ["det_b", "0.6000 / 0.5000 / 0.0500", "n/a / n/a / 0.0500"]])
     md, long = write_severity_table(results, grid, tmp_path)
     text = md.read_text()
-    assert "## crop" in text and "| detector | clean | a50 |" in text and "| det_a | 0.9000 / 0.8000 | 0.7000 / 0.4000 |" in text
+    assert "## crop" in text and "| detector | clean | a50 |" in text and "| det_a | 0.9000 / 0.8000 / 0.0500 | 0.7000 / 0.4000 / 0.0500 |" in text
     lines = long.read_text().splitlines()
     assert lines[0] == "detector,chain,position,level,auc,tpr_at_op,fpr_at_op,n,skipped,upscaled"
     assert "det_a,crop,1,a50,0.7,0.4,0.05,10,2,0" in lines and len(lines) == 1 + 2 * 4
