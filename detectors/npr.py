@@ -88,7 +88,33 @@ def init_resnet_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class NPRResNet(Detector):
+class TruncatedResNetDetector(Detector):
+    """An input map (``input_map``: the image's NPR, its DWT bands, ...) -> :func:`truncated_resnet50` -> global
+    average pooling -> head; the last kept stage is the Grad-CAM layer, named :attr:`cam_name`. A subclass sets
+    its input modules, then calls :meth:`build_trunk` with their channel count."""
+
+    #: the key of :meth:`cam_layers`
+    cam_name = "input"
+
+    def build_trunk(self, in_chans: int, blocks: Sequence[int], stem_width: int, head_hidden: int,
+                    dropout: float) -> None:
+        """The stem, stages, pooling and head, initialised as torchvision's ResNet (:func:`init_resnet_weights`)."""
+        self.stem, self.stages, self.num_features = truncated_resnet50(in_chans, blocks, stem_width)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = mlp_head(self.num_features, head_hidden, dropout)
+        init_resnet_weights(self)
+
+    def input_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(self.stem(self.input_map(x))))
+
+    def cam_layers(self) -> dict[str, nn.Module]:
+        return {self.cam_name: self.stages[-1]}
+
+
+class NPRResNet(TruncatedResNetDetector):
     """``ImageNet normalisation -> NPRResidual -> x residual_scale -> truncated ResNet-50 -> pool -> head``.
 
     Args:
@@ -102,6 +128,8 @@ class NPRResNet(Detector):
         stem_width: channels of the 3x3 stride-2 stem convolution (64).
         head_hidden, dropout: head sizes; ``0, 0.0`` is the paper's single ``Linear(512, 1)``.
     """
+
+    cam_name = "npr"
 
     def __init__(
         self,
@@ -117,17 +145,10 @@ class NPRResNet(Detector):
         self.normalize = ImageNetNormalize() if normalize_input else nn.Identity()
         self.npr = NPRResidual(factor=factor)
         self.residual_scale = float(residual_scale)
-        self.stem, self.stages, self.num_features = truncated_resnet50(self.npr.out_chans, blocks, stem_width)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.head = mlp_head(self.num_features, head_hidden, dropout)
-        init_resnet_weights(self)
+        self.build_trunk(self.npr.out_chans, blocks, stem_width, head_hidden, dropout)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The scaled NPR map the stem sees, ``(B, 3, H, W)``."""
         return self.npr(self.normalize(x)) * self.residual_scale
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.stages(self.stem(self.residual(x))))
-
-    def cam_layers(self) -> dict[str, nn.Module]:
-        return {"npr": self.stages[-1]}
+    input_map = residual

@@ -26,14 +26,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from detectors.base import Detector, mlp_head
-from detectors.npr import RESNET50_BLOCKS, init_resnet_weights, truncated_resnet50
+from detectors.npr import RESNET50_BLOCKS, TruncatedResNetDetector
 from features.wavelet import HaarDWT
 
 
-class SAFEResNet(Detector):
+class SAFEResNet(TruncatedResNetDetector):
     """``HaarDWT (HH of each channel) -> bilinear resize to the input size -> truncated ResNet-50 -> pool -> head``.
 
     Args:
@@ -45,6 +43,8 @@ class SAFEResNet(Detector):
         stem_width: channels of the 3x3 stride-2 stem convolution (64).
         head_hidden, dropout: head sizes; ``0, 0.0`` is the reference code's single linear layer.
     """
+
+    cam_name = "dwt"
 
     def __init__(
         self,
@@ -58,10 +58,7 @@ class SAFEResNet(Detector):
         super().__init__()
         self.dwt = HaarDWT(bands=bands)
         self.upsample = bool(upsample)
-        self.stem, self.stages, self.num_features = truncated_resnet50(self.dwt.out_chans, blocks, stem_width)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.head = mlp_head(self.num_features, head_hidden, dropout)
-        init_resnet_weights(self)
+        self.build_trunk(self.dwt.out_chans, blocks, stem_width, head_hidden, dropout)
 
     def bands(self, x: torch.Tensor) -> torch.Tensor:
         """The map the stem sees: the DWT bands, ``(B, 3 * len(bands), H, W)`` (``H/2 x W/2`` without ``upsample``)."""
@@ -70,8 +67,4 @@ class SAFEResNet(Detector):
             maps = F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
         return maps
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.stages(self.stem(self.bands(x))))
-
-    def cam_layers(self) -> dict[str, nn.Module]:
-        return {"dwt": self.stages[-1]}
+    input_map = bands
