@@ -11,10 +11,12 @@ A record is one (run, test generator) pair: ``model``, ``seed``, ``train``, ``te
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -195,3 +197,13 @@ def chronological_summary(values: np.ndarray, first_window: np.ndarray) -> dict[
     return {"window_mean": float(finite.mean()) if finite.size else math.nan,
             "window_min": float(finite.min()) if finite.size else math.nan,
             "next_window_mean": float(nxt.mean()) if nxt.size else math.nan}
+
+
+def write_matrix_csv(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str],
+                     corner: str = "train \\ test") -> Path:
+    """``matrix`` as a CSV at ``path``: a header of ``corner`` and the column names, then one row per name."""
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([corner, *cols])
+        writer.writerows([name, *values.tolist()] for name, values in zip(rows, matrix))
+    return Path(path)

@@ -34,7 +34,7 @@ import numpy as np
 from experiments.data.layouts import real_source
 from experiments.evaluation.curves import plot_heatmap
 from experiments.evaluation.deployment import fpr_at_threshold_by_group
-from experiments.evaluation.generator_matrix import build_matrix
+from experiments.evaluation.generator_matrix import build_matrix, write_matrix_csv
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.evaluation.predictions import BootstrapSettings, Predictions
 from experiments.evaluation.score_counts import (
@@ -190,12 +190,8 @@ def write_real_sources(report: RealSourceReport, out_dir: str | Path, title: str
         writer.writerows([r.source, r.n_real, report.threshold, r.fpr, r.ci_low, r.ci_high] for r in report.rates)
     paths = [rates_csv]
     if report.matrix.size:
-        matrix_csv = out / "source_generator_auc.csv"
-        with matrix_csv.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["source \\ generator", *report.cols])
-            writer.writerows([row, *values.tolist()] for row, values in zip(report.rows, report.matrix))
-        paths.append(matrix_csv)
+        paths.append(write_matrix_csv(out / "source_generator_auc.csv", report.matrix, report.rows, report.cols,
+                                      corner="source \\ generator"))
         paths.append(Path(plot_heatmap(report.matrix, report.rows, report.cols, out / "source_generator_auc.png",
                                        title or "AUROC: real source vs generator", vmin=0.0, vmax=1.0,
                                        xlabel="generator (fakes)", ylabel="real source")))

@@ -55,6 +55,7 @@ from experiments.evaluation.generator_matrix import (
     chronological_table,
     records_from_run,
     summarize,
+    write_matrix_csv,
 )
 from experiments.evaluation.metrics import sanitize_metric_component
 from experiments.runs import finished_training_runs, select_runs, tag
@@ -101,12 +102,15 @@ def fetch_records(client: mlflow.MlflowClient, experiment_name: str, metric_name
 
 
 # -- the task ------------------------------------------------------------------------------------------------
-def _write_matrix_csv(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> Path:
+def _write_rows_csv(path: Path, key_header: Sequence[str], keys: Sequence[Sequence[str]], models: Sequence[str],
+                    values: np.ndarray, low: np.ndarray, high: np.ndarray) -> Path:
+    """A row per key (``key_header`` columns), then each model's value and its interval (``<model>``,
+    ``<model>_ci_low``, ``<model>_ci_high``): the leave-one-out and chronological tables."""
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["train \\ test", *cols])
-        for name, values in zip(rows, matrix):
-            writer.writerow([name, *values.tolist()])
+        writer.writerow([*key_header, *(f"{m}{s}" for m in models for s in ("", "_ci_low", "_ci_high"))])
+        for i, key in enumerate(keys):
+            writer.writerow([*key, *(v for j in range(len(models)) for v in (values[i, j], low[i, j], high[i, j]))])
     return path
 
 
@@ -197,7 +201,7 @@ def _matrices(by_model: Mapping[str, list], metric_names: Sequence[str], out_dir
             artifacts.append(plot_heatmap(matrix, rows, cols, out_dir / f"{stem}.png",
                                           title=f"{model}: cross-generator {metric}", fmt=".3f",
                                           vmin=0.0, vmax=1.0))
-            artifacts.append(_write_matrix_csv(out_dir / f"{stem}.csv", matrix, rows, cols))
+            artifacts.append(write_matrix_csv(out_dir / f"{stem}.csv", matrix, rows, cols))
     return matrices, intervals, summary, artifacts
 
 
@@ -215,14 +219,8 @@ def _held_out_tables(by_model: Mapping[str, list], metric_names: Sequence[str], 
         artifacts.append(plot_heatmap(values, generators, models, out_dir / f"held_out_{metric}.png",
                                       title=f"leave one out: held-out {metric}", fmt=".3f", vmin=0.0, vmax=1.0,
                                       xlabel="detector", ylabel="held-out generator"))
-        path = out_dir / f"held_out_{metric}.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["held_out", *(f"{m}{s}" for m in models for s in ("", "_ci_low", "_ci_high"))])
-            for i, generator in enumerate(generators):
-                writer.writerow([generator, *(v for j in range(len(models))
-                                              for v in (values[i, j], low[i, j], high[i, j]))])
-        artifacts.append(path)
+        artifacts.append(_write_rows_csv(out_dir / f"held_out_{metric}.csv", ["held_out"],
+                                         [[g] for g in generators], models, values, low, high))
     summary = dict(sorted(summary.items()))
     return tables, summary, artifacts
 
@@ -243,15 +241,9 @@ def _chronological_tables(by_model: Mapping[str, list], metric_names: Sequence[s
         artifacts.append(plot_heatmap(values, labels, models, out_dir / f"chronological_{metric}.png",
                                       title=f"chronological: {metric} on later generators", fmt=".3f", vmin=0.0,
                                       vmax=1.0, xlabel="detector", ylabel="trained up to -> test window"))
-        path = out_dir / f"chronological_{metric}.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["trained_up_to", "window",
-                             *(f"{m}{s}" for m in models for s in ("", "_ci_low", "_ci_high"))])
-            for i, (train, test) in enumerate(rows):
-                writer.writerow([_horizon(train), test, *(v for j in range(len(models))
-                                                           for v in (values[i, j], low[i, j], high[i, j]))])
-        artifacts.append(path)
+        artifacts.append(_write_rows_csv(out_dir / f"chronological_{metric}.csv", ["trained_up_to", "window"],
+                                         [[_horizon(train), test] for train, test in rows], models, values, low,
+                                         high))
     return tables, dict(sorted(summary.items())), artifacts
 
 
