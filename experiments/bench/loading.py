@@ -52,10 +52,10 @@ def _epochs(loader):
 
 
 def _ensure_demo(root: Path, size: int) -> None:
-    if not root.exists():
-        from experiments.data.demo import build_demo_dataset
+    """Build the demo at ``root`` unless its manifest lists every file (a partly written tree is rebuilt)."""
+    from experiments.data.demo import build_demo_dataset
 
-        build_demo_dataset(root, progress=False, **(DEMO_224 if size == 224 else {}))
+    build_demo_dataset(root, progress=False, **(DEMO_224 if size == 224 else {}))
 
 
 def bench_data(roots: dict[int, Path], repeats: int, num_workers: int = 0, build_repeats: int = 5) -> list[Row]:

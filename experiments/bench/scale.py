@@ -55,6 +55,8 @@ IMAGE_PX = 32
 FLAT_RATIO = 1.5
 #: peak RSS growth allowed from the smallest to the largest size, MB
 MAX_RSS_GROWTH_MB = 2048.0
+#: a check whose per-file results are all stored costs at most this share of a fresh check
+MAX_CACHED_SHARE = 0.10
 START_UP = ("walk", "walk indexed", "check fresh", "check cached")
 
 
@@ -276,8 +278,16 @@ def _row(n: int, stage: str, got: dict) -> Row:
 
 def verdicts(rows: list[Row]) -> list[tuple[str, bool, str]]:
     """``(check, passed, detail)``: per start-up stage, cost per image at the largest size within
-    :data:`FLAT_RATIO` of the smallest, and peak RSS growth below :data:`MAX_RSS_GROWTH_MB`."""
+    :data:`FLAT_RATIO` of the smallest, and peak RSS growth below :data:`MAX_RSS_GROWTH_MB`; per size, the
+    check whose per-file results are all stored within :data:`MAX_CACHED_SHARE` of a fresh one."""
     out = []
+    seconds = {(r.size, r.stage): r.seconds for r in rows}
+    for size in sorted({r.size for r in rows}):
+        fresh, cached = seconds.get((size, "check fresh")), seconds.get((size, "check cached"))
+        if fresh and cached is not None:
+            share = cached / fresh
+            out.append((f"check cached at {size}: share of a fresh check", share <= MAX_CACHED_SHARE,
+                        f"{cached:.2f} s / {fresh:.2f} s = {100 * share:.1f} % (limit {100 * MAX_CACHED_SHARE:.0f} %)"))
     for stage in START_UP:
         mine = sorted((r for r in rows if r.stage == stage and r.images > 0), key=lambda r: r.size)
         if len(mine) < 2:

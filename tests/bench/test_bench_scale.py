@@ -38,6 +38,16 @@ def test_verdicts_flag_a_cost_per_image_that_grows():
     assert [ok for _, ok, _ in growing] == [False, False]
 
 
+def test_verdicts_hold_the_stored_check_to_a_tenth_of_a_fresh_one():
+    def rows(cached):
+        return [scale.Row(1000, "check fresh", 2.0, 1000, 500.0, 2.0, 600.0),
+                scale.Row(1000, "check cached", cached, 1000, 1000 / cached, cached, 600.0)]
+
+    (name, ok, detail), = scale.verdicts(rows(0.2))
+    assert ok and name == "check cached at 1000: share of a fresh check" and "10.0 %" in detail
+    assert [ok for _, ok, _ in scale.verdicts(rows(0.21))] == [False]
+
+
 def test_bench_scale_runs_at_a_tiny_size(tmp_path, capsys):
     rows = scale.main(["--sizes", "200", "--epoch-images", "32,16", "--cache", str(tmp_path / "cache"),
                        "--out", str(tmp_path / "out")])

@@ -3,6 +3,8 @@ reuses the check's content hashes, and the datamodules own their data gate (``pr
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from experiments.data import integrity
@@ -50,7 +52,7 @@ def test_probe_is_computed_again_when_its_inputs_change(tmp_path, monkeypatch):
     add_stored_probe(report, ExtremeEqualizer(size=32, jpeg_quality=90), 0, store)  # an equalizer
     changed = scan_dataset(dm, progress=False, cache_dir=cache)
     rewritten = changed.records[0]
-    changed.records[0] = type(rewritten)(**{**rewritten.__dict__, "sha256": "0" * 64})
+    changed.records[0] = dataclasses.replace(rewritten, sha256="0" * 64)
     assert probe_key(changed, None, 0) != probe_key(report, None, 0)
     assert len(calls) == 2
     with CheckStore(store) as kept:

@@ -17,7 +17,7 @@ from experiments.data import walk as walk_module
 from experiments.data.audit import inspection, scan_dataset
 from experiments.data.audit.preflight import DataCheckOff
 from experiments.data.audit.sampling import DEFAULT_SAMPLE, SAMPLE_ABOVE, BadCheckSetting, DataCheck, stratified_sample
-from experiments.data.audit.store import CheckStore, file_key
+from experiments.data.audit.store import CheckStore, file_key, file_keys, scan_key
 from experiments.data.datamodule import DetectorDataModule
 from experiments.data.layouts import GenImageFlat, Sample
 from experiments.data.walk import ImageWalk
@@ -99,6 +99,72 @@ def test_store_lookup_misses_on_other_size_or_mtime(tmp_path):
         store.put([key], [fields])
         assert store.lookup([key]) == [fields]
         assert store.lookup([(key[0], key[1] + 1, key[2]), (key[0], key[1], key[2] + 1), ("b.png", 1, 1)]) == [None] * 3
+
+
+@pytest.fixture
+def count_lookups(monkeypatch):
+    """The number of keys of each row-by-row lookup of the store."""
+    calls: list[int] = []
+    real = CheckStore.lookup
+
+    def counting(self, keys):
+        calls.append(len(keys))
+        return real(self, keys)
+
+    monkeypatch.setattr(CheckStore, "lookup", counting)
+    return calls
+
+
+def test_a_stored_dataset_is_read_as_one_scan_not_row_by_row(tmp_path, count_inspected, count_lookups):
+    root = make_genimage_tree(tmp_path / "g", n=3)
+    cache = tmp_path / "data_checks"
+    first = scan_dataset(make_dm(root), progress=False, cache_dir=cache)
+    assert count_lookups == [24] and count_inspected["files"] == 24
+    again = scan_dataset(make_dm(root), progress=False, cache_dir=cache)
+    assert count_lookups == [24] and count_inspected["files"] == 24  # one stored scan, no row, no file read
+    assert again.records == first.records
+    target = sorted(root.rglob("*.png"))[5]
+    stamp = time.time() + 5
+    os.utime(target, (stamp, stamp))  # one mtime changed: the stored scan no longer matches, the rows do
+    touched = scan_dataset(make_dm(root), progress=False, cache_dir=cache)
+    assert count_lookups == [24, 24] and count_inspected["files"] == 25
+    assert [r.sha256 for r in touched.records] == [r.sha256 for r in first.records]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo the store ran code",))
+
+
+def test_scan_key_and_a_tampered_scan(tmp_path, caplog):
+    import pickle
+
+    keys = [("a.png", 10, 1), ("b.png", 20, 2)]
+    fields = [(None, "PNG", "RGB", 8, 8, None, None, "", 10, 0, None, None, None, 8)] * 2
+    assert scan_key(keys) == scan_key(list(keys)) != scan_key(keys[::-1])
+    assert len({scan_key(keys), scan_key([keys[0], ("b.png", 20, 3)]), scan_key([("a.png", 11, 1), keys[1]])}) == 3
+    with CheckStore(tmp_path / "s.sqlite") as store:
+        store.put_scan(keys, fields)
+        assert store.scan(keys) == fields
+        assert store.scan(keys[:1]) is None
+        store.put_scan([("c.png", -1, 0)], fields[:1])  # a file that cannot be stat-ed is never stored whole
+        assert store.scan([("c.png", -1, 0)]) is None
+        with store._connect() as db:
+            db.execute("UPDATE scans SET fields=? WHERE key=?", (pickle.dumps([_Payload(), fields[1]]), scan_key(keys)))
+        assert store.scan(keys) is None  # a class or function in the value is refused, not called
+    assert "only plain values are read" in caplog.text
+
+
+def test_file_keys_equal_file_key_of_each_path(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    for name in ("d/a.png", "d/b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    paths = [str(tmp_path / "d/a.png"), str(tmp_path / "d/missing.png"), str(tmp_path / "d/b.png"), "c.png",
+             str(tmp_path / "gone" / "x.png"), str(tmp_path / "c.png")]
+    rel = [f"r{i}" for i in range(len(paths))]
+    assert file_keys(paths, rel) == [file_key(p, r) for p, r in zip(paths, rel)]
+    assert [k[1] for k in file_keys(paths, rel)][1] == -1 and file_keys(paths, rel)[4][1] == -1
 
 
 def test_data_check_setting_parses_and_resolves():

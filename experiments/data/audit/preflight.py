@@ -41,7 +41,7 @@ from experiments.data.audit.leakage import (
 )
 from experiments.data.audit.report import DEFAULT_MAX_BAD_FRACTION, DataReport, reason_counts
 from experiments.data.audit.sampling import DataCheck, stratified_sample
-from experiments.data.audit.store import STORE_VERSION, CheckStore, file_key
+from experiments.data.audit.store import STORE_VERSION, CheckStore, file_keys
 from experiments.data.layouts import Sample
 from experiments.data.walk import collector_paused
 from experiments.safe_paths import plain_name
@@ -103,11 +103,15 @@ def check_store_path(cache_dir: str | Path | None, dataset: str) -> Path | None:
 def inspect_with_store(jobs: list[tuple[Sample, str]], store_path: Path | None, workers: int | None = None,
                        progress: bool = False) -> tuple[list[FileRecord], int]:
     """The records of ``jobs``, from the store where a file's relative path, size and mtime match, the others
-    inspected (:func:`~experiments.data.audit.inspection.inspect_paths`) and stored; and how many were inspected."""
+    inspected (:func:`~experiments.data.audit.inspection.inspect_paths`) and stored; and how many were inspected.
+    The whole list is then stored as one scan, which the next check of the same files reads in one piece."""
     if store_path is None:
         return inspect_all(jobs, workers, progress), len(jobs)
-    keys = [file_key(s.path, s.relpath or os.path.abspath(s.path)) for s, _ in jobs]
+    keys = file_keys([s.path for s, _ in jobs], [s.relpath or os.path.abspath(s.path) for s, _ in jobs])
     with CheckStore(store_path) as store:
+        fields = store.scan(keys)
+        if fields is not None:  # the same files, sizes and mtimes as a stored scan
+            return records_from(jobs, fields), 0
         fields = store.lookup(keys)
         missing = [i for i, f in enumerate(fields) if f is None]
         if missing:
@@ -115,6 +119,7 @@ def inspect_with_store(jobs: list[tuple[Sample, str]], store_path: Path | None, 
             for i, f in zip(missing, fresh):
                 fields[i] = f
             store.put((keys[i] for i in missing), fresh)
+        store.put_scan(keys, fields)
     return records_from(jobs, fields), len(missing)
 
 
