@@ -163,7 +163,15 @@ def test_file_keys_equal_file_key_of_each_path(tmp_path, monkeypatch):
     paths = [str(tmp_path / "d/a.png"), str(tmp_path / "d/missing.png"), str(tmp_path / "d/b.png"), "c.png",
              str(tmp_path / "gone" / "x.png"), str(tmp_path / "c.png")]
     rel = [f"r{i}" for i in range(len(paths))]
-    assert file_keys(paths, rel) == [file_key(p, r) for p, r in zip(paths, rel)]
+    def by_path(path, relpath):  # the key from a plain stat of the whole path
+        try:
+            st = os.stat(path)
+        except OSError:
+            return relpath, -1, 0
+        return relpath, st.st_size, st.st_mtime_ns
+
+    assert file_keys(paths, rel) == [by_path(p, r) for p, r in zip(paths, rel)]
+    assert [file_key(p, r) for p, r in zip(paths, rel)] == file_keys(paths, rel)
     assert [k[1] for k in file_keys(paths, rel)][1] == -1 and file_keys(paths, rel)[4][1] == -1
 
 

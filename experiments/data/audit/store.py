@@ -54,15 +54,12 @@ FileKey = tuple[str, int, int]
 
 def file_key(path: str, relpath: str) -> FileKey:
     """``(relpath, size, mtime_ns)`` of the file at ``path`` (size -1 when it cannot be stat-ed)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return relpath, -1, 0
-    return relpath, st.st_size, st.st_mtime_ns
+    return file_keys([path], [relpath])[0]
 
 
 def file_keys(paths: Sequence[str], relpaths: Sequence[str]) -> list[FileKey]:
-    """:func:`file_key` of every path, in one loop (a check of a stored dataset spends most of its time here).
+    """The key of every path (:data:`FileKey`), in one loop (a check of a stored dataset spends most of its time
+    here).
     Where the system allows it, each file is stat-ed relative to its open folder (``dir_fd``), so the kernel
     resolves the folder once per run of files in it, not once per file."""
     stat, keys = os.stat, []
@@ -185,7 +182,8 @@ class CheckStore:
             row = self._connect().execute("SELECT fields FROM scans WHERE key=?", (scan_key(keys),)).fetchone()
             fields = None if row is None else _PlainUnpickler(io.BytesIO(row[0])).load()
         except (sqlite3.Error, OSError, ValueError, EOFError, pickle.UnpicklingError) as err:
-            log.warning("data check: cannot read the store %s (%s); the files are looked up one by one", self.path, err)
+            log.warning("data check: cannot read the store %s (%s); the files are looked up one by one",
+                        self.path, err)
             return None
         return fields if isinstance(fields, list) and len(fields) == len(keys) else None
 
@@ -196,7 +194,8 @@ class CheckStore:
         try:
             db = self._connect()
             with db:
-                db.execute("INSERT OR REPLACE INTO scans VALUES (?, ?)", (scan_key(keys), pickle.dumps(list(fields), protocol=pickle.HIGHEST_PROTOCOL)))
+                value = pickle.dumps(list(fields), protocol=pickle.HIGHEST_PROTOCOL)
+                db.execute("INSERT OR REPLACE INTO scans VALUES (?, ?)", (scan_key(keys), value))
                 db.execute("DELETE FROM scans WHERE rowid <= (SELECT MAX(rowid) FROM scans) - ?", (KEEP_SCANS,))
         except (sqlite3.Error, OSError, pickle.PicklingError) as err:
             log.warning("data check: cannot write the store %s (%s); the next run looks the files up one by one",
