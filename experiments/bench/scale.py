@@ -233,8 +233,7 @@ def measure(stage: str, root: Path, work: Path, timeout_s: float, epoch_images: 
 
 
 #: what the fork server imports once, before it forks the stages
-SUITE_MODULES = ["lightning", "hydra", "experiments.data.audit", "experiments.training.builders",
-                 "experiments.bench.scale"]
+SUITE_MODULES = ["lightning", "hydra", "experiments.data.audit", "experiments.training.builders"]
 
 
 def bench(sizes: list[int], train_sizes: list[int], cache: Path, timeout_s: float = 1800.0,

@@ -8,7 +8,7 @@ thread and index merge cost a fixed second or so per split, more than decoding a
 (``docs/scaling.md`` has the figures). Each file is read once, hashed (its manifest row) and decoded and
 preprocessed from the same bytes, by a ``fork`` process pool when the split is large enough to repay one,
 else by threads (PIL releases the GIL while it decodes: a 224 px split decodes about 1.4x faster in two threads
-on two cores, a 64 px one as fast as in one); the writer, in this process, takes the crops in index order, a
+on two cores, a 64 px one no faster than in one); the writer, in this process, takes the crops in index order, a
 block of them per item (``TokensLoader``'s ``block_size`` cuts the stream into crops, so LitData's own
 ``StreamingDataset`` reads the chunks, as a test checks). Object-store packs still go through ``optimize``,
 which uploads.
@@ -143,7 +143,9 @@ def write_crops(samples: Sequence[Sample], folder: str | Path, preprocess: Prepr
         if threads is not None:
             threads.shutdown(cancel_futures=True)
     writer.done()
-    writer.merge(1)
+    # the one writer's index is on disk: merge it now (``merge`` polls for other writers' indexes and then
+    # sleeps 10 ms, as long as packing a small split takes)
+    writer._merge_no_wait()
     return out
 
 
