@@ -7,8 +7,9 @@ A decoded pack's split is one flat uint8 stream in LitData's ``TokensLoader`` fo
 thread and index merge cost a fixed second or so per split, more than decoding a small split costs
 (``docs/scaling.md`` has the figures). Each file is read once, hashed (its manifest row) and decoded and
 preprocessed from the same bytes, by a ``fork`` process pool when the split is large enough to repay one,
-else by threads (PIL releases the GIL while it decodes: a 224 px split decodes about 1.4x faster in two threads
-on two cores, a 64 px one no faster than in one); the writer, in this process, takes the crops in index order, a
+else by threads when its first block shows decodes long enough to overlap (PIL releases the GIL while it
+decodes: a 224 px split decodes 1.2 - 1.4x faster in two threads on two cores, a 64 px one slower), else in this
+thread; the writer, in this process, takes the crops in index order, a
 block of them per item (``TokensLoader``'s ``block_size`` cuts the stream into crops, so LitData's own
 ``StreamingDataset`` reads the chunks, as a test checks). Object-store packs still go through ``optimize``,
 which uploads.
@@ -21,6 +22,7 @@ import gc
 import hashlib
 import json
 import multiprocessing
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +39,11 @@ from experiments.data.transforms import ImageTooSmall, Preprocess
 #: the fewest images per decoding process: below it (about 0.3 s of decoding at 64 px) starting the pool, and
 #: sending the crops back through its pipes, cost about what the second process saves
 MIN_PER_PROCESS = 1024
+#: the time per image of a split's first block (read, hash, decode, preprocess) from which the rest decodes in
+#: threads: PIL releases the GIL while it decodes, so long decodes overlap (a 224 px demo split, 2.3 - 2.9 ms an
+#: image, 1.2 - 1.4x faster in two threads on 2 cores), short ones do not (64 px, 0.4 ms: 1,890 - 1,950
+#: images/s in two threads against 2,050 - 2,200 in one)
+THREADS_MIN_SECONDS = 1e-3
 #: images per task of the decoding pool
 BLOCK = 32
 
@@ -116,14 +123,10 @@ def write_crops(samples: Sequence[Sample], folder: str | Path, preprocess: Prepr
     blocks = [paths[i:i + per_item] for i in range(0, len(paths), per_item)]
     processes = max(1, min(int(workers), len(paths) // MIN_PER_PROCESS))
     out: list[Crop] = []
-    pool = threads = None
+    pool = None
     if processes == 1 or "fork" not in multiprocessing.get_all_start_methods():
         _set_preprocess(preprocess)
-        if int(workers) > 1 and len(blocks) > 1:  # PIL releases the GIL while it decodes: large images gain
-            threads = ThreadPoolExecutor(int(workers), thread_name_prefix="pack-decode")
-            results = _in_order(threads, _read_block, blocks, ahead=2 * int(workers))
-        else:
-            results = map(_read_block, blocks)
+        results = _read_here(blocks, int(workers))
     else:  # fork: the children inherit the preprocessing and the imported suite; only paths are pickled
         gc.freeze()  # the children's collector leaves the parent's objects alone: no copy-on-write of its heap
         try:
@@ -140,13 +143,32 @@ def write_crops(samples: Sequence[Sample], folder: str | Path, preprocess: Prepr
         if pool is not None:
             pool.close()
             pool.join()
-        if threads is not None:
-            threads.shutdown(cancel_futures=True)
+        else:
+            results.close()  # its decoding threads stop, should the writer have failed
     writer.done()
     # the one writer's index is on disk: merge it now (``merge`` polls for other writers' indexes and then
     # sleeps 10 ms, as long as packing a small split takes)
     writer._merge_no_wait()
     return out
+
+
+def _read_here(blocks: Sequence[Sequence[str]], workers: int) -> Iterator[tuple[np.ndarray, list[Crop]]]:
+    """:func:`_read_block` of each block, in order, in this process: the first alone, timed; the rest in
+    ``workers`` threads when the first took :data:`THREADS_MIN_SECONDS` an image or more, else alone too."""
+    if not blocks:
+        return
+    start = time.perf_counter()
+    first = _read_block(blocks[0])
+    slow = (time.perf_counter() - start) / len(blocks[0]) >= THREADS_MIN_SECONDS
+    yield first
+    if workers < 2 or len(blocks) < 2 or not slow:
+        yield from map(_read_block, blocks[1:])
+        return
+    threads = ThreadPoolExecutor(workers, thread_name_prefix="pack-decode")
+    try:
+        yield from _in_order(threads, _read_block, blocks[1:], ahead=2 * workers)
+    finally:
+        threads.shutdown(cancel_futures=True)
 
 
 def _in_order(executor: ThreadPoolExecutor, fn, items: Sequence, ahead: int) -> Iterator:

@@ -225,6 +225,32 @@ def test_decoded_chunks_are_litdata_token_streams(tree, tmp_path, monkeypatch):
     assert rows[0].size == len(data) and rows[0].sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_a_decoded_split_is_the_same_read_alone_in_threads_or_in_processes(tree, tmp_path, monkeypatch):
+    """The three ways write_crops decodes (this thread; threads when the first block is slow; a fork pool) write
+    the same chunks, and each is taken when its rule says so."""
+    from concurrent import futures
+
+    from experiments.data import crops
+
+    files = _dm(tree, cache_dir=str(tmp_path / "x"))
+    samples = files.splits["train"]
+    made = []
+    real_pool = futures.ThreadPoolExecutor
+    monkeypatch.setattr(crops, "ThreadPoolExecutor", lambda *a, **k: made.append(1) or real_pool(*a, **k))
+    written = {}
+    for way, min_seconds, min_per_process in [("alone", 1e9, 10**9), ("threads", 0.0, 10**9), ("processes", 0.0, 4)]:
+        monkeypatch.setattr(crops, "THREADS_MIN_SECONDS", min_seconds)
+        monkeypatch.setattr(crops, "MIN_PER_PROCESS", min_per_process)
+        made.clear()
+        got = crops.write_crops(samples, tmp_path / way, files.preprocess, workers=2, chunk_bytes=5 * 3 * 24 * 24)
+        assert bool(made) == (way == "threads"), way
+        written[way] = (TokenChunks(tmp_path / way, 24).gather(np.arange(len(samples))),
+                        [(c.size, c.sha256, c.reason) for c in got])
+    assert len(written["alone"][1]) == len(samples) and any(r for _, _, r in written["alone"][1])  # the broken file
+    for way in ("threads", "processes"):
+        assert np.array_equal(written[way][0], written["alone"][0]) and written[way][1] == written["alone"][1], way
+
+
 def test_a_decoded_pack_is_written_alone_on_any_rank_of_a_training_job(tree, tmp_path, monkeypatch):
     """The local rank 0 of node 2 (global rank 8 of 16) writes its node's pack alone: the writer must neither wait
     for the other ranks' index files nor leave the merge to a global rank 0 on another node."""
