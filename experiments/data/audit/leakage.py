@@ -72,14 +72,14 @@ class DuplicateGroup:
 def find_duplicates(records: Iterable[FileRecord]) -> list[DuplicateGroup]:
     """Groups of readable records with the same content hash, by hash (one count over the hashes first, so only
     the repeated ones are grouped)."""
-    records = list(records)
-    hashes = [r.sha256 for r in records if r.sha256 and r.reason is None]  # readable, hashed
+    records = [r for r in records if r.readable and r.sha256]
+    hashes = [r.sha256 for r in records]
     if len(set(hashes)) == len(hashes):  # no two alike: the common case, one set instead of a count
         return []
     repeated = {h for h, n in Counter(hashes).items() if n > 1}
     by_hash: dict[str, list[FileRecord]] = defaultdict(list)
     for r in records:
-        if r.sha256 in repeated and r.reason is None:
+        if r.sha256 in repeated:
             by_hash[r.sha256].append(r)
     return [
         DuplicateGroup(digest, tuple((r.split, r.label, r.path) for r in group))
